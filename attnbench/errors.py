@@ -1,0 +1,53 @@
+"""Typed errors: each message names what was wrong and what is allowed, in one line."""
+
+from __future__ import annotations
+
+import difflib
+
+
+class AttnbenchError(Exception):
+    """Base class for every error attnbench raises on purpose (the CLI prints these as one line)."""
+
+    #: CLI exit code for this kind of error: 2 = bad input / usage, 1 = a run failed.
+    exit_code: int = 2
+
+
+class UnknownModuleError(AttnbenchError, KeyError):
+    """A module name that is not in the registry."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        super().__init__(f"unknown module {name!r}: {hint}known modules: {', '.join(known)}")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InvalidCaseError(AttnbenchError, ValueError):
+    """A dim, kwargs, resolution or batch that a module cannot run, found before allocating tensors."""
+
+    def __init__(self, module: str, constraint: str, reason: str) -> None:
+        self.module = module
+        self.constraint = constraint
+        self.reason = reason
+        super().__init__(f"{module}: {constraint}: {reason}")
+
+
+class BackendUnavailableError(AttnbenchError, RuntimeError):
+    """A backend (cuda, ort) or counter that cannot run on this machine."""
+
+
+class ResourceGuardError(AttnbenchError, RuntimeError):
+    """A case whose estimated memory exceeds what is free (pass force to run it anyway)."""
+
+
+class BaselineError(AttnbenchError, ValueError):
+    """A baseline or results file that is missing, empty, corrupt or of another schema."""
+
+
+class CaseTimeoutError(AttnbenchError, TimeoutError):
+    """A case that ran past its time limit."""
+
+    exit_code = 1
