@@ -1,13 +1,9 @@
-"""The zoo: importing this package registers every module (one file per paper)."""
+"""The zoo: importing this package registers every module (one file per paper), in the order listed here."""
 
-from attnbench.modules import (  # noqa: F401  (imported for their register() calls)
-    acmix,
-    cloformer,
-    danet,
-    epsa,
-    external,
-    mhsa,
-    sk,
-    smt_sam,
-    van_lka,
-)
+import importlib
+
+#: One file per paper; registration (and so `list_modules()`) follows this order.
+MODULE_FILES = ("acmix", "external", "mhsa", "sk", "danet", "epsa", "smt_sam", "cloformer", "van_lka")
+
+for _name in MODULE_FILES:
+    importlib.import_module(f"attnbench.modules.{_name}")

@@ -1,0 +1,50 @@
+"""Scaling plots: MACs, latency and peak memory against the number of tokens, one line per module, log-log."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from attnbench.report import backends_of, summary
+from attnbench.results import Result
+
+
+def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
+    """Write one PNG per metric present (macs.png, latency_<backend>.png, memory_<backend>.png); return paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on CI or in Docker
+    import matplotlib.pyplot as plt
+
+    table = summary(results)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if table.empty:
+        return []
+    metrics: list[tuple[str, str, float, str]] = [("macs_attnbench", "MACs (attnbench)", 1.0, "macs.png")]
+    for b in backends_of(results):
+        metrics.append((f"latency_{b}_s", f"latency {b} [ms], median", 1e3, f"latency_{b}.png"))
+        metrics.append((f"mem_{b}_bytes", f"peak memory {b} [MiB]", 1 / 2**20, f"memory_{b}.png"))
+    written = []
+    for column, label, scale, name in metrics:
+        if column not in table or table[column].notna().sum() == 0:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for (module, dim), grp in table.groupby(["module", "dim"], sort=False):
+            grp = grp[grp[column].notna()].sort_values("tokens")
+            if grp.empty:
+                continue
+            ax.plot(grp["tokens"], grp[column].astype(float) * scale, marker="o", label=f"{module} (C={dim})")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N = H x W")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} against N")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / name
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,416 @@
+"""Turn rows into views: the summary table, scaling exponents, rich tables and Markdown. Formatting lives only here."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+from rich.text import Text
+
+from attnbench import results as R
+from attnbench.results import Result, to_frame
+
+CONVENTION = (
+    "MACs: one multiply-add = one MAC; FLOPs = 2 x MACs. attnbench counts convolutions, matmuls/linear/einsum, "
+    "scaled-dot-product attention and elementwise tensor-by-tensor products; softmax, activations, norms, "
+    "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs."
+)
+#: A counter whose total differs from attnbench's by more than this fraction is flagged.
+RATIO_TOLERANCE = 0.01
+GEOMETRY = ["module", "dim", "height", "width", "batch", "kwargs"]
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """12345678 -> '12.3 M' (SI prefixes, three significant digits)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    value = float(value)
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def mib(value: float | None) -> str:
+    """Bytes as MiB with 3 significant digits."""
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value / 2**20:.3g}"
+
+
+def ms(value: float | None) -> str:
+    """Seconds as milliseconds, 3 significant digits."""
+    if value is None or pd.isna(value):
+        return "-"
+    return f"{value * 1e3:.3g}"
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+
+
+def summary(results: Sequence[Result]) -> pd.DataFrame:
+    """One row per geometry (module, dim, H, W, batch, kwargs): counts once, then latency/memory per backend.
+
+    Columns are raw numbers in base units; `backends` lists which backends have latency columns.
+    """
+    frame = to_frame(results)
+    if frame.empty:
+        return frame
+    frame["kwargs"] = frame["kwargs"].fillna("")
+    rows: list[dict[str, Any]] = []
+    for key, grp in frame.groupby(GEOMETRY, sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(GEOMETRY, key, strict=True))
+        first = grp.iloc[0]
+        for col in ("params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "counter_notes"):
+            vals = grp[col].dropna()
+            row[col] = vals.iloc[0] if len(vals) else None
+        statuses = []
+        for _, r in grp.iterrows():
+            b = r["backend"]
+            if r["status"] != R.OK:
+                statuses.append(f"{b}: {r['status']}" if b != "none" else r["status"])
+            row[f"latency_{b}_s"] = r["latency_median_s"]
+            row[f"iqr_{b}_s"] = r["latency_iqr_s"]
+            row[f"noisy_{b}"] = r["latency_noisy"]
+            row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
+            if b == "ort":
+                row["parity_max_abs"] = r["parity_max_abs"]
+        row["status"] = "; ".join(statuses) if statuses else R.OK
+        row["reason"] = "; ".join(r for r in grp["reason"] if r)
+        row["tokens"] = int(first["height"]) * int(first["width"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ratio(macs: Any, reference: Any) -> float | None:
+    """A counter's total over attnbench's (None when either is missing or zero)."""
+    if not _present(macs) or not _present(reference) or not reference:
+        return None
+    return float(macs) / float(reference)
+
+
+def backends_of(results: Sequence[Result]) -> list[str]:
+    """Backends present in the rows, in first-seen order, without the 'none' placeholder."""
+    seen: list[str] = []
+    for r in results:
+        if r.backend not in seen and r.backend != "none":
+            seen.append(r.backend)
+    return seen
+
+
+def scaling(results: Sequence[Result]) -> pd.DataFrame:
+    """Exponent x of cost ~ N^x (N = H*W) per module, between the two largest N, for each metric and backend.
+
+    The local slope at the largest resolutions is what "linear" or "quadratic" claims are about; a
+    least-squares slope over all points is given too.
+    """
+    table = summary(results)
+    if table.empty:
+        return table
+    metrics = ["macs_attnbench"] + [c for c in table.columns if c.startswith(("latency_", "mem_"))]
+    out = []
+    for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False, dropna=False):
+        grp = grp.sort_values("tokens")
+        if grp["tokens"].nunique() < 2:
+            continue
+        row: dict[str, Any] = dict(zip(["module", "dim", "batch", "kwargs"], key, strict=True))
+        row["n_min"], row["n_max"] = int(grp["tokens"].min()), int(grp["tokens"].max())
+        for metric in metrics:
+            pts = [(t, v) for t, v in zip(grp["tokens"], grp[metric], strict=True) if _present(v) and v > 0]
+            if len(pts) < 2:
+                continue
+            n, v = np.log([p[0] for p in pts]), np.log([float(p[1]) for p in pts])
+            if n[-1] == n[-2]:
+                continue
+            row[f"{metric}_exp"] = float((v[-1] - v[-2]) / (n[-1] - n[-2]))
+            row[f"{metric}_fit"] = float(np.polyfit(n, v, 1)[0])
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _metric_label(metric: str) -> str:
+    if metric == "macs_attnbench":
+        return "MACs"
+    kind, backend = metric.split("_")[0], metric.split("_")[1]
+    return f"{'latency' if kind == 'latency' else 'peak mem'} {backend}"
+
+
+# ---------------------------------------------------------------- the columns of the main table
+
+
+def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, Any]]:
+    """(header, key, cell function) for each column of the summary table; headers carry units."""
+
+    def res(r: Mapping[str, Any]) -> str:
+        return f"{int(r['height'])}x{int(r['width'])}"
+
+    def ratio_cell(counter: str):
+        def cell(r: Mapping[str, Any]) -> str:
+            q = ratio(r.get(f"macs_{counter}"), r.get("macs_attnbench"))
+            if q is None:
+                return "n/a"
+            flag = " under" if q < 1 - RATIO_TOLERANCE else (" over" if q > 1 + RATIO_TOLERANCE else "")
+            return f"{q:.2f}{flag}"
+
+        return cell
+
+    cols: list[tuple[str, str, Any]] = [
+        ("Module", "module", lambda r: str(r["module"])),
+        ("C", "dim", lambda r: str(int(r["dim"]))),
+        ("H x W", "tokens", res),
+    ]
+    if table["batch"].nunique() > 1:
+        cols.append(("B", "batch", lambda r: str(int(r["batch"]))))
+    if table["kwargs"].astype(bool).any():
+        cols.append(("kwargs", "kwargs", lambda r: _kw_text(r["kwargs"])))
+    if table["params"].notna().any():
+        cols.append(("Params", "params", lambda r: si(r["params"])))
+    if table["macs_attnbench"].notna().any():
+        cols.append(("MACs", "macs_attnbench", lambda r: si(r["macs_attnbench"])))
+        cols.append(
+            (
+                "GFLOPs",
+                "macs_attnbench",
+                lambda r: (
+                    "-" if not _present(r["macs_attnbench"]) else f"{2 * r['macs_attnbench'] / 1e9:.3g}"
+                ),
+            )
+        )
+    for counter in ("fvcore", "thop"):
+        if f"macs_{counter}" in table and (
+            table[f"macs_{counter}"].notna().any()
+            or table["counter_notes"].fillna("").str.contains(counter).any()
+        ):
+            cols.append((f"{counter}/ours", f"macs_{counter}", ratio_cell(counter)))
+    for b in backends:
+        if f"mem_{b}_bytes" in table and table[f"mem_{b}_bytes"].notna().any():
+            cols.append(
+                (f"Peak mem {b} [MiB]", f"mem_{b}_bytes", lambda r, b=b: mib(r.get(f"mem_{b}_bytes")))
+            )
+    for b in backends:
+        if f"latency_{b}_s" in table and table[f"latency_{b}_s"].notna().any():
+            cols.append((f"{b} [ms] median ± IQR", f"latency_{b}_s", lambda r, b=b: _latency_cell(r, b)))
+    if "parity_max_abs" in table and table["parity_max_abs"].notna().any():
+        cols.append(
+            (
+                "ORT max|Δ|",
+                "parity_max_abs",
+                lambda r: "-" if not _present(r.get("parity_max_abs")) else f"{r['parity_max_abs']:.1e}",
+            )
+        )
+    cols.append(("Status", "status", lambda r: str(r["status"])))
+    return cols
+
+
+def _kw_text(kw: str) -> str:
+    if not kw:
+        return ""
+    return ",".join(f"{k}={v}" for k, v in json.loads(kw).items())
+
+
+def _latency_cell(r: Mapping[str, Any], b: str) -> str:
+    med = r.get(f"latency_{b}_s")
+    if not _present(med):
+        return "-"
+    iqr = r.get(f"iqr_{b}_s")
+    text = f"{ms(med)} ± {ms(iqr)}" if _present(iqr) else ms(med)
+    return text + (" ~" if r.get(f"noisy_{b}") is True else "")
+
+
+def _best(table: pd.DataFrame, key: str) -> Any:
+    # The best (lowest) value of a cost column; ratios and identity columns have no best.
+    if (
+        key in ("module", "dim", "tokens", "batch", "kwargs", "status", "parity_max_abs")
+        or key.startswith("macs_fvcore")
+        or key.startswith("macs_thop")
+    ):
+        return None
+    vals = pd.to_numeric(table[key], errors="coerce").dropna()
+    return vals.min() if len(vals) and table["module"].nunique() > 1 else None
+
+
+def rich_table(
+    results: Sequence[Result],
+    title: str | None = None,
+    sort_by: str | None = None,
+    highlight_best: bool = False,
+) -> Table:
+    """The summary as a rich Table: units in headers, noisy timings marked '~', undercounts flagged."""
+    table = summary(results)
+    backends = backends_of(results)
+    out = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
+    if table.empty:
+        return out
+    if sort_by:
+        table = sort_summary(table, sort_by)
+    cols = _columns(table, backends)
+    for header, key, _ in cols:
+        out.add_column(
+            header,
+            justify="left" if key in ("module", "status", "kwargs") else "right",
+            no_wrap=key != "status",
+        )
+    bests = {key: _best(table, key) for _, key, _ in cols} if highlight_best else {}
+    for _, r in table.iterrows():
+        cells = []
+        for _header, key, fn in cols:
+            text = fn(r)
+            style = ""
+            if key == "status" and text != R.OK:
+                style = "red"
+            elif text.endswith(" under") or text.endswith(" over"):
+                style = "yellow"
+            best = bests.get(key)
+            if best is not None and _present(r.get(key)) and r.get(key) == best:
+                style = "bold green"
+            cells.append(Text(text, style=style))
+        out.add_row(*cells)
+    return out
+
+
+def scaling_table(results: Sequence[Result]) -> Table | None:
+    """Rich table of exponents x in cost ~ N^x; None when no module has two resolutions."""
+    frame = scaling(results)
+    if frame.empty:
+        return None
+    metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
+    out = Table(
+        title="Scaling with N = H*W: exponent x in cost ~ N^x (between the two largest N)",
+        header_style="bold",
+        title_justify="left",
+    )
+    out.add_column("Module")
+    out.add_column("C", justify="right")
+    out.add_column("N range", justify="right")
+    for metric in metrics:
+        out.add_column(f"{_metric_label(metric)} exp", justify="right")
+    for _, r in frame.iterrows():
+        out.add_row(
+            str(r["module"]),
+            str(int(r["dim"])),
+            f"{r['n_min']}..{r['n_max']}",
+            *[("-" if not _present(r.get(f"{m}_exp")) else f"{r[f'{m}_exp']:.2f}") for m in metrics],
+        )
+    return out
+
+
+SORT_KEYS = {"params": "params", "macs": "macs_attnbench", "module": "module"}
+
+
+def sort_summary(table: pd.DataFrame, sort_by: str) -> pd.DataFrame:
+    """Sort the summary by a metric name: params, macs, module, latency[-BACKEND], memory[-BACKEND]."""
+    key = sort_key(sort_by, [c[len("latency_") : -2] for c in table.columns if c.startswith("latency_")])
+    if key not in table:
+        return table
+    return table.sort_values([key, "module"], kind="stable", na_position="last")
+
+
+def sort_key(sort_by: str, backends: Sequence[str]) -> str:
+    """Summary column for a --sort value; raises ValueError listing what is allowed."""
+    if sort_by in SORT_KEYS:
+        return SORT_KEYS[sort_by]
+    kind, _, backend = sort_by.partition("-")
+    backend = backend or (backends[0] if backends else "cpu")
+    if kind == "latency":
+        return f"latency_{backend}_s"
+    if kind == "memory":
+        return f"mem_{backend}_bytes"
+    allowed = ", ".join([*SORT_KEYS, "latency[-BACKEND]", "memory[-BACKEND]"])
+    raise ValueError(f"cannot sort by {sort_by!r}; allowed: {allowed}")
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(
+    results: Sequence[Result],
+    env: Mapping[str, Any],
+    title: str = "attnbench report",
+    sort_by: str | None = None,
+) -> str:
+    """GitHub-ready report: the table, scaling exponents, failures with reasons, environment, convention."""
+    lines = [f"# {title}", ""]
+    table = summary(results)
+    if table.empty:
+        lines += ["No results.", ""]
+    else:
+        if sort_by:
+            table = sort_summary(table, sort_by)
+        cols = _columns(table, backends_of(results))
+        lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
+        lines.append(
+            "|" + "|".join("---" if k in ("module", "status", "kwargs") else "---:" for _, k, _ in cols) + "|"
+        )
+        for _, r in table.iterrows():
+            lines.append("| " + " | ".join(_md_escape(fn(r)) for _, _, fn in cols) + " |")
+        lines.append("")
+        lines.append(
+            "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
+            "timing (IQR/median > 10%). Peak mem: activations and temporaries allocated during one "
+            "forward (weights and input excluded). `under`/`over`: the counter differs from "
+            f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
+        )
+        lines.append("")
+        frame = scaling(results)
+        if not frame.empty:
+            metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
+            lines += [
+                "## Scaling with N = H*W",
+                "",
+                "Exponent x in cost ~ N^x between the two largest resolutions (least-squares fit over "
+                "all resolutions in brackets).",
+                "",
+            ]
+            lines.append(
+                "| Module | C | N range | " + " | ".join(f"{_metric_label(m)} exp" for m in metrics) + " |"
+            )
+            lines.append("|---|---:|---:|" + "---:|" * len(metrics))
+            for _, r in frame.iterrows():
+                vals = []
+                for m in metrics:
+                    e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
+                    vals.append("-" if not _present(e) else f"{e:.2f} ({f:.2f})")
+                lines.append(
+                    f"| {r['module']} | {int(r['dim'])} | {r['n_min']}..{r['n_max']} | "
+                    + " | ".join(vals)
+                    + " |"
+                )
+            lines.append("")
+    bad = [r for r in results if r.status != R.OK]
+    if bad:
+        lines += [
+            "## Cases that did not complete",
+            "",
+            "| Module | C | H x W | B | backend | status | reason |",
+            "|---|---:|---:|---:|---|---|---|",
+        ]
+        for r in bad:
+            lines.append(
+                f"| {r.module} | {r.dim} | {r.height}x{r.width} | {r.batch} | {r.backend} | {r.status} | "
+                f"{_md_escape(r.reason)} |"
+            )
+        lines.append("")
+    lines += [
+        "## Counting convention",
+        "",
+        CONVENTION,
+        "",
+        "## Environment",
+        "",
+        "| key | value |",
+        "|---|---|",
+    ]
+    for k, v in env.items():
+        lines.append(f"| {k} | {_md_escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))} |")
+    lines.append("")
+    return "\n".join(lines)

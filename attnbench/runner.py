@@ -1,0 +1,390 @@
+"""Cases to Results: plan a sweep, build and count once per geometry, measure per backend, never die half-way.
+
+Every failing case becomes a row with a status and a reason; completed rows are handed to `on_result`
+as they finish (the CLI streams them to the output files), and Ctrl-C ends the sweep with the rows
+measured so far.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attnbench import results as R
+from attnbench.errors import (
+    AttnbenchError,
+    BackendUnavailableError,
+    CaseTimeoutError,
+    InvalidCaseError,
+    ResourceGuardError,
+)
+from attnbench.registry import Setting, build, validate
+from attnbench.results import Case, Result
+
+#: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured.
+METRICS = ("params", "macs", "memory", "latency")
+COUNTERS = ("attnbench", "fvcore", "thop")
+#: The memory guard refuses a case whose estimate, times this margin, exceeds the free memory.
+GUARD_MARGIN = 1.5
+DEFAULT_SEED = 0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to measure: which metrics and counters, timing budget, guards."""
+
+    metrics: tuple[str, ...] = METRICS
+    counters: tuple[str, ...] = COUNTERS
+    min_run_time: float | None = None  # None: the timing module's default
+    time_limit_s: float | None = None  # per case (one backend of one geometry); None: no limit
+    force: bool = False  # run cases the memory guard would refuse
+    seed: int = DEFAULT_SEED
+
+    @property
+    def measures(self) -> bool:
+        """True when a backend has to run the module (latency or memory asked for)."""
+        return "latency" in self.metrics or "memory" in self.metrics
+
+
+@dataclass
+class RunOutcome:
+    """What a sweep produced: the rows, and whether Ctrl-C cut it short."""
+
+    results: list[Result] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[Result]:
+        """Rows that ended in anything but ok or skipped."""
+        return [r for r in self.results if r.status not in (R.OK, R.SKIPPED)]
+
+
+def plan(
+    modules: Sequence[str],
+    dims: Sequence[int],
+    resolutions: Sequence[tuple[int, int]],
+    batches: Sequence[int] = (1,),
+    backends: Sequence[str] = ("cpu",),
+    threads: int = 1,
+    dtype: str = "float32",
+    kwargs: Mapping[str, Any] | None = None,
+) -> list[Case]:
+    """Every combination as a Case, ordered so the cases of one geometry are adjacent."""
+    kw = tuple(sorted((kwargs or {}).items()))
+    return [
+        Case(m, d, h, w, b, be, dtype, threads, kw)
+        for m, d, (h, w), b, be in itertools.product(modules, dims, resolutions, batches, backends)
+    ]
+
+
+def _geometry(case: Case) -> tuple[Any, ...]:
+    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs)
+
+
+def available_bytes(backend: str) -> int | None:
+    """Free memory the case can use: MemAvailable for CPU/ORT, free device memory for CUDA."""
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        free, _total = torch.cuda.mem_get_info()
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def guard(estimate_bytes: int | None, backend: str, force: bool) -> None:
+    """Raise ResourceGuardError when the estimated peak (with margin) exceeds the free memory."""
+    if force or estimate_bytes is None:
+        return
+    free = available_bytes(backend)
+    if free is None:
+        return
+    need = estimate_bytes * GUARD_MARGIN
+    if need > free:
+        where = "GPU memory" if backend == "cuda" else "RAM"
+        raise ResourceGuardError(
+            f"estimated peak {_gib(estimate_bytes)} (x{GUARD_MARGIN} margin = {_gib(need)}) exceeds the "
+            f"{_gib(free)} of free {where}; use --force to run it anyway"
+        )
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise CaseTimeoutError in the main thread once `seconds` have passed (checked between Python steps).
+
+    A single long kernel finishes before the limit bites: the limit stops loops, not one op.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _expire(signum: int, frame: Any) -> None:
+        raise CaseTimeoutError(f"ran past its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _uncounted_summary(report: Any) -> str:
+    items = sorted(report.uncounted.items(), key=lambda kv: -kv[1].elements)
+    return "; ".join(f"{op} x{u.calls} ({u.elements} el)" for op, u in items)
+
+
+@dataclass
+class _Counted:
+    """What counting one geometry produced, shared by all its backend rows."""
+
+    values: dict[str, Any]
+    estimate_bytes: int | None
+
+
+def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, options: RunOptions) -> _Counted:
+    from attnbench.counting import count_macs, count_params
+
+    values: dict[str, Any] = {}
+    notes: list[str] = []
+    if "params" in options.metrics:
+        values["params"] = count_params(module).total
+    estimate = None
+    counters = list(options.counters) if "macs" in options.metrics else []
+    # The guard needs the attnbench counter's activation estimate even when MACs were not asked for.
+    if options.measures and "attnbench" not in counters:
+        counters.insert(0, "attnbench")
+    for counter in counters:
+        report = count_macs(module, case.input_shape, counter=counter)
+        if counter == "attnbench":
+            estimate = report.peak_live_bytes_estimate
+            if "macs" not in options.metrics:
+                continue
+        if report.status == "ok":
+            values[f"macs_{counter}"] = report.macs
+        else:
+            notes.append(f"{counter}: {report.status} ({report.reason})")
+        if counter == "attnbench":
+            values["uncounted_attnbench"] = _uncounted_summary(report)
+            if report.device != "meta":
+                notes.append(f"attnbench counted on {report.device}")
+        elif counter == "fvcore" and report.status == "ok":
+            values["uncounted_fvcore"] = _uncounted_summary(report)
+    if "macs" in options.metrics:
+        values["macs_formula"] = spec.macs_formula(setting)
+    values["counter_notes"] = "; ".join(notes)
+    if estimate is not None:
+        # Weights and input are resident too.
+        estimate += 4 * (
+            sum(p.numel() for p in module.parameters()) + 2 * case.batch * case.dim * case.tokens
+        )
+    return _Counted(values, estimate)
+
+
+def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[str, Any]:
+    from attnbench.measure import measure
+
+    kwargs: dict[str, Any] = {"memory": "memory" in options.metrics, "seed": options.seed}
+    if options.min_run_time is not None:
+        kwargs["min_run_time"] = options.min_run_time
+    m = measure(
+        module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs
+    )
+    values: dict[str, Any] = {"status": m.status, "reason": m.reason}
+    if m.timing is not None and "latency" in options.metrics:
+        values.update(
+            latency_median_s=m.timing.median_s,
+            latency_iqr_s=m.timing.iqr_s,
+            latency_p10_s=m.timing.p10_s,
+            latency_min_s=m.timing.min_s,
+            latency_calls=m.timing.n_calls,
+            latency_noisy=m.timing.noisy,
+        )
+    if "memory" in options.metrics:
+        values.update(
+            peak_mem_bytes=m.peak_bytes,
+            peak_mem_method=m.peak_method or "",
+            reserved_mem_bytes=m.reserved_bytes,
+        )
+    values.update(parity_max_abs=m.parity_max_abs, exporter=m.exporter or "")
+    extra = {"allocator": m.allocator, **(m.extra or {})}
+    values["extra"] = json.dumps(extra, sort_keys=True, default=str)
+    return values
+
+
+def _failure_row(case: Case, exc: BaseException, base: Mapping[str, Any]) -> Result:
+    if isinstance(exc, InvalidCaseError):
+        status = R.INVALID
+    elif isinstance(exc, BackendUnavailableError):
+        status = R.SKIPPED
+    elif isinstance(exc, ResourceGuardError):
+        status = R.GUARDED
+    elif isinstance(exc, CaseTimeoutError):
+        status = R.TIMEOUT
+    elif isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        status = R.OOM
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    else:
+        status = R.FAILED
+    reason = str(exc) if isinstance(exc, AttnbenchError) else f"{type(exc).__name__}: {exc}"
+    return Result.for_case(
+        case,
+        **{
+            **base,
+            "status": status,
+            "reason": reason.splitlines()[0][:500] if reason else type(exc).__name__,
+        },
+    )
+
+
+def run(
+    cases: Iterable[Case],
+    options: RunOptions | None = None,
+    on_result: Callable[[Result], None] | None = None,
+    on_progress: Callable[[Case], None] | None = None,
+) -> RunOutcome:
+    """Measure every case; each failure is a row, Ctrl-C stops with what was finished."""
+    options = options or RunOptions()
+    outcome = RunOutcome()
+    cases = list(cases)
+
+    def emit(row: Result) -> None:
+        outcome.results.append(row)
+        if on_result is not None:
+            on_result(row)
+
+    groups: dict[tuple[Any, ...], list[Case]] = {}
+    for case in cases:
+        groups.setdefault(_geometry(case), []).append(case)
+    try:
+        for group in groups.values():
+            _run_geometry(group, options, emit, on_progress)
+    except KeyboardInterrupt:
+        outcome.interrupted = True
+    return outcome
+
+
+def _run_geometry(
+    group: list[Case],
+    options: RunOptions,
+    emit: Callable[[Result], None],
+    on_progress: Callable[[Case], None] | None,
+) -> None:
+    first = group[0]
+    backends_cases = group if options.measures else [group[0]]
+    started = time.perf_counter()
+    base: dict[str, Any] = {}
+    try:
+        spec, setting = validate(
+            first.module, first.dim, (first.height, first.width), first.batch, **first.kwargs_dict
+        )
+        torch.manual_seed(options.seed)
+        with time_limit(options.time_limit_s):
+            module = build(first.module, first.dim, (first.height, first.width), **first.kwargs_dict).eval()
+            counted = _count(module, first, setting, spec, options)
+        base = counted.values
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if std_debug():
+            traceback.print_exc()
+        for case in backends_cases:
+            row_case = case if options.measures else _no_backend(case)
+            emit(_failure_row(row_case, exc, base))
+            if on_progress:
+                on_progress(case)
+        return
+    if not options.measures:
+        emit(Result.for_case(_no_backend(first), **base, seconds=time.perf_counter() - started))
+        if on_progress:
+            on_progress(first)
+        return
+    for case in backends_cases:
+        case_started = time.perf_counter()
+        try:
+            guard(counted.estimate_bytes, case.backend, options.force)
+            with time_limit(options.time_limit_s):
+                values = _measure(module, case, options)
+            emit(Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - case_started}))
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if std_debug():
+                traceback.print_exc()
+            emit(_failure_row(case, exc, base))
+        if on_progress:
+            on_progress(case)
+
+
+def _no_backend(case: Case) -> Case:
+    return Case(
+        case.module,
+        case.dim,
+        case.height,
+        case.width,
+        case.batch,
+        "none",
+        case.dtype,
+        case.threads,
+        case.kwargs,
+    )
+
+
+def std_debug() -> bool:
+    """True when ATTNBENCH_DEBUG is set: print full tracebacks of failing cases."""
+    import os
+
+    return bool(os.environ.get("ATTNBENCH_DEBUG"))
+
+
+def profile(
+    modules: str | Sequence[str],
+    dim: int | Sequence[int] = 64,
+    res: int | tuple[int, int] | Sequence[int | tuple[int, int]] = 28,
+    batch: int | Sequence[int] = 1,
+    backend: str | Sequence[str] = "cpu",
+    threads: int = 1,
+    dtype: str = "float32",
+    options: RunOptions | None = None,
+    **kwargs: Any,
+) -> list[Result]:
+    """Library entry point: measure modules over dims, resolutions, batches and backends; one Result per case."""
+
+    def as_list(v: Any) -> list[Any]:
+        return list(v) if isinstance(v, (list, tuple)) and not _is_hw(v) else [v]
+
+    resolutions = [(r, r) if isinstance(r, int) else (int(r[0]), int(r[1])) for r in as_list(res)]
+    cases = plan(
+        as_list(modules), as_list(dim), resolutions, as_list(batch), as_list(backend), threads, dtype, kwargs
+    )
+    outcome = run(cases, options)
+    if outcome.interrupted:
+        raise KeyboardInterrupt
+    return outcome.results
+
+
+def _is_hw(v: Any) -> bool:
+    # A (H, W) pair given directly as `res` is one resolution, not a list of two.
+    return isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, int) for x in v)

@@ -1,0 +1,39 @@
+"""Shared fixtures: fixed seeds, few threads, and the registry's examples as test parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import attnbench
+from attnbench.registry import Example, ModuleSpec, get_spec
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests are about numbers, not speed: one thread keeps them deterministic and leaves the other core free.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def examples() -> list[tuple[str, int, Example]]:
+    """(module, index, example) for every valid example of every registered module."""
+    return [
+        (name, i, ex) for name in attnbench.list_modules() for i, ex in enumerate(get_spec(name).examples)
+    ]
+
+
+def example_id(value: object) -> str:
+    """Readable test ids: acmix-0 rather than a repr of an Example."""
+    if isinstance(value, Example):
+        kw = ",".join(f"{k}={v}" for k, v in value.kwargs.items())
+        return f"C{value.dim}-{value.res[0]}x{value.res[1]}-B{value.batch}" + (f"-{kw}" if kw else "")
+    return str(value)
+
+
+def spec_of(name: str) -> ModuleSpec:
+    """The spec registered under name."""
+    return get_spec(name)

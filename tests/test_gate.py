@@ -1,0 +1,94 @@
+"""The regression gate: exact counts, noise-aware latency with re-measurement, refusals of other hardware."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from attnbench import gate
+from attnbench.results import Case, LoadedResults, Result
+
+ENV = {
+    "cpu_model": "cpu A",
+    "logical_cores": 2,
+    "gpu": None,
+    "torch": "2.13.0",
+    "onnxruntime": "1.31",
+    "allocator": "glibc",
+}
+
+
+def row(
+    module: str = "mhsa",
+    median: float = 0.050,
+    iqr: float = 0.001,
+    macs: int = 1000,
+    params: int = 10,
+    status: str = "ok",
+) -> Result:
+    return Result.for_case(
+        Case(module, 64, 28, 28),
+        params=params,
+        macs_attnbench=macs,
+        latency_median_s=median,
+        latency_iqr_s=iqr,
+        status=status,
+    )
+
+
+def base(*rows: Result, env: dict | None = None) -> LoadedResults:
+    return LoadedResults(list(rows), dict(env or ENV))
+
+
+def test_unchanged_run_passes() -> None:
+    assert gate.compare_to_baseline([row(median=0.052)], base(row()), env=ENV).passed
+
+
+def test_count_change_fails_even_with_identical_latency() -> None:
+    verdict = gate.compare_to_baseline([row(macs=1001)], base(row()), env=ENV)
+    assert not verdict.passed
+    assert any(c.kind == "count" and "+1" in c.detail for c in verdict.changes)
+
+
+def test_latency_regression_fails_after_remeasurement() -> None:
+    calls: list[Case] = []
+
+    def remeasure(case: Case) -> Sequence[Result]:
+        calls.append(case)
+        return [row(median=0.066)]
+
+    verdict = gate.compare_to_baseline([row(median=0.065)], base(row()), env=ENV, remeasure=remeasure)
+    assert not verdict.passed and len(calls) == gate.REMEASURES
+    assert calls[0].module == "mhsa" and calls[0].height == 28
+
+
+def test_transient_slowdown_recovers_on_remeasurement() -> None:
+    verdict = gate.compare_to_baseline(
+        [row(median=0.070)], base(row()), env=ENV, remeasure=lambda case: [row(median=0.051)]
+    )
+    assert verdict.passed
+    assert [c.kind for c in verdict.changes] == ["latency-ok"]
+
+
+def test_measured_spread_widens_the_limit() -> None:
+    # +20% with a 30% IQR/median is within noise.
+    assert gate.compare_to_baseline([row(median=0.060, iqr=0.018)], base(row()), env=ENV).passed
+
+
+def test_other_hardware_refuses_latency_but_compares_counts() -> None:
+    other = {**ENV, "cpu_model": "cpu B"}
+    slow = gate.compare_to_baseline([row(median=0.5)], base(row(), env=other), env=ENV)
+    assert slow.passed and not slow.latency_compared and "cpu_model" in slow.latency_note
+    counts = gate.compare_to_baseline([row(params=11)], base(row(), env=other), env=ENV)
+    assert not counts.passed
+    forced = gate.compare_to_baseline([row(median=0.5)], base(row(), env=other), env=ENV, force_latency=True)
+    assert not forced.passed
+
+
+def test_missing_and_new_cases_are_reported_not_failed() -> None:
+    verdict = gate.compare_to_baseline([row("lka")], base(row("mhsa")), env=ENV)
+    assert verdict.passed
+    assert sorted(c.kind for c in verdict.changes) == ["missing", "new"]
+
+
+def test_case_that_now_fails_fails_the_gate() -> None:
+    assert not gate.compare_to_baseline([row(status="failed")], base(row()), env=ENV).passed
