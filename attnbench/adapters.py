@@ -21,7 +21,7 @@ class TokensToImage(nn.Module):
         self.self_attention = self_attention
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
+        b, _, h, w = x.shape
         tokens = x.flatten(2).transpose(1, 2)
         if self.self_attention:
             out = self.inner(tokens, tokens, tokens)

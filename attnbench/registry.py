@@ -150,6 +150,9 @@ def _type_reason(key: str, value: Any, default: Any) -> str | None:
         want = "a non-empty list of ints"
     elif isinstance(default, str):
         ok, want = isinstance(value, str), "a string"
+    elif default is None:
+        # Every None default in the zoo means "derive it" for an int size (d_k, d_v).
+        ok, want = value is None or _is_int(value), "an int or None"
     else:
         return None
     return None if ok else f"{key} must be {want}, got {value!r} ({type(value).__name__})"
