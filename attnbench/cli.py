@@ -5,12 +5,19 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors its own click; older versions use the click package
+    from typer._click.exceptions import UsageError as ClickUsageError
+    from typer.exceptions import Abort, Exit
+except ImportError:  # pragma: no cover
+    from click.exceptions import Abort, Exit
+    from click.exceptions import UsageError as ClickUsageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -100,7 +107,13 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output {path}: directory {parent} does not exist")
-        if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # Try it: permission bits lie for root and for special filesystems.
+        try:
+            with tempfile.NamedTemporaryFile(dir=parent, prefix=".attnbench-probe-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"output {path}: not writable ({exc.strerror})") from None
+        if path.exists() and not os.access(path, os.W_OK):
             raise UsageError(f"output {path}: not writable")
         checked.append(path)
     return checked
@@ -169,9 +182,17 @@ def _root(
 
 
 @app.command("list")
-def list_cmd() -> None:
+def list_cmd(
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown module table.")] = False,
+) -> None:
     """Show the module zoo: name, paper, layout, default kwargs, constraints."""
     from rich.table import Table
+
+    if markdown:
+        from attnbench.report import zoo_markdown
+
+        print(zoo_markdown())
+        return
 
     table = Table(title="attnbench module zoo", header_style="bold", title_justify="left")
     for header in ("Name", "Module (paper)", "arXiv", "Layout", "Default kwargs", "Constraints"):
@@ -580,23 +601,28 @@ def report_cmd(
         out.print(scale)
 
 
+def _error_line(message: str) -> None:
+    # Plain print, not rich: a console would wrap the line at the terminal width.
+    print(f"attnbench: error: {' '.join(message.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C."""
     debug = bool(os.environ.get("ATTNBENCH_DEBUG"))
     try:
         code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except Abort:
         err.print("attnbench: interrupted")
         return EXIT_INTERRUPTED
-    except click.UsageError as exc:
-        err.print(f"attnbench: error: {exc.format_message()}", highlight=False, markup=False)
+    except ClickUsageError as exc:
+        _error_line(exc.format_message())
         return 2
     except (AttnbenchError, BaselineError) as exc:
         if debug:
             raise
-        err.print(f"attnbench: error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _error_line(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("attnbench: interrupted")

@@ -414,3 +414,30 @@ def markdown(
         lines.append(f"| {k} | {_md_escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def zoo_markdown() -> str:
+    """The module table for the README, generated from the registry (kept in sync by a test)."""
+    from attnbench.registry import Setting, get_spec, list_modules
+
+    lines = [
+        "| name | module | arXiv | official code | layout | default kwargs | params at C=64 |",
+        "|---|---|---|---|---|---|---:|",
+    ]
+    for name in list_modules():
+        spec = get_spec(name)
+        ref = spec.reference
+        kwargs = ", ".join(f"{k}={v}" for k, v in spec.defaults.items()) or "-"
+        layout = spec.layout + (", resolution-bound" if spec.resolution_bound else "")
+        res = spec.examples[0].res if spec.resolution_bound and spec.examples else (56, 56)
+        try:
+            params = f"{spec.params_formula(Setting(64, dict(spec.defaults), res[0], res[1])):,}"
+            if spec.resolution_bound:
+                params += f" (at {res[0]}x{res[1]})"
+        except Exception:  # a default that refuses C=64 (EPSA needs C % 64 == 0 and takes it)
+            params = "-"
+        lines.append(
+            f"| `{name}` | {_md_escape(spec.title)} | [{ref.arxiv}](https://arxiv.org/abs/{ref.arxiv}) | "
+            f"{ref.repo} `{ref.file}` `{_md_escape(ref.cls)}` | {layout} | {_md_escape(kwargs)} | {params} |"
+        )
+    return "\n".join(lines)

@@ -32,6 +32,8 @@ SKIPPED = "skipped"  # backend unavailable here
 GUARDED = "guarded"  # refused by the memory guard (estimate above free memory)
 TIMEOUT = "timeout"
 INTERRUPTED = "interrupted"
+#: Cases refused by design (reported with their reason), as opposed to cases that failed.
+REFUSED = (INVALID, SKIPPED, GUARDED)
 
 
 @dataclass(frozen=True)

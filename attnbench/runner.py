@@ -65,8 +65,8 @@ class RunOutcome:
 
     @property
     def failed(self) -> list[Result]:
-        """Rows that ended in anything but ok or skipped."""
-        return [r for r in self.results if r.status not in (R.OK, R.SKIPPED)]
+        """Rows that failed: anything but ok and the deliberate refusals (invalid, skipped, guarded)."""
+        return [r for r in self.results if r.status not in (R.OK, *R.REFUSED)]
 
 
 def plan(
@@ -164,19 +164,20 @@ class _Counted:
 
 
 def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, options: RunOptions) -> _Counted:
-    from attnbench.counting import count_macs, count_params
+    from attnbench.counting import count_all, count_params
 
     values: dict[str, Any] = {}
     notes: list[str] = []
     if "params" in options.metrics:
         values["params"] = count_params(module).total
-    estimate = None
     counters = list(options.counters) if "macs" in options.metrics else []
-    # The guard needs the attnbench counter's activation estimate even when MACs were not asked for.
+    # The guard needs the attnbench counter's activation estimate even when MACs were not asked for;
+    # count_all runs it first and hands its estimate to fvcore and thop (their CPU-fallback limit).
     if options.measures and "attnbench" not in counters:
         counters.insert(0, "attnbench")
-    for counter in counters:
-        report = count_macs(module, case.input_shape, counter=counter)
+    estimate = None
+    for report in count_all(module, case.input_shape, counters=counters):
+        counter = report.counter
         if counter == "attnbench":
             estimate = report.peak_live_bytes_estimate
             if "macs" not in options.metrics:
@@ -195,10 +196,8 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
         values["macs_formula"] = spec.macs_formula(setting)
     values["counter_notes"] = "; ".join(notes)
     if estimate is not None:
-        # Weights and input are resident too.
-        estimate += 4 * (
-            sum(p.numel() for p in module.parameters()) + 2 * case.batch * case.dim * case.tokens
-        )
+        # Weights and input (plus an output of the same size) are resident too.
+        estimate += 4 * (sum(p.numel() for p in module.parameters()) + 2 * case.batch * case.dim * case.tokens)
     return _Counted(values, estimate)
 
 

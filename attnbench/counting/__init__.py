@@ -1,0 +1,135 @@
+"""Counting: parameters, and MACs from three counters (attnbench's dispatch-level counter, fvcore, thop).
+
+Convention (every report prints it): one multiply-add = one MAC; FLOPs = 2 x MACs. Counting runs on the meta
+device by default: no data, no memory, seconds even for a 50176 x 50176 attention map.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from torch import nn
+
+from attnbench.counting.base import (
+    CONVENTION,
+    COUNTERS,
+    CPU_FALLBACK_LIMIT_BYTES,
+    CROSS_CHECK_TOLERANCE,
+    DEFAULT_DEVICE,
+    MacReport,
+    UncountedOp,
+    check_shape,
+    short_reason,
+    unavailable,
+)
+from attnbench.counting.params import ParamReport, count_params
+from attnbench.errors import InvalidCaseError
+
+__all__ = [
+    "CONVENTION",
+    "COUNTERS",
+    "CPU_FALLBACK_LIMIT_BYTES",
+    "CROSS_CHECK_TOLERANCE",
+    "DEFAULT_DEVICE",
+    "MacReport",
+    "ParamReport",
+    "UncountedOp",
+    "count_all",
+    "count_macs",
+    "count_params",
+    "cross_check",
+    "flag_disagreements",
+]
+
+
+def _counter(name: str) -> Callable[..., MacReport]:
+    # Imported on demand: fvcore and thop are slow to import and may be missing.
+    if name == "attnbench":
+        from attnbench.counting.dispatch import count_dispatch
+
+        return lambda module, shape, device, activation_bytes=None: count_dispatch(module, shape, device)
+    if name == "fvcore":
+        from attnbench.counting.fvcore_adapter import count_fvcore
+
+        return count_fvcore
+    from attnbench.counting.thop_adapter import count_thop
+
+    return count_thop
+
+
+def _check_counter(counter: str) -> None:
+    if counter not in COUNTERS:
+        raise ValueError(f"unknown counter {counter!r}: valid counters are {', '.join(COUNTERS)}")
+
+
+def count_macs(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    counter: str = "attnbench",
+    device: str = DEFAULT_DEVICE,
+    activation_bytes: int | None = None,
+) -> MacReport:
+    """MACs of one forward of `module` on an input of `input_shape`, per `counter` (see CONVENTION).
+
+    Never raises for a counter that is missing or fails (the report's status and reason say why), except
+    InvalidCaseError from a module refusing the input shape. `activation_bytes` (the attnbench counter's
+    peak estimate) lets fvcore/thop decide on a CPU fallback without estimating it again.
+    """
+    _check_counter(counter)
+    shape = check_shape(input_shape)
+    try:
+        fn = _counter(counter)
+    except ImportError as exc:
+        return unavailable(counter, f"{counter} cannot be imported: {short_reason(exc)}", shape, device)
+    try:
+        return fn(module, shape, device, activation_bytes=activation_bytes)
+    except InvalidCaseError:
+        raise
+    except Exception as exc:  # a counter bug must not take the caller down
+        return unavailable(counter, short_reason(exc), shape, device, "failed")
+
+
+def count_all(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    counters: Iterable[str] = COUNTERS,
+    device: str = DEFAULT_DEVICE,
+) -> list[MacReport]:
+    """One report per counter, in order; the attnbench estimate of activations guides the others' fallback."""
+    names = list(counters)
+    for name in names:
+        _check_counter(name)
+    reports: list[MacReport] = []
+    estimate: int | None = None
+    if "attnbench" in names:
+        first = count_macs(module, input_shape, "attnbench", device)
+        if first.ok:  # measured on meta, or on the CPU where meta failed: the same tensors either way
+            estimate = first.peak_live_bytes_estimate
+    for name in names:
+        if name == "attnbench":
+            reports.append(first)
+        else:
+            reports.append(count_macs(module, input_shape, name, device, activation_bytes=estimate))
+    return reports
+
+
+def cross_check(reports: Sequence[MacReport], reference: str = "attnbench") -> dict[str, float | None]:
+    """MACs of each counter as a ratio to the reference counter's (None where either has no number)."""
+    ref = next((r for r in reports if r.counter == reference), None)
+    base = ref.macs if ref is not None and ref.ok else None
+    ratios: dict[str, float | None] = {}
+    for report in reports:
+        if report.macs is None or base is None:
+            ratios[report.counter] = None
+        elif base == 0:
+            ratios[report.counter] = 1.0 if report.macs == 0 else float("inf")
+        else:
+            ratios[report.counter] = report.macs / base
+    return ratios
+
+
+def flag_disagreements(
+    ratios: Mapping[str, float | None], tolerance: float = CROSS_CHECK_TOLERANCE
+) -> dict[str, float]:
+    """The counters from cross_check() whose ratio differs from 1 by more than `tolerance` (1% by default)."""
+    return {name: r for name, r in ratios.items() if r is not None and abs(r - 1.0) > tolerance}

@@ -1,0 +1,193 @@
+"""Shared pieces of the counters: the MAC convention, the report records, and safe module copies."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import torch
+from torch import nn
+
+#: The unit every counter in attnbench reports in; every report prints it in its header.
+CONVENTION = "one multiply-add = one MAC; FLOPs = 2 x MACs"
+
+#: Counters count_macs() knows, in the order count_all() runs them.
+COUNTERS: tuple[str, ...] = ("attnbench", "fvcore", "thop")
+
+#: Where counting happens unless asked otherwise: shapes only, no data, no memory.
+DEFAULT_DEVICE = "meta"
+
+#: Largest estimated activation footprint for which a counter that cannot run on meta may run on the CPU.
+CPU_FALLBACK_LIMIT_BYTES = 2 * 1024**3
+
+#: Relative MAC difference from the reference counter above which cross_check() flags a counter.
+CROSS_CHECK_TOLERANCE = 0.01
+
+Status = Literal["ok", "unavailable", "failed"]
+
+
+def _frozen(mapping: Mapping | None = None) -> Mapping:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class UncountedOp:
+    """An operator a counter saw but did not count as MACs: how often, how many output elements, what kind."""
+
+    calls: int
+    elements: int
+    category: str
+
+
+@dataclass(frozen=True)
+class MacReport:
+    """What one counter found for one module and input shape (MACs in the unit of CONVENTION)."""
+
+    counter: str
+    macs: int | None
+    by_op: Mapping[str, int] = field(default_factory=_frozen)
+    #: MACs per top-level child module; work done directly in the root's forward is under "(self)".
+    by_module: Mapping[str, int] = field(default_factory=_frozen)
+    uncounted: Mapping[str, UncountedOp] = field(default_factory=_frozen)
+    device: str = DEFAULT_DEVICE
+    status: Status = "ok"
+    reason: str = ""
+    #: Peak bytes of tensors created during the forward, as seen at dispatch (attnbench counter only).
+    peak_live_bytes_estimate: int | None = None
+    seconds: float = 0.0
+    input_shape: tuple[int, ...] = ()
+    #: Inclusive MACs for every submodule by qualified name (nested levels too), where the counter knows them.
+    by_module_nested: Mapping[str, int] = field(default_factory=_frozen)
+    #: How many calls of each counted operator were seen (attnbench counter only).
+    counted_calls: Mapping[str, int] = field(default_factory=_frozen)
+    convention: str = CONVENTION
+
+    def __post_init__(self) -> None:
+        # Freeze the mappings so a shared report cannot be edited behind the caller's back.
+        for name in ("by_op", "by_module", "uncounted", "by_module_nested", "counted_calls"):
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, _frozen(value))
+        object.__setattr__(self, "input_shape", tuple(self.input_shape))
+
+    @property
+    def flops(self) -> int | None:
+        """FLOPs = 2 x MACs (None when the counter gave no number)."""
+        return None if self.macs is None else 2 * self.macs
+
+    @property
+    def ok(self) -> bool:
+        """True when the counter produced a number."""
+        return self.status == "ok"
+
+    def format(self, top: int = 12) -> str:
+        """A plain-text summary: header with the convention, MACs by operator and module, what was left out."""
+        lines = [f"# {self.counter}: {CONVENTION}", f"input {tuple(self.input_shape)} on {self.device}"]
+        if not self.ok:
+            lines.append(f"status {self.status}: {self.reason}")
+            return "\n".join(lines)
+        lines.append(f"MACs {self.macs:,}  FLOPs {self.flops:,}  ({self.seconds:.3f} s)")
+        if self.reason:
+            lines.append(f"note: {self.reason}")
+        if self.peak_live_bytes_estimate is not None:
+            lines.append(f"peak live activations (dispatch estimate) {self.peak_live_bytes_estimate:,} B")
+        if self.by_op:
+            lines.append("counted operators:")
+            lines += [f"  {op:<40} {n:>16,}" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
+        if self.by_module:
+            lines.append("by top-level module:")
+            lines += [f"  {m:<40} {n:>16,}" for m, n in sorted(self.by_module.items(), key=lambda kv: -kv[1])]
+        if self.uncounted:
+            lines.append("seen but not counted as MACs (calls, output elements, category):")
+            ranked = sorted(self.uncounted.items(), key=lambda kv: -kv[1].elements)
+            lines += [f"  {op:<40} {u.calls:>6} {u.elements:>16,}  {u.category}" for op, u in ranked[:top]]
+            if len(ranked) > top:
+                lines.append(f"  ... and {len(ranked) - top} more")
+        return "\n".join(lines)
+
+
+def unavailable(
+    counter: str, reason: str, input_shape: Sequence[int], device: str = "", status: Status = "unavailable"
+) -> MacReport:
+    """A report for a counter that produced no number, saying why."""
+    return MacReport(counter, None, device=device, status=status, reason=reason, input_shape=tuple(input_shape))
+
+
+def check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    """The input shape as a tuple of positive ints (ValueError otherwise)."""
+    shape = tuple(input_shape)
+    if not shape or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise ValueError(f"input_shape must be a non-empty sequence of ints >= 1, got {input_shape!r}")
+    return shape
+
+
+def make_input(shape: Sequence[int], device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """An input of the given shape: empty on meta, seeded normal values elsewhere."""
+    if torch.device(device).type == "meta":
+        return torch.empty(tuple(shape), device="meta", dtype=dtype)
+    gen = torch.Generator().manual_seed(0)
+    return torch.randn(tuple(shape), generator=gen, dtype=dtype).to(device)
+
+
+def module_dtype(module: nn.Module) -> torch.dtype:
+    """The floating dtype of the module's first floating parameter or buffer (float32 if none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """A deep copy of `module` on `device`, in eval mode; to meta it copies no weight data at all.
+
+    A module built on meta gets zero-filled weights when copied to a real device. Tensors held as plain
+    attributes (not registered as parameters or buffers) are moved too, so a module
+    that keeps a precomputed index tensor still runs on the new device.
+    """
+    device = torch.device(device)
+    memo: dict[int, object] = {}
+
+    def moved(t: torch.Tensor) -> torch.Tensor:
+        # On meta, empty_like allocates nothing; elsewhere .to() copies once (no deepcopy of the source first).
+        if device.type == "meta":
+            new = torch.empty_like(t, device=device)
+        elif t.is_meta:  # weights that never had values: zeros stand in (counts depend on shapes only)
+            new = torch.zeros_like(t, device=device)
+        else:
+            new = t.detach().to(device, copy=True)
+        if isinstance(t, nn.Parameter):
+            return nn.Parameter(new, requires_grad=t.requires_grad)
+        return new
+
+    for sub in module.modules():
+        tensors = [*sub._parameters.values(), *sub._buffers.values()]
+        tensors += [v for v in vars(sub).values() if isinstance(v, torch.Tensor)]
+        for t in tensors:
+            if t is not None and id(t) not in memo:
+                memo[id(t)] = moved(t)
+    clone = copy.deepcopy(module, memo)
+    clone.eval()
+    return clone
+
+
+def on_meta(module: nn.Module) -> bool:
+    """True when every parameter and buffer of `module` already lives on the meta device."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return bool(tensors) and all(t.is_meta for t in tensors)
+
+
+def short_reason(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line: type and the first line of its message."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def tensor_bytes(module: nn.Module, shape: Sequence[int], dtype: torch.dtype) -> int:
+    """Bytes of the input plus the module's parameters and buffers (what a real CPU run holds besides activations)."""
+    weights = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return weights + math.prod(shape) * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,89 @@
+"""The meta-first policy shared by the third-party counters: meta, else the CPU if it fits, else no number."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from attnbench.counting.base import (
+    CPU_FALLBACK_LIMIT_BYTES,
+    MacReport,
+    copy_to,
+    make_input,
+    module_dtype,
+    short_reason,
+    tensor_bytes,
+    unavailable,
+)
+from attnbench.errors import InvalidCaseError
+
+#: A counter body: (module copy in eval mode, input tensor, device label) -> report.
+CounterBody = Callable[[nn.Module, torch.Tensor, str], MacReport]
+
+
+def estimate_activation_bytes(module: nn.Module, shape: Sequence[int]) -> int | None:
+    """Peak live activation bytes from the attnbench counter on meta (None when it cannot tell)."""
+    from attnbench.counting.dispatch import count_dispatch
+
+    report = count_dispatch(module, shape, "meta")
+    return report.peak_live_bytes_estimate if report.ok else None
+
+
+def run_meta_first(
+    counter: str,
+    body: CounterBody,
+    module: nn.Module,
+    shape: tuple[int, ...],
+    device: str,
+    activation_bytes: int | None,
+    limit_bytes: int = CPU_FALLBACK_LIMIT_BYTES,
+) -> MacReport:
+    """Run `body` on a copy of `module` on `device`; if meta fails, on the CPU when the case fits in memory.
+
+    `activation_bytes` is the caller's estimate of peak activations (from the attnbench counter); when it is
+    None it is estimated here. Errors become a report with a status and reason, InvalidCaseError excepted.
+    """
+    start = time.perf_counter()
+    dtype = module_dtype(module)
+
+    def attempt(where: str, label: str) -> MacReport:
+        work = copy_to(module, where)
+        report = body(work, make_input(shape, where, dtype), label)
+        return _timed(report, time.perf_counter() - start)
+
+    try:
+        return attempt(device, device)
+    except InvalidCaseError:
+        raise
+    except Exception as exc:
+        first = short_reason(exc, 120)
+        if device != "meta":
+            return _timed(unavailable(counter, first, shape, device, "failed"), time.perf_counter() - start)
+    if activation_bytes is None:
+        activation_bytes = estimate_activation_bytes(module, shape)
+    if activation_bytes is None:
+        reason = f"meta failed ({first}) and the activation memory of a CPU run could not be estimated"
+        return _timed(unavailable(counter, reason, shape, "meta"), time.perf_counter() - start)
+    need = activation_bytes + tensor_bytes(module, shape, dtype)
+    if need > limit_bytes:
+        reason = (
+            f"meta failed ({first}); a CPU run would need about {need / 2**30:.1f} GiB "
+            f"(limit {limit_bytes / 2**30:.1f} GiB)"
+        )
+        return _timed(unavailable(counter, reason, shape, "meta"), time.perf_counter() - start)
+    try:
+        return attempt("cpu", f"cpu (meta failed: {first})")
+    except InvalidCaseError:
+        raise
+    except Exception as exc:
+        reason = f"meta failed ({first}); cpu failed ({short_reason(exc)})"
+        return _timed(unavailable(counter, reason, shape, "cpu", "failed"), time.perf_counter() - start)
+
+
+def _timed(report: MacReport, seconds: float) -> MacReport:
+    from dataclasses import replace
+
+    return replace(report, seconds=seconds)

@@ -1,0 +1,88 @@
+"""fvcore's FlopCountAnalysis as a MAC counter, with what it could not count listed as uncounted.
+
+fvcore calls one fused multiply-add a "flop"; that is one MAC in attnbench's convention (FLOPs = 2 x MACs),
+so its totals are taken as MACs unchanged. fvcore traces the module with torch.jit and has rules for conv,
+matmul, linear, einsum, bmm and addmm, but also charges norms, upsampling and adaptive average pooling (which
+attnbench does not count as MACs); it has no rule for scaled-dot-product attention or elementwise products,
+which it reports through unsupported_ops() (listed here), and it silently ignores a fixed set of view and
+creation ops. Tracing on meta fails for convolutions in current torch, so such modules are counted on the
+CPU when their activations fit in memory (see attnbench.counting.fallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, unavailable
+from attnbench.counting.fallback import run_meta_first
+
+#: fvcore rules for operators that attnbench does not count as MACs (their share is noted in the report).
+NON_MAC_RULES = ("batch_norm", "group_norm", "layer_norm", "instance_norm", "upsample_nearest2d",
+                 "upsample_bilinear2d", "adaptive_avg_pool2d", "grid_sampler")  # fmt: skip
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence fvcore's log lines, tracer warnings and anything printed while tracing."""
+    loggers = [logging.getLogger(name) for name in ("fvcore", "fvcore.nn.jit_analysis")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
+    from fvcore.nn import FlopCountAnalysis
+
+    with quiet(), torch.no_grad():
+        analysis = FlopCountAnalysis(module, (x,))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        total = int(analysis.total())
+        by_op = {op: int(n) for op, n in analysis.by_operator().items() if n}
+        nested = {name: int(n) for name, n in analysis.by_module().items() if name}
+        unsupported = dict(analysis.unsupported_ops())
+    children = [name for name, _ in module.named_children()]
+    by_module = {name: nested.get(name, 0) for name in children}
+    rest = total - sum(by_module.values())
+    if rest:
+        by_module["(self)"] = rest
+    uncounted = {op: UncountedOp(int(calls), 0, "unsupported by fvcore") for op, calls in unsupported.items()}
+    extra = {op: n for op, n in by_op.items() if op in NON_MAC_RULES}
+    note = ""
+    if extra:
+        listed = ", ".join(f"{op} {n:,}" for op, n in extra.items())
+        note = f"includes fvcore charges for ops attnbench does not count as MACs: {listed}"
+    return MacReport(
+        "fvcore", total, by_op, by_module, uncounted, device=device, reason=note,
+        input_shape=tuple(x.shape), by_module_nested=nested,
+    )  # fmt: skip
+
+
+def count_fvcore(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    device: str = DEFAULT_DEVICE,
+    activation_bytes: int | None = None,
+) -> MacReport:
+    """MACs of `module` per fvcore (on a copy; meta first, CPU fallback only if it fits in memory)."""
+    shape = check_shape(input_shape)
+    try:
+        import fvcore.nn  # noqa: F401
+    except ImportError as exc:
+        return unavailable("fvcore", f"fvcore is not installed ({exc}); pip install fvcore", shape, device)
+    return run_meta_first("fvcore", _body, module, shape, device, activation_bytes)

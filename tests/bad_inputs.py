@@ -1,0 +1,88 @@
+"""The bad-input matrix: CLI invocations that must each end in one line on stderr and exit code 2.
+
+Plain data, shared by tests/test_cli.py and benchmarks/robustness.py. `{tmp}` is replaced by a scratch
+directory; every entry also writes `-o {tmp}/out.csv` unless it is about the output path, so the test can
+check that nothing was written.
+"""
+
+from __future__ import annotations
+
+# (id, argv, a word the error line must contain)
+BAD_INPUTS: list[tuple[str, list[str], str]] = [
+    ("unknown-module", ["profile", "acmx"], "did you mean acmix"),
+    ("unknown-module-info", ["info", "lkaa"], "unknown module"),
+    ("unknown-backend", ["profile", "lka", "--backend", "tpu"], "allowed: cpu"),
+    ("dim-zero", ["profile", "lka", "--dim", "0"], "--dim"),
+    ("dim-negative", ["profile", "lka", "--dim", "-8"], "--dim"),
+    ("dim-not-int", ["profile", "lka", "--dim", "2.5"], "dim"),
+    ("dim-not-divisible-by-heads", ["profile", "mhsa", "--dim", "60"], "heads"),
+    ("heads-zero", ["profile", "mhsa", "--kw", "heads=0"], "heads"),
+    ("heads-negative", ["profile", "mhsa", "--kw", "heads=-2"], "heads"),
+    ("heads-wrong-type", ["profile", "mhsa", "--kw", "heads=four"], "int"),
+    ("heads-float", ["profile", "mhsa", "--kw", "heads=2.5"], "int"),
+    ("kernel-even", ["profile", "sk", "--kw", "kernels=[2,3]"], "odd"),
+    ("kernel-even-acmix", ["profile", "acmix", "--kw", "kernel_att=4"], "kernel_att"),
+    ("kernel-not-list", ["profile", "sk", "--kw", "kernels=3"], "list"),
+    ("kw-unknown-key", ["profile", "lka", "--kw", "heads=4"], "allowed"),
+    ("kw-malformed", ["profile", "mhsa", "--kw", "heads"], "KEY=VALUE"),
+    ("kw-bad-key", ["profile", "mhsa", "--kw", "=4"], "KEY=VALUE"),
+    ("res-zero", ["profile", "lka", "--res", "0"], "--res"),
+    ("res-negative", ["profile", "lka", "--res", "-4"], "--res"),
+    ("res-garbage", ["profile", "lka", "--res", "abc"], "--res"),
+    ("res-three-sides", ["profile", "lka", "--res", "4x4x4"], "--res"),
+    ("res-not-window-multiple", ["profile", "clo", "--res", "14"], "window"),
+    ("res-too-small-acmix", ["profile", "acmix", "--res", "3"], "acmix"),
+    ("batch-zero", ["profile", "lka", "--batch", "0"], "--batch"),
+    ("batch-negative", ["profile", "lka", "--batch", "-1"], "--batch"),
+    ("threads-zero", ["profile", "lka", "--threads", "0"], "--threads"),
+    ("metrics-unknown", ["profile", "lka", "--metrics", "params,speed"], "allowed"),
+    ("counters-unknown", ["profile", "lka", "--counters", "ptflops"], "allowed"),
+    ("sort-unknown", ["compare", "lka", "sk", "--sort", "speed"], "sort"),
+    ("min-run-time-zero", ["profile", "lka", "--min-run-time", "0"], "min-run-time"),
+    ("time-limit-negative", ["profile", "lka", "--time-limit", "-1"], "time-limit"),
+    ("dtype-unknown", ["profile", "lka", "--dtype", "int8"], "dtype"),
+    ("dtype-on-cpu", ["profile", "lka", "--dtype", "float16"], "cuda only"),
+    ("compare-nothing", ["compare"], "--all"),
+    ("profile-nothing", ["profile"], "module"),
+    ("cuda-alone-without-gpu", ["profile", "lka", "--backend", "cuda"], "cuda"),
+    ("output-unknown-suffix", ["profile", "lka", "-o", "{tmp}/out.xlsx"], "unknown format"),
+    ("output-no-suffix", ["profile", "lka", "-o", "{tmp}/out"], "unknown format"),
+    ("output-is-directory", ["profile", "lka", "-o", "{tmp}/dir.csv"], "is a directory"),
+    ("output-missing-parent", ["profile", "lka", "-o", "{tmp}/nope/out.csv"], "does not exist"),
+    ("output-unwritable", ["profile", "lka", "-o", "/proc/attnbench.csv"], "not writable"),
+    ("plots-is-file", ["profile", "lka", "--plots", "{tmp}/file.txt"], "--plots"),
+    ("baseline-missing", ["compare", "lka", "--baseline", "{tmp}/none.csv"], "no such file"),
+    ("baseline-empty", ["compare", "lka", "--baseline", "{tmp}/empty.csv"], "empty"),
+    ("baseline-corrupt", ["compare", "lka", "--baseline", "{tmp}/corrupt.csv"], "not an attnbench CSV"),
+    ("baseline-other-schema", ["compare", "lka", "--baseline", "{tmp}/schema.csv"], "schema version"),
+    ("baseline-is-directory", ["compare", "lka", "--baseline", "{tmp}/dir.csv"], "directory"),
+    ("tolerance-negative", ["compare", "lka", "--tolerance", "-0.1"], "tolerance"),
+    ("report-missing", ["report", "{tmp}/none.csv"], "no such file"),
+    ("report-corrupt", ["report", "{tmp}/corrupt.csv"], "not an attnbench CSV"),
+    ("unknown-option", ["profile", "lka", "--speed", "9"], "--speed"),
+    ("unknown-command", ["benchmark", "lka"], "benchmark"),
+]
+
+
+def prepare(tmp: str) -> None:
+    """Create the files and directories the matrix refers to under `tmp`."""
+    import os
+
+    os.makedirs(f"{tmp}/dir.csv", exist_ok=True)
+    with open(f"{tmp}/file.txt", "w") as handle:
+        handle.write("x")
+    open(f"{tmp}/empty.csv", "w").close()
+    with open(f"{tmp}/corrupt.csv", "w") as handle:
+        handle.write("module,dim\nlka,1,2,3\n")
+    with open(f"{tmp}/schema.csv", "w") as handle:
+        handle.write('# attnbench-results {"schema": 0, "env": {}}\nmodule,dim\n')
+
+
+def argv_for(argv: list[str], tmp: str) -> list[str]:
+    """The entry's argv with {tmp} filled in, plus a CSV output (unless it tests outputs) and quiet mode."""
+    args = [a.replace("{tmp}", tmp) for a in argv]
+    if args and args[0] in ("profile", "compare") and "-o" not in args:
+        args += ["-o", f"{tmp}/out.csv"]
+    if args and args[0] in ("profile", "compare"):
+        args += ["--quiet"]
+    return args

@@ -1,0 +1,126 @@
+"""The command line: the bad-input matrix, profile/compare/report outputs, interruption, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from attnbench import results as R
+from attnbench.cli import main
+from tests.bad_inputs import BAD_INPUTS, argv_for, prepare
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [(a, n) for _, a, n in BAD_INPUTS], ids=[i for i, _, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    prepare(str(tmp_path))
+    code, out, err = run(capsys, *argv_for(argv, str(tmp_path)))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("attnbench: error:")
+    assert needle.lower() in lines[0].lower()
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "out.csv").exists(), "nothing is written for bad input"
+
+
+def test_list_shows_the_zoo(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0
+    for name in ("acmix", "ea", "mhsa", "sk", "da", "epsa", "sam", "clo", "lka", "van"):
+        assert name in out
+
+
+def test_info_shows_reference_and_constraints(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "info", "clo")
+    assert code == 0
+    assert "CloFormer" in out and "window_size" in out and "qhfan/CloFormer" in out
+
+
+def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    outs = [tmp_path / f"r.{s}" for s in ("csv", "md", "json")]
+    code, out, err = run(capsys, "profile", "lka", "mhsa", "--dim", "32", "--res", "8", "--res", "8x16",
+                         "--metrics", "params,macs", "--quiet", *sum((["-o", str(p)] for p in outs), []))
+    assert code == 0, err
+    loaded = R.load(outs[0])
+    assert len(loaded.results) == 4 and all(r.ok for r in loaded.results)
+    lka = next(r for r in loaded.results if r.module == "lka" and r.width == 16)
+    assert lka.macs_attnbench == lka.macs_formula
+    assert json.loads(outs[2].read_text())["schema"] == R.SCHEMA_VERSION
+    md = outs[1].read_text()
+    assert "| lka |" in md and "MACs" in md and "one multiply-add = one MAC" in md
+    assert "MACs" in out and "Params" in out
+
+
+def test_report_rerenders_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "r.csv"
+    run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16", "--metrics", "params,macs",
+        "-o", str(src), "--quiet")
+    md = tmp_path / "again.md"
+    code, out, err = run(capsys, "report", str(src), "-o", str(md), "--plots", str(tmp_path / "plots"))
+    assert code == 0, err
+    assert "| lka |" in md.read_text()
+    assert (tmp_path / "plots" / "macs.png").exists()
+    assert "exp" in out  # the scaling table: two resolutions given
+
+
+def test_sweep_with_some_invalid_cases_keeps_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.csv"
+    code, _, err = run(capsys, "profile", "clo", "--dim", "32", "--res", "14", "--res", "16",
+                       "--metrics", "params,macs", "-o", str(path), "--quiet")
+    rows = R.load(path).results
+    assert [r.status for r in rows] == [R.INVALID, R.OK]
+    assert "window_size" in rows[0].reason
+    assert code == 0  # refused-by-design cases are reported, not failures
+
+
+def test_failing_case_is_a_row_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attnbench.runner as runner
+
+    real = runner._count
+
+    def flaky(module, case, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if case.height == 8:
+            raise RuntimeError("simulated fault")
+        return real(module, case, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_count", flaky)
+    path = tmp_path / "r.csv"
+    code, _, err = run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16",
+                       "--metrics", "params,macs", "-o", str(path), "--quiet")
+    rows = R.load(path).results
+    assert code == 1
+    assert [r.status for r in rows] == [R.FAILED, R.OK]
+    assert "simulated fault" in rows[0].reason and "simulated fault" in err
+
+
+def test_interrupt_keeps_finished_rows_in_valid_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import attnbench.runner as runner
+
+    real = runner._count
+
+    def interrupt(module, case, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if case.height == 16:
+            raise KeyboardInterrupt
+        return real(module, case, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "_count", interrupt)
+    csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
+    code, _, err = run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16", "--res", "32",
+                       "--metrics", "params,macs", "-o", str(csv_path), "-o", str(json_path), "--quiet")
+    assert code == 130 and "interrupted" in err
+    assert [r.height for r in R.load(csv_path).results] == [8]
+    assert [r.height for r in R.load(json_path).results] == [8]
