@@ -33,7 +33,7 @@ __all__ = [
 _LAZY = {
     "count_macs": "attnbench.counting",
     "count_params": "attnbench.counting",
-    "measure": "attnbench.measure",
+    "measure": "attnbench.measurement",
     "profile": "attnbench.runner",
 }
 

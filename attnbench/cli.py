@@ -34,7 +34,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console()
+# Tables are wide: a pipe or a file gets 200 columns rather than rich's default of 80 for non-terminals.
+out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 #: Defaults of `compare`: quick enough for a 2-core CPU in a few minutes, wide enough to show scaling.
@@ -88,9 +89,7 @@ def parse_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in allowed]
     if bad or not names:
-        raise UsageError(
-            f"{option} {text!r}: unknown {', '.join(bad) or 'empty list'}; allowed: {', '.join(allowed)}"
-        )
+        raise UsageError(f"{option} {text!r}: unknown {', '.join(bad) or 'empty list'}; allowed: {', '.join(allowed)}")
     return names
 
 
@@ -99,9 +98,7 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
     checked = []
     for path in paths:
         if path.suffix not in OUTPUT_SUFFIXES:
-            raise UsageError(
-                f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json"
-            )
+            raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json")
         if path.is_dir():
             raise UsageError(f"output {path}: is a directory")
         parent = path.parent if str(path.parent) else Path(".")
@@ -141,23 +138,15 @@ def check_positive(name: str, values: Sequence[int]) -> None:
 
 ModulesArg = Annotated[list[str] | None, typer.Argument(help="Module names (see `attnbench list`).")]
 DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
-ResOpt = Annotated[
-    list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")
-]
+ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
 BatchOpt = Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep.")]
-BackendOpt = Annotated[
-    list[str] | None, typer.Option("--backend", help="cpu, cuda or ort; repeat for several.")
-]
+BackendOpt = Annotated[list[str] | None, typer.Option("--backend", help="cpu, cuda or ort; repeat for several.")]
 ThreadsOpt = Annotated[int, typer.Option("--threads", help="Intra-op threads (torch and ORT). Default 1.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, or float16/bfloat16 on cuda.")]
-KwOpt = Annotated[
-    list[str] | None, typer.Option("--kw", help="Module kwarg KEY=VALUE (Python literal); repeat.")
-]
+KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Module kwarg KEY=VALUE (Python literal); repeat.")]
 MetricsOpt = Annotated[str, typer.Option("--metrics", help="Comma list of params,macs,memory,latency.")]
 CountersOpt = Annotated[str, typer.Option("--counters", help="Comma list of attnbench,fvcore,thop.")]
-OutputOpt = Annotated[
-    list[Path] | None, typer.Option("--output", "-o", help="Write .csv, .md or .json; repeat.")
-]
+OutputOpt = Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write .csv, .md or .json; repeat.")]
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for scaling plots (PNG).")]
 MinRunOpt = Annotated[float | None, typer.Option("--min-run-time", help="Seconds of timed calls per case.")]
 TimeLimitOpt = Annotated[float | None, typer.Option("--time-limit", help="Per-case time limit in seconds.")]
@@ -223,9 +212,7 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     out.print(f"paper:      {ref.paper} (arXiv {ref.arxiv})")
     out.print(f"official:   {ref.repo} {ref.file} :: {ref.cls}" + (f" @ {ref.commit}" if ref.commit else ""))
     out.print(f"layout:     {spec.layout}" + ("  (wrapped to B, C, H, W)" if spec.layout == "tokens" else ""))
-    out.print(
-        f"resolution: {'bound (weights depend on H, W; pass --res)' if spec.resolution_bound else 'any'}"
-    )
+    out.print(f"resolution: {'bound (weights depend on H, W; pass --res)' if spec.resolution_bound else 'any'}")
     out.print("kwargs:")
     for key, value in spec.defaults.items():
         out.print(f"  {key} = {value!r}  {spec.kwarg_help.get(key, '')}")
@@ -309,9 +296,7 @@ def _measure_and_report(
     if dtype not in ("float32", "float16", "bfloat16"):
         raise UsageError(f"--dtype {dtype!r}: allowed: float32, float16, bfloat16")
     if dtype != "float32" and any(b != "cuda" for b in backends):
-        raise UsageError(
-            f"--dtype {dtype} is supported on --backend cuda only (CPU and ORT runs are float32)"
-        )
+        raise UsageError(f"--dtype {dtype} is supported on --backend cuda only (CPU and ORT runs are float32)")
     if min_run_time is not None and min_run_time <= 0:
         raise UsageError("--min-run-time must be > 0")
     if time_limit is not None and time_limit <= 0:
@@ -382,11 +367,7 @@ def _measure_and_report(
         rows.append(row)
         write_all()
 
-    n_steps = (
-        len(cases)
-        if options.measures
-        else len({(c.module, c.dim, c.height, c.width, c.batch) for c in cases})
-    )
+    n_steps = len(cases) if options.measures else len({(c.module, c.dim, c.height, c.width, c.batch) for c in cases})
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -533,9 +514,7 @@ def compare_cmd(
     force: ForceOpt = False,
     sort: SortOpt = "macs",
     quiet: QuietOpt = False,
-    baseline: Annotated[
-        Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")
-    ] = None,
+    baseline: Annotated[Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")] = None,
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Latency regression tolerance (fraction).")
     ] = None,
@@ -591,9 +570,7 @@ def report_cmd(
     title = f"attnbench report ({source.name})"
     write_outputs(loaded.results, loaded.env, outputs, title, sort)
     if plots is not None:
-        for path in __import__("attnbench.plots", fromlist=["plot_scaling"]).plot_scaling(
-            loaded.results, plots
-        ):
+        for path in __import__("attnbench.plots", fromlist=["plot_scaling"]).plot_scaling(loaded.results, plots):
             err.print(f"wrote {path}")
     out.print(report.rich_table(loaded.results, title=title, sort_by=sort))
     scale = report.scaling_table(loaded.results)

@@ -163,12 +163,7 @@ def _as_resolution(module: str, res: int | Resolution | None) -> Resolution | No
         return None
     if _is_int(res):
         res = (res, res)  # type: ignore[assignment]
-    if (
-        not isinstance(res, (tuple, list))
-        or len(res) != 2
-        or not all(_is_int(v) for v in res)
-        or min(res) < 1
-    ):
+    if not isinstance(res, (tuple, list)) or len(res) != 2 or not all(_is_int(v) for v in res) or min(res) < 1:
         raise InvalidCaseError(module, "resolution", f"must be an int >= 1 or (H, W) of such ints, got {res!r}")
     return (int(res[0]), int(res[1]))
 

@@ -177,25 +177,20 @@ def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, st
             (
                 "GFLOPs",
                 "macs_attnbench",
-                lambda r: (
-                    "-" if not _present(r["macs_attnbench"]) else f"{2 * r['macs_attnbench'] / 1e9:.3g}"
-                ),
+                lambda r: "-" if not _present(r["macs_attnbench"]) else f"{2 * r['macs_attnbench'] / 1e9:.3g}",
             )
         )
     for counter in ("fvcore", "thop"):
         if f"macs_{counter}" in table and (
-            table[f"macs_{counter}"].notna().any()
-            or table["counter_notes"].fillna("").str.contains(counter).any()
+            table[f"macs_{counter}"].notna().any() or table["counter_notes"].fillna("").str.contains(counter).any()
         ):
-            cols.append((f"{counter}/ours", f"macs_{counter}", ratio_cell(counter)))
+            cols.append((f"{counter}÷ours", f"macs_{counter}", ratio_cell(counter)))
     for b in backends:
         if f"mem_{b}_bytes" in table and table[f"mem_{b}_bytes"].notna().any():
-            cols.append(
-                (f"Peak mem {b} [MiB]", f"mem_{b}_bytes", lambda r, b=b: mib(r.get(f"mem_{b}_bytes")))
-            )
+            cols.append((f"Mem {b} [MiB]", f"mem_{b}_bytes", lambda r, b=b: mib(r.get(f"mem_{b}_bytes"))))
     for b in backends:
         if f"latency_{b}_s" in table and table[f"latency_{b}_s"].notna().any():
-            cols.append((f"{b} [ms] median ± IQR", f"latency_{b}_s", lambda r, b=b: _latency_cell(r, b)))
+            cols.append((f"{b} [ms] med±IQR", f"latency_{b}_s", lambda r, b=b: _latency_cell(r, b)))
     if "parity_max_abs" in table and table["parity_max_abs"].notna().any():
         cols.append(
             (
@@ -219,7 +214,7 @@ def _latency_cell(r: Mapping[str, Any], b: str) -> str:
     if not _present(med):
         return "-"
     iqr = r.get(f"iqr_{b}_s")
-    text = f"{ms(med)} ± {ms(iqr)}" if _present(iqr) else ms(med)
+    text = f"{ms(med)} ±{ms(iqr)}" if _present(iqr) else ms(med)
     return text + (" ~" if r.get(f"noisy_{b}") is True else "")
 
 
@@ -252,9 +247,9 @@ def rich_table(
     cols = _columns(table, backends)
     for header, key, _ in cols:
         out.add_column(
-            header,
+            Text(header),
             justify="left" if key in ("module", "status", "kwargs") else "right",
-            no_wrap=key != "status",
+            no_wrap=key not in ("status", "kwargs"),
         )
     bests = {key: _best(table, key) for _, key, _ in cols} if highlight_best else {}
     for _, r in table.iterrows():
@@ -348,15 +343,13 @@ def markdown(
             table = sort_summary(table, sort_by)
         cols = _columns(table, backends_of(results))
         lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
-        lines.append(
-            "|" + "|".join("---" if k in ("module", "status", "kwargs") else "---:" for _, k, _ in cols) + "|"
-        )
+        lines.append("|" + "|".join("---" if k in ("module", "status", "kwargs") else "---:" for _, k, _ in cols) + "|")
         for _, r in table.iterrows():
             lines.append("| " + " | ".join(_md_escape(fn(r)) for _, _, fn in cols) + " |")
         lines.append("")
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
-            "timing (IQR/median > 10%). Peak mem: activations and temporaries allocated during one "
+            "timing (IQR/median > 10%). Mem: activations and temporaries allocated during one "
             "forward (weights and input excluded). `under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
         )
@@ -371,9 +364,7 @@ def markdown(
                 "all resolutions in brackets).",
                 "",
             ]
-            lines.append(
-                "| Module | C | N range | " + " | ".join(f"{_metric_label(m)} exp" for m in metrics) + " |"
-            )
+            lines.append("| Module | C | N range | " + " | ".join(f"{_metric_label(m)} exp" for m in metrics) + " |")
             lines.append("|---|---:|---:|" + "---:|" * len(metrics))
             for _, r in frame.iterrows():
                 vals = []
@@ -381,9 +372,7 @@ def markdown(
                     e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
                     vals.append("-" if not _present(e) else f"{e:.2f} ({f:.2f})")
                 lines.append(
-                    f"| {r['module']} | {int(r['dim'])} | {r['n_min']}..{r['n_max']} | "
-                    + " | ".join(vals)
-                    + " |"
+                    f"| {r['module']} | {int(r['dim'])} | {r['n_min']}..{r['n_max']} | " + " | ".join(vals) + " |"
                 )
             lines.append("")
     bad = [r for r in results if r.status != R.OK]

@@ -271,11 +271,7 @@ def _load_csv(path: Path, text: str) -> LoadedResults:
         if len(row) != len(header):
             raise BaselineError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
         try:
-            values = {
-                name: _parse(name, text)
-                for name, text in zip(header, row, strict=True)
-                if name in RESULT_FIELDS
-            }
+            values = {name: _parse(name, text) for name, text in zip(header, row, strict=True) if name in RESULT_FIELDS}
             rows.append(Result(**values))
         except (ValueError, TypeError) as exc:
             raise BaselineError(f"{path}: line {lineno}: {exc}") from None

@@ -202,14 +202,12 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
 
 
 def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[str, Any]:
-    from attnbench.measure import measure
+    from attnbench.measurement import measure
 
     kwargs: dict[str, Any] = {"memory": "memory" in options.metrics, "seed": options.seed}
     if options.min_run_time is not None:
         kwargs["min_run_time"] = options.min_run_time
-    m = measure(
-        module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs
-    )
+    m = measure(module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs)
     values: dict[str, Any] = {"status": m.status, "reason": m.reason}
     if m.timing is not None and "latency" in options.metrics:
         values.update(
@@ -296,9 +294,7 @@ def _run_geometry(
     started = time.perf_counter()
     base: dict[str, Any] = {}
     try:
-        spec, setting = validate(
-            first.module, first.dim, (first.height, first.width), first.batch, **first.kwargs_dict
-        )
+        spec, setting = validate(first.module, first.dim, (first.height, first.width), first.batch, **first.kwargs_dict)
         torch.manual_seed(options.seed)
         with time_limit(options.time_limit_s):
             module = build(first.module, first.dim, (first.height, first.width), **first.kwargs_dict).eval()
@@ -375,9 +371,7 @@ def profile(
         return list(v) if isinstance(v, (list, tuple)) and not _is_hw(v) else [v]
 
     resolutions = [(r, r) if isinstance(r, int) else (int(r[0]), int(r[1])) for r in as_list(res)]
-    cases = plan(
-        as_list(modules), as_list(dim), resolutions, as_list(batch), as_list(backend), threads, dtype, kwargs
-    )
+    cases = plan(as_list(modules), as_list(dim), resolutions, as_list(batch), as_list(backend), threads, dtype, kwargs)
     outcome = run(cases, options)
     if outcome.interrupted:
         raise KeyboardInterrupt

@@ -21,9 +21,7 @@ def _seed() -> None:
 
 def examples() -> list[tuple[str, int, Example]]:
     """(module, index, example) for every valid example of every registered module."""
-    return [
-        (name, i, ex) for name in attnbench.list_modules() for i, ex in enumerate(get_spec(name).examples)
-    ]
+    return [(name, i, ex) for name in attnbench.list_modules() for i, ex in enumerate(get_spec(name).examples)]
 
 
 def example_id(value: object) -> str:

@@ -48,8 +48,22 @@ def test_info_shows_reference_and_constraints(capsys: pytest.CaptureFixture[str]
 
 def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outs = [tmp_path / f"r.{s}" for s in ("csv", "md", "json")]
-    code, out, err = run(capsys, "profile", "lka", "mhsa", "--dim", "32", "--res", "8", "--res", "8x16",
-                         "--metrics", "params,macs", "--quiet", *sum((["-o", str(p)] for p in outs), []))
+    code, out, err = run(
+        capsys,
+        "profile",
+        "lka",
+        "mhsa",
+        "--dim",
+        "32",
+        "--res",
+        "8",
+        "--res",
+        "8x16",
+        "--metrics",
+        "params,macs",
+        "--quiet",
+        *[a for p in outs for a in ("-o", str(p))],
+    )
     assert code == 0, err
     loaded = R.load(outs[0])
     assert len(loaded.results) == 4 and all(r.ok for r in loaded.results)
@@ -63,8 +77,22 @@ def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.C
 
 def test_report_rerenders_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "r.csv"
-    run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16", "--metrics", "params,macs",
-        "-o", str(src), "--quiet")
+    run(
+        capsys,
+        "profile",
+        "lka",
+        "--dim",
+        "16",
+        "--res",
+        "8",
+        "--res",
+        "16",
+        "--metrics",
+        "params,macs",
+        "-o",
+        str(src),
+        "--quiet",
+    )
     md = tmp_path / "again.md"
     code, out, err = run(capsys, "report", str(src), "-o", str(md), "--plots", str(tmp_path / "plots"))
     assert code == 0, err
@@ -75,8 +103,22 @@ def test_report_rerenders_saved_results(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_sweep_with_some_invalid_cases_keeps_the_valid_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "r.csv"
-    code, _, err = run(capsys, "profile", "clo", "--dim", "32", "--res", "14", "--res", "16",
-                       "--metrics", "params,macs", "-o", str(path), "--quiet")
+    code, _, _ = run(
+        capsys,
+        "profile",
+        "clo",
+        "--dim",
+        "32",
+        "--res",
+        "14",
+        "--res",
+        "16",
+        "--metrics",
+        "params,macs",
+        "-o",
+        str(path),
+        "--quiet",
+    )
     rows = R.load(path).results
     assert [r.status for r in rows] == [R.INVALID, R.OK]
     assert "window_size" in rows[0].reason
@@ -97,8 +139,22 @@ def test_failing_case_is_a_row_and_exit_1(
 
     monkeypatch.setattr(runner, "_count", flaky)
     path = tmp_path / "r.csv"
-    code, _, err = run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16",
-                       "--metrics", "params,macs", "-o", str(path), "--quiet")
+    code, _, err = run(
+        capsys,
+        "profile",
+        "lka",
+        "--dim",
+        "16",
+        "--res",
+        "8",
+        "--res",
+        "16",
+        "--metrics",
+        "params,macs",
+        "-o",
+        str(path),
+        "--quiet",
+    )
     rows = R.load(path).results
     assert code == 1
     assert [r.status for r in rows] == [R.FAILED, R.OK]
@@ -119,8 +175,26 @@ def test_interrupt_keeps_finished_rows_in_valid_files(
 
     monkeypatch.setattr(runner, "_count", interrupt)
     csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
-    code, _, err = run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16", "--res", "32",
-                       "--metrics", "params,macs", "-o", str(csv_path), "-o", str(json_path), "--quiet")
+    code, _, err = run(
+        capsys,
+        "profile",
+        "lka",
+        "--dim",
+        "16",
+        "--res",
+        "8",
+        "--res",
+        "16",
+        "--res",
+        "32",
+        "--metrics",
+        "params,macs",
+        "-o",
+        str(csv_path),
+        "-o",
+        str(json_path),
+        "--quiet",
+    )
     assert code == 130 and "interrupted" in err
     assert [r.height for r in R.load(csv_path).results] == [8]
     assert [r.height for r in R.load(json_path).results] == [8]

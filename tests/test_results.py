@@ -26,9 +26,7 @@ def rows() -> list[Result]:
             latency_noisy=False,
             peak_mem_bytes=4096,
         ),
-        Result.for_case(
-            Case("clo", 64, 14, 14), status=R.INVALID, reason="clo: H, W % window_size == 0: 14x14"
-        ),
+        Result.for_case(Case("clo", 64, 14, 14), status=R.INVALID, reason="clo: H, W % window_size == 0: 14x14"),
     ]
 
 

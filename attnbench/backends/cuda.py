@@ -1,0 +1,131 @@
+"""PyTorch eager on one CUDA GPU: cudnn.benchmark autotuning in the warm-up, synchronised host timing.
+
+Written from the PyTorch docs and measurement.md; not yet run on a GPU (the CI machine has none).
+Timing: each block is bracketed by torch.cuda.synchronize() (the shared protocol's `sync` hook) and read
+with the host clock, so a block's time covers all the kernels it queued; blocks of many calls amortise the
+synchronisation. Peak memory: synchronize / memory_allocated base / reset_peak_memory_stats / forward /
+synchronize / max_memory_allocated - base, with max_memory_reserved reported separately.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from attnbench.backends.base import DTYPES, Backend, Prepared, make_input, torch_dtype
+from attnbench.memory import PeakMemory, cuda_peak
+from attnbench.timing import Sync
+
+
+def _device_facts(device: torch.device) -> dict[str, Any]:
+    """GPU name, capability, memory and driver facts for the record."""
+    props = torch.cuda.get_device_properties(device)
+    facts: dict[str, Any] = {
+        "gpu_name": props.name,
+        "gpu_capability": f"{props.major}.{props.minor}",
+        "gpu_total_memory_bytes": int(props.total_memory),
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+    }
+    try:
+        facts["gpu_clock_mhz"] = torch.cuda.clock_rate(device)
+        facts["gpu_power_draw_mw"] = torch.cuda.power_draw(device)
+    except Exception:  # needs pynvml; optional facts
+        pass
+    return facts
+
+
+class CudaPrepared(Prepared):
+    """A copy of the module on the GPU in the requested dtype, with cudnn.benchmark on until close()."""
+
+    backend = "cuda"
+
+    def __init__(self, module: nn.Module, input_shape: Sequence[int], dtype: str, threads: int, seed: int) -> None:
+        super().__init__()
+        self.dtype = dtype
+        self.threads = threads
+        self.device = torch.device("cuda", torch.cuda.current_device())
+        tdtype = torch_dtype(dtype, type(module).__name__)
+        self._prev_benchmark = torch.backends.cudnn.benchmark
+        self._prev_threads = torch.get_num_threads()
+        # cudnn.benchmark autotunes convolution algorithms on the first calls of each shape: the warm-up
+        # pays for it, the timed blocks do not.
+        torch.backends.cudnn.benchmark = True
+        torch.set_num_threads(threads)
+        try:
+            # A copy, so the caller's CPU float32 module stays where it was.
+            self.module = copy.deepcopy(module).to(device=self.device, dtype=tdtype).eval()
+            self.x = make_input(input_shape, tdtype, seed, device=self.device)
+        except BaseException:
+            # An OOM while copying: measure() never gets a Prepared to close, so restore here.
+            torch.backends.cudnn.benchmark = self._prev_benchmark
+            torch.set_num_threads(self._prev_threads)
+            raise
+        self.extra = {
+            "cudnn_benchmark": True,
+            "host_threads": threads,
+            "graph_mode": "eager",
+            **_device_facts(self.device),
+        }
+
+    def run_once(self) -> Any:
+        """One forward, synchronised."""
+        with torch.inference_mode():
+            out = self.module(self.x)
+        torch.cuda.synchronize(self.device)
+        return out
+
+    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+        return functools.partial(self.module, self.x), functools.partial(torch.cuda.synchronize, self.device)
+
+    def peak_memory(self) -> PeakMemory:
+        """Caching-allocator peak of one warmed-up forward (the timing warm-up made the workspaces)."""
+        with torch.inference_mode():
+            self.module(self.x)
+            return cuda_peak(functools.partial(self.module, self.x), self.device)
+
+    def close(self) -> None:
+        """Restore cudnn.benchmark and threads; drop the GPU copy and return its cached blocks."""
+        torch.backends.cudnn.benchmark = self._prev_benchmark
+        torch.set_num_threads(self._prev_threads)
+        self.__dict__.pop("module", None)
+        self.__dict__.pop("x", None)
+        torch.cuda.empty_cache()
+
+
+class CudaBackend(Backend):
+    """PyTorch eager on the current CUDA device."""
+
+    name = "cuda"
+    description = "PyTorch eager on a CUDA GPU (cudnn.benchmark, synchronised timing, fp32/fp16/bf16)"
+    dtypes = tuple(DTYPES)
+
+    def available(self) -> tuple[bool, str]:
+        """True with the GPU's name, or False with why there is no usable GPU."""
+        if not torch.backends.cuda.is_built():
+            return False, f"this torch build ({torch.__version__}) has no CUDA support"
+        if not torch.cuda.is_available():
+            return False, f"no CUDA device visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
+        return True, torch.cuda.get_device_name(torch.cuda.current_device())
+
+    def prepare(
+        self,
+        module: nn.Module,
+        input_shape: Sequence[int],
+        dtype: str = "float32",
+        threads: int = 1,
+        seed: int = 0,
+    ) -> Prepared:
+        """Copy `module` to the GPU in `dtype`; an OOM here comes back to measure() as status "oom"."""
+        return CudaPrepared(module, input_shape, dtype, threads, seed)
+
+    def cleanup_after_failure(self) -> None:
+        """Return cached blocks after an OOM so the next case starts from a clean allocator."""
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()

@@ -1,0 +1,129 @@
+"""The environment record written beside every result: machine, versions, threads, allocator, backends."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+#: Distributions whose versions go into the record (thop ships as ultralytics-thop).
+_VERSIONS = {
+    "torch": ("torch",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnx": ("onnx",),
+    "onnxscript": ("onnxscript",),
+    "fvcore": ("fvcore",),
+    "thop": ("ultralytics-thop", "thop"),
+    "numpy": ("numpy",),
+}
+
+
+def _version(dists: tuple[str, ...]) -> str | None:
+    for dist in dists:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def usable_cores() -> int:
+    """Logical cores this process may run on (the affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def git_commit() -> str:
+    """HEAD of the checkout attnbench is imported from ("unknown" outside a git checkout)."""
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        return "unknown"
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def gpu_info() -> dict[str, Any]:
+    """GPU name, driver and CUDA versions, or Nones without a GPU."""
+    info: dict[str, Any] = {"gpu": None, "gpu_driver": None, "cuda": torch.version.cuda}
+    if not torch.cuda.is_available():
+        return info
+    info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    info["gpu_count"] = torch.cuda.device_count()
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,power.draw", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            first = out.stdout.strip().splitlines()[0].split(", ") if out.stdout.strip() else []
+            if first:
+                info["gpu_driver"] = first[0]
+                info["gpu_sm_clock"] = first[1] if len(first) > 1 else None
+                info["gpu_power_draw"] = first[2] if len(first) > 2 else None
+        except (OSError, subprocess.SubprocessError, IndexError):
+            pass
+    return info
+
+
+def environment(threads: int = 1) -> dict[str, Any]:
+    """A flat, JSON-ready record of the machine and software a result was measured with.
+
+    `threads` is the intra-op thread count the run uses (1 unless asked). Calling this pins the allocator
+    (attnbench.memory.pin_allocator, once per process), so the settings recorded are the ones measured with.
+    """
+    import attnbench
+    from attnbench.backends import available_backends
+    from attnbench.memory import pin_allocator
+
+    record: dict[str, Any] = {
+        "attnbench": attnbench.__version__,
+        "git_commit": git_commit(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "threads": threads,
+        "torch_default_threads": torch.get_num_threads(),
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+    }
+    record.update({name: _version(dists) for name, dists in _VERSIONS.items()})
+    record.update(gpu_info())
+    record["allocator"] = pin_allocator()
+    record["available_backends"] = available_backends()
+    return record

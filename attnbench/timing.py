@@ -1,0 +1,254 @@
+"""Latency: one timing protocol for every backend (warm-up, blocked runs, median/IQR/p10, noise flag).
+
+Modelled on torch.utils.benchmark's blocked_autorange: after an explicit warm-up of at least
+WARMUP_MIN_CALLS calls *and* WARMUP_MIN_S seconds, the callable runs in blocks of `calls_per_block`
+calls, each block lasting about `block_target_s`, until at least `min_run_time` seconds and MIN_BLOCKS
+blocks are spent. Each block is timed once with an injectable clock (default time.perf_counter), so the
+clock's own cost is amortised over the block; per-call time = block time / calls per block. Statistics are
+taken over the per-block per-call times. An accelerator backend passes a `sync` hook, called before each
+clock read, so that the host clock never reads while work is still queued.
+
+Threads are not touched here: backends set them (1 intra-op thread unless asked) and record them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Warm-up runs until both of these hold (measurement.md: the conv-heavy module needed ~30 calls to settle).
+WARMUP_MIN_CALLS = 10
+WARMUP_MIN_S = 0.25
+#: Default total timed budget per case: small enough for CI and `compare --quick`; raise for publication.
+DEFAULT_MIN_RUN_TIME = 0.5
+#: A block lasts at least this long, so clock resolution and overhead vanish in the per-call figure.
+BLOCK_TARGET_S = 0.02
+#: Fewest blocks taken, so that the median and IQR rest on more than one sample even for slow modules.
+MIN_BLOCKS = 5
+#: IQR / median above this flags the run as noisy (torch.utils.benchmark uses the same 10%).
+NOISE_THRESHOLD = 0.10
+#: Other processes using more than this many cores during timing flag the run as contended.
+CONTENTION_THRESHOLD = 0.05
+
+Clock = Callable[[], float]
+Sync = Callable[[], None]
+
+
+def _no_sync() -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingStats:
+    """Per-call latency statistics in seconds, over blocks; times_s holds each block's per-call time."""
+
+    median_s: float
+    iqr_s: float
+    p10_s: float
+    min_s: float
+    mean_s: float
+    n_calls: int
+    n_blocks: int
+    noisy: bool
+    warmup_calls: int
+    warmup_s: float
+    calls_per_block: int = 1
+    times_s: tuple[float, ...] = ()
+    #: Minor page faults per call during the timed blocks (allocator churn shows here); None if unknown.
+    minor_faults_per_call: float | None = None
+    #: CPU other processes used during the timed blocks, in cores (0.05 = 5% of one core); None if unknown.
+    other_cpu_cores: float | None = None
+
+    @property
+    def contended(self) -> bool:
+        """True when other processes used more than CONTENTION_THRESHOLD of a core while timing."""
+        return self.other_cpu_cores is not None and self.other_cpu_cores > CONTENTION_THRESHOLD
+
+    @property
+    def iqr_over_median(self) -> float:
+        """Relative spread: IQR / median (inf for a zero median)."""
+        return self.iqr_s / self.median_s if self.median_s > 0 else math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat dict of the summary fields (no per-block times), for result rows."""
+        return {
+            "median_s": self.median_s,
+            "iqr_s": self.iqr_s,
+            "p10_s": self.p10_s,
+            "min_s": self.min_s,
+            "mean_s": self.mean_s,
+            "iqr_over_median": self.iqr_over_median,
+            "n_calls": self.n_calls,
+            "n_blocks": self.n_blocks,
+            "calls_per_block": self.calls_per_block,
+            "noisy": self.noisy,
+            "warmup_calls": self.warmup_calls,
+            "warmup_s": self.warmup_s,
+            "minor_faults_per_call": self.minor_faults_per_call,
+            "other_cpu_cores": self.other_cpu_cores,
+            "contended": self.contended,
+        }
+
+
+class SystemProbe:
+    """Reads page faults and other processes' CPU time around a timed region (Linux; None elsewhere)."""
+
+    def __init__(self) -> None:
+        self._start: tuple[int, float, float, float] | None = None
+
+    @staticmethod
+    def _read() -> tuple[int, float, float, float] | None:
+        try:
+            import resource
+
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+            hz = float(os.sysconf("SC_CLK_TCK"))
+        except (ImportError, OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy time.
+        ticks = [float(v) for v in fields[:8]]
+        busy_s = (sum(ticks) - ticks[3] - ticks[4]) / hz
+        return usage.ru_minflt, usage.ru_utime + usage.ru_stime, busy_s, time.monotonic()
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._start = self._read()
+
+    def stop(self, n_calls: int) -> tuple[float | None, float | None]:
+        """(minor faults per call, other processes' CPU in cores) since start()."""
+        end = self._read()
+        if self._start is None or end is None or n_calls <= 0:
+            return None, None
+        faults = (end[0] - self._start[0]) / n_calls
+        wall = end[3] - self._start[3]
+        other = (end[2] - self._start[2]) - (end[1] - self._start[1])
+        # /proc/stat ticks are 10 ms: over a short run the estimate is coarse, so clamp at zero.
+        return faults, max(0.0, other / wall) if wall > 0 else None
+
+
+def quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values (numpy's default 'linear' method)."""
+    if not sorted_values:
+        raise ValueError("quantile of an empty sequence")
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(
+    per_call_times: Sequence[float],
+    calls_per_block: int = 1,
+    warmup_calls: int = 0,
+    warmup_s: float = 0.0,
+) -> TimingStats:
+    """Statistics over per-block per-call times (one value per block)."""
+    values = sorted(per_call_times)
+    median = quantile(values, 0.5)
+    iqr = quantile(values, 0.75) - quantile(values, 0.25)
+    return TimingStats(
+        median_s=median,
+        iqr_s=iqr,
+        p10_s=quantile(values, 0.10),
+        min_s=values[0],
+        mean_s=sum(values) / len(values),
+        n_calls=len(values) * calls_per_block,
+        n_blocks=len(values),
+        noisy=median > 0 and iqr / median > NOISE_THRESHOLD,
+        warmup_calls=warmup_calls,
+        warmup_s=warmup_s,
+        calls_per_block=calls_per_block,
+        times_s=tuple(per_call_times),
+    )
+
+
+def warm_up(
+    fn: Callable[[], Any],
+    min_calls: int = WARMUP_MIN_CALLS,
+    min_s: float = WARMUP_MIN_S,
+    clock: Clock = time.perf_counter,
+    sync: Sync = _no_sync,
+) -> tuple[int, float, float]:
+    """Call `fn` for >= `min_calls` calls and >= `min_s` s; return (calls, seconds, steady per-call estimate).
+
+    The estimate is the mean of the second half of the warm-up calls: the first calls are the slow ones.
+    """
+    sync()
+    start = clock()
+    stamps: list[float] = []
+    while len(stamps) < max(1, min_calls) or stamps[-1] - start < min_s:
+        fn()
+        sync()
+        stamps.append(clock())
+    calls = len(stamps)
+    half = calls // 2
+    estimate = stamps[-1] - start if half == 0 else (stamps[-1] - stamps[half - 1]) / (calls - half)
+    return calls, stamps[-1] - start, estimate
+
+
+def calls_for_block(per_call_s: float, block_target_s: float = BLOCK_TARGET_S) -> int:
+    """Calls per block so that one block lasts at least `block_target_s` (at least one call)."""
+    if per_call_s <= 0:
+        # A clock too coarse to see one call: fall back to a large block.
+        return 1000
+    return max(1, math.ceil(block_target_s / per_call_s))
+
+
+def time_blocks(
+    fn: Callable[[], Any],
+    calls_per_block: int,
+    min_run_time: float = DEFAULT_MIN_RUN_TIME,
+    min_blocks: int = MIN_BLOCKS,
+    clock: Clock = time.perf_counter,
+    sync: Sync = _no_sync,
+) -> list[float]:
+    """Time blocks of `calls_per_block` calls (>= min_run_time s, >= min_blocks blocks); per-call times."""
+    per_call: list[float] = []
+    total = 0.0
+    # Like timeit, keep the cyclic GC out of the timed region: a collection lands in one block at random.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        while total < min_run_time or len(per_call) < min_blocks:
+            sync()
+            t0 = clock()
+            for _ in range(calls_per_block):
+                fn()
+            sync()
+            block = clock() - t0
+            total += block
+            per_call.append(block / calls_per_block)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return per_call
+
+
+def time_callable(
+    fn: Callable[[], Any],
+    min_run_time: float = DEFAULT_MIN_RUN_TIME,
+    warmup_s: float = WARMUP_MIN_S,
+    warmup_calls: int = WARMUP_MIN_CALLS,
+    block_target_s: float = BLOCK_TARGET_S,
+    min_blocks: int = MIN_BLOCKS,
+    clock: Clock | None = None,
+    sync: Sync | None = None,
+) -> TimingStats:
+    """Warm up `fn`, then time it in blocks; the one timing protocol every backend uses."""
+    clock = clock or time.perf_counter
+    sync = sync or _no_sync
+    n_warm, warm_elapsed, per_call_estimate = warm_up(fn, warmup_calls, warmup_s, clock, sync)
+    cpb = calls_for_block(per_call_estimate, block_target_s)
+    probe = SystemProbe()
+    probe.start()
+    times = time_blocks(fn, cpb, min_run_time, min_blocks, clock, sync)
+    faults, other = probe.stop(len(times) * cpb)
+    stats = summarize(times, cpb, n_warm, warm_elapsed)
+    return dataclasses.replace(stats, minor_faults_per_call=faults, other_cpu_cores=other)

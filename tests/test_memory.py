@@ -1,0 +1,91 @@
+"""Peak memory: exact to the byte on known cases; allocator pinning is recorded."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+
+from attnbench.memory import allocator_settings, cpu_peak_bytes, peak_of_events, pin_allocator
+
+
+class KnownTemporary(nn.Module):
+    """Allocates a 1,000,000-byte temporary that is still alive when the output is allocated."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tmp = torch.empty(250_000)  # 250,000 float32 = 1,000,000 B
+        tmp.fill_(1.0)
+        y = x.clone()
+        del tmp
+        return y
+
+
+def _warm_peak(module: nn.Module, x: torch.Tensor) -> int:
+    with torch.inference_mode():
+        module(x)
+        return cpu_peak_bytes(functools.partial(module, x))
+
+
+def test_peak_of_events_orders_by_time() -> None:
+    # Given out of order: +100 at t=1, +50 at t=2, -100 at t=3, +20 at t=4 -> peak 150.
+    assert peak_of_events([(3, -100), (1, 100), (4, 20), (2, 50)]) == 150
+    assert peak_of_events([]) == 0
+
+
+def test_linear_output_exact_to_the_byte() -> None:
+    layer = nn.Linear(64, 128).eval()
+    x = torch.randn(32, 64)
+    assert _warm_peak(layer, x) == 32 * 128 * 4  # the output only: weights and input are excluded
+
+
+def test_big_linear_output_exact() -> None:
+    layer = nn.Linear(512, 1024).eval()
+    x = torch.randn(256, 512)
+    assert _warm_peak(layer, x) == 256 * 1024 * 4
+
+
+def test_known_temporary_exact() -> None:
+    x = torch.randn(10, 100)
+    assert _warm_peak(KnownTemporary(), x) == 1_000_000 + 10 * 100 * 4
+
+
+def test_freed_temporary_counts_once() -> None:
+    def fn() -> torch.Tensor:
+        for _ in range(3):
+            t = torch.empty(1000)  # 4000 B, freed before the next one
+            del t
+        return torch.empty(10)
+
+    assert cpu_peak_bytes(fn) == 4000
+
+
+def test_peak_sees_no_events_from_outside_the_call() -> None:
+    weights = torch.randn(1000, 1000)  # allocated before: not counted
+    assert cpu_peak_bytes(lambda: weights.sum()) == 4
+
+
+def test_pin_allocator_records_settings() -> None:
+    info = pin_allocator()
+    assert isinstance(info, dict) and "allocator" in info and "pinned" in info
+    assert pin_allocator() == info  # idempotent: once per process
+    assert allocator_settings() == info
+    if info["allocator"].startswith("glibc"):
+        assert info["pinned"] is True
+        assert info["mmap_threshold_bytes"] == info["trim_threshold_bytes"] == 1 << 30
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_peak_linear() -> None:
+    from attnbench.memory import cuda_peak
+
+    layer = nn.Linear(64, 128).cuda().eval()
+    x = torch.randn(32, 64, device="cuda")
+    with torch.inference_mode():
+        layer(x)
+        peak = cuda_peak(functools.partial(layer, x))
+    # The caching allocator rounds blocks up to 512 B; the output is 16,384 B.
+    assert peak.peak_bytes is not None and peak.peak_bytes >= 32 * 128 * 4
+    assert peak.reserved_bytes is not None and peak.reserved_bytes >= peak.peak_bytes
