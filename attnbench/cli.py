@@ -43,6 +43,8 @@ COMPARE_DIM = 64
 COMPARE_RES = ("14", "28", "56")
 COMPARE_BACKENDS = ("cpu", "ort")
 PROFILE_RES = ("56",)
+#: Seconds of timed calls per case: measurement.md's blocked_autorange(min_run_time=1.0) for stable medians.
+CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
 #: Exit code for a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
@@ -148,7 +150,7 @@ MetricsOpt = Annotated[str, typer.Option("--metrics", help="Comma list of params
 CountersOpt = Annotated[str, typer.Option("--counters", help="Comma list of attnbench,fvcore,thop.")]
 OutputOpt = Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write .csv, .md or .json; repeat.")]
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for scaling plots (PNG).")]
-MinRunOpt = Annotated[float | None, typer.Option("--min-run-time", help="Seconds of timed calls per case.")]
+MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Seconds of timed calls per case.")]
 TimeLimitOpt = Annotated[float | None, typer.Option("--time-limit", help="Per-case time limit in seconds.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
 SortOpt = Annotated[
@@ -265,7 +267,7 @@ def _measure_and_report(
     counters: str,
     outputs: Sequence[Path],
     plots: Path | None,
-    min_run_time: float | None,
+    min_run_time: float,
     time_limit: float | None,
     force: bool,
     sort: str | None,
@@ -297,7 +299,7 @@ def _measure_and_report(
         raise UsageError(f"--dtype {dtype!r}: allowed: float32, float16, bfloat16")
     if dtype != "float32" and any(b != "cuda" for b in backends):
         raise UsageError(f"--dtype {dtype} is supported on --backend cuda only (CPU and ORT runs are float32)")
-    if min_run_time is not None and min_run_time <= 0:
+    if min_run_time <= 0:
         raise UsageError("--min-run-time must be > 0")
     if time_limit is not None and time_limit <= 0:
         raise UsageError("--time-limit must be > 0")
@@ -464,7 +466,7 @@ def profile_cmd(
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    min_run_time: MinRunOpt = None,
+    min_run_time: MinRunOpt = CLI_MIN_RUN_TIME,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
     sort: SortOpt = None,
@@ -509,7 +511,7 @@ def compare_cmd(
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    min_run_time: MinRunOpt = None,
+    min_run_time: MinRunOpt = CLI_MIN_RUN_TIME,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
     sort: SortOpt = "macs",

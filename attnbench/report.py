@@ -116,7 +116,8 @@ def scaling(results: Sequence[Result]) -> pd.DataFrame:
     metrics = ["macs_attnbench"] + [c for c in table.columns if c.startswith(("latency_", "mem_"))]
     out = []
     for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False, dropna=False):
-        grp = grp.sort_values("tokens")
+        # Only geometries that produced numbers: a resolution the module refused has no point to fit.
+        grp = grp[grp["status"] != R.INVALID].sort_values("tokens")
         if grp["tokens"].nunique() < 2:
             continue
         row: dict[str, Any] = dict(zip(["module", "dim", "batch", "kwargs"], key, strict=True))

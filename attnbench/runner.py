@@ -226,6 +226,11 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
         )
     values.update(parity_max_abs=m.parity_max_abs, exporter=m.exporter or "")
     extra = {"allocator": m.allocator, **(m.extra or {})}
+    if m.timing is not None:
+        # Seconds inside the timing protocol (warm-up + timed blocks): the rest of a row's time is overhead.
+        extra["timing_loop_s"] = m.timing.warmup_s + m.timing.mean_s * m.timing.n_calls
+        extra["other_cpu_cores"] = m.timing.other_cpu_cores
+        extra["minor_faults_per_call"] = m.timing.minor_faults_per_call
     values["extra"] = json.dumps(extra, sort_keys=True, default=str)
     return values
 
