@@ -237,10 +237,31 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
 @app.command("env")
 def env_cmd() -> None:
     """The environment record: versions, devices, and which backends and counters are available."""
+    import importlib.util
+
     from attnbench.env import environment
 
-    for key, value in environment().items():
-        out.print(f"{key:22s} {value}")
+    record = environment()
+    record["available_counters"] = {
+        "attnbench": {"available": True, "reason": "built in (dispatch level, meta device)"},
+        **{
+            name: {
+                "available": importlib.util.find_spec(module) is not None,
+                "reason": f"{dist} {record.get(name) or 'not installed'}",
+            }
+            for name, module, dist in (("fvcore", "fvcore", "fvcore"), ("thop", "thop", "ultralytics-thop"))
+        },
+    }
+    for key, value in record.items():
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
+            out.print(f"{key}:", highlight=False)
+            for name, info in value.items():
+                mark = "yes" if info.get("available") else "no "
+                out.print(f"  {name:20s} {mark}  {info.get('reason', '')}", highlight=False)
+        elif isinstance(value, dict):
+            out.print(f"{key:22s} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False)
+        else:
+            out.print(f"{key:22s} {value}", highlight=False)
 
 
 def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> list[str]:
@@ -369,7 +390,15 @@ def _measure_and_report(
         rows.append(row)
         write_all()
 
-    n_steps = len(cases) if options.measures else len({(c.module, c.dim, c.height, c.width, c.batch) for c in cases})
+    # One step per measured case, or per geometry when only counting; the bar names the step under way.
+    steps = (
+        cases if options.measures else list({(c.module, c.dim, c.height, c.width, c.batch): c for c in cases}.values())
+    )
+
+    def describe(case: R.Case) -> str:
+        where = f" {case.backend}" if options.measures else ""
+        return f"{case.module} C={case.dim} {case.height}x{case.width} B={case.batch}{where}"
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -377,18 +406,16 @@ def _measure_and_report(
         TimeElapsedColumn(),
         console=err,
         transient=True,
-        disable=quiet or n_steps < 2,
+        disable=quiet,
     )
     with progress:
-        task = progress.add_task("measuring", total=n_steps)
+        task = progress.add_task(describe(steps[0]), total=len(steps))
+        done = 0
 
         def on_progress(case: R.Case) -> None:
-            progress.update(
-                task,
-                advance=1,
-                description=f"{case.module} C={case.dim} {case.height}x{case.width}"
-                f" {case.backend if options.measures else ''}",
-            )
+            nonlocal done
+            done += 1
+            progress.update(task, advance=1, description=describe(steps[min(done, len(steps) - 1)]))
 
         outcome = run(cases, options, on_result=on_result, on_progress=on_progress)
     write_all()
@@ -415,6 +442,14 @@ def _measure_and_report(
     if outcome.interrupted:
         err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
         raise typer.Exit(EXIT_INTERRUPTED)
+    # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
+    # this machine will run, so it ends like bad input, with the first refusal's reason.
+    if rows and all(row.status in R.REFUSED for row in rows):
+        first = rows[0]
+        raise AttnbenchError(
+            f"every case was refused; first: {first.module} C={first.dim} {first.height}x{first.width} "
+            f"B={first.batch} {first.backend}: {first.status}: {first.reason}"
+        )
     gate_failed = False
     if base is not None:
         from attnbench.gate import compare_to_baseline, print_gate
