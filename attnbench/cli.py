@@ -36,7 +36,7 @@ app = typer.Typer(
 )
 # Tables are wide: a pipe or a file gets 200 columns rather than rich's default of 80 for non-terminals.
 out = Console(width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 
 #: Defaults of `compare`: quick enough for a 2-core CPU in a few minutes, wide enough to show scaling.
 COMPARE_DIM = 64
@@ -432,11 +432,14 @@ def _measure_and_report(
     for row in rows:
         if row.status not in (R.OK,):
             err.print(
-                f"[yellow]{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend}: "
-                f"{row.status}: {row.reason}[/yellow]",
+                f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend}: "
+                f"{row.status}: {row.reason}",
+                style="yellow",
+                markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
-    err.print(f"[dim]{report.CONVENTION}[/dim]", highlight=False)
+    err.print(f"[dim]{report.CONVENTION}[/dim]", highlight=False, soft_wrap=True)
     for path in outputs:
         err.print(f"wrote {path}")
     if outcome.interrupted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,12 +61,17 @@ def load_baseline(path: str | Path) -> LoadedResults:
     return loaded
 
 
+def _canonical(value: Any) -> str:
+    # A record read back from a file has its dict keys in another order than a live one.
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether latency from `base_env` can be compared with `env`; the reason when not."""
     diffs = [
         f"{k}: baseline {base_env.get(k)!r} vs here {env.get(k)!r}"
         for k in HARDWARE_KEYS
-        if str(base_env.get(k)) != str(env.get(k))
+        if _canonical(base_env.get(k)) != _canonical(env.get(k))
     ]
     if diffs:
         return False, "baseline is from other hardware or versions (" + "; ".join(diffs) + ")"
@@ -174,8 +180,6 @@ def _latency(
 
 
 def _kwargs(row: Result) -> dict[str, Any]:
-    import json
-
     return json.loads(row.kwargs) if row.kwargs else {}
 
 

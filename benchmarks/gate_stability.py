@@ -1,6 +1,6 @@
 """Does the regression gate pass an unchanged checkout every time and catch deliberate changes every time?
 
-1. A baseline is written with the CI command (`attnbench compare --all` at C=32, 16x16 and 32x32, cpu, ort).
+1. A baseline is written with the CI command (`attnbench compare --all` at C=64, 16x16 and 32x32, cpu, ort).
 2. The gate runs N times against it on the unchanged checkout (each run a fresh process): it must pass.
 3. Deliberate changes, each in a fresh process that patches one module before calling the CLI:
    - "extra-layer": lka gets one more 1x1 conv (params and MACs change): the gate must fail;
@@ -26,7 +26,7 @@ CI_ARGS = [
     "compare",
     "--all",
     "--dim",
-    "32",
+    "64",
     "--res",
     "16",
     "--res",

@@ -92,3 +92,9 @@ def test_missing_and_new_cases_are_reported_not_failed() -> None:
 
 def test_case_that_now_fails_fails_the_gate() -> None:
     assert not gate.compare_to_baseline([row(status="failed")], base(row()), env=ENV).passed
+
+
+def test_same_hardware_with_keys_in_another_order_is_comparable() -> None:
+    live = {**ENV, "allocator": {"allocator": "glibc", "pinned": True, "mmap_threshold_bytes": 1 << 30}}
+    read_back = {**ENV, "allocator": {"mmap_threshold_bytes": 1 << 30, "allocator": "glibc", "pinned": True}}
+    assert gate.comparable_hardware(read_back, live) == (True, "")

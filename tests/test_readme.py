@@ -27,6 +27,6 @@ def test_ci_runs_the_readme_commands() -> None:
 
 def test_readme_gate_example_matches_ci_settings() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    settings = "--dim 32 --res 16 --res 32 --backend cpu --backend ort"
+    settings = "--dim 64 --res 16 --res 32 --backend cpu --backend ort"
     assert settings in ci and settings in " ".join(README.split())
     assert "--min-run-time 0.2" in ci and "--min-run-time 0.2" in README
