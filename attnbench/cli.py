@@ -298,6 +298,7 @@ def _measure_and_report(
     baseline: Path | None = None,
     tolerance: float | None = None,
     force_latency: bool = False,
+    breakdown: bool = False,
 ) -> None:
     """Validate everything, run the sweep, stream rows to files, print tables; exit 0 / 1 / 2 / 130."""
     from attnbench import report
@@ -429,6 +430,8 @@ def _measure_and_report(
     scale = report.scaling_table(rows)
     if scale is not None:
         out.print(scale)
+    if breakdown:
+        print_breakdowns(rows)
     for row in rows:
         if row.status not in (R.OK,):
             err.print(
@@ -470,6 +473,29 @@ def _measure_and_report(
         raise typer.Exit(1)
 
 
+def print_breakdowns(rows: Sequence[R.Result]) -> None:
+    """The attnbench counter's per-operator and per-submodule MACs, and what it left out, for each geometry."""
+    import json
+
+    import torch
+
+    from attnbench.counting import count_macs
+    from attnbench.registry import build
+
+    seen = set()
+    for row in rows:
+        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs)
+        if key in seen or row.status == R.INVALID:
+            continue
+        seen.add(key)
+        kwargs = json.loads(row.kwargs) if row.kwargs else {}
+        with torch.device("meta"):  # counts need shapes only: no weights are allocated
+            module = build(row.module, row.dim, (row.height, row.width), **kwargs)
+        report = count_macs(module, (row.batch, row.dim, row.height, row.width))
+        out.print(f"\n[bold]{row.module}[/bold] C={row.dim} {row.height}x{row.width} B={row.batch}")
+        out.print(report.format(), markup=False, highlight=False)
+
+
 def write_outputs(
     rows: Sequence[R.Result],
     env: dict[str, Any],
@@ -509,6 +535,9 @@ def profile_cmd(
     force: ForceOpt = False,
     sort: SortOpt = None,
     quiet: QuietOpt = False,
+    breakdown: Annotated[
+        bool, typer.Option("--breakdown", help="Also print attnbench's per-operator and per-submodule MACs.")
+    ] = False,
 ) -> None:
     """Measure modules over every dim, resolution, batch and backend given; one table, optional reports."""
     _measure_and_report(
@@ -531,6 +560,7 @@ def profile_cmd(
         quiet=quiet,
         title="attnbench profile",
         highlight_best=False,
+        breakdown=breakdown,
     )
 
 

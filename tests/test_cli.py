@@ -220,3 +220,13 @@ def _markdown_table_rows(text: str) -> list[list[str]]:
         assert all(line.endswith("|") and line.count("|") == width for line in table), table
         assert set(table[1].replace("|", "").replace(":", "")) == {"-"}, table[1]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in tables[0][2:]]
+
+
+def test_breakdown_lists_operators_modules_and_uncounted(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,macs", "--breakdown", "--quiet"
+    )
+    assert code == 0, err
+    assert "aten.conv2d" in out and "aten.mul" in out  # counted: the convs and the u * attn gate
+    assert "conv_spatial" in out  # per submodule
+    assert "seen but not counted" in out and "aten.clone" in out  # upstream's copy, listed, not a MAC
