@@ -34,13 +34,15 @@ def positive(key: str) -> Constraint:
 
 
 def odd_kernels(key: str) -> Constraint:
-    """Kwarg `key` (an int or a list of ints) holds only odd kernel sizes >= 1 (same padding needs odd)."""
+    """Kwarg `key` (an int or a list of ints) holds only odd kernel sizes >= 1 (padding k // 2 keeps the size only then)."""
 
     def check(s: Setting) -> str | None:
         value = s[key]
         sizes = value if isinstance(value, (list, tuple)) else [value]
         bad = [k for k in sizes if k < 1 or k % 2 == 0]
-        return None if not bad else f"{key} must hold odd sizes >= 1 (same padding), got {value}"
+        if not bad:
+            return None
+        return f"{key} must hold odd sizes >= 1 (only an odd kernel padded by k // 2 keeps H and W), got {value}"
 
     return Constraint(f"{key} odd", check)
 
