@@ -34,7 +34,7 @@ def positive(key: str) -> Constraint:
 
 
 def odd_kernels(key: str) -> Constraint:
-    """Kwarg `key` (an int or a list of ints) holds only odd kernel sizes >= 1 (padding k // 2 keeps the size only then)."""
+    """Kwarg `key` (an int or a list of ints) holds only odd kernel sizes >= 1 (k // 2 padding keeps H, W)."""
 
     def check(s: Setting) -> str | None:
         value = s[key]
