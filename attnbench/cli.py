@@ -474,12 +474,13 @@ def _measure_and_report(
 
 
 def print_breakdowns(rows: Sequence[R.Result]) -> None:
-    """The attnbench counter's per-operator and per-submodule MACs, and what it left out, for each geometry."""
+    """Params per child, and the attnbench counter's MACs per operator and submodule, for each geometry."""
     import json
 
     import torch
 
-    from attnbench.counting import count_macs
+    from attnbench.adapters import TokensToImage
+    from attnbench.counting import count_macs, count_params
     from attnbench.registry import build
 
     seen = set()
@@ -492,7 +493,15 @@ def print_breakdowns(rows: Sequence[R.Result]) -> None:
         with torch.device("meta"):  # counts need shapes only: no weights are allocated
             module = build(row.module, row.dim, (row.height, row.width), **kwargs)
         report = count_macs(module, (row.batch, row.dim, row.height, row.width))
+        # A token-layout module sits inside the (B, C, H, W) adapter: break down the module itself.
+        params = count_params(module.inner if isinstance(module, TokensToImage) else module)
         out.print(f"\n[bold]{row.module}[/bold] C={row.dim} {row.height}x{row.width} B={row.batch}")
+        out.print(
+            f"params {params.total:,} (trainable {params.trainable:,}; buffers, not counted: {params.buffers:,})",
+            highlight=False,
+        )
+        for child, n in params.by_module.items():
+            out.print(f"  {child:45s} {n:>15,}", highlight=False)
         out.print(report.format(), markup=False, highlight=False)
 
 

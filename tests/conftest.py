@@ -32,6 +32,15 @@ def example_id(value: object) -> str:
     return str(value)
 
 
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the attnbench CLI in-process; return (exit code, stdout, stderr)."""
+    from attnbench.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def spec_of(name: str) -> ModuleSpec:
     """The spec registered under name."""
     return get_spec(name)

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from attnbench import results as R
-from attnbench.cli import main
 from tests.bad_inputs import BAD_INPUTS, argv_for, prepare
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.conftest import run_cli as run
 
 
 @pytest.mark.parametrize(("argv", "needle"), [(a, n) for _, a, n in BAD_INPUTS], ids=[i for i, _, _ in BAD_INPUTS])

@@ -15,15 +15,9 @@ from hypothesis import HealthCheck, given, settings
 
 import attnbench.runner as runner
 from attnbench import results as R
-from attnbench.cli import main
 from attnbench.errors import CaseTimeoutError
+from tests.conftest import run_cli as _cli
 from tests.test_fuzz import cases
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _sleep_forever(*args: Any, **kwargs: Any) -> Any:

@@ -14,8 +14,8 @@ import torch
 
 import attnbench.runner as runner
 from attnbench import results as R
-from attnbench.cli import main
 from attnbench.errors import ResourceGuardError
+from tests.conftest import run_cli as _cli
 
 GIB = 2**30
 
@@ -34,12 +34,6 @@ def _no_real_measure(monkeypatch: pytest.MonkeyPatch) -> list[R.Case]:
 
     monkeypatch.setattr(runner, "_measure", fake)
     return seen
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def _refusing_measure(monkeypatch: pytest.MonkeyPatch) -> None:
