@@ -468,6 +468,13 @@ def _measure_and_report(
             remeasure=lambda case: run([case], options).results,
         )
         print_gate(verdict, out)
+        if verdict.compared_cases == 0:
+            # A gate that compared nothing must not pass: the run's settings differ from the baseline's.
+            held = sorted({f"C={r.dim} {r.height}x{r.width} B={r.batch}" for r in base.results})
+            raise BaselineError(
+                f"gate: no case of this run is in the baseline {baseline} (it holds {', '.join(held[:6])}"
+                f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
+            )
         gate_failed = not verdict.passed
     if outcome.failed or gate_failed:
         raise typer.Exit(1)

@@ -14,6 +14,7 @@ from rich.table import Table
 from attnbench import results as R
 from attnbench.errors import BaselineError
 from attnbench.results import Case, LoadedResults, Result
+from attnbench.runner import plan
 
 #: Counts are exact: any difference in these columns is a change.
 COUNT_FIELDS = ("params", "macs_attnbench")
@@ -32,7 +33,7 @@ HARDWARE_KEYS = ("cpu_model", "logical_cores", "gpu", "torch", "onnxruntime", "a
 class Change:
     """One difference between the run and the baseline."""
 
-    key: tuple[Any, ...]
+    case: str  # which case, as text
     kind: str  # "count", "latency", "status", "missing", "new", "latency-ok"
     detail: str
     failing: bool
@@ -78,9 +79,10 @@ def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> 
     return True, ""
 
 
-def _key_text(key: tuple[Any, ...]) -> str:
-    module, dim, h, w, batch, backend, _dtype, threads, kwargs = key
-    return f"{module} C={dim} {h}x{w} B={batch} {backend} t={threads}" + (f" {kwargs}" if kwargs else "")
+def _case_text(row: Result) -> str:
+    return f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend} t={row.threads}" + (
+        f" {row.kwargs}" if row.kwargs else ""
+    )
 
 
 def default_tolerance(base_median_s: float) -> float:
@@ -94,6 +96,21 @@ def _spread(row: Result) -> float:
     return 0.0
 
 
+def _geometry(row: Result) -> tuple[Any, ...]:
+    # Counts depend on the geometry only: a counts-only run (backend "none") is gated against any backend.
+    return (row.module, row.dim, row.height, row.width, row.batch, row.kwargs)
+
+
+def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
+    # One row per geometry, preferring a row that carries counts.
+    out: dict[tuple[Any, ...], Result] = {}
+    for row in rows:
+        held = out.get(_geometry(row))
+        if held is None or (held.params is None and row.params is not None):
+            out[_geometry(row)] = row
+    return out
+
+
 def compare_to_baseline(
     rows: Sequence[Result],
     baseline: LoadedResults,
@@ -102,7 +119,7 @@ def compare_to_baseline(
     remeasure: Callable[[Case], Sequence[Result]] | None = None,
     env: Mapping[str, Any] | None = None,
 ) -> Verdict:
-    """Compare `rows` with the baseline: exit-worthy changes are count changes, lost cases, latency regressions."""
+    """Compare `rows` with the baseline: count changes, cases that now fail and latency regressions fail it."""
     if env is None:
         from attnbench.env import environment
 
@@ -116,29 +133,32 @@ def compare_to_baseline(
             if force_latency
             else "; latency not compared (use --force-latency), counts still are"
         )
-    base = {r.key: r for r in baseline.results}
-    current = {r.key: r for r in rows}
-    for key in base.keys() - current.keys():
-        verdict.changes.append(Change(key, "missing", "in the baseline, not in this run", False))
-    for key in current.keys() - base.keys():
-        verdict.changes.append(Change(key, "new", "in this run, not in the baseline", False))
-    for key in [k for k in current if k in base]:
-        now, then = current[key], base[key]
+    base_geo, cur_geo = _by_geometry(baseline.results), _by_geometry(rows)
+    for geo in base_geo.keys() - cur_geo.keys():
+        verdict.changes.append(Change(_case_text(base_geo[geo]), "missing", "in the baseline, not in this run", False))
+    for geo in cur_geo.keys() - base_geo.keys():
+        verdict.changes.append(Change(_case_text(cur_geo[geo]), "new", "in this run, not in the baseline", False))
+    for geo in [g for g in cur_geo if g in base_geo]:
+        now, then = cur_geo[geo], base_geo[geo]
         verdict.compared_cases += 1
-        if then.status == R.OK and now.status != R.OK:
-            verdict.changes.append(Change(key, "status", f"was ok, now {now.status}: {now.reason}", True))
-            continue
         for name in COUNT_FIELDS:
             a, b = getattr(then, name), getattr(now, name)
             if a is not None and b is not None and a != b:
-                verdict.changes.append(Change(key, "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
-        if verdict.latency_compared and then.latency_median_s and now.latency_median_s:
-            verdict.changes.extend(_latency(key, now, then, tolerance, remeasure))
+                verdict.changes.append(Change(_case_text(now), "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
+    # Status and latency belong to one backend: compare rows that match exactly.
+    base = {r.key: r for r in baseline.results}
+    for now in rows:
+        then = base.get(now.key)
+        if then is None:
+            continue
+        if then.status == R.OK and now.status != R.OK:
+            verdict.changes.append(Change(_case_text(now), "status", f"was ok, now {now.status}: {now.reason}", True))
+        elif verdict.latency_compared and then.latency_median_s and now.latency_median_s:
+            verdict.changes.extend(_latency(now, then, tolerance, remeasure))
     return verdict
 
 
 def _latency(
-    key: tuple[Any, ...],
     now: Result,
     then: Result,
     tolerance: float | None,
@@ -152,16 +172,16 @@ def _latency(
     # A suspected regression is measured again: only a slowdown that survives re-measurement fails.
     while best / base_s - 1 > limit and remeasure is not None and tries < REMEASURES:
         tries += 1
-        case = Case(
-            now.module,
-            now.dim,
-            now.height,
-            now.width,
-            now.batch,
-            now.backend,
-            now.dtype,
+        # Same identity as the row, through the planner so that list kwargs become hashable tuples.
+        (case,) = plan(
+            [now.module],
+            [now.dim],
+            [(now.height, now.width)],
+            [now.batch],
+            [now.backend],
             now.threads,
-            tuple(sorted(_kwargs(now).items())),
+            now.dtype,
+            _kwargs(now),
         )
         again = [r for r in remeasure(case) if r.latency_median_s]
         if again:
@@ -173,9 +193,9 @@ def _latency(
         + ")"
     )
     if change > limit:
-        return [Change(key, "latency", detail, True)]
+        return [Change(_case_text(now), "latency", detail, True)]
     if tries:
-        return [Change(key, "latency-ok", detail, False)]
+        return [Change(_case_text(now), "latency-ok", detail, False)]
     return []
 
 
@@ -193,7 +213,7 @@ def print_gate(verdict: Verdict, console: Console) -> None:
             table.add_column(header)
         for c in verdict.changes:
             table.add_row(
-                _key_text(c.key),
+                c.case,
                 c.kind,
                 c.detail,
                 "yes" if c.failing else "no",

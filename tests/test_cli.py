@@ -224,3 +224,38 @@ def test_breakdown_lists_operators_modules_and_uncounted(capsys: pytest.CaptureF
     assert "aten.conv2d" in out and "aten.mul" in out  # counted: the convs and the u * attn gate
     assert "conv_spatial" in out  # per submodule
     assert "seen but not counted" in out and "aten.clone" in out  # upstream's copy, listed, not a MAC
+
+
+def test_gate_that_compares_nothing_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "base.csv"
+    run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,macs", "-o", str(base), "--quiet")
+    code, _, err = run(
+        capsys,
+        "compare",
+        "lka",
+        "--dim",
+        "16",
+        "--res",
+        "16",
+        "--metrics",
+        "params,macs",
+        "--baseline",
+        str(base),
+        "--quiet",
+    )
+    assert code == 2 and "no case of this run is in the baseline" in err
+    code, out, err = run(
+        capsys,
+        "compare",
+        "lka",
+        "--dim",
+        "16",
+        "--res",
+        "8",
+        "--metrics",
+        "params,macs",
+        "--baseline",
+        str(base),
+        "--quiet",
+    )
+    assert code == 0 and "1 case(s) compared" in out, err

@@ -98,3 +98,36 @@ def test_same_hardware_with_keys_in_another_order_is_comparable() -> None:
     live = {**ENV, "allocator": {"allocator": "glibc", "pinned": True, "mmap_threshold_bytes": 1 << 30}}
     read_back = {**ENV, "allocator": {"mmap_threshold_bytes": 1 << 30, "allocator": "glibc", "pinned": True}}
     assert gate.comparable_hardware(read_back, live) == (True, "")
+
+
+def test_counts_only_run_is_gated_on_geometry_whatever_the_backend() -> None:
+    counts = Result.for_case(Case("mhsa", 64, 28, 28, backend="none"), params=11, macs_attnbench=1000)
+    verdict = gate.compare_to_baseline([counts], base(row()), env=ENV)
+    assert verdict.compared_cases == 1 and not verdict.passed
+    assert [c.kind for c in verdict.changes] == ["count"]
+
+
+def test_remeasured_case_with_list_kwargs_is_hashable() -> None:
+    seen: list[Case] = []
+
+    def remeasure(case: Case) -> Sequence[Result]:
+        seen.append(case)
+        hash(case)
+        return [row(median=0.050)]
+
+    slow = Result.for_case(
+        Case("sk", 64, 28, 28, kwargs=(("kernels", (3, 5)),)),
+        params=10,
+        macs_attnbench=1000,
+        latency_median_s=0.090,
+        latency_iqr_s=0.001,
+    )
+    then = Result.for_case(
+        Case("sk", 64, 28, 28, kwargs=(("kernels", (3, 5)),)),
+        params=10,
+        macs_attnbench=1000,
+        latency_median_s=0.050,
+        latency_iqr_s=0.001,
+    )
+    assert gate.compare_to_baseline([slow], base(then), env=ENV, remeasure=remeasure).passed
+    assert seen and seen[0].kwargs == (("kernels", (3, 5)),)
