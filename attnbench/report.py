@@ -343,7 +343,7 @@ def markdown(
         if sort_by:
             table = sort_summary(table, sort_by)
         cols = _columns(table, backends_of(results))
-        lines.append("| " + " | ".join(h for h, _, _ in cols) + " |")
+        lines.append("| " + " | ".join(_md_escape(h) for h, _, _ in cols) + " |")
         lines.append("|" + "|".join("---" if k in ("module", "status", "kwargs") else "---:" for _, k, _ in cols) + "|")
         for _, r in table.iterrows():
             lines.append("| " + " | ".join(_md_escape(fn(r)) for _, _, fn in cols) + " |")

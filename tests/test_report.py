@@ -68,3 +68,25 @@ def test_failed_rows_are_listed_with_reason() -> None:
     rows = [*_rows(1.0), Result.for_case(Case("clo", 16, 14, 14), status="invalid", reason="H not divisible")]
     md = report.markdown(rows, {})
     assert "Cases that did not complete" in md and "H not divisible" in md
+
+
+def test_markdown_tables_have_as_many_header_cells_as_separator_cells() -> None:
+    rows = [
+        r
+        if r.backend == "cpu"
+        else Result.for_case(
+            Case(r.module, 16, r.height, r.width, backend="ort"),
+            params=100,
+            macs_attnbench=r.macs_attnbench,
+            latency_median_s=1e-3,
+            parity_max_abs=1e-7,
+        )
+        for r in _rows(1.0)
+    ]
+    md = report.markdown(rows, {"k": "v"})
+    assert "ORT max" in md
+    lines = md.splitlines()
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("|") and lines[i + 1].startswith("|---"):
+            cells = len(line.replace("\\|", "").split("|"))
+            assert cells == len(lines[i + 1].split("|")), line
