@@ -220,3 +220,17 @@ def test_cuda_measure(dtype: str) -> None:
     assert m.peak_bytes is not None and m.peak_bytes > 0 and m.reserved_bytes is not None
     assert next(module.parameters()).device.type == "cpu"
     assert torch.backends.cudnn.benchmark == benchmark_before and m.extra["cudnn_benchmark"] is True
+
+
+@pytest.mark.onnx
+def test_parity_fails_for_a_wrong_graph_even_when_outputs_are_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mhsa's upstream init gives outputs ~1e-5: an absolute 1e-4 bound alone would pass an all-zero graph.
+    import numpy as np
+
+    from attnbench.backends import ort
+
+    real = ort.OrtPrepared._run_numpy
+    monkeypatch.setattr(ort.OrtPrepared, "_run_numpy", lambda self, x: np.zeros_like(real(self, x)))
+    m = measure(attnbench.build("mhsa", 16, 4), (1, 16, 4, 4), backend="ort", latency=False, memory=False)
+    assert m.status == "parity_failed" and "max |output|" in m.reason
+    assert ort.parity_limit(5.0) == ort.PARITY_ATOL and ort.parity_limit(2e-5) < 1e-8
