@@ -291,8 +291,32 @@ def _load_json(path: Path, text: str) -> LoadedResults:
     rows = data.get("results")
     if not isinstance(rows, list):
         raise BaselineError(f"{path}: no 'results' list")
-    try:
-        results = [Result(**{k: v for k, v in row.items() if k in RESULT_FIELDS}) for row in rows]
-    except TypeError as exc:
-        raise BaselineError(f"{path}: malformed row ({exc})") from None
+    results = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BaselineError(f"{path}: results[{index}] is not an object")
+        try:
+            values = {k: _typed(k, v) for k, v in row.items() if k in RESULT_FIELDS}
+            results.append(Result(**values))
+        except (TypeError, ValueError) as exc:
+            raise BaselineError(f"{path}: results[{index}]: {exc}") from None
     return LoadedResults(results, env)
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A JSON value checked against its column's type (ints stay ints, no strings where numbers belong)."""
+    if value is None:
+        if name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS:
+            return None
+        raise ValueError(f"column {name} is null")
+    if name in _BOOL_FIELDS:
+        ok = isinstance(value, bool)
+    elif name in _INT_FIELDS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif name in _FLOAT_FIELDS:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ValueError(f"column {name}: {value!r} is not of the column's type")
+    return float(value) if name in _FLOAT_FIELDS else value

@@ -235,7 +235,11 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
 def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[str, Any]:
     from attnbench.measurement import measure
 
-    kwargs: dict[str, Any] = {"memory": "memory" in options.metrics, "seed": options.seed}
+    kwargs: dict[str, Any] = {
+        "memory": "memory" in options.metrics,
+        "latency": "latency" in options.metrics,
+        "seed": options.seed,
+    }
     if options.min_run_time is not None:
         kwargs["min_run_time"] = options.min_run_time
     m = measure(module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs)
@@ -373,7 +377,7 @@ def _run_geometry(
     for case in backends_cases:
         case_started = time.perf_counter()
         try:
-            guard(counted.estimate_bytes, case.backend, options.force)
+            guard(_backend_estimate(counted.estimate_bytes, case), case.backend, options.force)
             with time_limit(options.time_limit_s):
                 values = _measure(module, case, options)
             emit(Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - case_started}))
@@ -385,6 +389,18 @@ def _run_geometry(
             emit(_failure_row(case, exc, base))
         if on_progress:
             on_progress(case)
+
+
+#: ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena: its
+#: peak is a multiple of the eager estimate at the measured batch.
+ORT_MEMORY_FACTOR = 2.0
+
+
+def _backend_estimate(estimate: int | None, case: Case) -> int | None:
+    """The estimated peak for this backend: the eager estimate, scaled for ORT's extra batch and arena."""
+    if estimate is None or not case.backend.startswith("ort"):
+        return estimate
+    return int(estimate * ORT_MEMORY_FACTOR * max(1.0, 2 / case.batch))
 
 
 def _build_for_counting(case: Case, spec: Any, setting: Setting, options: RunOptions) -> torch.nn.Module:

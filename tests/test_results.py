@@ -57,6 +57,8 @@ def test_csv_first_line_carries_schema_and_env(tmp_path: Path) -> None:
         (R.CSV_MAGIC + ' {"schema": 99, "env": {}}\nmodule\n', ".csv", "schema version 99"),
         ("{", ".json", "corrupt JSON"),
         ('{"schema": 1, "env": {}}', ".json", "no 'results' list"),
+        ('{"schema": 1, "env": {}, "results": [1]}', ".json", "not an object"),
+        ('{"schema": 1, "env": {}, "results": [{"module": "m", "dim": "64"}]}', ".json", "column dim"),
         ("x", ".txt", "unknown report format"),
     ],
 )

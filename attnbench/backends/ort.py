@@ -290,6 +290,13 @@ class OrtPrepared(Prepared):
                         )
                 except Exception as exc:
                     raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=self.exporter) from None
+                # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
+                if self.session.get_providers()[0] != provider:
+                    raise CaseFailed(
+                        STATUS_SESSION_FAILED,
+                        f"{provider} did not start (session runs on {self.session.get_providers()})",
+                        exporter=self.exporter,
+                    )
             self.x = x
             self._check_parity(x, ref, x_alt, ref_alt, dims)
             self._bind(x)
