@@ -252,8 +252,15 @@ def rich_table(
             justify="left" if key in ("module", "status", "kwargs") else "right",
             no_wrap=key not in ("status", "kwargs"),
         )
-    bests = {key: _best(table, key) for _, key, _ in cols} if highlight_best else {}
+    # The best value of a column among the modules measured at the same setting: across resolutions the
+    # smallest input would always win.
+    setting = ["dim", "height", "width", "batch"]
+    bests: dict[tuple[Any, ...], dict[str, Any]] = {}
+    if highlight_best:
+        for key_values, grp in table.groupby(setting, sort=False):
+            bests[tuple(key_values)] = {key: _best(grp, key) for _, key, _ in cols}
     for _, r in table.iterrows():
+        group_bests = bests.get(tuple(r[c] for c in setting), {})
         cells = []
         for _header, key, fn in cols:
             text = fn(r)
@@ -262,7 +269,7 @@ def rich_table(
                 style = "red"
             elif text.endswith(" under") or text.endswith(" over"):
                 style = "yellow"
-            best = bests.get(key)
+            best = group_bests.get(key)
             if best is not None and _present(r.get(key)) and r.get(key) == best:
                 style = "bold green"
             cells.append(Text(text, style=style))
@@ -313,6 +320,10 @@ def sort_key(sort_by: str, backends: Sequence[str]) -> str:
         return SORT_KEYS[sort_by]
     kind, _, backend = sort_by.partition("-")
     backend = backend or (backends[0] if backends else "cpu")
+    if kind in ("latency", "memory") and backend not in backends:
+        raise ValueError(
+            f"cannot sort by {sort_by!r}: no {backend} measurements (backends: {', '.join(backends) or 'none'})"
+        )
     if kind == "latency":
         return f"latency_{backend}_s"
     if kind == "memory":

@@ -31,7 +31,6 @@ OOM = "oom"
 SKIPPED = "skipped"  # backend unavailable here
 GUARDED = "guarded"  # refused by the memory guard (estimate above free memory)
 TIMEOUT = "timeout"
-INTERRUPTED = "interrupted"
 #: Cases refused by design (reported with their reason), as opposed to cases that failed.
 REFUSED = (INVALID, SKIPPED, GUARDED)
 
@@ -100,7 +99,7 @@ class Result:
     reserved_mem_bytes: int | None = None
     parity_max_abs: float | None = None
     exporter: str = ""
-    seconds: float | None = None  # wall time spent on this row (building, counting, measuring)
+    seconds: float | None = None  # wall time of this row's measurement (or of building and counting, if only counted)
     extra: str = ""  # JSON of backend-specific details
 
     @classmethod

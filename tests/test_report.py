@@ -61,7 +61,9 @@ def test_undercounting_counter_is_flagged() -> None:
 def test_sort_key_rejects_unknown() -> None:
     with pytest.raises(ValueError, match="allowed"):
         report.sort_key("speed", ["cpu"])
-    assert report.sort_key("latency-ort", ["cpu"]) == "latency_ort_s"
+    assert report.sort_key("latency-ort", ["cpu", "ort"]) == "latency_ort_s"
+    with pytest.raises(ValueError, match="no ort measurements"):
+        report.sort_key("latency-ort", ["cpu"])
 
 
 def test_failed_rows_are_listed_with_reason() -> None:
