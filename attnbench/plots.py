@@ -30,11 +30,16 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
         if column not in table or table[column].notna().sum() == 0:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for (module, dim), grp in table.groupby(["module", "dim"], sort=False):
+        # One line per module setting: mixing batches or kwargs in one line would zig-zag.
+        varies = [c for c in ("batch", "kwargs") if table[c].nunique() > 1]
+        for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False):
+            module, dim, batch, kwargs = key
             grp = grp[grp[column].notna()].sort_values("tokens")
             if grp.empty:
                 continue
-            ax.plot(grp["tokens"], grp[column].astype(float) * scale, marker="o", label=f"{module} (C={dim})")
+            label = f"{module} (C={dim}" + (f", B={batch}" if "batch" in varies else "")
+            label += (f", {kwargs}" if "kwargs" in varies and kwargs else "") + ")"
+            ax.plot(grp["tokens"], grp[column].astype(float) * scale, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens N = H x W")

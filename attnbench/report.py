@@ -288,8 +288,12 @@ def scaling_table(results: Sequence[Result]) -> Table | None:
         header_style="bold",
         title_justify="left",
     )
+    # Batch and kwargs columns only when they vary, so rows that differ in them do not look identical.
+    extra = [c for c in ("batch", "kwargs") if frame[c].nunique() > 1]
     out.add_column("Module")
     out.add_column("C", justify="right")
+    for c in extra:
+        out.add_column("B" if c == "batch" else "kwargs", justify="right" if c == "batch" else "left")
     out.add_column("N range", justify="right")
     for metric in metrics:
         out.add_column(f"{_metric_label(metric)} exp", justify="right")
@@ -297,6 +301,7 @@ def scaling_table(results: Sequence[Result]) -> Table | None:
         out.add_row(
             str(r["module"]),
             str(int(r["dim"])),
+            *[str(int(r[c])) if c == "batch" else _kw_text(r[c]) for c in extra],
             f"{r['n_min']}..{r['n_max']}",
             *[("-" if not _present(r.get(f"{m}_exp")) else f"{r[f'{m}_exp']:.2f}") for m in metrics],
         )
@@ -376,16 +381,18 @@ def markdown(
                 "all resolutions in brackets).",
                 "",
             ]
-            lines.append("| Module | C | N range | " + " | ".join(f"{_metric_label(m)} exp" for m in metrics) + " |")
-            lines.append("|---|---:|---:|" + "---:|" * len(metrics))
+            extra = [c for c in ("batch", "kwargs") if frame[c].nunique() > 1]
+            heads = ["Module", "C", *("B" if c == "batch" else "kwargs" for c in extra), "N range"]
+            lines.append("| " + " | ".join(heads + [f"{_metric_label(m)} exp" for m in metrics]) + " |")
+            lines.append("|---|---:|" + "---:|" * len(extra) + "---:|" + "---:|" * len(metrics))
             for _, r in frame.iterrows():
                 vals = []
                 for m in metrics:
                     e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
                     vals.append("-" if not _present(e) else f"{e:.2f} ({f:.2f})")
-                lines.append(
-                    f"| {r['module']} | {int(r['dim'])} | {r['n_min']}..{r['n_max']} | " + " | ".join(vals) + " |"
-                )
+                ids = [str(r["module"]), str(int(r["dim"]))]
+                ids += [str(int(r[c])) if c == "batch" else _md_escape(_kw_text(r[c])) for c in extra]
+                lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
             lines.append("")
     bad = [r for r in results if r.status != R.OK]
     if bad:
