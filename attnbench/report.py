@@ -78,6 +78,7 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
             row[f"latency_{b}_s"] = r["latency_median_s"]
             row[f"iqr_{b}_s"] = r["latency_iqr_s"]
             row[f"noisy_{b}"] = r["latency_noisy"]
+            row[f"contended_{b}"] = r["latency_contended"]
             row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
             if b == "ort":
                 row["parity_max_abs"] = r["parity_max_abs"]
@@ -216,7 +217,7 @@ def _latency_cell(r: Mapping[str, Any], b: str) -> str:
         return "-"
     iqr = r.get(f"iqr_{b}_s")
     text = f"{ms(med)} ±{ms(iqr, 2)}" if _present(iqr) else ms(med)
-    return text + (" ~" if r.get(f"noisy_{b}") is True else "")
+    return text + (" ~" if r.get(f"noisy_{b}") is True else "") + (" !" if r.get(f"contended_{b}") is True else "")
 
 
 def _best(table: pd.DataFrame, key: str) -> Any:
@@ -366,8 +367,9 @@ def markdown(
         lines.append("")
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
-            "timing (IQR/median > 10%). Mem: activations and temporaries allocated during one "
-            "forward (weights and input excluded). `under`/`over`: the counter differs from "
+            "timing (IQR/median > 10%), `!` one taken while other processes used more than 5% of a core. "
+            "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
+            "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
         )
         lines.append("")

@@ -94,6 +94,7 @@ class Result:
     latency_min_s: float | None = None
     latency_calls: int | None = None
     latency_noisy: bool | None = None
+    latency_contended: bool | None = None  # other processes used > 5% of a core while timing
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
     reserved_mem_bytes: int | None = None

@@ -252,6 +252,7 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
             latency_min_s=m.timing.min_s,
             latency_calls=m.timing.n_calls,
             latency_noisy=m.timing.noisy,
+            latency_contended=m.timing.contended,
         )
     if "memory" in options.metrics:
         values.update(

@@ -92,3 +92,26 @@ def test_markdown_tables_have_as_many_header_cells_as_separator_cells() -> None:
         if line.startswith("|") and lines[i + 1].startswith("|---"):
             cells = len(line.replace("\\|", "").split("|"))
             assert cells == len(lines[i + 1].split("|")), line
+
+
+def test_noisy_and_contended_timings_are_marked() -> None:
+    rows = [
+        Result.for_case(
+            Case("a", 16, 8, 8),
+            params=1,
+            latency_median_s=1e-3,
+            latency_iqr_s=2e-4,
+            latency_noisy=True,
+            latency_contended=False,
+        ),
+        Result.for_case(
+            Case("b", 16, 8, 8),
+            params=1,
+            latency_median_s=1e-3,
+            latency_iqr_s=1e-5,
+            latency_noisy=False,
+            latency_contended=True,
+        ),
+    ]
+    md = report.markdown(rows, {})
+    assert "| 1 ±0.2 ~ |" in md and "| 1 ±0.01 ! |" in md
