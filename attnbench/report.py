@@ -285,7 +285,7 @@ def scaling_table(results: Sequence[Result]) -> Table | None:
         return None
     metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
     out = Table(
-        title="Scaling with N = H*W: exponent x in cost ~ N^x (between the two largest N)",
+        title="Scaling: x in cost ~ N^x, N = H*W",
         header_style="bold",
         title_justify="left",
     )
