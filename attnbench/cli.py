@@ -343,8 +343,8 @@ def _measure_and_report(
             from attnbench.errors import BackendUnavailableError
 
             raise BackendUnavailableError(f"backend {backends[0]!r} is not available here: {why}")
-    # Module kwargs and static constraints: refuse what no case could run (unknown kw, wrong type).
-    invalid: list[InvalidCaseError] = []
+    # A kwarg a module does not take, or of the wrong type, is bad input whatever the sweep; a constraint a
+    # case breaks is judged per case below.
     for m in modules:
         for d in dims:
             try:
@@ -352,7 +352,6 @@ def _measure_and_report(
             except InvalidCaseError as exc:
                 if exc.constraint == "kwargs":
                     raise
-                invalid.append(exc)
     base = None
     if baseline is not None:
         from attnbench.gate import load_baseline
@@ -362,7 +361,7 @@ def _measure_and_report(
     # Every case refused up front: that is bad input, not a sweep with failures.
     valid_count = 0
     first_invalid: InvalidCaseError | None = None
-    for c in {(c.module, c.dim, c.height, c.width, c.batch) for c in cases}:
+    for c in dict.fromkeys((c.module, c.dim, c.height, c.width, c.batch) for c in cases):  # plan order
         try:
             validate(c[0], c[1], (c[2], c[3]), c[4], **kwargs)
             valid_count += 1

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from attnbench import results as R
+from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.results import Result, to_frame
 
 CONVENTION = (
@@ -20,8 +21,9 @@ CONVENTION = (
     "scaled-dot-product attention and elementwise tensor-by-tensor products; softmax, activations, norms, "
     "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs."
 )
-#: A counter whose total differs from attnbench's by more than this fraction is flagged.
-RATIO_TOLERANCE = 0.01
+#: A counter whose total differs from attnbench's by more than this fraction is flagged (one definition, shared
+#: with attnbench.counting.cross_check).
+RATIO_TOLERANCE = CROSS_CHECK_TOLERANCE
 GEOMETRY = ["module", "dim", "height", "width", "batch", "kwargs"]
 
 

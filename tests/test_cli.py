@@ -44,18 +44,7 @@ def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.C
     outs = [tmp_path / f"r.{s}" for s in ("csv", "md", "json")]
     code, out, err = run(
         capsys,
-        "profile",
-        "lka",
-        "mhsa",
-        "--dim",
-        "32",
-        "--res",
-        "8",
-        "--res",
-        "8x16",
-        "--metrics",
-        "params,macs",
-        "--quiet",
+        *"profile lka mhsa --dim 32 --res 8 --res 8x16 --metrics params,macs --quiet".split(),
         *[a for p in outs for a in ("-o", str(p))],
     )
     assert code == 0, err
@@ -73,17 +62,7 @@ def test_report_rerenders_saved_results(tmp_path: Path, capsys: pytest.CaptureFi
     src = tmp_path / "r.csv"
     run(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--res",
-        "16",
-        "--metrics",
-        "params,macs",
-        "-o",
+        *"profile lka --dim 16 --res 8 --res 16 --metrics params,macs -o".split(),
         str(src),
         "--quiet",
     )
@@ -99,17 +78,7 @@ def test_sweep_with_some_invalid_cases_keeps_the_valid_ones(tmp_path: Path, caps
     path = tmp_path / "r.csv"
     code, _, _ = run(
         capsys,
-        "profile",
-        "clo",
-        "--dim",
-        "32",
-        "--res",
-        "14",
-        "--res",
-        "16",
-        "--metrics",
-        "params,macs",
-        "-o",
+        *"profile clo --dim 32 --res 14 --res 16 --metrics params,macs -o".split(),
         str(path),
         "--quiet",
     )
@@ -135,17 +104,7 @@ def test_failing_case_is_a_row_and_exit_1(
     path = tmp_path / "r.csv"
     code, _, err = run(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--res",
-        "16",
-        "--metrics",
-        "params,macs",
-        "-o",
+        *"profile lka --dim 16 --res 8 --res 16 --metrics params,macs -o".split(),
         str(path),
         "--quiet",
     )
@@ -171,19 +130,7 @@ def test_interrupt_keeps_finished_rows_in_valid_files(
     csv_path, json_path, md_path = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.md"
     code, _, err = run(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--res",
-        "16",
-        "--res",
-        "32",
-        "--metrics",
-        "params,macs",
-        "-o",
+        *"profile lka --dim 16 --res 8 --res 16 --res 32 --metrics params,macs -o".split(),
         str(csv_path),
         "-o",
         str(json_path),
@@ -231,30 +178,14 @@ def test_gate_that_compares_nothing_fails(tmp_path: Path, capsys: pytest.Capture
     run(capsys, "profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,macs", "-o", str(base), "--quiet")
     code, _, err = run(
         capsys,
-        "compare",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "16",
-        "--metrics",
-        "params,macs",
-        "--baseline",
+        *"compare lka --dim 16 --res 16 --metrics params,macs --baseline".split(),
         str(base),
         "--quiet",
     )
     assert code == 2 and "no case of this run is in the baseline" in err
     code, out, err = run(
         capsys,
-        "compare",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--metrics",
-        "params,macs",
-        "--baseline",
+        *"compare lka --dim 16 --res 8 --metrics params,macs --baseline".split(),
         str(base),
         "--quiet",
     )

@@ -349,3 +349,18 @@ def test_count_params_exact_tied_and_buffers() -> None:
     assert report.trainable == 29 and report.frozen == 6
     assert dict(report.by_module) == {"a": 15, "bn": 8, "(self)": 12}  # b is a, listed once
     assert report.buffers == 9
+
+
+def test_cross_check_ratios_and_flags() -> None:
+    from attnbench.counting import cross_check, flag_disagreements
+    from attnbench.counting.base import MacReport
+
+    reports = [
+        MacReport("attnbench", 1000),
+        MacReport("fvcore", 754),
+        MacReport("thop", 1005),
+        MacReport("other", None, status="unavailable", reason="not installed"),
+    ]
+    ratios = cross_check(reports)
+    assert ratios == {"attnbench": 1.0, "fvcore": 0.754, "thop": 1.005, "other": None}
+    assert set(flag_disagreements(ratios)) == {"fvcore"}

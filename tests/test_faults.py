@@ -110,19 +110,7 @@ def test_backend_exception_is_a_failed_row_and_the_next_backend_runs(
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--backend",
-        "ort",
-        "--backend",
-        "cpu",
-        "--min-run-time",
-        "0.01",
-        "-o",
+        *"profile lka --dim 16 --res 8 --backend ort --backend cpu --min-run-time 0.01 -o".split(),
         str(path),
         "-q",
     )
@@ -160,19 +148,7 @@ def test_failed_onnx_export_is_an_export_failed_row(
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--backend",
-        "ort",
-        "--backend",
-        "cpu",
-        "--min-run-time",
-        "0.01",
-        "-o",
+        *"profile lka --dim 16 --res 8 --backend ort --backend cpu --min-run-time 0.01 -o".split(),
         str(path),
         "-q",
     )
@@ -199,17 +175,7 @@ def test_list_kwargs_run_through_the_cli(tmp_path: Path, capsys: pytest.CaptureF
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "sk",
-        "--dim",
-        "32",
-        "--res",
-        "8",
-        "--kw",
-        "kernels=[3,5]",
-        "--metrics",
-        "params,macs",
-        "-o",
+        *"profile sk --dim 32 --res 8 --kw kernels=[3,5] --metrics params,macs -o".split(),
         str(path),
         "-q",
     )

@@ -111,16 +111,7 @@ def test_force_bypasses_the_guard(
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "mhsa",
-        "--dim",
-        "64",
-        "--res",
-        "512",
-        "--metrics",
-        "latency,memory",
-        "--force",
-        "-o",
+        *"profile mhsa --dim 64 --res 512 --metrics latency,memory --force -o".split(),
         str(path),
         "-q",
     )
@@ -137,19 +128,7 @@ def test_mixed_sweep_keeps_the_guarded_row_and_runs_the_rest(
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "mhsa",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--res",
-        "512",
-        "--res",
-        "16",
-        "--metrics",
-        "params,memory",
-        "-o",
+        *"profile mhsa --dim 16 --res 8 --res 512 --res 16 --metrics params,memory -o".split(),
         str(path),
         "-q",
     )
@@ -185,17 +164,7 @@ def test_every_backend_skipped_exits_2(tmp_path: Path, capsys: pytest.CaptureFix
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys,
-        "profile",
-        "lka",
-        "--dim",
-        "16",
-        "--res",
-        "8",
-        "--backend",
-        "cuda",
-        "--backend",
-        "ort-cuda",
-        "-o",
+        *"profile lka --dim 16 --res 8 --backend cuda --backend ort-cuda -o".split(),
         str(path),
     )
     assert code == 2, err
