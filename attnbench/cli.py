@@ -6,9 +6,10 @@ import ast
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,8 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from attnbench import __version__
 from attnbench import results as R
-from attnbench.errors import AttnbenchError, BaselineError, InvalidCaseError
-from attnbench.registry import get_spec, list_modules, validate
+from attnbench.errors import AttnbenchError, BaselineError, UsageError
+from attnbench.registry import get_spec, list_modules
+from attnbench.sweep import Sweep
+
+if TYPE_CHECKING:
+    from attnbench.runner import RunOptions, RunOutcome
 
 app = typer.Typer(
     name="attnbench",
@@ -48,10 +53,6 @@ CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
 #: Exit code for a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
 EXIT_INTERRUPTED = 130
-
-
-class UsageError(AttnbenchError):
-    """A malformed option value (reported as one line, exit 2)."""
 
 
 # ---------------------------------------------------------------- option parsing
@@ -129,13 +130,6 @@ def check_plots_dir(path: Path | None) -> None:
         raise UsageError(f"--plots {path}: cannot create or write this directory")
 
 
-def check_positive(name: str, values: Sequence[int]) -> None:
-    """Refuse zero or negative sizes."""
-    bad = [v for v in values if v < 1]
-    if bad:
-        raise UsageError(f"{name} {bad[0]}: must be an int >= 1")
-
-
 # ---------------------------------------------------------------- shared options
 
 ModulesArg = Annotated[list[str] | None, typer.Argument(help="Module names (see `attnbench list`).")]
@@ -143,8 +137,12 @@ DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels 
 ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
 BatchOpt = Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep.")]
 BackendOpt = Annotated[list[str] | None, typer.Option("--backend", help="cpu, cuda or ort; repeat for several.")]
-ThreadsOpt = Annotated[int, typer.Option("--threads", help="Intra-op threads (torch and ORT). Default 1.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, or float16/bfloat16 on cuda.")]
+ThreadsOpt = Annotated[
+    list[int] | None, typer.Option("--threads", help="Intra-op threads (torch and ORT); repeat for a sweep. Default 1.")
+]
+DtypeOpt = Annotated[
+    list[str] | None, typer.Option("--dtype", help="float32, or float16/bfloat16 on cuda; repeat for a sweep.")
+]
 KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Module kwarg KEY=VALUE (Python literal); repeat.")]
 MetricsOpt = Annotated[str, typer.Option("--metrics", help="Comma list of params,macs,memory,latency.")]
 CountersOpt = Annotated[str, typer.Option("--counters", help="Comma list of attnbench,fvcore,thop.")]
@@ -264,140 +262,150 @@ def env_cmd() -> None:
             out.print(f"{key:22s} {value}", highlight=False)
 
 
-def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> list[str]:
-    if all_ or not modules:
-        if not all_ and not modules:
-            raise UsageError("name at least one module, or pass --all")
-        return list_modules()
+def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
+    """The modules named (unknown ones refused with suggestions), or the whole zoo with --all."""
+    if all_:
+        return tuple(list_modules())
+    if not modules:
+        raise UsageError("name at least one module, or pass --all for the whole zoo")
     for m in modules:
         get_spec(m)  # raises UnknownModuleError with suggestions
-    return list(dict.fromkeys(modules))
+    return tuple(dict.fromkeys(modules))
 
 
-def _measure_and_report(
-    *,
-    modules: list[str],
+def _sweep(
+    modules: tuple[str, ...],
     dims: Sequence[int],
     res: Sequence[str],
     batches: Sequence[int],
     backends: Sequence[str],
-    threads: int,
-    dtype: str,
+    threads: Sequence[int],
+    dtypes: Sequence[str],
     kw: Sequence[str],
-    metrics: str,
-    counters: str,
-    outputs: Sequence[Path],
-    plots: Path | None,
-    min_run_time: float,
-    time_limit: float | None,
-    force: bool,
-    sort: str | None,
-    quiet: bool,
-    title: str,
-    highlight_best: bool,
-    baseline: Path | None = None,
-    tolerance: float | None = None,
-    force_latency: bool = False,
-    breakdown: bool = False,
-) -> None:
-    """Validate everything, run the sweep, stream rows to files, print tables; exit 0 / 1 / 2 / 130."""
-    from attnbench import report
-    from attnbench.backends import list_backends
-    from attnbench.runner import COUNTERS, METRICS, RunOptions, plan, run
+) -> Sweep:
+    """The Sweep the options describe (strings parsed; values checked by Sweep.check)."""
+    return Sweep(
+        modules=modules,
+        dims=tuple(dims),
+        resolutions=tuple(parse_res(r) for r in res),
+        batches=tuple(batches),
+        backends=tuple(dict.fromkeys(backends)),
+        dtypes=tuple(dict.fromkeys(dtypes)),
+        threads=tuple(dict.fromkeys(threads)),
+        kwargs=parse_kw(kw),
+    )
 
-    # 1. Everything a user can get wrong is checked before anything is measured.
-    check_positive("--dim", dims)
-    check_positive("--batch", batches)
-    check_positive("--threads", [threads])
-    resolutions = [parse_res(r) for r in res]
-    kwargs = parse_kw(kw)
-    metric_names = parse_list(metrics, METRICS, "--metrics")
-    counter_names = parse_list(counters, COUNTERS, "--counters")
-    known_backends = list_backends()
-    for b in backends:
-        if b not in known_backends:
-            raise UsageError(f"--backend {b!r}: unknown; allowed: {', '.join(known_backends)}")
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise UsageError(f"--dtype {dtype!r}: allowed: float32, float16, bfloat16")
-    if dtype != "float32" and any(b != "cuda" for b in backends):
-        raise UsageError(f"--dtype {dtype} is supported on --backend cuda only (CPU and ORT runs are float32)")
+
+def _options(
+    metrics: str, counters: str, min_run_time: float, time_limit: float | None, force: bool
+) -> RunOptions:
+    """RunOptions from the options' strings, refusing bad values."""
+    from attnbench.runner import COUNTERS, METRICS, RunOptions
+
     if min_run_time <= 0:
         raise UsageError("--min-run-time must be > 0")
     if time_limit is not None and time_limit <= 0:
         raise UsageError("--time-limit must be > 0")
-    if tolerance is not None and not 0 <= tolerance < 10:
-        raise UsageError("--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%")
-    if sort:
-        try:
-            report.sort_key(sort, backends)
-        except ValueError as exc:
-            raise UsageError(f"--sort: {exc}") from None
-    outputs = check_outputs(outputs)
-    check_plots_dir(plots)
-    # Backends asked for alone must exist here; in a multi-backend run the missing one becomes skipped rows.
-    if len(backends) == 1 and ("latency" in metric_names or "memory" in metric_names):
-        from attnbench.backends import get_backend
-
-        ok, why = get_backend(backends[0]).available()
-        if not ok:
-            from attnbench.errors import BackendUnavailableError
-
-            raise BackendUnavailableError(f"backend {backends[0]!r} is not available here: {why}")
-    # A kwarg a module does not take, or of the wrong type, is bad input whatever the sweep; a constraint a
-    # case breaks is judged per case below.
-    for m in modules:
-        for d in dims:
-            try:
-                validate(m, d, None, **kwargs)
-            except InvalidCaseError as exc:
-                if exc.constraint == "kwargs":
-                    raise
-    base = None
-    if baseline is not None:
-        from attnbench.gate import load_baseline
-
-        base = load_baseline(baseline)
-    cases = plan(modules, dims, resolutions, batches, backends, threads, dtype, kwargs)
-    # Every case refused up front: that is bad input, not a sweep with failures.
-    valid_count = 0
-    first_invalid: InvalidCaseError | None = None
-    for c in dict.fromkeys((c.module, c.dim, c.height, c.width, c.batch) for c in cases):  # plan order
-        try:
-            validate(c[0], c[1], (c[2], c[3]), c[4], **kwargs)
-            valid_count += 1
-        except InvalidCaseError as exc:
-            first_invalid = first_invalid or exc
-    if valid_count == 0 and first_invalid is not None:
-        raise first_invalid
-
-    # 2. Run, streaming every finished row to the output files (atomically rewritten, always valid).
-    from attnbench.env import environment
-
-    env = environment(threads=threads)
-    options = RunOptions(
-        metrics=metric_names,
-        counters=counter_names,
+    return RunOptions(
+        metrics=parse_list(metrics, METRICS, "--metrics"),
+        counters=parse_list(counters, COUNTERS, "--counters"),
         min_run_time=min_run_time,
         time_limit_s=time_limit,
         force=force,
     )
-    rows: list[R.Result] = []
 
-    def write_all() -> None:
-        write_outputs(rows, env, outputs, title, sort)
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where a run's rows go: files, plots, and how the tables look."""
+
+    files: tuple[Path, ...] = ()
+    plots: Path | None = None
+    title: str = "attnbench"
+    sort: str | None = None
+    highlight_best: bool = False
+    quiet: bool = False
+    breakdown: bool = False
+
+    def check(self, backends: Sequence[str]) -> None:
+        """Refuse, before measuring, outputs and plot directories that cannot be written, and a bad --sort."""
+        from attnbench import report
+
+        check_outputs(self.files)
+        check_plots_dir(self.plots)
+        if self.sort:
+            try:
+                report.sort_key(self.sort, backends)
+            except ValueError as exc:
+                raise UsageError(f"--sort: {exc}") from None
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """The regression gate: a baseline file and how latency is judged."""
+
+    baseline: Path
+    tolerance: float | None = None
+    force_latency: bool = False
+
+
+def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None = None) -> None:
+    """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130."""
+    from attnbench import report
+    from attnbench.env import environment
+
+    sweep.check(options.measures)
+    outputs.check(sweep.backends)
+    base = None
+    if gate is not None:
+        from attnbench.gate import load_baseline
+
+        base = load_baseline(gate.baseline)
+    env = environment(threads=max(sweep.threads))
+    rows: list[R.Result] = []
 
     def on_result(row: R.Result) -> None:
         rows.append(row)
-        write_all()
+        report.write(rows, env, outputs.files, outputs.title, outputs.sort)
 
-    # One step per measured case, or per geometry when only counting; the bar names the step under way.
-    steps = (
-        cases if options.measures else list({(c.module, c.dim, c.height, c.width, c.batch): c for c in cases}.values())
-    )
+    outcome = _run_with_progress(sweep.cases(), options, on_result, outputs.quiet)
+    report.write(rows, env, outputs.files, outputs.title, outputs.sort)
+    if outputs.plots is not None and rows:
+        from attnbench.plots import plot_scaling
+
+        plot_scaling(rows, outputs.plots)
+    report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best)
+    if outputs.breakdown:
+        print_breakdowns(rows)
+    for path in outputs.files:
+        err.print(f"wrote {path}", highlight=False)
+    if outcome.interrupted:
+        err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
+    # this machine will run, so it ends like bad input, with the first refusal's reason.
+    if rows and all(row.status in R.REFUSED for row in rows):
+        first = rows[0]
+        why = f"{report.case_text(first)}: {first.status}: {first.reason}"
+        raise AttnbenchError(f"every case was refused; first: {why}")
+    gate_failed = False
+    if gate is not None and base is not None:
+        gate_failed = not _gate(rows, base, gate, options)
+    if outcome.failed or gate_failed:
+        raise typer.Exit(1)
+
+
+def _run_with_progress(
+    cases: list[R.Case], options: RunOptions, on_result: Callable[[R.Result], None], quiet: bool
+) -> RunOutcome:
+    """Run the cases with a progress bar on stderr naming the step under way."""
+    from attnbench.runner import run
+
+    # One step per measured case, or per geometry when only counting.
+    steps = cases if options.measures else list({_geometry_text(c): c for c in cases}.values())
 
     def describe(case: R.Case) -> str:
-        where = f" {case.backend}" if options.measures else ""
-        return f"{case.module} C={case.dim} {case.height}x{case.width} B={case.batch}{where}"
+        return _geometry_text(case) + (f" {case.backend}" if options.measures else "")
 
     progress = Progress(
         TextColumn("{task.description}"),
@@ -417,66 +425,35 @@ def _measure_and_report(
             done += 1
             progress.update(task, advance=1, description=describe(steps[min(done, len(steps) - 1)]))
 
-        outcome = run(cases, options, on_result=on_result, on_progress=on_progress)
-    write_all()
-    if plots is not None and rows:
-        from attnbench.plots import plot_scaling
+        return run(cases, options, on_result=on_result, on_progress=on_progress)
 
-        plot_scaling(rows, plots)
 
-    # 3. Show what was measured.
-    out.print(report.rich_table(rows, title=title, sort_by=sort, highlight_best=highlight_best))
-    scale = report.scaling_table(rows)
-    if scale is not None:
-        out.print(scale)
-    if breakdown:
-        print_breakdowns(rows)
-    for row in rows:
-        if row.status not in (R.OK,):
-            err.print(
-                f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend}: "
-                f"{row.status}: {row.reason}",
-                style="yellow",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-    err.print(f"[dim]{report.CONVENTION}[/dim]", highlight=False, soft_wrap=True)
-    for path in outputs:
-        err.print(f"wrote {path}")
-    if outcome.interrupted:
-        err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
-    # this machine will run, so it ends like bad input, with the first refusal's reason.
-    if rows and all(row.status in R.REFUSED for row in rows):
-        first = rows[0]
-        raise AttnbenchError(
-            f"every case was refused; first: {first.module} C={first.dim} {first.height}x{first.width} "
-            f"B={first.batch} {first.backend}: {first.status}: {first.reason}"
+def _geometry_text(case: R.Case) -> str:
+    return f"{case.module} C={case.dim} {case.height}x{case.width} B={case.batch}"
+
+
+def _gate(rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, options: RunOptions) -> bool:
+    """Compare the rows with the baseline, print the verdict; True when the gate passes."""
+    from attnbench import report
+    from attnbench.gate import compare_to_baseline
+    from attnbench.runner import run
+
+    verdict = compare_to_baseline(
+        rows,
+        base,
+        tolerance=gate.tolerance,
+        force_latency=gate.force_latency,
+        remeasure=lambda case: run([case], options).results,
+    )
+    if verdict.compared_cases == 0:
+        # A gate that compared nothing must not pass: the run's settings differ from the baseline's.
+        held = sorted({f"C={r.dim} {r.height}x{r.width} B={r.batch}" for r in base.results})
+        raise BaselineError(
+            f"gate: no case of this run is in the baseline {gate.baseline} (it holds {', '.join(held[:6])}"
+            f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
         )
-    gate_failed = False
-    if base is not None:
-        from attnbench.gate import compare_to_baseline, print_gate
-
-        verdict = compare_to_baseline(
-            rows,
-            base,
-            tolerance=tolerance,
-            force_latency=force_latency,
-            remeasure=lambda case: run([case], options).results,
-        )
-        print_gate(verdict, out)
-        if verdict.compared_cases == 0:
-            # A gate that compared nothing must not pass: the run's settings differ from the baseline's.
-            held = sorted({f"C={r.dim} {r.height}x{r.width} B={r.batch}" for r in base.results})
-            raise BaselineError(
-                f"gate: no case of this run is in the baseline {baseline} (it holds {', '.join(held[:6])}"
-                f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
-            )
-        gate_failed = not verdict.passed
-    if outcome.failed or gate_failed:
-        raise typer.Exit(1)
+    report.show_gate(verdict, out)
+    return verdict.passed
 
 
 def print_breakdowns(rows: Sequence[R.Result]) -> None:
@@ -511,26 +488,6 @@ def print_breakdowns(rows: Sequence[R.Result]) -> None:
         out.print(report.format(), markup=False, highlight=False)
 
 
-def write_outputs(
-    rows: Sequence[R.Result],
-    env: dict[str, Any],
-    outputs: Sequence[Path],
-    title: str,
-    sort: str | None = None,
-) -> None:
-    """Write every requested report file (CSV, Markdown, JSON) from the rows so far."""
-    from attnbench import report
-
-    for path in outputs:
-        if path.suffix == ".csv":
-            text = R.csv_text(rows, env)
-        elif path.suffix == ".json":
-            text = R.json_text(rows, env)
-        else:
-            text = report.markdown(rows, env, title=title, sort_by=sort)
-        R.atomic_write(path, text)
-
-
 @app.command("profile")
 def profile_cmd(
     modules: ModulesArg = None,
@@ -538,8 +495,8 @@ def profile_cmd(
     res: ResOpt = None,
     batch: BatchOpt = None,
     backend: BackendOpt = None,
-    threads: ThreadsOpt = 1,
-    dtype: DtypeOpt = "float32",
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
     counters: CountersOpt = "attnbench,fvcore,thop",
@@ -555,28 +512,18 @@ def profile_cmd(
     ] = False,
 ) -> None:
     """Measure modules over every dim, resolution, batch and backend given; one table, optional reports."""
-    _measure_and_report(
-        modules=_resolve_modules(modules, False),
-        dims=dim or [64],
-        res=res or list(PROFILE_RES),
-        batches=batch or [1],
-        backends=backend or ["cpu"],
-        threads=threads,
-        dtype=dtype,
-        kw=kw or [],
-        metrics=metrics,
-        counters=counters,
-        outputs=output or [],
-        plots=plots,
-        min_run_time=min_run_time,
-        time_limit=time_limit,
-        force=force,
-        sort=sort,
-        quiet=quiet,
-        title="attnbench profile",
-        highlight_best=False,
-        breakdown=breakdown,
+    sweep = _sweep(
+        _resolve_modules(modules, False),
+        dim or [64],
+        res or list(PROFILE_RES),
+        batch or [1],
+        backend or ["cpu"],
+        threads or [1],
+        dtype or [R.DEFAULT_DTYPE],
+        kw or [],
     )
+    outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown)
+    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force), outputs)
 
 
 @app.command("compare")
@@ -587,8 +534,8 @@ def compare_cmd(
     res: ResOpt = None,
     batch: BatchOpt = None,
     backend: BackendOpt = None,
-    threads: ThreadsOpt = 1,
-    dtype: DtypeOpt = "float32",
+    threads: ThreadsOpt = None,
+    dtype: DtypeOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
     counters: CountersOpt = "attnbench,fvcore,thop",
@@ -608,30 +555,21 @@ def compare_cmd(
     ] = False,
 ) -> None:
     """Compare modules side by side (defaults: C=64 at 14, 28, 56 on cpu and ort), best per column in bold."""
-    _measure_and_report(
-        modules=_resolve_modules(modules, all_),
-        dims=dim or [COMPARE_DIM],
-        res=res or list(COMPARE_RES),
-        batches=batch or [1],
-        backends=backend or list(COMPARE_BACKENDS),
-        threads=threads,
-        dtype=dtype,
-        kw=kw or [],
-        metrics=metrics,
-        counters=counters,
-        outputs=output or [],
-        plots=plots,
-        min_run_time=min_run_time,
-        time_limit=time_limit,
-        force=force,
-        sort=sort,
-        quiet=quiet,
-        title="attnbench compare",
-        highlight_best=True,
-        baseline=baseline,
-        tolerance=tolerance,
-        force_latency=force_latency,
+    sweep = _sweep(
+        _resolve_modules(modules, all_),
+        dim or [COMPARE_DIM],
+        res or list(COMPARE_RES),
+        batch or [1],
+        backend or list(COMPARE_BACKENDS),
+        threads or [1],
+        dtype or [R.DEFAULT_DTYPE],
+        kw or [],
     )
+    outputs = Outputs(tuple(output or ()), plots, "attnbench compare", sort, True, quiet)
+    if tolerance is not None and not 0 <= tolerance < 10:
+        raise UsageError("--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%")
+    gate = GateOptions(baseline, tolerance, force_latency) if baseline is not None else None
+    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force), outputs, gate)
 
 
 @app.command("report")
@@ -645,22 +583,15 @@ def report_cmd(
     from attnbench import report
 
     loaded = R.load(source)
-    outputs = check_outputs(output or [])
-    check_plots_dir(plots)
-    if sort:
-        try:
-            report.sort_key(sort, report.backends_of(loaded.results))
-        except ValueError as exc:
-            raise UsageError(f"--sort: {exc}") from None
-    title = f"attnbench report ({source.name})"
-    write_outputs(loaded.results, loaded.env, outputs, title, sort)
+    outputs = Outputs(tuple(output or ()), plots, f"attnbench report ({source.name})", sort)
+    outputs.check(report.backends_of(loaded.results))
+    report.write(loaded.results, loaded.env, outputs.files, outputs.title, outputs.sort)
     if plots is not None:
-        for path in __import__("attnbench.plots", fromlist=["plot_scaling"]).plot_scaling(loaded.results, plots):
-            err.print(f"wrote {path}")
-    out.print(report.rich_table(loaded.results, title=title, sort_by=sort))
-    scale = report.scaling_table(loaded.results)
-    if scale is not None:
-        out.print(scale)
+        from attnbench.plots import plot_scaling
+
+        for path in plot_scaling(loaded.results, plots):
+            err.print(f"wrote {path}", highlight=False)
+    report.show(loaded.results, out, err, outputs.title, outputs.sort)
 
 
 def _error_line(message: str) -> None:

@@ -12,6 +12,10 @@ class AttnbenchError(Exception):
     exit_code: int = 2
 
 
+class UsageError(AttnbenchError):
+    """A malformed or contradictory option value (reported as one line, exit 2)."""
+
+
 class UnknownModuleError(AttnbenchError, KeyError):
     """A module name that is not in the registry."""
 

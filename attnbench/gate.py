@@ -8,13 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
 from attnbench import results as R
 from attnbench.errors import BaselineError
 from attnbench.results import Case, LoadedResults, Result
-from attnbench.runner import plan
 
 #: Counts are exact: any difference in these columns is a change.
 COUNT_FIELDS = ("params", "macs_attnbench")
@@ -80,9 +76,9 @@ def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> 
 
 
 def _case_text(row: Result) -> str:
-    return f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend} t={row.threads}" + (
-        f" {row.kwargs}" if row.kwargs else ""
-    )
+    from attnbench.report import case_text
+
+    return case_text(row)
 
 
 def default_tolerance(base_median_s: float) -> float:
@@ -97,8 +93,8 @@ def _spread(row: Result) -> float:
 
 
 def _geometry(row: Result) -> tuple[Any, ...]:
-    # Counts depend on the geometry only: a counts-only run (backend "none") is gated against any backend.
-    return (row.module, row.dim, row.height, row.width, row.batch, row.kwargs)
+    # Counts depend on the geometry and mode only: a counts-only run (backend "none") is gated against any backend.
+    return (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout, row.mode)
 
 
 def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
@@ -173,16 +169,7 @@ def _latency(
     while best / base_s - 1 > limit and remeasure is not None and tries < REMEASURES:
         tries += 1
         # Same identity as the row, through the planner so that list kwargs become hashable tuples.
-        (case,) = plan(
-            [now.module],
-            [now.dim],
-            [(now.height, now.width)],
-            [now.batch],
-            [now.backend],
-            now.threads,
-            now.dtype,
-            _kwargs(now),
-        )
+        case = R.case_of(now)
         again = [r for r in remeasure(case) if r.latency_median_s]
         if again:
             best = min(best, float(again[0].latency_median_s))  # type: ignore[arg-type]
@@ -197,31 +184,3 @@ def _latency(
     if tries:
         return [Change(_case_text(now), "latency-ok", detail, False)]
     return []
-
-
-def _kwargs(row: Result) -> dict[str, Any]:
-    return json.loads(row.kwargs) if row.kwargs else {}
-
-
-def print_gate(verdict: Verdict, console: Console) -> None:
-    """Print what changed and the outcome of the gate."""
-    if verdict.latency_note:
-        console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
-    if verdict.changes:
-        table = Table(title="Changes against the baseline", header_style="bold", title_justify="left")
-        for header in ("Case", "Kind", "Change", "Fails"):
-            table.add_column(header)
-        for c in verdict.changes:
-            table.add_row(
-                c.case,
-                c.kind,
-                c.detail,
-                "yes" if c.failing else "no",
-                style="red" if c.failing else None,
-            )
-        console.print(table)
-    outcome = "[green]PASSED[/green]" if verdict.passed else "[red]FAILED[/red]"
-    console.print(
-        f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
-        f"{sum(c.failing for c in verdict.changes)} failing change(s)"
-    )

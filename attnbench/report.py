@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,11 @@ from rich.text import Text
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.results import Result, to_frame
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from attnbench.gate import Verdict
 
 CONVENTION = (
     "MACs: one multiply-add = one MAC; FLOPs = 2 x MACs. attnbench counts convolutions, matmuls/linear/einsum, "
@@ -453,3 +459,86 @@ def zoo_markdown() -> str:
             f"{ref.repo} `{ref.file}` `{_md_escape(ref.cls)}` | {layout} | {_md_escape(kwargs)} | {params} |"
         )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the one output pair every command uses
+
+
+def write(
+    rows: Sequence[Result],
+    env: Mapping[str, Any],
+    paths: Sequence[Path],
+    title: str = "attnbench report",
+    sort_by: str | None = None,
+) -> None:
+    """Write every requested report file (CSV with its sidecar, Markdown, JSON), each atomically."""
+    for path in paths:
+        if path.suffix == ".csv":
+            R.write_csv(path, rows, env)
+        elif path.suffix == ".json":
+            R.atomic_write(path, R.json_text(rows, env))
+        else:
+            R.atomic_write(path, markdown(rows, env, title=title, sort_by=sort_by))
+
+
+def show(
+    rows: Sequence[Result],
+    out: Console,
+    err: Console,
+    title: str | None = None,
+    sort_by: str | None = None,
+    highlight_best: bool = False,
+) -> None:
+    """Print the summary and scaling tables on `out`; cases that did not complete and the convention on `err`."""
+    out.print(rich_table(rows, title=title, sort_by=sort_by, highlight_best=highlight_best))
+    scale = scaling_table(rows)
+    if scale is not None:
+        out.print(scale)
+    for row in rows:
+        if row.status != R.OK:
+            err.print(
+                f"{case_text(row)}: {row.status}: {row.reason}",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    err.print(f"[dim]{CONVENTION}[/dim]", highlight=False, soft_wrap=True)
+
+
+def case_text(row: Result) -> str:
+    """One case as short text: module, setting, backend, and the scenario fields that differ from the defaults."""
+    text = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch} {row.backend}"
+    if row.dtype != R.DEFAULT_DTYPE:
+        text += f" {row.dtype}"
+    if row.threads != 1:
+        text += f" t={row.threads}"
+    if row.mode != R.DEFAULT_MODE:
+        text += f" {row.mode}"
+    if row.channels_last:
+        text += " channels_last"
+    if row.compile:
+        text += " compiled"
+    if row.layout:
+        text += f" layout={row.layout}"
+    if row.allocator != R.DEFAULT_ALLOCATOR:
+        text += f" allocator={row.allocator}"
+    return text + (f" {row.kwargs}" if row.kwargs else "")
+
+
+def show_gate(verdict: Verdict, console: Console) -> None:
+    """Print what changed against the baseline and the gate's outcome."""
+    if verdict.latency_note:
+        console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
+    if verdict.changes:
+        table = Table(title="Changes against the baseline", header_style="bold", title_justify="left")
+        for header in ("Case", "Kind", "Change", "Fails"):
+            table.add_column(header)
+        for c in verdict.changes:
+            table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
+        console.print(table)
+    outcome = "[green]PASSED[/green]" if verdict.passed else "[red]FAILED[/red]"
+    console.print(
+        f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
+        f"{sum(c.failing for c in verdict.changes)} failing change(s)"
+    )

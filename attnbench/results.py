@@ -18,36 +18,50 @@ import pandas as pd
 
 from attnbench.errors import BaselineError
 
-#: Bumped whenever a column is renamed or its meaning changes; readers refuse other versions.
-SCHEMA_VERSION = 1
-#: First line of every CSV report, followed by the environment as JSON on the same line.
-CSV_MAGIC = "# attnbench-results"
+#: Bumped whenever a column is renamed or its meaning changes. Readers also read the versions in READABLE_SCHEMAS
+#: (columns added since are filled with their defaults).
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+#: First line of a schema-1 CSV (environment as JSON on the same line); schema 2 writes a plain CSV and a sidecar.
+LEGACY_CSV_MAGIC = "# attnbench-results"
+#: Suffix of the sidecar that carries a CSV's schema and environment: results.csv -> results.csv.meta.json.
+SIDECAR_SUFFIX = ".meta.json"
 
 # Row statuses. "ok" is the only one whose numbers are all valid.
 OK = "ok"
 INVALID = "invalid"  # the module's constraints refuse the case (nothing ran)
 FAILED = "failed"  # an exception inside the case
 OOM = "oom"
-SKIPPED = "skipped"  # backend unavailable here
+SKIPPED = "skipped"  # backend unavailable here, or a combination it cannot run
 GUARDED = "guarded"  # refused by the memory guard (estimate above free memory)
 TIMEOUT = "timeout"
 #: Cases refused by design (reported with their reason), as opposed to cases that failed.
 REFUSED = (INVALID, SKIPPED, GUARDED)
 
+#: Defaults of the scenario fields: eager float32 inference, 1 thread, pinned allocator.
+DEFAULT_MODE = "infer"
+DEFAULT_DTYPE = "float32"
+DEFAULT_ALLOCATOR = "pinned"
+
 
 @dataclass(frozen=True)
 class Case:
-    """What to measure: one module at one geometry on one backend."""
+    """What to measure: one module at one geometry, in one scenario, on one backend."""
 
-    module: str
+    module: str  # a zoo name or a module spec as typed (normalised), e.g. "models/attn.py:MyAttn"
     dim: int
     height: int
     width: int
     batch: int = 1
     backend: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = DEFAULT_DTYPE
     threads: int = 1
     kwargs: tuple[tuple[str, Any], ...] = ()
+    mode: str = DEFAULT_MODE  # "infer" (eval, no grad) or "train" (train mode, forward + backward)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile (inductor)
+    layout: str = ""  # "" = the module's own; "image" or "tokens" for a user module
+    allocator: str = DEFAULT_ALLOCATOR  # which allocator state the headline latency is taken in
 
     @property
     def kwargs_dict(self) -> dict[str, Any]:
@@ -65,9 +79,13 @@ class Case:
         return self.height * self.width
 
 
+#: Fields a Case and a Result share: the identity of a row.
+CASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Case))
+
+
 @dataclass(frozen=True)
 class Result:
-    """One flat, frozen row: identity, counts, latency, memory, status. Base units (s, bytes, MACs)."""
+    """One flat, frozen row: identity, counts, latency, memory, status. Base units (s, bytes, MACs, FLOPs)."""
 
     module: str
     dim: int
@@ -78,13 +96,21 @@ class Result:
     dtype: str
     threads: int
     kwargs: str  # JSON of the non-default kwargs given by the user
+    mode: str = DEFAULT_MODE
+    channels_last: bool = False
+    compile: bool = False
+    layout: str = ""
+    allocator: str = DEFAULT_ALLOCATOR
     status: str = OK
     reason: str = ""
+    machine: str = ""  # short label of the machine and versions that measured the row
+    source_hash: str = ""  # short hash of the module's source file(s), so a reader sees the code changed
     params: int | None = None
     macs_attnbench: int | None = None
     macs_fvcore: int | None = None
     macs_thop: int | None = None
     macs_formula: int | None = None
+    flops_attnbench: int | None = None  # exact FLOPs: 2 per multiply-add, 1 per lone product
     uncounted_attnbench: str = ""
     uncounted_fvcore: str = ""
     counter_notes: str = ""
@@ -95,6 +121,8 @@ class Result:
     latency_calls: int | None = None
     latency_noisy: bool | None = None
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
+    throughput_per_s: float | None = None  # samples per second: batch / median latency
+    minor_faults_per_call: float | None = None
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
     reserved_mem_bytes: int | None = None
@@ -106,33 +134,14 @@ class Result:
     @classmethod
     def for_case(cls, case: Case, **values: Any) -> Result:
         """A row carrying the case's identity plus the given values."""
-        return cls(
-            module=case.module,
-            dim=case.dim,
-            height=case.height,
-            width=case.width,
-            batch=case.batch,
-            backend=case.backend,
-            dtype=case.dtype,
-            threads=case.threads,
-            kwargs=json.dumps(case.kwargs_dict, sort_keys=True) if case.kwargs else "",
-            **values,
-        )
+        identity = {name: getattr(case, name) for name in CASE_FIELDS}
+        identity["kwargs"] = json.dumps(case.kwargs_dict, sort_keys=True) if case.kwargs else ""
+        return cls(**identity, **values)
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Identity used to match rows across runs (baseline comparison)."""
-        return (
-            self.module,
-            self.dim,
-            self.height,
-            self.width,
-            self.batch,
-            self.backend,
-            self.dtype,
-            self.threads,
-            self.kwargs,
-        )
+        """Identity used to match rows across runs (baseline comparison, merging)."""
+        return tuple(getattr(self, name) for name in KEY_FIELDS)
 
     @property
     def ok(self) -> bool:
@@ -140,11 +149,26 @@ class Result:
         return self.status == OK
 
 
+def case_of(row: Result) -> Case:
+    """The Case a row measured (to measure it again)."""
+    values = {name: getattr(row, name) for name in CASE_FIELDS}
+    kwargs = json.loads(row.kwargs) if row.kwargs else {}
+    values["kwargs"] = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items()))
+    return Case(**values)
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
-KEY_FIELDS = ("module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs")
+KEY_FIELDS = CASE_FIELDS
+#: Columns a file must have to be read as results (the rest default when missing).
+REQUIRED_FIELDS = ("module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs")
 _INT_FIELDS = {f.name for f in fields(Result) if "int" in str(f.type) and "float" not in str(f.type)}
 _FLOAT_FIELDS = {f.name for f in fields(Result) if "float" in str(f.type)}
 _BOOL_FIELDS = {f.name for f in fields(Result) if "bool" in str(f.type)}
+_NULLABLE = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS
 
 
 def to_frame(results: Iterable[Result]) -> pd.DataFrame:
@@ -156,17 +180,28 @@ def to_frame(results: Iterable[Result]) -> pd.DataFrame:
 
 
 def _parse(name: str, text: str) -> Any:
-    if text == "":
-        return None if name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS else ""
+    if text == "" or (name in _NULLABLE and text.lower() in ("nan", "<na>", "none")):
+        return None if name in _NULLABLE else ""
     if name in _BOOL_FIELDS:
         if text not in ("True", "False"):
             raise ValueError(f"column {name}: {text!r} is not True/False")
         return text == "True"
     if name in _INT_FIELDS:
-        return int(text)
+        return _integer(name, text)
     if name in _FLOAT_FIELDS:
         return float(text)
     return text
+
+
+def _integer(name: str, text: str) -> int:
+    """An int column's value; integral floats ("39940108.0", as pandas writes nullable ints) are accepted."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # raises for garbage, with the text in the message
+        if not value.is_integer():
+            raise ValueError(f"column {name}: {text!r} is not an integer") from None
+        return int(value)
 
 
 def _format(value: Any) -> str:
@@ -177,11 +212,9 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def csv_text(results: Iterable[Result], env: Mapping[str, Any]) -> str:
-    """CSV report: a magic line carrying schema version and environment, a header, one row per case."""
+def csv_text(results: Iterable[Result]) -> str:
+    """Plain CSV: a header row and one row per case, nothing else (pd.read_csv reads it as is)."""
     buf = io.StringIO()
-    meta = {"schema": SCHEMA_VERSION, "env": dict(env)}
-    buf.write(f"{CSV_MAGIC} {json.dumps(meta, sort_keys=True, default=str)}\n")
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(RESULT_FIELDS)
     for r in results:
@@ -189,10 +222,27 @@ def csv_text(results: Iterable[Result], env: Mapping[str, Any]) -> str:
     return buf.getvalue()
 
 
+def meta_text(env: Mapping[str, Any]) -> str:
+    """The sidecar of a CSV report: schema version and environment."""
+    return json.dumps({"schema": SCHEMA_VERSION, "env": dict(env)}, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def sidecar(path: str | Path) -> Path:
+    """Where the sidecar of a CSV report lives: PATH.meta.json."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
 def json_text(results: Iterable[Result], env: Mapping[str, Any]) -> str:
     """JSON report: {"schema", "env", "results": [rows]}."""
     rows = [dataclasses.asdict(r) for r in results]
     return json.dumps({"schema": SCHEMA_VERSION, "env": dict(env), "results": rows}, indent=2, default=str)
+
+
+def write_csv(path: str | Path, results: Iterable[Result], env: Mapping[str, Any]) -> None:
+    """Write a CSV report and its sidecar, each atomically."""
+    atomic_write(Path(path), csv_text(results))
+    atomic_write(sidecar(path), meta_text(env))
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -214,25 +264,22 @@ def atomic_write(path: Path, text: str) -> None:
 
 @dataclass
 class LoadedResults:
-    """Rows and environment read back from a CSV or JSON report."""
+    """Rows and environment read back from a CSV or JSON report (env is empty when unknown)."""
 
     results: list[Result]
     env: dict[str, Any] = field(default_factory=dict)
+    #: Where the rows came from (for messages and merged reports).
+    source: str = ""
 
 
 def load(path: str | Path) -> LoadedResults:
-    """Read a CSV or JSON report written by attnbench; refuse anything else with a BaselineError."""
+    """Read a CSV or JSON report written by attnbench (or re-saved by pandas); refuse anything else."""
     path = Path(path)
     if not path.exists():
         raise BaselineError(f"{path}: no such file")
     if path.is_dir():
         raise BaselineError(f"{path}: is a directory, expected a .csv or .json report")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"{path}: cannot read ({exc})") from None
-    if not text.strip():
-        raise BaselineError(f"{path}: file is empty")
+    text = _read(path)
     if path.suffix == ".json":
         return _load_json(path, text)
     if path.suffix == ".csv":
@@ -240,12 +287,23 @@ def load(path: str | Path) -> LoadedResults:
     raise BaselineError(f"{path}: unknown report format {path.suffix!r}; expected .csv or .json")
 
 
+def _read(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BaselineError(f"{path}: cannot read ({exc})") from None
+    if not text.strip():
+        raise BaselineError(f"{path}: file is empty")
+    return text
+
+
 def _check_schema(path: Path, meta: Any) -> dict[str, Any]:
     if not isinstance(meta, dict) or "schema" not in meta:
         raise BaselineError(f"{path}: not an attnbench report (no schema version)")
-    if meta["schema"] != SCHEMA_VERSION:
+    if meta["schema"] not in READABLE_SCHEMAS:
         raise BaselineError(
-            f"{path}: schema version {meta['schema']!r}, this attnbench reads {SCHEMA_VERSION}; re-run to regenerate"
+            f"{path}: schema version {meta['schema']!r}, this attnbench reads "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}; re-run to regenerate"
         )
     env = meta.get("env", {})
     return env if isinstance(env, dict) else {}
@@ -253,33 +311,47 @@ def _check_schema(path: Path, meta: Any) -> dict[str, Any]:
 
 def _load_csv(path: Path, text: str) -> LoadedResults:
     first, _, rest = text.partition("\n")
-    if not first.startswith(CSV_MAGIC):
-        raise BaselineError(f"{path}: not an attnbench CSV (first line must start with {CSV_MAGIC!r})")
-    try:
-        meta = json.loads(first[len(CSV_MAGIC) :].strip())
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{path}: corrupt header line ({exc.msg})") from None
-    env = _check_schema(path, meta)
-    reader = csv.reader(io.StringIO(rest))
+    if first.startswith(LEGACY_CSV_MAGIC):  # schema 1: the environment on the first line
+        try:
+            meta = json.loads(first[len(LEGACY_CSV_MAGIC) :].strip())
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"{path}: corrupt header line ({exc.msg})") from None
+        env, body, first_line = _check_schema(path, meta), rest, 2
+    else:
+        env, body, first_line = _sidecar_env(path), text, 1
+    reader = csv.reader(io.StringIO(body))
     try:
         header = next(reader)
     except StopIteration:
         raise BaselineError(f"{path}: no header row") from None
-    missing = [name for name in KEY_FIELDS if name not in header]
+    missing = [name for name in REQUIRED_FIELDS if name not in header]
     if missing:
-        raise BaselineError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise BaselineError(f"{path}: not an attnbench CSV (missing column(s) {', '.join(missing)})")
     rows = []
-    for lineno, row in enumerate(reader, start=3):
+    for lineno, row in enumerate(reader, start=first_line + 1):
         if not row:
             continue
         if len(row) != len(header):
             raise BaselineError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
         try:
+            # Columns attnbench does not know (a pandas index, a user's notes) are ignored.
             values = {name: _parse(name, text) for name, text in zip(header, row, strict=True) if name in RESULT_FIELDS}
             rows.append(Result(**values))
         except (ValueError, TypeError) as exc:
             raise BaselineError(f"{path}: line {lineno}: {exc}") from None
-    return LoadedResults(rows, env)
+    return LoadedResults(rows, env, str(path))
+
+
+def _sidecar_env(path: Path) -> dict[str, Any]:
+    """The environment from a CSV's sidecar; {} (unknown) when there is none."""
+    meta_path = sidecar(path)
+    if not meta_path.exists():
+        return {}
+    try:
+        meta = json.loads(_read(meta_path))
+    except json.JSONDecodeError as exc:
+        raise BaselineError(f"{meta_path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
+    return _check_schema(meta_path, meta)
 
 
 def _load_json(path: Path, text: str) -> LoadedResults:
@@ -300,7 +372,7 @@ def _load_json(path: Path, text: str) -> LoadedResults:
             results.append(Result(**values))
         except (TypeError, ValueError) as exc:
             raise BaselineError(f"{path}: results[{index}]: {exc}") from None
-    return LoadedResults(results, env)
+    return LoadedResults(results, env, str(path))
 
 
 def _typed(name: str, value: Any) -> Any:

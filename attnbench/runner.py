@@ -7,7 +7,7 @@ measured so far.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import json
 import signal
 import threading
@@ -81,18 +81,19 @@ def plan(
     dtype: str = "float32",
     kwargs: Mapping[str, Any] | None = None,
 ) -> list[Case]:
-    """Every combination as a Case, ordered so the cases of one geometry are adjacent."""
-    # Lists (kernels=[3, 5]) become tuples so a Case stays hashable; registry.validate turns them back.
-    kw = tuple(sorted((k, _frozen(v)) for k, v in (kwargs or {}).items()))
-    return [
-        Case(m, d, h, w, b, be, dtype, threads, kw)
-        for m, d, (h, w), b, be in itertools.product(modules, dims, resolutions, batches, backends)
-    ]
+    """Every combination as a Case, ordered so the cases of one geometry are adjacent (see attnbench.sweep)."""
+    from attnbench.sweep import Sweep
 
-
-def _frozen(value: Any) -> Any:
-    """Lists and tuples, nested too, as tuples (hashable)."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, list | tuple) else value
+    return Sweep(
+        tuple(modules),
+        tuple(dims),
+        tuple(resolutions),
+        tuple(batches),
+        tuple(backends),
+        (dtype,),
+        (threads,),
+        dict(kwargs or {}),
+    ).cases()
 
 
 def _geometry(case: Case) -> tuple[Any, ...]:
@@ -253,6 +254,8 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
             latency_calls=m.timing.n_calls,
             latency_noisy=m.timing.noisy,
             latency_contended=m.timing.contended,
+            throughput_per_s=case.batch / m.timing.median_s if m.timing.median_s > 0 else None,
+            minor_faults_per_call=m.timing.minor_faults_per_call,
         )
     if "memory" in options.metrics:
         values.update(
@@ -266,7 +269,6 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
         # Seconds inside the timing protocol (warm-up + timed blocks): the rest of a row's time is overhead.
         extra["timing_loop_s"] = m.timing.warmup_s + m.timing.mean_s * m.timing.n_calls
         extra["other_cpu_cores"] = m.timing.other_cpu_cores
-        extra["minor_faults_per_call"] = m.timing.minor_faults_per_call
     values["extra"] = json.dumps(extra, sort_keys=True, default=str)
     return values
 
@@ -418,17 +420,7 @@ def _build_for_counting(case: Case, spec: Any, setting: Setting, options: RunOpt
 
 
 def _no_backend(case: Case) -> Case:
-    return Case(
-        case.module,
-        case.dim,
-        case.height,
-        case.width,
-        case.batch,
-        "none",
-        case.dtype,
-        case.threads,
-        case.kwargs,
-    )
+    return dataclasses.replace(case, backend="none")
 
 
 def std_debug() -> bool:
