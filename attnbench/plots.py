@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from attnbench.report import backends_of, summary
+from attnbench.report import SERIES_KEY, VARYING, backends_of, identity_text, summary, varying
 from attnbench.results import Result
 
 
@@ -30,15 +30,15 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
         if column not in table or table[column].notna().sum() == 0:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        # One line per module setting: mixing batches or kwargs in one line would zig-zag.
-        varies = [c for c in ("batch", "kwargs") if table[c].nunique() > 1]
-        for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False):
-            module, dim, batch, kwargs = key
+        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag.
+        varies = [k for k in varying(table) if k != "kwargs" or table["kwargs"].astype(bool).any()]
+        for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
+            ident = dict(zip(SERIES_KEY, key, strict=True))
             grp = grp[grp[column].notna()].sort_values("tokens")
             if grp.empty:
                 continue
-            label = f"{module} (C={dim}" + (f", B={batch}" if "batch" in varies else "")
-            label += (f", {kwargs}" if "kwargs" in varies and kwargs else "") + ")"
+            parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={identity_text(k, ident[k])}" for k in varies]
+            label = f"{ident['module']} ({', '.join(parts)})"
             ax.plot(grp["tokens"], grp[column].astype(float) * scale, marker="o", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")

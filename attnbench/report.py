@@ -31,6 +31,24 @@ CONVENTION = (
 #: with attnbench.counting.cross_check).
 RATIO_TOLERANCE = CROSS_CHECK_TOLERANCE
 GEOMETRY = ["module", "dim", "height", "width", "batch", "kwargs"]
+#: Scenario fields: a summary row is one geometry in one scenario; backends are pivoted into columns.
+SCENARIO = ["layout", "mode", "dtype", "threads", "channels_last", "compile", "allocator", "machine"]
+ROW_KEY = [*GEOMETRY, *SCENARIO]
+#: One scaling series (a line in a plot, a row of the scaling table): everything but the resolution.
+SERIES_KEY = [k for k in ROW_KEY if k not in ("height", "width")]
+#: Identity columns shown only when they vary in a table, with their short headers.
+VARYING = {
+    "batch": "B",
+    "kwargs": "kwargs",
+    "layout": "layout",
+    "mode": "mode",
+    "dtype": "dtype",
+    "threads": "threads",
+    "channels_last": "ch-last",
+    "compile": "compiled",
+    "allocator": "alloc",
+    "machine": "machine",
+}
 
 
 def si(value: float | None, unit: str = "") -> str:
@@ -63,17 +81,18 @@ def _present(value: Any) -> bool:
 
 
 def summary(results: Sequence[Result]) -> pd.DataFrame:
-    """One row per geometry (module, dim, H, W, batch, kwargs): counts once, then latency/memory per backend.
+    """One row per geometry and scenario (ROW_KEY): counts once, then latency/memory per backend.
 
     Columns are raw numbers in base units; `backends` lists which backends have latency columns.
     """
     frame = to_frame(results)
     if frame.empty:
         return frame
-    frame["kwargs"] = frame["kwargs"].fillna("")
+    for name in ("kwargs", "layout", "machine"):
+        frame[name] = frame[name].fillna("")
     rows: list[dict[str, Any]] = []
-    for key, grp in frame.groupby(GEOMETRY, sort=False, dropna=False):
-        row: dict[str, Any] = dict(zip(GEOMETRY, key, strict=True))
+    for key, grp in frame.groupby(ROW_KEY, sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(ROW_KEY, key, strict=True))
         first = grp.iloc[0]
         for col in ("params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "counter_notes"):
             vals = grp[col].dropna()
@@ -124,12 +143,12 @@ def scaling(results: Sequence[Result]) -> pd.DataFrame:
         return table
     metrics = ["macs_attnbench"] + [c for c in table.columns if c.startswith(("latency_", "mem_"))]
     out = []
-    for key, grp in table.groupby(["module", "dim", "batch", "kwargs"], sort=False, dropna=False):
+    for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
         # Only geometries that produced numbers: a resolution the module refused has no point to fit.
         grp = grp[grp[metrics].notna().any(axis=1)].sort_values("tokens")
         if grp["tokens"].nunique() < 2:
             continue
-        row: dict[str, Any] = dict(zip(["module", "dim", "batch", "kwargs"], key, strict=True))
+        row: dict[str, Any] = dict(zip(SERIES_KEY, key, strict=True))
         row["n_min"], row["n_max"] = int(grp["tokens"].min()), int(grp["tokens"].max())
         for metric in metrics:
             pts = [(t, v) for t, v in zip(grp["tokens"], grp[metric], strict=True) if _present(v) and v > 0]
@@ -175,10 +194,8 @@ def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, st
         ("C", "dim", lambda r: str(int(r["dim"]))),
         ("H x W", "tokens", res),
     ]
-    if table["batch"].nunique() > 1:
-        cols.append(("B", "batch", lambda r: str(int(r["batch"]))))
-    if table["kwargs"].astype(bool).any():
-        cols.append(("kwargs", "kwargs", lambda r: _kw_text(r["kwargs"])))
+    for key in varying(table):
+        cols.append((VARYING[key], key, lambda r, key=key: identity_text(key, r[key])))
     if table["params"].notna().any():
         cols.append(("Params", "params", lambda r: si(r["params"])))
     if table["macs_attnbench"].notna().any():
@@ -213,6 +230,22 @@ def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, st
     return cols
 
 
+def varying(table: pd.DataFrame) -> list[str]:
+    """The identity columns (batch, kwargs, scenario fields) that take more than one value in `table`."""
+    return [key for key in VARYING if key in table and table[key].nunique(dropna=False) > 1]
+
+
+def identity_text(key: str, value: Any) -> str:
+    """An identity value as a table cell: kwargs as k=v, flags as yes/no, numbers as ints."""
+    if key == "kwargs":
+        return _kw_text(value)
+    if key in ("channels_last", "compile"):
+        return "yes" if bool(value) else "no"
+    if key in ("batch", "threads"):
+        return str(int(value))
+    return str(value) if _present(value) else ""
+
+
 def _kw_text(kw: str) -> str:
     if not kw:
         return ""
@@ -231,7 +264,7 @@ def _latency_cell(r: Mapping[str, Any], b: str) -> str:
 def _best(table: pd.DataFrame, key: str) -> Any:
     # The best (lowest) value of a cost column; ratios and identity columns have no best.
     if (
-        key in ("module", "dim", "tokens", "batch", "kwargs", "status", "parity_max_abs")
+        key in ("module", "dim", "tokens", "status", "parity_max_abs", *VARYING)
         or key.startswith("macs_fvcore")
         or key.startswith("macs_thop")
     ):
@@ -263,7 +296,7 @@ def rich_table(
         )
     # The best value of a column among the modules measured at the same setting: across resolutions the
     # smallest input would always win.
-    setting = ["dim", "height", "width", "batch"]
+    setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
     bests: dict[tuple[Any, ...], dict[str, Any]] = {}
     if highlight_best:
         for key_values, grp in table.groupby(setting, sort=False):
@@ -297,12 +330,12 @@ def scaling_table(results: Sequence[Result]) -> Table | None:
         header_style="bold",
         title_justify="left",
     )
-    # Batch and kwargs columns only when they vary, so rows that differ in them do not look identical.
-    extra = [c for c in ("batch", "kwargs") if frame[c].nunique() > 1]
+    # Identity columns only when they vary, so rows that differ in them do not look identical.
+    extra = varying(frame)
     out.add_column("Module")
     out.add_column("C", justify="right")
     for c in extra:
-        out.add_column("B" if c == "batch" else "kwargs", justify="right" if c == "batch" else "left")
+        out.add_column(VARYING[c], justify="right" if c in ("batch", "threads") else "left")
     out.add_column("N range", justify="right")
     for metric in metrics:
         out.add_column(f"{_metric_label(metric)} exp", justify="right")
@@ -310,7 +343,7 @@ def scaling_table(results: Sequence[Result]) -> Table | None:
         out.add_row(
             str(r["module"]),
             str(int(r["dim"])),
-            *[str(int(r[c])) if c == "batch" else _kw_text(r[c]) for c in extra],
+            *[identity_text(c, r[c]) for c in extra],
             f"{r['n_min']}..{r['n_max']}",
             *[("-" if not _present(r.get(f"{m}_exp")) else f"{r[f'{m}_exp']:.2f}") for m in metrics],
         )
@@ -391,8 +424,8 @@ def markdown(
                 "all resolutions in brackets).",
                 "",
             ]
-            extra = [c for c in ("batch", "kwargs") if frame[c].nunique() > 1]
-            heads = ["Module", "C", *("B" if c == "batch" else "kwargs" for c in extra), "N range"]
+            extra = varying(frame)
+            heads = ["Module", "C", *(VARYING[c] for c in extra), "N range"]
             lines.append("| " + " | ".join(heads + [f"{_metric_label(m)} exp" for m in metrics]) + " |")
             lines.append("|---|---:|" + "---:|" * len(extra) + "---:|" + "---:|" * len(metrics))
             for _, r in frame.iterrows():
@@ -401,7 +434,7 @@ def markdown(
                     e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
                     vals.append("-" if not _present(e) else f"{e:.2f} ({f:.2f})")
                 ids = [str(r["module"]), str(int(r["dim"]))]
-                ids += [str(int(r[c])) if c == "batch" else _md_escape(_kw_text(r[c])) for c in extra]
+                ids += [_md_escape(identity_text(c, r[c])) for c in extra]
                 lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
             lines.append("")
     bad = [r for r in results if r.status != R.OK]
