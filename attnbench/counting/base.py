@@ -190,6 +190,10 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+#: Attribute types a module copy shares instead of copying (a scripted function held as an attribute).
+_SHARED_ATTRIBUTES = (torch.jit.ScriptFunction,)
+
+
 def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
     """A deep copy of `module` on `device`, in eval mode; to meta it copies no weight data at all.
 
@@ -218,6 +222,9 @@ def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
         for t in tensors:
             if t is not None and id(t) not in memo:
                 memo[id(t)] = moved(t)
+        for value in vars(sub).values():
+            if isinstance(value, _SHARED_ATTRIBUTES):  # stateless and not deep-copyable: the copy shares it
+                memo[id(value)] = value
     clone = copy.deepcopy(module, memo)
     clone.eval()
     return clone

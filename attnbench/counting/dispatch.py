@@ -475,8 +475,9 @@ class _Product:
 class DispatchCounter(TorchDispatchMode):
     """A TorchDispatchMode that books MACs and FLOPs per operator and per active submodule, and lists the rest.
 
-    `phase` is "forward" or "backward"; backward work is booked under names ending in BACKWARD_SUFFIX and
-    attributed through the autograd nodes that attach(module, autograd=True) made the forward claim.
+    Work that autograd's engine runs (a backward pass inside the mode) is booked under names ending in
+    BACKWARD_SUFFIX and attributed through the autograd nodes that attach(module, autograd=True) made the
+    forward claim.
     """
 
     def __init__(self, module: nn.Module | None = None) -> None:
@@ -489,7 +490,6 @@ class DispatchCounter(TorchDispatchMode):
         self.by_module_nested: dict[str, int] = defaultdict(int)
         self.flops_by_module_nested: dict[str, int] = defaultdict(int)
         self.uncounted: dict[str, list] = {}
-        self.phase = "forward"
         self.backward_macs = 0
         self.backward_flops = 0
         self._stack: list[str] = []
@@ -571,8 +571,8 @@ class DispatchCounter(TorchDispatchMode):
             if key is not None:
                 self._excluded.add(key[0].cdata)
 
-    def _current_stack(self) -> tuple[str, ...]:
-        if self.phase == "backward" and self._claims is not None:
+    def _current_stack(self, backward: bool) -> tuple[str, ...]:
+        if backward and self._claims is not None:
             node = torch._C._current_autograd_node()
             return self._claims.get(node, ()) if node is not None else ()
         return tuple(self._stack)
@@ -603,14 +603,15 @@ class DispatchCounter(TorchDispatchMode):
                 return out
         out = func(*args, **kwargs)
         name = self._decomposing[0] if self._decomposing else _op_name(func)
-        if self.phase == "backward":
+        backward = _in_backward()
+        if backward:
             name += BACKWARD_SUFFIX
-        stack = self._current_stack()
+        stack = self._current_stack(backward)
         if rule is not None:
             macs = rule(args, kwargs, out)
-            self._book(name, macs, 2 * macs, stack)
+            self._book(name, macs, 2 * macs, stack, backward)
         elif packet in _PRODUCTS:
-            self._product(func, name, stack, args, kwargs, out)
+            self._product(func, name, stack, backward, args, kwargs, out)
         else:
             self._list(name, op_category(func), out)
         if self._products:
@@ -618,7 +619,9 @@ class DispatchCounter(TorchDispatchMode):
         self._track(out)
         return out
 
-    def _product(self, func: Any, name: str, stack: tuple[str, ...], args: tuple, kwargs: dict, out: Any) -> None:
+    def _product(
+        self, func: Any, name: str, stack: tuple[str, ...], backward: bool, args: tuple, kwargs: dict, out: Any
+    ) -> None:
         packet = func._overloadpacket
         macs = _PRODUCTS[packet](args, kwargs, out)
         if not macs and packet in _SCALINGS:
@@ -629,16 +632,16 @@ class DispatchCounter(TorchDispatchMode):
             self._list(name, op_category(func), out)
             return
         fused = packet in _FUSED_PRODUCTS
-        self._book(name, macs, 2 * macs if fused else macs, stack)
+        self._book(name, macs, 2 * macs if fused else macs, stack, backward)
         if not fused:
-            record = _Product(name, stack, macs, self.phase == "backward")
+            record = _Product(name, stack, macs, backward)
             self._remember(_first(out), record)
 
-    def _book(self, name: str, macs: int, flops: int, stack: tuple[str, ...]) -> None:
+    def _book(self, name: str, macs: int, flops: int, stack: tuple[str, ...], backward: bool) -> None:
         self.by_op[name] += macs
         self.flops_by_op[name] += flops
         self.calls[name] += 1
-        if self.phase == "backward":
+        if backward:
             self.backward_macs += macs
             self.backward_flops += flops
         names, top = self._credited(stack)
@@ -743,6 +746,11 @@ def _decomposes(func: Any, args: tuple, kwargs: dict) -> bool:
     return key is None or not func.has_kernel_for_dispatch_key(key)
 
 
+def _in_backward() -> bool:
+    """True while autograd's engine runs a backward pass on this thread."""
+    return torch._C._current_graph_task_id() != -1
+
+
 def _summed(packet: Any, args: tuple, kwargs: dict, out: Any) -> list[torch.Tensor]:
     """The tensors this operator sums over (so that a product among them is a multiply-add)."""
     if packet in _SUMS:
@@ -789,7 +797,6 @@ def _run_train(module: nn.Module, shape: tuple[int, ...], device: str, counter: 
                 out = module(x)
             counter.claim(out, ())  # what the root's own forward built
             loss = _scalar_loss(out)  # outside the count: the loss is not the module's work
-            counter.phase = "backward"
             with counter:
                 loss.backward()
     finally:

@@ -69,22 +69,26 @@ def breakdown_table(
     max_depth: int = DEFAULT_DEPTH,
     fmt: Formatter = exact,
     title: str | None = None,
+    types: bool = True,
 ) -> Table:
     """A rich Table of nested submodules down to `max_depth` with their params, MACs and FLOPs.
 
     `params` comes from count_params() and `macs` from count_macs() on the same module. Submodules are
     listed in definition order, indented by depth; figures are inclusive. In mode "train" MACs and FLOPs
     cover forward + backward, the backward booked to the module whose forward built it. `fmt` formats
-    every number (exact digits by default; pass an SI formatter for a compact table).
+    every number (exact digits by default; pass an SI formatter for a compact table); `types=False` leaves
+    out the Type column (class names) for narrow terminals.
     """
     step = "one training step (forward + backward)" if macs.mode == "train" else "one forward"
     # No caption: the convention line is wider than a narrow table and the CLI prints it once per run.
     table = Table(title=title or f"{macs.counter} counts per submodule, {step}")
-    table.add_column("Module", overflow="fold")
-    table.add_column("Type", overflow="fold")
+    # On a narrow terminal the Type column gives way first; names and numbers are never cut.
+    table.add_column("Module", no_wrap=True)
+    if types:
+        table.add_column("Type", overflow="ellipsis", min_width=4)
     for header in ("Params", "MACs", "FLOPs"):
         table.add_column(header, justify="right", no_wrap=True)
     for row in breakdown_rows(params, macs, max_depth):
         cells = [MISSING if v is None else fmt(v) for v in (row.params, row.macs, row.flops)]
-        table.add_row(INDENT * row.depth + row.name, row.type, *cells)
+        table.add_row(INDENT * row.depth + row.name, *([row.type] if types else []), *cells)
     return table
