@@ -11,12 +11,14 @@ not the module's work), loss.backward(). On meta unless stated.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attnbench
 from attnbench.counting import BACKWARD_SUFFIX, COUNTERS, count_all, count_macs
@@ -126,36 +128,100 @@ class Sdpa(nn.Module):
         return F.scaled_dot_product_attention(q, kv, kv, is_causal=self.causal)
 
 
-def test_sdpa_backward_fused_cpu_kernel_recomputes_scores() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_sdpa_backward_fused_cpu_kernel_recomputes_scores(device: str) -> None:
+    # On meta the count follows the CPU's kernel choice, so both devices count the CPU flash kernel.
     b, h, n, d = 2, 3, 5, 8
-    report = train(Sdpa(), (b, h, n, d), "cpu")
+    report = train(Sdpa(), (b, h, n, d), device)
     scores = b * h * n * 2 * n
-    assert report.by_op["aten._scaled_dot_product_flash_attention_for_cpu"] == scores * 2 * d
     # recompute q k^T, then grad_v, grad of the scores, grad_q, grad_k: (3 d_k + 2 d_v) per score
-    assert report.by_op[f"aten._scaled_dot_product_flash_attention_for_cpu_backward{BWD}"] == scores * 5 * d
+    assert dict(report.by_op) == {
+        "aten._scaled_dot_product_flash_attention_for_cpu": scores * 2 * d,
+        f"aten._scaled_dot_product_flash_attention_for_cpu_backward{BWD}": scores * 5 * d,
+    }
 
 
-def test_sdpa_backward_math_path_on_meta() -> None:
-    b, h, n, d = 2, 3, 5, 8
-    report = train(Sdpa(), (b, h, n, d))
-    scores = b * h * n * 2 * n
-    # meta runs PyTorch's math path: q k^T and attn v forward, their four operand gradients backward
-    assert dict(report.by_op) == {"aten.bmm": scores * 2 * d, f"aten.bmm{BWD}": scores * 4 * d}
+class UnequalHeads(nn.Module):
+    """SDPA with values half as wide as queries and keys: the CPU flash kernel refuses it, math runs."""
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return F.scaled_dot_product_attention(q, q, q[..., : q.shape[-1] // 2])
 
 
-@pytest.mark.parametrize(("device", "torch_flops"), [("meta", 805306368), ("cpu", 939524096)])
-def test_torch_sdpa_fused_and_math_totals(device: str, torch_flops: int) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_sdpa_backward_math_path(device: str) -> None:
+    b, h, n, d_k, d_v = 2, 3, 5, 8, 4
+    report = train(UnequalHeads(), (b, h, n, d_k), device)
+    scores = b * h * n * n
+    # q k^T and attn v forward; their four operand gradients backward, no recompute
+    assert dict(report.by_op) == {"aten.bmm": scores * (d_k + d_v), f"aten.bmm{BWD}": 2 * scores * (d_k + d_v)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("backend", "torch_flops"), [(SDPBackend.MATH, 805306368), (None, 939524096)])
+def test_torch_sdpa_fused_and_math_totals(backend: SDPBackend | None, torch_flops: int, device: str) -> None:
     # PyTorch test_sdpa (non-uniform: 128 queries, 256 keys, head dim 64, causal): forward 268435456 FLOPs;
     # the math backend's step is 3x, the fused kernels' 3.5x (PyTorch runs them on CUDA; here the CPU flash
     # kernel). A causal mask is not discounted, by PyTorch or by attnbench.
-    report = train(Sdpa(causal=True), (4, 8, 128, 64), device)
+    with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+        report = train(Sdpa(causal=True), (4, 8, 128, 64), device)
     assert report.forward_flops == 268435456
     assert report.flops == torch_flops and report.macs == torch_flops // 2
 
 
+class MaskedSdpa(nn.Module):
+    """Self-attention with an optional bool or float mask and attention dropout."""
+
+    def __init__(self, dropout: float, mask: str | None) -> None:
+        super().__init__()
+        self.dropout, self.mask = dropout, mask
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        n = q.shape[-2]
+        masks = {
+            "bool": lambda: torch.ones(n, n, dtype=torch.bool, device=q.device).tril(),
+            "float": lambda: torch.zeros(n, n, device=q.device),
+        }
+        mask = masks[self.mask]() if self.mask else None
+        return F.scaled_dot_product_attention(q, q, q, attn_mask=mask, dropout_p=self.dropout)
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_sdpa_train_counts_identical_on_meta_and_cpu(dropout: float, mask: str | None) -> None:
+    # the kernel choice (flash without dropout, math with it), the bool-mask conversion and every listed op
+    module, shape = MaskedSdpa(dropout, mask), (2, 3, 5, 8)
+    meta, cpu = train(module, shape), train(module, shape, "cpu")
+    assert dict(meta.by_op) == dict(cpu.by_op) and meta.flops == cpu.flops
+    assert {k: (u.calls, u.elements) for k, u in meta.uncounted.items()} == {
+        k: (u.calls, u.elements) for k, u in cpu.uncounted.items()
+    }
+    assert meta.peak_live_bytes_estimate == cpu.peak_live_bytes_estimate
+    fused = "aten._scaled_dot_product_flash_attention_for_cpu" in meta.by_op
+    assert fused == (dropout == 0.0)
+
+
+@pytest.mark.parametrize("need_weights", [True, False])
+def test_multihead_attention_train_step(need_weights: bool) -> None:
+    class Mha(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mha = nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.mha(x, x, x, need_weights=need_weights)[0]
+
+    b, n, c = 2, 6, 16
+    meta, cpu = train(Mha(), (b, n, c)), train(Mha(), (b, n, c), "cpu")
+    projections, scores = 4 * b * n * c * c, b * n * n  # per head-dim unit of attention: scores x c
+    # with weights: explicit bmm (4 gradients); without: the CPU flash kernel (recompute: 3 c + 2 c)
+    attention = scores * 2 * c * 3 if need_weights else scores * 2 * c + scores * 5 * c
+    assert meta.macs == cpu.macs == 3 * projections + attention
+
+
 def test_torch_sdpa_uniform_math_is_three_times_forward() -> None:
     q = torch.empty(4, 8, 128, 64, device="meta", requires_grad=True)
-    with DispatchCounter() as counter:
+    with DispatchCounter() as counter:  # no kernel choice here: meta takes the math path
         F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
     assert counter.total_flops == 3 * 134217728
 
@@ -330,13 +396,49 @@ def test_train_count_leaves_the_module_untouched() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats too
 
 
+def test_in_place_op_on_the_input_is_allowed() -> None:
+    # inside a network a module's input is an activation, so x.relu_() on it is legal
+    class InPlace(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.relu_())
+
+    assert train(InPlace(), (2, 4)).macs == 3 * 2 * 4 * 4
+
+
+def test_activation_backward_kernels_are_not_decomposed() -> None:
+    # silu_backward has CPU and Meta kernels besides a math decomposition: the kernel runs, and its arithmetic
+    # is an activation's (listed), not products
+    for act in (nn.SiLU(), nn.GELU()):
+        report = train(nn.Sequential(nn.Linear(4, 4), act), (2, 4))
+        assert report.macs == 3 * 2 * 4 * 4, type(act).__name__
+        name = f"aten.{type(act).__name__.lower()}_backward{BWD}"
+        assert report.uncounted[name].category == "activation"
+
+
+def test_mish_backward_decomposed_on_meta_only() -> None:
+    # The one aten operator with a CPU kernel, a math decomposition and no C++ meta kernel: on meta autograd
+    # decomposes it before the counter sees it, and its products are counted (a documented limit): per element
+    # grad * (tsp + x * sigmoid * (1 - tsp * tsp)), tsp = tanh(softplus(x)): four tensor products.
+    model = nn.Sequential(nn.Linear(4, 4), nn.Mish())
+    cpu, meta = train(model, (2, 4), "cpu"), train(model, (2, 4))
+    assert cpu.macs == 3 * 2 * 4 * 4 and "aten.mish_backward (backward)" in cpu.uncounted
+    assert meta.by_op[f"aten.mul{BWD}"] == 4 * 2 * 4
+    assert meta.macs == cpu.macs + 4 * 2 * 4
+
+
 def test_output_without_grad_is_a_failed_count() -> None:
     class Detached(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.detach() * 2
+            return F.scaled_dot_product_attention(x, x, x).detach()
 
-    report = count_macs(Detached(), (2, 3), mode="train")
+    sdpa = F.scaled_dot_product_attention
+    report = count_macs(Detached(), (2, 3, 4), mode="train")
     assert report.status == "failed" and "does not require grad" in report.reason
+    assert F.scaled_dot_product_attention is sdpa  # the kernel choice for meta is undone on failure too
 
 
 def test_meta_failure_falls_back_to_cpu_in_training() -> None:

@@ -41,18 +41,25 @@ the meta device (shapes only, no data, no memory). In inference mode the dispatc
 such as aten.linear and aten.scaled_dot_product_attention before they decompose; the rules cover both the
 composite and the decomposed forms.
 
-Training (mode "train"): one step as a network runs it: the module in train mode, the input requiring grad,
-loss = the sum of the output (computed outside the count: it is not the module's work), loss.backward().
+Training (mode "train"): one step as a network runs it: the module in train mode, the input an activation
+that requires grad (a clone of a leaf, made outside the count), loss = the sum of the output (computed
+outside the count: it is not the module's work), loss.backward().
 Autograd decomposes composites first, so the forward shows mm/addmm/bmm and the backward shows:
 
 * matrix products' gradients as mm / bmm (one product of the forward's size per operand that needs a grad);
 * convolution_backward: grad_input and grad_weight each cost the forward's MACs, as requested by its
   output_mask (a frozen weight or an input that needs no grad costs nothing); grad_bias is a sum, not a MAC;
 * fused attention backward kernels (CPU flash, CUDA flash / efficient / cuDNN) recompute the scores:
-  B * heads * N_q * N_k * (3 d_k + 2 d_v). On meta, PyTorch runs F.scaled_dot_product_attention in training
-  through its math path (explicit bmm + softmax), whose backward has four products and no recompute
-  (2 x forward): count on device="cpu" to count the fused CPU kernel a CPU run would use;
+  B * heads * N_q * N_k * (3 d_k + 2 d_v). PyTorch's math path (explicit bmm + softmax, taken when no fused
+  kernel is eligible: a bool mask, dropout, unequal head sizes on the CPU) has four products and no
+  recompute: 2 x forward. On meta PyTorch would always take the math path; the count instead runs
+  F.scaled_dot_product_attention through the kernel a CPU run chooses (torch._fused_sdp_choice on stand-in
+  CPU tensors that hold one row each), so meta and CPU counts agree;
 * elementwise products' gradients as mul: two products per gate product when both factors need a grad.
+
+One operator differs between meta and the CPU in training: mish_backward has a CPU kernel but only a Python
+meta kernel, so on meta autograd runs its math decomposition before this counter sees it, and its four
+products per element are counted; on the CPU it is one listed kernel.
 
 Backward operators are booked with the suffix " (backward)" (by_op, uncounted) and in backward_macs /
 backward_flops. Backward work is attributed to the module whose forward created the autograd node that runs
@@ -72,17 +79,20 @@ convolution).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.multiprocessing.reductions import StorageWeakRef
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.nn import functional as F
+from torch.nn.attention import SDPBackend
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 from attnbench.counting.base import (
@@ -105,7 +115,7 @@ from attnbench.counting.base import (
 )
 from attnbench.errors import InvalidCaseError
 
-__all__ = ["CONVENTION", "MODES", "DispatchCounter", "count_dispatch", "op_category"]
+__all__ = ["CONVENTION", "MODES", "DispatchCounter", "count_dispatch", "cpu_attention_choice", "op_category"]
 
 aten = torch.ops.aten
 
@@ -785,15 +795,74 @@ def _run(module: nn.Module, shape: tuple[int, ...], device: str, counter: Dispat
         counter.detach()
 
 
+_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+
+
+def _stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor with t's shape, dtype and unit last stride that holds one row: enough to choose a kernel."""
+    row = torch.empty((1,) * (t.dim() - 1) + (t.shape[-1],), dtype=t.dtype)
+    return row.expand(t.shape)
+
+
+@contextlib.contextmanager
+def cpu_attention_choice() -> Iterator[None]:
+    """While open, F.scaled_dot_product_attention on meta tensors runs the fused kernel a CPU run would choose.
+
+    The meta device makes PyTorch pick the math path, whose backward differs from the CPU flash kernel's
+    (no recompute of the scores). Where the CPU would take its flash kernel, the call goes to that kernel
+    directly (it has meta and autograd support); every other call runs unchanged. The function is swapped in
+    torch.nn.functional (a TorchFunctionMode cannot see the call inside nn.MultiheadAttention, whose
+    functional wrapper handles modes itself); code that imported the function by name before keeps the
+    original, and grouped-query attention is left to PyTorch (math on meta).
+    """
+    original = F.scaled_dot_product_attention
+
+    def attend(*args: Any, **kwargs: Any) -> torch.Tensor:
+        call = dict(zip(_SDPA_ARGS, args, strict=False)) | kwargs
+        if not all(t.is_meta for t in _tensors(call)) or call.get("enable_gqa", False):
+            return original(*args, **kwargs)
+        mask = call.get("attn_mask")
+        if mask is not None and mask.dtype == torch.bool:
+            # As PyTorch's composite does first on every device: True = attend (0), False = -inf.
+            like = {"dtype": call["query"].dtype, "device": mask.device}
+            zero, minus_inf = torch.scalar_tensor(0.0, **like), torch.scalar_tensor(float("-inf"), **like)
+            call["attn_mask"] = torch.where(mask, zero, minus_inf)
+        if _cpu_takes_flash(call):
+            flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+            q, k, v = call["query"], call["key"], call["value"]
+            options = {"attn_mask": call.get("attn_mask"), "scale": call.get("scale")}
+            return flash(q, k, v, call.get("dropout_p", 0.0), call.get("is_causal", False), **options)[0]
+        return original(**call)
+
+    F.scaled_dot_product_attention = attend
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _cpu_takes_flash(call: dict[str, Any]) -> bool:
+    """True when these (meta) attention arguments would run the CPU flash kernel on the CPU."""
+    q, k, v, mask = call["query"], call["key"], call["value"], call.get("attn_mask")
+    with _disable_current_modes():  # the stand-ins and the choice are not the module's work: count nothing
+        choice = torch._fused_sdp_choice(
+            _stand_in(q), _stand_in(k), _stand_in(v), None if mask is None else _stand_in(mask),
+            call.get("dropout_p", 0.0), call.get("is_causal", False), scale=call.get("scale"),
+        )  # fmt: skip
+    return choice == SDPBackend.FLASH_ATTENTION.value
+
+
 def _run_train(module: nn.Module, shape: tuple[int, ...], device: str, counter: DispatchCounter) -> None:
     """Count one training step of a prepared module copy: train mode, forward, loss = sum, backward."""
     module.train()
-    x = make_input(shape, device, module_dtype(module)).requires_grad_(True)
+    leaf = make_input(shape, device, module_dtype(module)).requires_grad_(True)
     counter.attach(module, autograd=True)
-    counter.exclude(x)
     try:
         with torch.inference_mode(False), torch.enable_grad():
-            with counter:
+            # Inside a network the input is an activation, not a leaf: in-place ops on it are allowed.
+            x = leaf.clone()
+            counter.exclude(leaf, x)
+            with cpu_attention_choice(), counter:
                 out = module(x)
             counter.claim(out, ())  # what the root's own forward built
             loss = _scalar_loss(out)  # outside the count: the loss is not the module's work
