@@ -32,9 +32,9 @@ uncounted; a sum of a non-product (x.sum()) is not a FLOP.
 
 Everything else seen (softmax, activations, norms, adds, reductions, pooling, padding, unfold, copies and
 views, and their backward kernels) is not counted: it is listed in `uncounted` with its call count, its
-output elements and a category. Composite operators without a rule here are decomposed (as the dispatcher
-would) so their products are found; MACs found inside a decomposition are booked under the operator the
-module called.
+output elements and a category. Composite operators without a rule here are decomposed where the dispatcher
+itself would run their decomposition (not where the device has a kernel of their own), so their products are
+found; MACs found inside a decomposition are booked under the operator the module called.
 
 Inference (mode "infer"): one forward under torch.inference_mode() with the module in eval mode, by default on
 the meta device (shapes only, no data, no memory). In inference mode the dispatcher sees composite operators
@@ -51,8 +51,8 @@ Autograd decomposes composites first, so the forward shows mm/addmm/bmm and the 
   output_mask (a frozen weight or an input that needs no grad costs nothing); grad_bias is a sum, not a MAC;
 * fused attention backward kernels (CPU flash, CUDA flash / efficient / cuDNN) recompute the scores:
   B * heads * N_q * N_k * (3 d_k + 2 d_v). PyTorch's math path (explicit bmm + softmax, taken when no fused
-  kernel is eligible: a bool mask, dropout, unequal head sizes on the CPU) has four products and no
-  recompute: 2 x forward. On meta PyTorch would always take the math path; the count instead runs
+  kernel is eligible: on the CPU with dropout or unequal head sizes) has four products and no recompute:
+  2 x forward. On meta PyTorch would always take the math path; the count instead runs
   F.scaled_dot_product_attention through the kernel a CPU run chooses (torch._fused_sdp_choice on stand-in
   CPU tensors that hold one row each), so meta and CPU counts agree;
 * elementwise products' gradients as mul: two products per gate product when both factors need a grad.
