@@ -548,3 +548,42 @@ def test_torch_conv_transpose_loop() -> None:
             model(x).sum().backward()
 
     assert flops_of(step).total_flops == 1536000
+
+
+# --- backward kernels of other devices (no GPU here): each rule reads q, k, v where the schema puts them -----
+FUSED_BACKWARDS = {
+    # kernel: True when its tensors are (B, heads, N, d), False for (B, N, heads, d)
+    "_scaled_dot_product_flash_attention_for_cpu_backward": True,
+    "_scaled_dot_product_flash_attention_backward": True,
+    "_scaled_dot_product_efficient_attention_backward": True,
+    "_scaled_dot_product_cudnn_attention_backward": True,
+    "_flash_attention_backward": False,
+    "_efficient_attention_backward": False,
+}
+
+
+@pytest.mark.parametrize(("kernel", "heads_first"), list(FUSED_BACKWARDS.items()))
+def test_fused_attention_backward_rules(kernel: str, heads_first: bool) -> None:
+    from attnbench.counting.dispatch import _RULES
+
+    op = getattr(torch.ops.aten, kernel)
+    names = [a.name for a in op.default._schema.arguments[:4]]
+    assert names[1:] == ["query", "key", "value"], names
+    b, h, n_q, n_k, d_k, d_v = 2, 3, 5, 7, 8, 4
+
+    def tensor(n: int, d: int) -> torch.Tensor:
+        return torch.empty((b, h, n, d) if heads_first else (b, n, h, d), device="meta")
+
+    args = (tensor(n_q, d_v), tensor(n_q, d_k), tensor(n_k, d_k), tensor(n_k, d_v))
+    assert _RULES[op](args, {}, None) == b * h * n_q * n_k * (3 * d_k + 2 * d_v)
+
+
+def test_fused_dropout_kernel_rules() -> None:
+    # CUDA's fused dropout: one mask product per element forward (in training) and backward
+    from attnbench.counting.dispatch import _PRODUCTS
+
+    x = torch.empty(3, 4, device="meta")
+    aten = torch.ops.aten
+    assert _PRODUCTS[aten.native_dropout]((x, 0.1, True), {}, (x, x)) == 12
+    assert _PRODUCTS[aten.native_dropout]((x, 0.1, False), {}, (x, x)) == 0
+    assert _PRODUCTS[aten.native_dropout_backward]((x, x, 1.1), {}, x) == 12
