@@ -1,23 +1,30 @@
-"""Counting: parameters, and MACs from three counters (attnbench's dispatch-level counter, fvcore, thop).
+"""Counting: parameters, and MACs / FLOPs from three counters (attnbench's dispatch-level counter, fvcore, thop).
 
-Convention (every report prints it): one multiply-add = one MAC; FLOPs = 2 x MACs. Counting runs on the meta
-device by default: no data, no memory, seconds even for a 50176 x 50176 attention map.
+Convention (CONVENTION, every report prints it): one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product
+= 1 MAC = 1 FLOP. Counting runs on the meta device by default: no data, no memory, seconds even for a
+50176 x 50176 attention map. mode="infer" counts one forward; mode="train" one training step (forward and
+backward), which only the attnbench counter can count.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 from torch import nn
 
 from attnbench.counting.base import (
+    BACKWARD_SUFFIX,
     CONVENTION,
     COUNTERS,
     CPU_FALLBACK_LIMIT_BYTES,
     CROSS_CHECK_TOLERANCE,
     DEFAULT_DEVICE,
+    MODES,
     MacReport,
     UncountedOp,
+    check_mode,
     check_shape,
     short_reason,
     unavailable,
@@ -26,14 +33,17 @@ from attnbench.counting.params import ParamReport, count_params
 from attnbench.errors import InvalidCaseError
 
 __all__ = [
+    "BACKWARD_SUFFIX",
     "CONVENTION",
     "COUNTERS",
     "CPU_FALLBACK_LIMIT_BYTES",
     "CROSS_CHECK_TOLERANCE",
     "DEFAULT_DEVICE",
+    "MODES",
     "MacReport",
     "ParamReport",
     "UncountedOp",
+    "breakdown_table",
     "count_all",
     "count_macs",
     "count_params",
@@ -42,12 +52,23 @@ __all__ = [
 ]
 
 
-def _counter(name: str) -> Callable[..., MacReport]:
+#: Why fvcore and thop have no number for a training step.
+FORWARD_ONLY = "{} counts a forward pass only (it traces or hooks the forward); it cannot count a backward"
+
+
+def breakdown_table(*args: Any, **kwargs: Any) -> Any:
+    """Nested submodule table of params, MACs and FLOPs (see attnbench.counting.table.breakdown_table)."""
+    from attnbench.counting.table import breakdown_table as build  # rich is imported only when a table is made
+
+    return build(*args, **kwargs)
+
+
+def _counter(name: str, mode: str) -> Callable[..., MacReport]:
     # Imported on demand: fvcore and thop are slow to import and may be missing.
     if name == "attnbench":
         from attnbench.counting.dispatch import count_dispatch
 
-        return lambda module, shape, device, activation_bytes=None: count_dispatch(module, shape, device)
+        return lambda module, shape, device, activation_bytes=None: count_dispatch(module, shape, device, mode=mode)
     if name == "fvcore":
         from attnbench.counting.fvcore_adapter import count_fvcore
 
@@ -68,17 +89,24 @@ def count_macs(
     counter: str = "attnbench",
     device: str = DEFAULT_DEVICE,
     activation_bytes: int | None = None,
+    mode: str = "infer",
 ) -> MacReport:
-    """MACs of one forward of `module` on an input of `input_shape`, per `counter` (see CONVENTION).
+    """MACs and FLOPs of `module` on an input of `input_shape`, per `counter` (see CONVENTION).
 
-    Never raises for a counter that is missing or fails (the report's status and reason say why), except
-    InvalidCaseError from a module refusing the input shape. `activation_bytes` (the attnbench counter's
-    peak estimate) lets fvcore/thop decide on a CPU fallback without estimating it again.
+    mode "infer" counts one forward in eval mode; mode "train" one training step (train mode, forward, loss =
+    sum of the output, backward), which only the attnbench counter can do: fvcore and thop answer
+    "unavailable" with the reason. Never raises for a counter that is missing or fails (the report's status
+    and reason say why), except InvalidCaseError from a module refusing the input shape, and ValueError for
+    an unknown counter or mode. `activation_bytes` (the attnbench counter's peak estimate) lets fvcore/thop
+    decide on a CPU fallback without estimating it again.
     """
     _check_counter(counter)
+    check_mode(mode)
     shape = check_shape(input_shape)
+    if mode == "train" and counter != "attnbench":
+        return replace(unavailable(counter, FORWARD_ONLY.format(counter), shape, device), mode=mode)
     try:
-        fn = _counter(counter)
+        fn = _counter(counter, mode)
     except ImportError as exc:
         return unavailable(counter, f"{counter} cannot be imported: {short_reason(exc)}", shape, device)
     try:
@@ -86,7 +114,7 @@ def count_macs(
     except InvalidCaseError:
         raise
     except Exception as exc:  # a counter bug must not take the caller down
-        return unavailable(counter, short_reason(exc), shape, device, "failed")
+        return replace(unavailable(counter, short_reason(exc), shape, device, "failed"), mode=mode)
 
 
 def count_all(
@@ -94,22 +122,24 @@ def count_all(
     input_shape: Sequence[int],
     counters: Iterable[str] = COUNTERS,
     device: str = DEFAULT_DEVICE,
+    mode: str = "infer",
 ) -> list[MacReport]:
     """One report per counter, in order; the attnbench estimate of activations guides the others' fallback."""
     names = list(counters)
     for name in names:
         _check_counter(name)
+    check_mode(mode)
     reports: list[MacReport] = []
     estimate: int | None = None
     if "attnbench" in names:
-        first = count_macs(module, input_shape, "attnbench", device)
-        if first.ok:  # measured on meta, or on the CPU where meta failed: the same tensors either way
+        first = count_macs(module, input_shape, "attnbench", device, mode=mode)
+        if first.ok and mode == "infer":  # on meta, or on the CPU where meta failed: the same tensors either way
             estimate = first.peak_live_bytes_estimate
     for name in names:
         if name == "attnbench":
             reports.append(first)
         else:
-            reports.append(count_macs(module, input_shape, name, device, activation_bytes=estimate))
+            reports.append(count_macs(module, input_shape, name, device, activation_bytes=estimate, mode=mode))
     return reports
 
 

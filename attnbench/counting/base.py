@@ -1,4 +1,4 @@
-"""Shared pieces of the counters: the MAC convention, the report records, and safe module copies."""
+"""Shared pieces of the counters: the MAC and FLOP convention, the report records, and safe module copies."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ from typing import Literal
 import torch
 from torch import nn
 
-#: The unit every counter in attnbench reports in; every report prints it in its header.
-CONVENTION = "one multiply-add = one MAC; FLOPs = 2 x MACs"
+#: The units every counter in attnbench reports in; every report prints it in its header. Exact: FLOPs are
+#: counted, not derived (a lone elementwise product, such as a gate x * sigmoid(g), is one multiplication).
+CONVENTION = "one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product = 1 MAC = 1 FLOP"
+
+#: What a count covers: one forward in eval mode ("infer"), or one training step, forward + backward ("train").
+MODES: tuple[str, ...] = ("infer", "train")
+
+#: Appended to an operator's name when the backward pass ran it (by_op, uncounted), so phases stay apart.
+BACKWARD_SUFFIX = " (backward)"
 
 #: Counters count_macs() knows, in the order count_all() runs them.
 COUNTERS: tuple[str, ...] = ("attnbench", "fvcore", "thop")
@@ -28,6 +35,13 @@ CPU_FALLBACK_LIMIT_BYTES = 2 * 1024**3
 CROSS_CHECK_TOLERANCE = 0.01
 
 Status = Literal["ok", "unavailable", "failed"]
+
+
+def check_mode(mode: str) -> str:
+    """`mode` if it is one of MODES (ValueError naming the valid ones otherwise)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: valid modes are {', '.join(MODES)}")
+    return mode
 
 
 def _frozen(mapping: Mapping | None = None) -> Mapping:
@@ -45,7 +59,12 @@ class UncountedOp:
 
 @dataclass(frozen=True)
 class MacReport:
-    """What one counter found for one module and input shape (MACs in the unit of CONVENTION)."""
+    """What one counter found for one module and input shape (MACs and FLOPs in the units of CONVENTION).
+
+    In mode "train" every figure covers the whole step (forward + backward); backward_macs / backward_flops
+    say how much of it the backward took, and backward operators carry BACKWARD_SUFFIX in by_op and
+    uncounted. fvcore and thop count a forward only: their train reports are "unavailable".
+    """
 
     counter: str
     macs: int | None
@@ -65,19 +84,37 @@ class MacReport:
     #: How many calls of each counted operator were seen (attnbench counter only).
     counted_calls: Mapping[str, int] = field(default_factory=_frozen)
     convention: str = CONVENTION
+    #: Exact FLOPs (CONVENTION); None when the counter gave no number. fvcore and thop count multiply-adds
+    #: only, so theirs are 2 x their MACs.
+    flops: int | None = None
+    #: FLOPs per operator, per top-level child and per qualified submodule, keyed as the MAC mappings.
+    flops_by_op: Mapping[str, int] = field(default_factory=_frozen)
+    flops_by_module: Mapping[str, int] = field(default_factory=_frozen)
+    flops_by_module_nested: Mapping[str, int] = field(default_factory=_frozen)
+    #: "infer" (one forward, eval mode) or "train" (one forward + backward step, train mode); see MODES.
+    mode: str = "infer"
+    #: The part of `macs` / `flops` done by the backward pass (0 in mode "infer").
+    backward_macs: int = 0
+    backward_flops: int = 0
 
     def __post_init__(self) -> None:
         # Freeze the mappings so a shared report cannot be edited behind the caller's back.
-        for name in ("by_op", "by_module", "uncounted", "by_module_nested", "counted_calls"):
+        names = ("by_op", "by_module", "uncounted", "by_module_nested", "counted_calls")
+        for name in (*names, "flops_by_op", "flops_by_module", "flops_by_module_nested"):
             value = getattr(self, name)
             if not isinstance(value, MappingProxyType):
                 object.__setattr__(self, name, _frozen(value))
         object.__setattr__(self, "input_shape", tuple(self.input_shape))
 
     @property
-    def flops(self) -> int | None:
-        """FLOPs = 2 x MACs (None when the counter gave no number)."""
-        return None if self.macs is None else 2 * self.macs
+    def forward_macs(self) -> int | None:
+        """MACs of the forward pass (all of them in mode "infer")."""
+        return None if self.macs is None else self.macs - self.backward_macs
+
+    @property
+    def forward_flops(self) -> int | None:
+        """FLOPs of the forward pass (all of them in mode "infer")."""
+        return None if self.flops is None else self.flops - self.backward_flops
 
     @property
     def ok(self) -> bool:
@@ -86,11 +123,18 @@ class MacReport:
 
     def format(self, top: int = 12) -> str:
         """A plain-text summary: header with the convention, MACs by operator and module, what was left out."""
-        lines = [f"# {self.counter}: {CONVENTION}", f"input {tuple(self.input_shape)} on {self.device}"]
+        where = f"input {tuple(self.input_shape)} on {self.device}, mode {self.mode}"
+        lines = [f"# {self.counter}: {CONVENTION}", where]
         if not self.ok:
             lines.append(f"status {self.status}: {self.reason}")
             return "\n".join(lines)
-        lines.append(f"MACs {self.macs:,}  FLOPs {self.flops:,}  ({self.seconds:.3f} s)")
+        flops = "-" if self.flops is None else f"{self.flops:,}"
+        lines.append(f"MACs {self.macs:,}  FLOPs {flops}  ({self.seconds:.3f} s)")
+        if self.mode == "train":
+            lines.append(
+                f"forward MACs {self.forward_macs:,}  backward MACs {self.backward_macs:,}  "
+                f"backward FLOPs {self.backward_flops:,}"
+            )
         if self.reason:
             lines.append(f"note: {self.reason}")
         if self.peak_live_bytes_estimate is not None:
@@ -108,6 +152,11 @@ class MacReport:
             if len(ranked) > top:
                 lines.append(f"  ... and {len(ranked) - top} more")
         return "\n".join(lines)
+
+
+def doubled(macs: Mapping[str, int]) -> dict[str, int]:
+    """FLOPs of a counter that charges multiply-adds only (fvcore, thop): 2 per MAC."""
+    return {key: 2 * n for key, n in macs.items()}
 
 
 def unavailable(
@@ -141,6 +190,10 @@ def module_dtype(module: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+#: Attribute types a module copy shares instead of copying (a scripted function held as an attribute).
+_SHARED_ATTRIBUTES = (torch.jit.ScriptFunction,)
+
+
 def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
     """A deep copy of `module` on `device`, in eval mode; to meta it copies no weight data at all.
 
@@ -169,6 +222,9 @@ def copy_to(module: nn.Module, device: str | torch.device) -> nn.Module:
         for t in tensors:
             if t is not None and id(t) not in memo:
                 memo[id(t)] = moved(t)
+        for value in vars(sub).values():
+            if isinstance(value, _SHARED_ATTRIBUTES):  # stateless and not deep-copyable: the copy shares it
+                memo[id(value)] = value
     clone = copy.deepcopy(module, memo)
     clone.eval()
     return clone

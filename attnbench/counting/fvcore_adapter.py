@@ -1,12 +1,15 @@
 """fvcore's FlopCountAnalysis as a MAC counter, with what it could not count listed as uncounted.
 
-fvcore calls one fused multiply-add a "flop"; that is one MAC in attnbench's convention (FLOPs = 2 x MACs),
-so its totals are taken as MACs unchanged. fvcore traces the module with torch.jit and has rules for conv,
-matmul, linear, einsum, bmm and addmm, but also charges norms, upsampling and adaptive average pooling (which
-attnbench does not count as MACs); it has no rule for scaled-dot-product attention or elementwise products,
-which it reports through unsupported_ops() (listed here), and it silently ignores a fixed set of view and
-creation ops. Tracing on meta fails for convolutions in current torch, so such modules are counted on the
-CPU when their activations fit in memory (see attnbench.counting.fallback).
+fvcore calls one fused multiply-add a "flop"; that is one MAC in attnbench's convention (one multiply-add =
+1 MAC = 2 FLOPs), so its totals are taken as MACs unchanged, and its FLOPs are 2 x its MACs (every operator it
+counts is charged as multiply-adds). It counts a forward only: a training step is "unavailable".
+
+fvcore traces the module with torch.jit and has rules for conv, matmul, linear, einsum, bmm and addmm, but
+also charges norms, upsampling and adaptive average pooling (which attnbench does not count as MACs); it has
+no rule for scaled-dot-product attention or elementwise products, which it reports through unsupported_ops()
+(listed here), and it silently ignores a fixed set of view and creation ops. Tracing on meta fails for
+convolutions in current torch, so such modules are counted on the CPU when their activations fit in memory
+(see attnbench.counting.fallback).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, unavailable
+from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, doubled, unavailable
 from attnbench.counting.fallback import run_meta_first
 
 #: fvcore rules for operators that attnbench does not count as MACs (their share is noted in the report).
@@ -69,7 +72,8 @@ def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
         note = f"includes fvcore charges for ops attnbench does not count as MACs: {listed}"
     return MacReport(
         "fvcore", total, by_op, by_module, uncounted, device=device, reason=note,
-        input_shape=tuple(x.shape), by_module_nested=nested,
+        input_shape=tuple(x.shape), by_module_nested=nested, flops=2 * total, flops_by_op=doubled(by_op),
+        flops_by_module=doubled(by_module), flops_by_module_nested=doubled(nested),
     )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Parameter counts: total, trainable, per top-level child, with buffers reported apart (never counted)."""
+"""Parameter counts: total, trainable, per top-level child and per nested submodule; buffers apart (never counted)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,11 @@ class ParamReport:
     by_module: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     #: Elements held in buffers (running stats, index tables...): excluded from `total`.
     buffers: int = 0
+    #: Inclusive parameters of every submodule by qualified name, in named_modules() order (parameter-free
+    #: ones at 0); the root is not listed (it is `total`). A module reachable under two names has its first.
+    by_module_nested: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    #: The class name of each submodule in by_module_nested, and of the root under "".
+    types: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def frozen(self) -> int:
@@ -32,7 +37,7 @@ class ParamReport:
 
 
 def count_params(module: nn.Module) -> ParamReport:
-    """Count `module`'s parameters: total, trainable, per top-level child; buffers apart."""
+    """Count `module`'s parameters: total, trainable, per top-level child and nested submodule; buffers apart."""
     params = list(module.parameters())
     total = sum(p.numel() for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
@@ -40,9 +45,25 @@ def count_params(module: nn.Module) -> ParamReport:
     # Attribute each Parameter object to the first place parameters() meets it, so the parts sum to total.
     owner: dict[int, str] = {}
     for qualified, p in module.named_parameters(remove_duplicate=False):
-        owner.setdefault(id(p), qualified.split(".", 1)[0] if "." in qualified else "(self)")
+        owner.setdefault(id(p), qualified)
     for p in params:
-        key = owner[id(p)]
+        qualified = owner[id(p)]
+        key = qualified.split(".", 1)[0] if "." in qualified else "(self)"
         by_module[key] = by_module.get(key, 0) + p.numel()
+    named = [(name, sub) for name, sub in module.named_modules() if name]
+    nested = dict.fromkeys((name for name, _ in named), 0)
+    for p in params:
+        for prefix in _owners(owner[id(p)]):
+            if prefix in nested:
+                nested[prefix] += p.numel()
+    types = {"": type(module).__name__} | {name: type(sub).__name__ for name, sub in named}
     buffers = sum(b.numel() for b in module.buffers())
-    return ParamReport(total, trainable, MappingProxyType(by_module), buffers)
+    return ParamReport(
+        total, trainable, MappingProxyType(by_module), buffers, MappingProxyType(nested), MappingProxyType(types)
+    )
+
+
+def _owners(qualified: str) -> list[str]:
+    """'a.b.weight' -> ['a', 'a.b']: the submodules that hold a parameter, outermost first."""
+    parts = qualified.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]

@@ -1,5 +1,8 @@
 """ultralytics-thop's profile() as a MAC counter (thop already reports MACs: one multiply-add each).
 
+Its FLOPs are 2 x its MACs: every operator it charges is charged as multiply-adds. It counts a forward only:
+a training step is "unavailable".
+
 thop counts through forward hooks on known layer types (conv, linear, norms, pools, softmax modules,
 nn.MultiheadAttention) plus, in ultralytics-thop 2.x, functional matmul / bmm / einsum / linear / sdpa
 calls made outside a counted layer. It charges norms, softmax and average pooling (attnbench does not count
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, unavailable
+from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, doubled, unavailable
 from attnbench.counting.fallback import run_meta_first
 
 #: thop rules for layers that attnbench does not count as MACs.
@@ -64,7 +67,7 @@ def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
     note = f"includes thop charges for {non_mac} norm/softmax/pool layer(s) attnbench does not count" if non_mac else ""
     return MacReport(
         "thop", macs, {}, by_module, _rule_less_leaves(module), device=device, reason=note,
-        input_shape=tuple(x.shape),
+        input_shape=tuple(x.shape), flops=2 * macs, flops_by_module=doubled(by_module),
     )  # fmt: skip
 
 
