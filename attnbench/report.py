@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from attnbench.gate import Verdict
 
 CONVENTION = (
-    "MACs: one multiply-add = one MAC; FLOPs = 2 x MACs. attnbench counts convolutions, matmuls/linear/einsum, "
+    "MACs and FLOPs: one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product (a gate x * g) = 1 MAC = "
+    "1 FLOP. attnbench counts convolutions, matmuls/linear/einsum, "
     "scaled-dot-product attention and elementwise tensor-by-tensor products; softmax, activations, norms, "
     "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs."
 )
@@ -94,7 +95,8 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
     for key, grp in frame.groupby(ROW_KEY, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(ROW_KEY, key, strict=True))
         first = grp.iloc[0]
-        for col in ("params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "counter_notes"):
+        counts = ("params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "flops_attnbench")
+        for col in (*counts, "counter_notes"):
             vals = grp[col].dropna()
             row[col] = vals.iloc[0] if len(vals) else None
         statuses = []
@@ -203,8 +205,8 @@ def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, st
         cols.append(
             (
                 "GFLOPs",
-                "macs_attnbench",
-                lambda r: "-" if not _present(r["macs_attnbench"]) else f"{2 * r['macs_attnbench'] / 1e9:.3g}",
+                "flops_attnbench",
+                lambda r: "-" if not _present(r.get("flops_attnbench")) else f"{r['flops_attnbench'] / 1e9:.3g}",
             )
         )
     for counter in ("fvcore", "thop"):

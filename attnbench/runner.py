@@ -216,6 +216,8 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
                 continue
         if report.status == "ok":
             values[f"macs_{counter}"] = report.macs
+            if counter == "attnbench":
+                values["flops_attnbench"] = report.flops
         else:
             notes.append(f"{counter}: {report.status} ({report.reason})")
         if counter == "attnbench":

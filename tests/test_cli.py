@@ -54,7 +54,7 @@ def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.C
     assert lka.macs_attnbench == lka.macs_formula
     assert json.loads(outs[2].read_text())["schema"] == R.SCHEMA_VERSION
     md = outs[1].read_text()
-    assert "| lka |" in md and "MACs" in md and "one multiply-add = one MAC" in md
+    assert "| lka |" in md and "MACs" in md and "one multiply-add = 1 MAC = 2 FLOPs" in md
     assert "MACs" in out and "Params" in out
 
 
