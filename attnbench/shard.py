@@ -15,11 +15,11 @@ from typing import Any
 from attnbench.errors import InvalidCaseError, UsageError
 from attnbench.results import Case
 
-#: What one case's fixed costs are worth in MACs: building, the warm-up and timing floors, the memory run and
-#: the ONNX export take ~1.3-1.9 s per case whatever its size, as much as ~0.5 GMAC of attention at the
-#: ~0.4 GMAC/s a case spends per MAC on the reference CPU (10 warm-up calls + timed calls + one memory run).
-#: Without it a shard of thirty small cases would look as cheap as one large one (benchmarks/shard_balance.py).
-CASE_OVERHEAD_MACS = 500_000_000
+#: What one case's fixed costs are worth in MACs. Building, the warm-up and timing floors, the memory run and the
+#: ONNX export take a case ~1.6 s whatever its size, and each further GMAC ~0.63 s (least-squares over
+#: `compare --all` on the reference 2-core CPU: results/shard_balance.md). Without this term a shard of thirty
+#: small cases would look as cheap as one large case: the slowest of 3 shards ran 1.52x the ideal, against 1.06x.
+CASE_OVERHEAD_MACS = 2_500_000_000
 #: A case the module's constraints refuse costs nothing to "run": it becomes an `invalid` row at once.
 INVALID_CASE_COST = 1
 
@@ -85,12 +85,16 @@ def _count_on_meta(case: Case) -> int:
     return int(count_macs(module, case.input_shape).macs)
 
 
-def partition(cases: Sequence[Case], count: int) -> list[list[Case]]:
-    """The plan split into `count` shards (each in plan order); together they are the plan, each case once."""
+def partition(cases: Sequence[Case], count: int, overhead_macs: int | None = None) -> list[list[Case]]:
+    """The plan split into `count` shards (each in plan order); together they are the plan, each case once.
+
+    `overhead_macs`: what a case's fixed costs are worth in MACs (CASE_OVERHEAD_MACS when None).
+    """
+    overhead = CASE_OVERHEAD_MACS if overhead_macs is None else overhead_macs
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for case in cases:
         groups.setdefault(geometry(case), []).append(case)
-    costs = {key: _group_cost(group) for key, group in groups.items()}
+    costs = {key: group_cost(group, overhead) for key, group in groups.items()}
     # Largest first; equal costs in the order of the geometry's text, never of a hash or the input order.
     dealt = sorted(groups, key=lambda key: (-costs[key], repr(key)))
     loads = [0] * count
@@ -102,9 +106,10 @@ def partition(cases: Sequence[Case], count: int) -> list[list[Case]]:
     return [[case for case in cases if owner[geometry(case)] == i] for i in range(count)]
 
 
-def _group_cost(group: Sequence[Case]) -> int:
+def group_cost(group: Sequence[Case], overhead_macs: int = CASE_OVERHEAD_MACS) -> int:
+    """Estimated cost of a geometry's cases: per case, its MACs plus the fixed overhead (refused: almost 0)."""
     macs = estimated_macs(group[0])
-    per_case = INVALID_CASE_COST if macs is None else macs + CASE_OVERHEAD_MACS
+    per_case = INVALID_CASE_COST if macs is None else macs + overhead_macs
     return per_case * len(group)
 
 

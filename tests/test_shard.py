@@ -79,7 +79,7 @@ def test_partition_is_the_same_under_another_hash_seed() -> None:
 
 
 def _load(part: list[Case]) -> int:
-    return sum(shard._group_cost([c]) for c in part)
+    return sum(shard.group_cost([c]) for c in part)
 
 
 def test_big_resolutions_are_spread_and_estimated_cost_balanced() -> None:
