@@ -16,7 +16,7 @@ from rich.text import Text
 
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
-from attnbench.merge import machine_env
+from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 
 if TYPE_CHECKING:
@@ -285,7 +285,7 @@ def rich_table(
     highlight_best: bool = False,
 ) -> Table:
     """The summary as a rich Table: units in headers, noisy timings marked '~', undercounts flagged."""
-    table = summary(results)
+    table = with_machine_aliases(summary(results), results)
     backends = backends_of(results)
     out = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
     if table.empty:
@@ -326,7 +326,7 @@ def rich_table(
 
 def scaling_table(results: Sequence[Result]) -> Table | None:
     """Rich table of exponents x in cost ~ N^x; None when no module has two resolutions."""
-    frame = scaling(results)
+    frame = with_machine_aliases(scaling(results), results)
     if frame.empty:
         return None
     metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
@@ -399,7 +399,7 @@ def markdown(
 ) -> str:
     """GitHub-ready report: the table, scaling exponents, failures with reasons, environment, convention."""
     lines = [f"# {title}", ""]
-    table = summary(results)
+    table = with_machine_aliases(summary(results), results)
     if table.empty:
         lines += ["No results.", ""]
     else:
@@ -419,7 +419,8 @@ def markdown(
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
         )
         lines.append("")
-        frame = scaling(results)
+        lines += machines_markdown(results, env)
+        frame = with_machine_aliases(scaling(results), results)
         if not frame.empty:
             metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
             lines += [
@@ -530,6 +531,8 @@ def show(
     cross = cross_hardware_table(rows)
     if cross is not None:
         out.print(cross)
+    for line in machines_legend(rows):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     for row in rows:
         if row.status != R.OK:
             err.print(
@@ -592,8 +595,6 @@ def cross_hardware(results: Sequence[Result]) -> tuple[pd.DataFrame, list[Machin
     Columns `latency_M1_s`, ... and `ratio_Mk` (Mk's latency over M1's, the first machine's). The frame is
     empty with fewer than two machines or without latency.
     """
-    from attnbench.merge import machines as machines_of
-
     machines = machines_of(results, {})
     frame = to_frame([r for r in results if r.backend != "none"])
     if len(machines) < 2 or frame.empty or frame["latency_median_s"].isna().all():
@@ -643,20 +644,44 @@ def cross_hardware_markdown(results: Sequence[Result], env: Mapping[str, Any]) -
     frame, machines = cross_hardware(results)
     if frame.empty:
         return []
-    lines = ["## Across machines", "", CROSS_NOTE, "", "| machine | label | date (UTC) |", "|---|---|---|"]
-    for m in machines:
-        date = str(machine_env(env, m.label).get("date_utc", "") or "")
-        lines.append(f"| {m.alias} | {_md_escape(m.label)} | {date} |")
     cols = _cross_columns(frame, machines)
-    lines += ["", "| " + " | ".join(_md_escape(h) for h, _ in cols) + " |"]
+    lines = ["## Across machines", "", CROSS_NOTE, ""]
+    lines.append("| " + " | ".join(_md_escape(h) for h, _ in cols) + " |")
     lines.append("|" + "|".join("---" if h in ("Module", "backend") else "---:" for h, _ in cols) + "|")
     for _, r in frame.iterrows():
         lines.append("| " + " | ".join(_md_escape(fn(r)) for _, fn in cols) + " |")
     return [*lines, ""]
 
 
+def machines_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The legend of the machine aliases (M1, M2, ...) the tables use; none with fewer than two machines."""
+    machines = machines_of(results, env)
+    if len(machines) < 2:
+        return []
+    lines = ["## Machines", "", "| machine | label | date (UTC) | rows |", "|---|---|---|---:|"]
+    for m in machines:
+        rows = sum(r.machine == m.label for r in results)
+        lines.append(f"| {m.alias} | {_md_escape(m.label)} | {m.env.get('date_utc', '') or ''} | {rows} |")
+    return [*lines, ""]
+
+
+def machines_legend(results: Sequence[Result]) -> list[str]:
+    """'M1 = label' lines for the terminal; none with fewer than two machines."""
+    machines = machines_of(results, {})
+    return [f"{m.alias} = {m.label}" for m in machines] if len(machines) > 1 else []
+
+
+def with_machine_aliases(frame: pd.DataFrame, results: Sequence[Result]) -> pd.DataFrame:
+    """The frame with machine labels shortened to M1, M2, ... when there are several (the legend names them)."""
+    machines = machines_of(results, {})
+    if len(machines) < 2 or frame.empty or "machine" not in frame:
+        return frame
+    aliases = {m.label: m.alias for m in machines}
+    return frame.assign(machine=frame["machine"].map(lambda label: aliases.get(label, label)))
+
+
 def cross_hardware_table(results: Sequence[Result]) -> Group | None:
-    """The cross-hardware view as a rich Table with the machines' labels below; None with fewer than two."""
+    """The cross-hardware view as a rich Table (machines named by show's legend); None with fewer than two."""
     frame, machines = cross_hardware(results)
     if frame.empty:
         return None
@@ -670,14 +695,11 @@ def cross_hardware_table(results: Sequence[Result]) -> Group | None:
         out.add_column(Text(header), justify="left" if header in ("Module", "backend") else "right", no_wrap=True)
     for _, r in frame.iterrows():
         out.add_row(*(fn(r) for _, fn in cols))
-    # The labels are long: one line each under the table, not a caption squeezed to the table's width.
-    legend = [f"{m.alias} = {m.label}" for m in machines] + [f"Mk÷{machines[0].alias}: Mk's time over M1's"]
-    return Group(out, *(Text(line, overflow="fold") for line in legend))
+    return Group(out, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)"))
 
 
 def environment_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
     """The environment section: one key/value table, or one per machine and the source files of a merge."""
-    from attnbench.merge import machines as machines_of
 
     def table(record: Mapping[str, Any]) -> list[str]:
         rows = ["| key | value |", "|---|---|"]

@@ -116,9 +116,11 @@ def test_two_environments_merge_into_a_cross_hardware_table(
     here, there = machine_label(), f"EPYC 7763, torch {R.load(measured / 'a.csv').env['torch']}"
     assert there in machine_label({**R.load(tmp_path / "b.csv").env})
     text = md.read_text()
-    section = text[text.index("## Across machines") :]
-    assert f"| M1 | {here} |" in section and "| M2 | EPYC 7763, torch" in section
-    table = _table_rows(section)
+    legend = text[text.index("## Machines") : text.index("## Across machines")]
+    assert f"| M1 | {here} |" in legend and "| M2 | EPYC 7763, torch" in legend
+    # The main table names machines by alias (the labels are long), one row per machine and case.
+    assert [row.split(" | ")[3] for row in _table_rows(text)[2:]] == ["M1", "M1", "M2", "M2"]
+    table = _table_rows(text[text.index("## Across machines") :])
     assert table[0] == "| Module | C | H x W | backend | M1 [ms] | M2 [ms] | M2÷M1 |"
     assert len(table) == 2 + 2 and all(row.endswith("| 0.50 |") for row in table[2:])
     assert "### M1: " in text and "### M2: EPYC 7763" in text and EPYC in text  # each machine's environment
@@ -126,6 +128,7 @@ def test_two_environments_merge_into_a_cross_hardware_table(
     assert list(env["machines"]) == [here, machine_label(R.load(tmp_path / "b.csv").env)]
     assert env["machines"][here]["cpu_model"] != EPYC and [s["rows"] for s in env["merged_from"]] == [2, 2]
     assert "Across machines: median latency [ms]" in out and "M2÷M1" in out
+    assert f"M1 = {here}" in out.splitlines() and there in out
 
 
 def test_cross_hardware_ratio_is_each_machine_over_the_first(measured: Path, tmp_path: Path) -> None:
