@@ -152,54 +152,53 @@ def _source_record(source: LoadedResults, label: str | None) -> dict[str, Any]:
     return record
 
 
+#: Result field -> the Sweep field whose order it follows, in the order a Sweep plans a geometry's scenarios.
+SCENARIO_ORDER = {
+    "mode": "modes",
+    "dtype": "dtypes",
+    "threads": "threads",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "allocator": "allocators",
+    "backend": "backends",
+}
+
+
 def plan_order(rows: Sequence[Result], machines: Sequence[str], sweep: Mapping[str, Any] | None = None) -> list[Result]:
-    """Rows by machine (in the given order), then as the sweep planned them: module, dim, resolution, batch,
-    kwargs, scenario, dtype, threads, backend. Values follow their order in `sweep` (the record a run writes
-    into its environment), else the zoo's and backends' order and ascending numbers; so shards merged this way
-    come out in the unsharded run's order."""
+    """Rows by machine (in the given order), then as a Sweep plans them: module, dim, resolution, batch, kwargs,
+    then mode, dtype, threads, channels_last, compile, allocator, backend. Values follow their order in `sweep`
+    (the record a run writes into its environment), else the zoo's, the dtypes' and backends' order and ascending
+    values; so shards merged this way come out in the unsharded run's order."""
     from attnbench.backends import list_backends
     from attnbench.registry import list_modules
     from attnbench.sweep import DTYPES
 
     sweep = sweep or {}
+    defaults = {"machine": machines, "module": list_modules(), "dtype": DTYPES, "backend": list_backends()}
+    fields = {"module": "modules", "dim": "dims", "res": "resolutions", "batch": "batches", **SCENARIO_ORDER}
 
-    def ranks(field: str, default: Sequence[Any] = ()) -> dict[Any, int]:
-        given = [tuple(v) if isinstance(v, list) else v for v in sweep.get(field) or ()]
-        return {value: i for i, value in enumerate(dict.fromkeys([*given, *default]))}
+    def ranks(field: str) -> dict[Any, int]:
+        given = [tuple(v) if isinstance(v, list) else v for v in sweep.get(fields.get(field, ""), None) or ()]
+        return {value: i for i, value in enumerate(dict.fromkeys([*given, *defaults.get(field, ())]))}
 
-    order = {
-        "machine": ranks("", machines),
-        "module": ranks("modules", list_modules()),
-        "dim": ranks("dims"),
-        "res": ranks("resolutions"),
-        "batch": ranks("batches"),
-        "dtype": ranks("dtypes", DTYPES),
-        "threads": ranks("threads"),
-        "backend": ranks("backends", list_backends()),
-    }
+    order = {field: ranks(field) for field in ("machine", *fields)}
 
-    def at(kind: str, value: Any) -> tuple[int, Any]:
-        return order[kind].get(value, len(order[kind])), value
+    def at(field: str, value: Any) -> tuple[int, str]:
+        # Unranked values come after the ranked ones, by their text (ints zero-padded, so they sort as numbers).
+        return order[field].get(value, len(order[field])), _sortable(value)
 
     def key(r: Result) -> tuple[Any, ...]:
-        return (
-            at("machine", r.machine),
-            at("module", r.module),
-            at("dim", r.dim),
-            at("res", (r.height, r.width)),
-            at("batch", r.batch),
-            r.kwargs,
-            r.layout,
-            r.mode,
-            r.channels_last,
-            r.compile,
-            r.allocator,
-            at("dtype", r.dtype),
-            at("threads", r.threads),
-            at("backend", r.backend),
-        )
+        geometry = (at("machine", r.machine), at("module", r.module), at("dim", r.dim))
+        geometry += (at("res", (r.height, r.width)), at("batch", r.batch), (0, r.kwargs), (0, r.layout))
+        return geometry + tuple(at(field, getattr(r, field)) for field in SCENARIO_ORDER)
 
     return sorted(rows, key=key)
+
+
+def _sortable(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_sortable(v) for v in value)
+    return f"{value:020d}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
 
 
 def common_sweep(sources: Sequence[LoadedResults]) -> dict[str, Any] | None:

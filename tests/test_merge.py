@@ -249,3 +249,30 @@ def test_gpu_machines_are_labelled_by_gpu_and_cpu() -> None:
     env = {"gpu": "NVIDIA H100 80GB HBM3", "cpu_model": EPYC, "torch": "2.13.0+cu128", "onnxruntime": "1.22.0"}
     assert machine_label(env) == "H100 80GB HBM3 + EPYC 7763, torch 2.13.0+cu128, ort 1.22.0"
     assert machine_label({"cpu_model": EPYC, "torch": "2.13.0"}) == "EPYC 7763, torch 2.13.0"
+
+
+def test_plan_order_follows_the_sweep_record_else_zoo_and_ascending_values() -> None:
+    def row(module: str, res: int, backend: str, dim: int = 16) -> R.Result:
+        return R.Result(module, dim, res, res, 1, backend, "float32", 1, "", machine="m")
+
+    rows = [row("lka", 56, "ort"), row("lka", 8, "cpu"), row("acmix", 56, "cpu", 32), row("acmix", 8, "cpu")]
+    plain = merge.plan_order(rows, ["m"])  # no record: zoo order (acmix first), ascending C and H x W
+    assert [(r.module, r.dim, r.height, r.backend) for r in plain] == [
+        ("acmix", 16, 8, "cpu"),
+        ("acmix", 32, 56, "cpu"),
+        ("lka", 16, 8, "cpu"),
+        ("lka", 16, 56, "ort"),
+    ]
+    record = {
+        "modules": ["lka", "acmix"],
+        "dims": [32, 16],
+        "resolutions": [[56, 56], [8, 8]],
+        "backends": ["ort", "cpu"],
+    }
+    planned = merge.plan_order(rows, ["m"], record)
+    assert [(r.module, r.dim, r.height, r.backend) for r in planned] == [
+        ("lka", 16, 56, "ort"),
+        ("lka", 16, 8, "cpu"),
+        ("acmix", 32, 56, "cpu"),
+        ("acmix", 16, 8, "cpu"),
+    ]
