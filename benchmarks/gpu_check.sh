@@ -73,17 +73,26 @@ DEPS='import typer, rich, pandas, onnx, onnxruntime, onnxscript, fvcore, thop, m
 ORT_CUDA='import sys, onnxruntime as o; sys.exit(0 if "CUDAExecutionProvider" in o.get_available_providers() else 1)'
 
 install_missing() {
-    [ -x .venv-gpu/bin/python ] || "$PY" -m venv --system-site-packages .venv-gpu || return 1
-    PY=.venv-gpu/bin/python
+    local venv=1
+    if [ -x .venv-gpu/bin/python ] || "$PY" -m venv --system-site-packages .venv-gpu >/dev/null 2>&1; then
+        PY=.venv-gpu/bin/python
+    else
+        echo "$PROG: no venv module for $PY: installing what is missing into it directly" >&2
+        venv=0
+    fi
     if ! has "$CUDA_TORCH"; then
-        "$PY" -m pip install -q "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX" || return 1
+        # --ignore-installed: a CPU build outside the venv (2.13.0+cpu) would otherwise satisfy torch==2.13.0.
+        "$PY" -m pip install -q --ignore-installed "torch==$TORCH_VERSION" --index-url "$TORCH_INDEX" || return 1
         has "$CUDA_TORCH" || { echo "$PROG: torch $TORCH_VERSION from $TORCH_INDEX sees no GPU" >&2; return 1; }
     fi
     has "$DEPS" || "$PY" -m pip install -q -e ".[dev]" || return 1
     if ! has "$ORT_CUDA"; then
-        # onnxruntime and onnxruntime-gpu are one import package: the CPU build goes first (inside the venv only).
-        "$PY" -m pip uninstall -q -y onnxruntime >/dev/null 2>&1
-        "$PY" -m pip install -q onnxruntime-gpu || echo "$PROG: onnxruntime-gpu did not install: ort-cuda rows will be skipped" >&2
+        if [ "$venv" -eq 1 ]; then
+            # onnxruntime and onnxruntime-gpu are one import package: the CPU build goes first (in the venv only).
+            "$PY" -m pip uninstall -q -y onnxruntime >/dev/null 2>&1
+            "$PY" -m pip install -q onnxruntime-gpu || echo "$PROG: onnxruntime-gpu did not install" >&2
+        fi
+        has "$ORT_CUDA" || echo "$PROG: no CUDAExecutionProvider: ort-cuda rows will be skipped" >&2
     fi
 }
 
