@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 import sys
 import tempfile
@@ -155,6 +156,14 @@ SortOpt = Annotated[
     str | None, typer.Option("--sort", help="params, macs, module, latency[-BACKEND], memory[-BACKEND].")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option("--shard", help="Run only shard K of N of the cases (e.g. 2/3); merge the parts with `report`."),
+]
+LabelOpt = Annotated[
+    str | None,
+    typer.Option("--label", help="Machine label for every row (default: hardware, torch and ORT versions)."),
+]
 
 
 # ---------------------------------------------------------------- commands
@@ -282,8 +291,11 @@ def _sweep(
     threads: Sequence[int],
     dtypes: Sequence[str],
     kw: Sequence[str],
+    shard: str | None = None,
 ) -> Sweep:
     """The Sweep the options describe (strings parsed; values checked by Sweep.check)."""
+    from attnbench.shard import parse_shard
+
     return Sweep(
         modules=modules,
         dims=tuple(dims),
@@ -293,15 +305,23 @@ def _sweep(
         dtypes=tuple(dict.fromkeys(dtypes)),
         threads=tuple(dict.fromkeys(threads)),
         kwargs=parse_kw(kw),
+        shard=parse_shard(shard) if shard is not None else None,
     )
 
 
 def _options(
-    metrics: str, counters: str, min_run_time: float, time_limit: float | None, force: bool
+    metrics: str,
+    counters: str,
+    min_run_time: float,
+    time_limit: float | None,
+    force: bool,
+    label: str | None = None,
 ) -> RunOptions:
     """RunOptions from the options' strings, refusing bad values."""
     from attnbench.runner import COUNTERS, METRICS, RunOptions
 
+    if label is not None and not label.strip():
+        raise UsageError("--label must not be empty")
     if min_run_time <= 0:
         raise UsageError("--min-run-time must be > 0")
     if time_limit is not None and time_limit <= 0:
@@ -312,6 +332,7 @@ def _options(
         min_run_time=min_run_time,
         time_limit_s=time_limit,
         force=force,
+        machine=" ".join(label.split()) if label is not None else None,
     )
 
 
@@ -352,7 +373,7 @@ class GateOptions:
 def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None = None) -> None:
     """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130."""
     from attnbench import report
-    from attnbench.env import environment
+    from attnbench.env import environment, machine_label
 
     sweep.check(options.measures)
     outputs.check(sweep.backends)
@@ -362,13 +383,23 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
 
         base = load_baseline(gate.baseline)
     env = environment(threads=max(sweep.threads))
+    # The label goes into the environment too, so `report` can name the rows of a file that lost it.
+    env["machine"] = options.machine or machine_label(env)
+    options = dataclasses.replace(options, machine=env["machine"])
+    cases = sweep.cases()
+    env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
+    if sweep.shard is not None:
+        env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
+        if not cases:
+            _empty_shard(sweep, env, outputs)
+            return
     rows: list[R.Result] = []
 
     def on_result(row: R.Result) -> None:
         rows.append(row)
         report.write(rows, env, outputs.files, outputs.title, outputs.sort)
 
-    outcome = _run_with_progress(sweep.cases(), options, on_result, outputs.quiet)
+    outcome = _run_with_progress(cases, options, on_result, outputs.quiet)
     report.write(rows, env, outputs.files, outputs.title, outputs.sort)
     if outputs.plots is not None and rows:
         from attnbench.plots import plot_scaling
@@ -383,8 +414,10 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
         raise typer.Exit(EXIT_INTERRUPTED)
     # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
-    # this machine will run, so it ends like bad input, with the first refusal's reason.
-    if rows and all(row.status in R.REFUSED for row in rows):
+    # this machine will run, so it ends like bad input, with the first refusal's reason. A shard of only
+    # invalid cases is not bad input: the sweep as a whole has valid cases (Sweep.check), other shards run them.
+    only_invalid_shard = sweep.shard is not None and all(row.status == R.INVALID for row in rows)
+    if rows and all(row.status in R.REFUSED for row in rows) and not only_invalid_shard:
         first = rows[0]
         why = f"{report.case_text(first)}: {first.status}: {first.reason}"
         raise AttnbenchError(f"every case was refused; first: {why}")
@@ -393,6 +426,23 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         gate_failed = not _gate(rows, base, gate, options)
     if outcome.failed or gate_failed:
         raise typer.Exit(1)
+
+
+def _empty_shard(sweep: Sweep, env: dict[str, Any], outputs: Outputs) -> None:
+    """A shard the partition left without cases: say so, write empty reports (a CI merge finds them), exit 0."""
+    from attnbench import report
+    from attnbench.shard import geometry
+
+    assert sweep.shard is not None
+    geometries = len({geometry(c) for c in dataclasses.replace(sweep, shard=None).cases()})
+    report.write([], env, outputs.files, outputs.title, outputs.sort)
+    err.print(
+        f"attnbench: shard {env['shard']} has no cases: the sweep has {geometries} geometr"
+        f"{'y' if geometries == 1 else 'ies'}, fewer than {sweep.shard[1]} shards; wrote empty reports",
+        highlight=False,
+    )
+    for path in outputs.files:
+        err.print(f"wrote {path}", highlight=False)
 
 
 def _run_with_progress(
@@ -507,6 +557,8 @@ def profile_cmd(
     force: ForceOpt = False,
     sort: SortOpt = None,
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
+    label: LabelOpt = None,
     breakdown: Annotated[
         bool, typer.Option("--breakdown", help="Also print attnbench's per-operator and per-submodule MACs.")
     ] = False,
@@ -521,9 +573,10 @@ def profile_cmd(
         threads or [1],
         dtype or [R.DEFAULT_DTYPE],
         kw or [],
+        shard,
     )
     outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown)
-    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force), outputs)
+    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force, label), outputs)
 
 
 @app.command("compare")
@@ -546,6 +599,8 @@ def compare_cmd(
     force: ForceOpt = False,
     sort: SortOpt = "macs",
     quiet: QuietOpt = False,
+    shard: ShardOpt = None,
+    label: LabelOpt = None,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")] = None,
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Latency regression tolerance (fraction).")
@@ -564,34 +619,52 @@ def compare_cmd(
         threads or [1],
         dtype or [R.DEFAULT_DTYPE],
         kw or [],
+        shard,
     )
     outputs = Outputs(tuple(output or ()), plots, "attnbench compare", sort, True, quiet)
     if tolerance is not None and not 0 <= tolerance < 10:
         raise UsageError("--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%")
     gate = GateOptions(baseline, tolerance, force_latency) if baseline is not None else None
-    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force), outputs, gate)
+    options = _options(metrics, counters, min_run_time, time_limit, force, label)
+    _measure_and_report(sweep, options, outputs, gate)
 
 
 @app.command("report")
 def report_cmd(
-    source: Annotated[Path, typer.Argument(help="A CSV or JSON report written by attnbench.")],
+    sources: Annotated[
+        list[str], typer.Argument(help="CSV or JSON reports written by attnbench, or globs ('shards/*.csv').")
+    ],
     output: OutputOpt = None,
     plots: PlotsOpt = None,
     sort: SortOpt = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--label", help="Machine label for rows that have none (default: from their file's environment)."),
+    ] = None,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Keep the newest of a case measured twice on one machine (else an error).")
+    ] = False,
 ) -> None:
-    """Re-render saved results (table, Markdown, plots) without measuring anything."""
+    """Re-render saved results, or merge several (shards, machines) into one report, without measuring."""
     from attnbench import report
+    from attnbench.merge import expand, merge
 
-    loaded = R.load(source)
-    outputs = Outputs(tuple(output or ()), plots, f"attnbench report ({source.name})", sort)
-    outputs.check(report.backends_of(loaded.results))
-    report.write(loaded.results, loaded.env, outputs.files, outputs.title, outputs.sort)
+    if label is not None and not label.strip():
+        raise UsageError("--label must not be empty")
+    paths = expand(sources)
+    merged = merge([R.load(path) for path in paths], " ".join(label.split()) if label else None, latest)
+    title = f"attnbench report ({paths[0].name})" if len(paths) == 1 else f"attnbench report ({len(paths)} files)"
+    outputs = Outputs(tuple(output or ()), plots, title, sort)
+    outputs.check(report.backends_of(merged.results))
+    report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
     if plots is not None:
         from attnbench.plots import plot_scaling
 
-        for path in plot_scaling(loaded.results, plots):
+        for path in plot_scaling(merged.results, plots):
             err.print(f"wrote {path}", highlight=False)
-    report.show(loaded.results, out, err, outputs.title, outputs.sort)
+    report.show(merged.results, out, err, outputs.title, outputs.sort)
+    for path in outputs.files:
+        err.print(f"wrote {path}", highlight=False)
 
 
 def _error_line(message: str) -> None:

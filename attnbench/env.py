@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -127,3 +129,43 @@ def environment(threads: int = 1) -> dict[str, Any]:
     record["allocator"] = pin_allocator()
     record["available_backends"] = available_backends()
     return record
+
+
+#: Words a CPU or GPU model name carries that tell machines apart by nothing: vendors' marks, "CPU", clocks.
+_CPU_NOISE = re.compile(r"\((?:R|TM)\)|\b(?:Intel|AMD|CPU|Processor)\b|\b\d+-Core\b|@.*$", re.IGNORECASE)
+_GPU_NOISE = re.compile(r"\b(?:NVIDIA|GeForce|Tesla)\b", re.IGNORECASE)
+
+
+def short_model(name: str | None, noise: re.Pattern[str] = _CPU_NOISE) -> str:
+    """A model name without marks and clocks: 'Intel(R) Xeon(R) Gold 6130 CPU @ 2.10GHz' -> 'Xeon Gold 6130'."""
+    if not name:
+        return ""
+    return " ".join(noise.sub(" ", name).split()) or " ".join(name.split())
+
+
+def label_facts() -> dict[str, Any]:
+    """The part of the environment record a machine label is made of (cheap: no subprocess, no backends)."""
+    facts: dict[str, Any] = {"cpu_model": cpu_model(), "gpu": None}
+    facts.update({name: _version(_VERSIONS[name]) for name in ("torch", "onnxruntime")})
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    return facts
+
+
+def machine_label(env: Mapping[str, Any] | None = None) -> str:
+    """A short name for the hardware and versions in an environment record (this machine's when None).
+
+    The GPU model comes first when there is one, then the CPU model (a GPU machine's cpu rows ran there),
+    torch and ONNX Runtime versions: 'Xeon Platinum 8375C, torch 2.13.0+cpu, ort 1.32.0'. Two runs with the
+    same label count as one machine when results are merged.
+    """
+    env = label_facts() if env is None else env
+    hardware = short_model(env.get("cpu_model")) or "unknown CPU"
+    if env.get("gpu"):
+        hardware = f"{short_model(env['gpu'], _GPU_NOISE)} + {hardware}"
+    parts = [hardware]
+    if env.get("torch"):
+        parts.append(f"torch {env['torch']}")
+    if env.get("onnxruntime"):
+        parts.append(f"ort {env['onnxruntime']}")
+    return ", ".join(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from attnbench.report import SERIES_KEY, VARYING, backends_of, identity_text, summary, varying
 from attnbench.results import Result
@@ -15,6 +16,7 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")  # headless: no display on CI or in Docker
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     table = summary(results)
     out = Path(out_dir)
@@ -32,24 +34,53 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag.
         varies = [k for k in varying(table) if k != "kwargs" or table["kwargs"].astype(bool).any()]
+        styles = machine_styles(table)
+        colors: dict[str, str] = {}
         for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
             ident = dict(zip(SERIES_KEY, key, strict=True))
             grp = grp[grp[column].notna()].sort_values("tokens")
             if grp.empty:
                 continue
-            parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={identity_text(k, ident[k])}" for k in varies]
-            label = f"{ident['module']} ({', '.join(parts)})"
-            ax.plot(grp["tokens"], grp[column].astype(float) * scale, marker="o", label=label)
+            # With several machines, a series keeps its colour on every machine; the line style names the machine.
+            parts = [f"C={ident['dim']}"]
+            parts += [f"{VARYING[k]}={identity_text(k, ident[k])}" for k in varies if k != "machine" or not styles]
+            series = f"{ident['module']} ({', '.join(parts)})"
+            new = series not in colors
+            color = colors.setdefault(series, f"C{len(colors) % 10}")
+            ax.plot(
+                grp["tokens"],
+                grp[column].astype(float) * scale,
+                marker="o",
+                color=color,
+                linestyle=styles.get(ident["machine"], "-"),
+                label=series if new else "_nolegend_",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens N = H x W")
         ax.set_ylabel(label)
         ax.set_title(f"{label} against N")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+        series_legend = ax.legend(fontsize=7, ncol=2)
+        if styles:
+            ax.add_artist(series_legend)
+            handles = [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
+            ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
         fig.tight_layout()
         path = out / name
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+#: Line styles of the machines of a plot, in order of first appearance (a fifth machine reuses the first).
+MACHINE_STYLES = ("-", "--", ":", "-.")
+
+
+def machine_styles(table: Any) -> dict[str, str]:
+    """{machine label: line style} when the summary holds several machines, else {} (every line solid)."""
+    labels = [m for m in dict.fromkeys(table["machine"]) if m] if "machine" in table else []
+    if len(labels) < 2:
+        return {}
+    return {m: MACHINE_STYLES[i % len(MACHINE_STYLES)] for i, m in enumerate(labels)}

@@ -10,17 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
+from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from attnbench.gate import Verdict
+    from attnbench.merge import MachineInfo
 
 CONVENTION = (
     "MACs and FLOPs: one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product (a gate x * g) = 1 MAC = "
@@ -282,7 +285,7 @@ def rich_table(
     highlight_best: bool = False,
 ) -> Table:
     """The summary as a rich Table: units in headers, noisy timings marked '~', undercounts flagged."""
-    table = summary(results)
+    table = with_machine_aliases(summary(results), results)
     backends = backends_of(results)
     out = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
     if table.empty:
@@ -323,7 +326,7 @@ def rich_table(
 
 def scaling_table(results: Sequence[Result]) -> Table | None:
     """Rich table of exponents x in cost ~ N^x; None when no module has two resolutions."""
-    frame = scaling(results)
+    frame = with_machine_aliases(scaling(results), results)
     if frame.empty:
         return None
     metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
@@ -396,7 +399,7 @@ def markdown(
 ) -> str:
     """GitHub-ready report: the table, scaling exponents, failures with reasons, environment, convention."""
     lines = [f"# {title}", ""]
-    table = summary(results)
+    table = with_machine_aliases(summary(results), results)
     if table.empty:
         lines += ["No results.", ""]
     else:
@@ -416,7 +419,8 @@ def markdown(
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
         )
         lines.append("")
-        frame = scaling(results)
+        lines += machines_markdown(results, env)
+        frame = with_machine_aliases(scaling(results), results)
         if not frame.empty:
             metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
             lines += [
@@ -439,6 +443,7 @@ def markdown(
                 ids += [_md_escape(identity_text(c, r[c])) for c in extra]
                 lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
             lines.append("")
+    lines += cross_hardware_markdown(results, env)
     bad = [r for r in results if r.status != R.OK]
     if bad:
         lines += [
@@ -458,14 +463,8 @@ def markdown(
         "",
         CONVENTION,
         "",
-        "## Environment",
-        "",
-        "| key | value |",
-        "|---|---|",
+        *environment_markdown(results, env),
     ]
-    for k, v in env.items():
-        lines.append(f"| {k} | {_md_escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))} |")
-    lines.append("")
     return "\n".join(lines)
 
 
@@ -529,6 +528,11 @@ def show(
     scale = scaling_table(rows)
     if scale is not None:
         out.print(scale)
+    cross = cross_hardware_table(rows)
+    if cross is not None:
+        out.print(cross)
+    for line in machines_legend(rows):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
     for row in rows:
         if row.status != R.OK:
             err.print(
@@ -577,3 +581,151 @@ def show_gate(verdict: Verdict, console: Console) -> None:
         f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
         f"{sum(c.failing for c in verdict.changes)} failing change(s)"
     )
+
+
+# ---------------------------------------------------------------- across machines (merged reports)
+
+#: The identity of a cross-hardware row: a case on every machine (everything but the machine).
+CROSS_KEY = [*GEOMETRY, *(k for k in SCENARIO if k != "machine"), "backend"]
+
+
+def cross_hardware(results: Sequence[Result]) -> tuple[pd.DataFrame, list[MachineInfo]]:
+    """Median latency per machine side by side, one row per case measured on any machine, and the machines.
+
+    Columns `latency_M1_s`, ... and `ratio_Mk` (Mk's latency over M1's, the first machine's). The frame is
+    empty with fewer than two machines or without latency.
+    """
+    machines = machines_of(results, {})
+    frame = to_frame([r for r in results if r.backend != "none"])
+    if len(machines) < 2 or frame.empty or frame["latency_median_s"].isna().all():
+        return pd.DataFrame(), machines
+    for name in ("kwargs", "layout"):
+        frame[name] = frame[name].fillna("")
+    rows: list[dict[str, Any]] = []
+    for key, grp in frame.groupby(CROSS_KEY, sort=False, dropna=False):
+        row: dict[str, Any] = dict(zip(CROSS_KEY, key, strict=True))
+        for m in machines:
+            values = grp.loc[grp["machine"] == m.label, "latency_median_s"].dropna()
+            row[f"latency_{m.alias}_s"] = float(values.iloc[0]) if len(values) else None
+        first = row[f"latency_{machines[0].alias}_s"]
+        for m in machines[1:]:
+            row[f"ratio_{m.alias}"] = ratio(row[f"latency_{m.alias}_s"], first)
+        if any(_present(row[f"latency_{m.alias}_s"]) for m in machines):
+            rows.append(row)
+    return pd.DataFrame(rows), machines
+
+
+def _cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[tuple[str, Any]]:
+    """(header, cell function) for each column of the cross-hardware table."""
+    cols: list[tuple[str, Any]] = [
+        ("Module", lambda r: str(r["module"])),
+        ("C", lambda r: str(int(r["dim"]))),
+        ("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}"),
+    ]
+    cols += [(VARYING[k], lambda r, k=k: identity_text(k, r[k])) for k in varying(frame) if k != "machine"]
+    cols.append(("backend", lambda r: str(r["backend"])))
+    cols += [(f"{m.alias} [ms]", lambda r, a=m.alias: ms(r[f"latency_{a}_s"])) for m in machines]
+    first = machines[0].alias
+    cols += [
+        (f"{m.alias}÷{first}", lambda r, a=m.alias: "-" if not _present(r[f"ratio_{a}"]) else f"{r[f'ratio_{a}']:.2f}")
+        for m in machines[1:]
+    ]
+    return cols
+
+
+CROSS_NOTE = (
+    "Median latency per call of the same case on each machine; `Mk÷M1` is machine k's time over the first "
+    "machine's (below 1: faster than M1). The first machine is the first file's; order the files to choose it."
+)
+
+
+def cross_hardware_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The Markdown section comparing machines (none with fewer than two machines with latency)."""
+    frame, machines = cross_hardware(results)
+    if frame.empty:
+        return []
+    cols = _cross_columns(frame, machines)
+    lines = ["## Across machines", "", CROSS_NOTE, ""]
+    lines.append("| " + " | ".join(_md_escape(h) for h, _ in cols) + " |")
+    lines.append("|" + "|".join("---" if h in ("Module", "backend") else "---:" for h, _ in cols) + "|")
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(_md_escape(fn(r)) for _, fn in cols) + " |")
+    return [*lines, ""]
+
+
+def machines_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The legend of the machine aliases (M1, M2, ...) the tables use; none with fewer than two machines."""
+    machines = machines_of(results, env)
+    if len(machines) < 2:
+        return []
+    lines = ["## Machines", "", "| machine | label | date (UTC) | rows |", "|---|---|---|---:|"]
+    for m in machines:
+        rows = sum(r.machine == m.label for r in results)
+        lines.append(f"| {m.alias} | {_md_escape(m.label)} | {m.env.get('date_utc', '') or ''} | {rows} |")
+    return [*lines, ""]
+
+
+def machines_legend(results: Sequence[Result]) -> list[str]:
+    """'M1 = label' lines for the terminal; none with fewer than two machines."""
+    machines = machines_of(results, {})
+    return [f"{m.alias} = {m.label}" for m in machines] if len(machines) > 1 else []
+
+
+def with_machine_aliases(frame: pd.DataFrame, results: Sequence[Result]) -> pd.DataFrame:
+    """The frame with machine labels shortened to M1, M2, ... when there are several (the legend names them)."""
+    machines = machines_of(results, {})
+    if len(machines) < 2 or frame.empty or "machine" not in frame:
+        return frame
+    aliases = {m.label: m.alias for m in machines}
+    return frame.assign(machine=frame["machine"].map(lambda label: aliases.get(label, label)))
+
+
+def cross_hardware_table(results: Sequence[Result]) -> Group | None:
+    """The cross-hardware view as a rich Table (machines named by show's legend); None with fewer than two."""
+    frame, machines = cross_hardware(results)
+    if frame.empty:
+        return None
+    out = Table(
+        title=Text("Across machines: median latency [ms]"),
+        header_style="bold",
+        title_justify="left",
+    )
+    cols = _cross_columns(frame, machines)
+    for header, _ in cols:
+        out.add_column(Text(header), justify="left" if header in ("Module", "backend") else "right", no_wrap=True)
+    for _, r in frame.iterrows():
+        out.add_row(*(fn(r) for _, fn in cols))
+    return Group(out, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)"))
+
+
+def environment_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The environment section: one key/value table, or one per machine and the source files of a merge."""
+
+    def table(record: Mapping[str, Any]) -> list[str]:
+        rows = ["| key | value |", "|---|---|"]
+        for k, v in record.items():
+            rows.append(f"| {k} | {_md_escape(json.dumps(v) if isinstance(v, (dict, list)) else str(v))} |")
+        return [*rows, ""]
+
+    if not isinstance(env.get("machines"), Mapping):
+        return ["## Environment", "", *table(env)]
+    lines = ["## Environments", ""]
+    for m in machines_of(results, env):
+        lines += [f"### {m.alias}: {_md_escape(m.label)}", "", *table(m.env)]
+    sources = env.get("merged_from") or []
+    if sources:
+        lines += [
+            "### Merged from",
+            "",
+            "| file | machines | rows | date (UTC) | git commit |",
+            "|---|---|---:|---|---|",
+        ]
+        aliases = {m.label: m.alias for m in machines_of(results, env)}
+        for s in sources:
+            names = ", ".join(aliases.get(label, label) for label in s.get("machines", []))
+            lines.append(
+                f"| {_md_escape(str(s.get('file', '')))} | {_md_escape(names)} | {s.get('rows', '')} | "
+                f"{s.get('date_utc', '')} | {s.get('git_commit', '')} |"
+            )
+        lines.append("")
+    return lines

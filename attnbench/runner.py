@@ -51,6 +51,8 @@ class RunOptions:
     time_limit_s: float | None = None  # per case (one backend of one geometry); None: no limit
     force: bool = False  # run cases the memory guard would refuse
     seed: int = DEFAULT_SEED
+    #: Label every row with this machine name; None: attnbench.env.machine_label() of this machine.
+    machine: str | None = None
 
     @property
     def measures(self) -> bool:
@@ -310,11 +312,16 @@ def run(
     on_progress: Callable[[Case], None] | None = None,
 ) -> RunOutcome:
     """Measure every case; each failure is a row, Ctrl-C stops with what was finished."""
+    from attnbench.env import machine_label
+
     options = options or RunOptions()
     outcome = RunOutcome()
     cases = list(cases)
+    machine = options.machine if options.machine is not None else machine_label()
 
     def emit(row: Result) -> None:
+        # Every row names the machine that measured it, so merged reports keep runs apart.
+        row = dataclasses.replace(row, machine=machine)
         outcome.results.append(row)
         if on_result is not None:
             on_result(row)

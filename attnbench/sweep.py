@@ -7,7 +7,9 @@ is refused by `check()` before anything is built or measured.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageError
 from attnbench.registry import validate
 from attnbench.results import DEFAULT_DTYPE, Case
+from attnbench.shard import Shard, check_shard, select
 
 #: The dtypes a Case may name.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -44,18 +47,30 @@ class Sweep:
     threads: tuple[int, ...] = (1,)
     #: Constructor kwargs given to every module.
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    #: (K, N): plan only shard K of N (attnbench.shard); None plans every case.
+    shard: Shard | None = None
 
     def kwargs_for(self, module: str) -> dict[str, Any]:
         """The constructor kwargs one module of the sweep gets."""
         return dict(self.kwargs)
 
     def cases(self) -> list[Case]:
-        """One Case per combination, in plan order (module, dim, resolution, batch, then the scenario)."""
-        return [
+        """One Case per combination, in plan order (module, dim, resolution, batch, then the scenario).
+
+        With a shard, only that shard's cases, still in plan order.
+        """
+        plan = [
             Case(m, d, h, w, b, backend, dtype, threads, frozen_kwargs(self.kwargs_for(m)))
             for m, d, (h, w), b in itertools.product(self.modules, self.dims, self.resolutions, self.batches)
             for dtype, threads, backend in itertools.product(self.dtypes, self.threads, self.backends)
         ]
+        return plan if self.shard is None else select(plan, self.shard)
+
+    def record(self) -> dict[str, Any]:
+        """The sweep as plain JSON values, shard left out (written into a run's environment for merging)."""
+        values = dataclasses.asdict(self)
+        values.pop("shard")
+        return json.loads(json.dumps(values, default=str))
 
     def check(self, measures: bool = True) -> None:
         """Refuse, before anything runs, values no case could use; `measures`: latency or memory was asked for."""
@@ -64,6 +79,8 @@ class Sweep:
         _positive("--dim", self.dims)
         _positive("--batch", self.batches)
         _positive("--threads", self.threads)
+        if self.shard is not None:
+            check_shard(self.shard)
         for h, w in self.resolutions:
             if min(h, w) < 1:
                 raise UsageError(f"--res {h}x{w}: expected positive H and W (e.g. 56 or 32x64)")

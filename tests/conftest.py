@@ -44,3 +44,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 def spec_of(name: str) -> ModuleSpec:
     """The spec registered under name."""
     return get_spec(name)
+
+
+def parse_cli(argv: list[str]) -> dict[str, object]:
+    """Parse an attnbench command line as the CLI would, without running it; unknown options raise."""
+    import typer
+
+    from attnbench.cli import app
+
+    group = typer.main.get_command(app)
+    name, *rest = argv
+    command = group.get_command(group.make_context("attnbench", list(argv)), name)
+    assert command is not None, f"unknown command {name!r}"
+    return dict(command.make_context(name, rest).params)

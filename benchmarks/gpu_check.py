@@ -1,0 +1,263 @@
+"""The CUDA checks of benchmarks/gpu_check.sh: timing against torch.utils.benchmark, memory against the allocator.
+
+  check    attnbench's CUDA latency against torch.utils.benchmark.Timer (whose timer synchronises the GPU) on
+           TIMING_CASE, interleaved over rounds, within 3%; its CUDA peak memory against a hand-run
+           torch.cuda.max_memory_allocated protocol and the analytic output size of a Linear, exactly. Writes
+           the figures as JSON. Exit 0 when every check passes, 1 with a one-line reason when one fails, and 0
+           with a one-line "skipped" when torch sees no CUDA device.
+  summary  results/gpu_check.md from the script's step log, the merged compare-cuda report and the checks.
+
+Run by benchmarks/gpu_check.sh; alone: python benchmarks/gpu_check.py check --out results/gpu_check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import json
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: Within this fraction of torch.utils.benchmark's median (the ratio of the medians over the rounds).
+TIMING_TOLERANCE = 0.03
+#: A compute-bound case (10.5 GMAC per call: the 3136 x 3136 attention map at batch 8), well above launch overhead.
+TIMING_CASE = {"module": "mhsa", "dim": 64, "res": 56, "batch": 8}
+TIMING_ROUNDS = 4
+TIMING_MIN_RUN_TIME = 0.5
+#: Linear(4096, 4096) on (1024, 4096) in float32: its only allocation during the call is the 16 MiB output.
+LINEAR_SHAPE = (1024, 4096)
+LINEAR_PEAK_BYTES = 1024 * 4096 * 4
+MEMORY_MODULE_CASE = {"module": "mhsa", "dim": 64, "res": 28, "batch": 1}
+PREFIX = "gpu_check.py"
+
+
+class CheckFailed(Exception):
+    """A check whose figures miss their target; the message is the one-line reason."""
+
+
+def _cuda_or_none() -> str | None:
+    """Why there is no usable CUDA device, or None when there is one."""
+    import torch
+
+    if not torch.backends.cuda.is_built():
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device"
+    return None
+
+
+def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> dict[str, Any]:
+    """attnbench's CUDA median against Timer's blocked_autorange median, interleaved, on the same GPU copy."""
+    import torch
+    from torch.utils.benchmark import Timer
+
+    import attnbench
+    from attnbench.backends import get_backend
+
+    module = attnbench.build(case["module"], case["dim"], case["res"])
+    shape = (case["batch"], case["dim"], case["res"], case["res"])
+    ours: list[float] = []
+    theirs: list[float] = []
+    with get_backend("cuda").prepare(module, shape) as prepared:
+
+        def forward() -> Any:
+            with torch.inference_mode():
+                return prepared.module(prepared.x)
+
+        for _ in range(10):  # Timer's own warm-up is one call: warm cuDNN's autotuning first
+            forward()
+        for r in range(rounds):
+            for who in ("ours", "timer") if r % 2 == 0 else ("timer", "ours"):
+                if who == "ours":
+                    ours.append(prepared.time(min_run_time=min_run_time).median_s)
+                else:
+                    timer = Timer(stmt="forward()", globals={"forward": forward})
+                    theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    return {
+        **case,
+        "attnbench_medians_s": ours,
+        "timer_medians_s": theirs,
+        "ratio_of_medians": ratio,
+        "tolerance": TIMING_TOLERANCE,
+        "agree": abs(ratio - 1) <= TIMING_TOLERANCE,
+    }
+
+
+def direct_peak(fn: Any) -> int:
+    """The allocator protocol run by hand: sync, base, reset peak, call, sync, max_memory_allocated - base."""
+    import torch
+
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return int(peak)
+
+
+def memory_truth() -> list[dict[str, Any]]:
+    """attnbench's CUDA peak against the hand-run protocol (and, for the Linear, its output's bytes)."""
+    import torch
+    from torch import nn
+
+    import attnbench
+    from attnbench.measurement import measure
+
+    checks = []
+    linear = nn.Linear(LINEAR_SHAPE[1], LINEAR_SHAPE[1])
+    case = MEMORY_MODULE_CASE
+    zoo = attnbench.build(case["module"], case["dim"], case["res"])
+    zoo_shape = (case["batch"], case["dim"], case["res"], case["res"])
+    for name, module, shape, expected in (
+        (f"Linear(4096, 4096) on {LINEAR_SHAPE}", linear, LINEAR_SHAPE, LINEAR_PEAK_BYTES),
+        (f"{case['module']} C={case['dim']} {case['res']}x{case['res']}", zoo, zoo_shape, None),
+    ):
+        ours = measure(module, shape, backend="cuda", latency=False).peak_bytes
+        gpu = module.to("cuda").eval()
+        x = torch.randn(shape, device="cuda")
+        with torch.inference_mode():
+            gpu(x)  # warm: cuBLAS workspace and cuDNN plans are allocated on the first call
+            direct = direct_peak(functools.partial(gpu, x))
+        checks.append(
+            {
+                "case": name,
+                "attnbench_bytes": ours,
+                "direct_bytes": direct,
+                "analytic_bytes": expected,
+                "exact": ours == direct and (expected is None or ours == expected),
+            }
+        )
+        del gpu, x
+        torch.cuda.empty_cache()
+    return checks
+
+
+def check(out: Path) -> int:
+    """Run the timing and memory checks, write their figures to `out`; 0 pass or skipped, 1 a check failed."""
+    missing = _cuda_or_none()
+    if missing:
+        print(f"{PREFIX}: skipped: no CUDA GPU ({missing}); nothing checked", file=sys.stderr)
+        return 0
+    import torch
+
+    record: dict[str, Any] = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    try:
+        record["timing"] = timing_agreement(TIMING_CASE, TIMING_ROUNDS, TIMING_MIN_RUN_TIME)
+        record["memory"] = memory_truth()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        _verdict(record)
+    except CheckFailed as exc:
+        print(f"{PREFIX}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    t = record["timing"]
+    print(f"{PREFIX}: timing within {TIMING_TOLERANCE:.0%} (ratio {t['ratio_of_medians']:.4f}); memory exact")
+    return 0
+
+
+def _verdict(record: dict[str, Any]) -> None:
+    """Raise CheckFailed naming the first check that missed its target."""
+    t = record["timing"]
+    if not t["agree"]:
+        raise CheckFailed(
+            f"timing: attnbench {statistics.median(t['attnbench_medians_s']) * 1e3:.4g} ms vs "
+            f"torch.utils.benchmark {statistics.median(t['timer_medians_s']) * 1e3:.4g} ms "
+            f"({t['ratio_of_medians'] - 1:+.1%}, limit {TIMING_TOLERANCE:.0%}) on {t['module']} C={t['dim']} "
+            f"{t['res']}x{t['res']} B={t['batch']}"
+        )
+    for m in record["memory"]:
+        if not m["exact"]:
+            raise CheckFailed(
+                f"memory: {m['case']}: attnbench {m['attnbench_bytes']} B, max_memory_allocated "
+                f"{m['direct_bytes']} B" + (f", analytic {m['analytic_bytes']} B" if m["analytic_bytes"] else "")
+            )
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summary(steps: Path, report: Path, checks: Path | None, out: Path) -> int:
+    """Write the short Markdown summary of a gpu_check.sh run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from attnbench import results as R
+    from attnbench.env import machine_label
+
+    lines = ["# GPU check", "", "Written by `benchmarks/gpu_check.sh`.", ""]
+    loaded = R.load(report) if report.exists() else None
+    if loaded is not None:
+        env = next(iter(loaded.env.get("machines", {}).values()), loaded.env)
+        lines += [f"Machine: {machine_label(env)}; GPU driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}.", ""]
+    lines += ["| step | status | seconds | note |", "|---|---|---:|---|"]
+    with steps.open() as handle:
+        for row in csv.reader(handle, delimiter="\t"):
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    lines.append("")
+    if loaded is not None:
+        lines += _result_counts(loaded.results, report.name)
+    if checks is not None and checks.exists():
+        lines += _check_lines(json.loads(checks.read_text()))
+    out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def _result_counts(rows: Sequence[Any], name: str) -> list[str]:
+    """Rows per backend, dtype and mode with their statuses, then the first failures with reasons."""
+    counts = Counter((r.backend, r.dtype, r.mode, r.status) for r in rows)
+    lines = [f"`{name}`: {len(rows)} rows.", ""]
+    lines += ["| backend | dtype | mode | status | rows |", "|---|---|---|---|---:|"]
+    lines += [f"| {b} | {d} | {m} | {s} | {n} |" for (b, d, m, s), n in sorted(counts.items())]
+    bad = [r for r in rows if r.status not in ("ok", "invalid")]
+    if bad:
+        lines += ["", "First cases that did not complete:", ""]
+        lines += [
+            f"- {r.module} {r.height}x{r.width} {r.backend} {r.dtype} {r.mode}: {r.status}: {r.reason}"
+            for r in bad[:10]
+        ]
+    return [*lines, ""]
+
+
+def _check_lines(record: dict[str, Any]) -> list[str]:
+    t = record.get("timing", {})
+    lines = ["## Checks", ""]
+    if t:
+        lines.append(
+            f"- timing, {t['module']} C={t['dim']} {t['res']}x{t['res']} B={t['batch']}: attnbench over "
+            f"torch.utils.benchmark = {t['ratio_of_medians']:.4f} over {len(t['timer_medians_s'])} interleaved rounds "
+            f"(limit +-{t['tolerance']:.0%}): {'pass' if t['agree'] else 'FAIL'}"
+        )
+    for m in record.get("memory", []):
+        lines.append(
+            f"- memory, {m['case']}: attnbench {m['attnbench_bytes']:,} B, max_memory_allocated {m['direct_bytes']:,} B"
+            + (f", analytic {m['analytic_bytes']:,} B" if m["analytic_bytes"] else "")
+            + f": {'exact' if m['exact'] else 'DIFFERS'}"
+        )
+    return [*lines, ""]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the subcommand and run it."""
+    parser = argparse.ArgumentParser(prog=PREFIX, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check", help="timing and memory checks (needs a CUDA GPU)")
+    c.add_argument("--out", type=Path, default=Path("results/gpu_check.json"))
+    s = sub.add_parser("summary", help="the Markdown summary of a gpu_check.sh run")
+    s.add_argument("--steps", type=Path, required=True)
+    s.add_argument("--report", type=Path, required=True)
+    s.add_argument("--checks", type=Path)
+    s.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        return check(args.out)
+    return summary(args.steps, args.report, args.checks, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
