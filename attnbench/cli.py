@@ -27,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from attnbench import __version__
 from attnbench import results as R
 from attnbench.errors import AttnbenchError, BaselineError, UsageError
-from attnbench.registry import get_spec, list_modules
+from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -260,6 +260,9 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     from attnbench.registry import Setting
 
     spec = get_spec(name)
+    if spec.adhoc:
+        _info_user(spec)
+        return
     ref = spec.reference
     out.print(f"[bold]{spec.name}[/bold]: {spec.title}")
     out.print(f"paper:      {ref.paper} (arXiv {ref.arxiv})")
@@ -283,6 +286,23 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
         )
     if spec.tags:
         out.print(f"tags:       {', '.join(spec.tags)}")
+
+
+def _info_user(spec: ModuleSpec) -> None:
+    """What attnbench knows about a user's module: where it is, its source hash, how it is called."""
+    import inspect
+
+    from attnbench.registry import source_hash
+
+    out.print(f"[bold]{spec.name}[/bold]: your own module", highlight=False)
+    out.print(f"source:     {spec.reference.file or '?'} (sha256 {source_hash(spec.name) or '?'}...)", highlight=False)
+    try:
+        signature = str(inspect.signature(spec.factory)) if spec.factory is not None else "(dim, **kwargs)"
+    except (TypeError, ValueError):
+        signature = "(dim, **kwargs)"
+    out.print(f"called as:  {spec.reference.cls}{signature}, first argument = channels C", highlight=False)
+    out.print("layout:     --layout image (default: (B, C, H, W) in and out) or tokens ((B, N, C))", highlight=False)
+    out.print("counts:     no hand formula; params and MACs are counted, as for the zoo", highlight=False)
 
 
 @app.command("env")

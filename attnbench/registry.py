@@ -103,6 +103,10 @@ class ModuleSpec:
     adhoc: bool = False
     #: The file whose hash identifies the code ("" = the file that defines the builder).
     source_file: str = ""
+    #: That file's short hash when its code was loaded ("" = computed on first use, see source_hash()).
+    source_hash: str = ""
+    #: A user's class or factory function (None for the zoo), called as factory(dim, **kwargs).
+    factory: Callable[..., Any] | None = None
 
     def case_layout(self, requested: str = "") -> str:
         """The layout a case of this module records: "" (its own) for the zoo, image or tokens for a user's module."""
@@ -141,8 +145,9 @@ def list_modules() -> list[str]:
     return list(_REGISTRY)
 
 
-#: Specs resolved from file or import paths (and objects given to the Python API), by normalised name: a
-#: file is imported once per process, and every later lookup returns the same classes.
+#: Specs resolved from file or import paths (and objects given to the Python API), by where the code lives
+#: (a file's real path, not the name relative to today's directory): a file is imported once per process,
+#: and every later lookup returns the same classes.
 _ADHOC: dict[str, ModuleSpec] = {}
 
 
@@ -157,23 +162,28 @@ def get_spec(name: str) -> ModuleSpec:
     _ensure_loaded()
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name in _ADHOC:
-        return _ADHOC[name]
+    key = specs.cache_key(name)
+    if key in _ADHOC:
+        return _ADHOC[key]
     if not specs.is_spec(name):
         if specs.looks_like_spec(name):
             raise ModuleSpecError(specs.missing_name(name))
         raise UnknownModuleError(name, list(_REGISTRY))
-    key = specs.normalise(name)
-    if key not in _ADHOC:
-        _ADHOC[key] = specs.resolve(name)
-    _ADHOC[name] = _ADHOC[key]
+    _ADHOC[key] = specs.resolve(name)
     return _ADHOC[key]
 
 
 def add_spec(spec: ModuleSpec) -> ModuleSpec:
     """Cache a user's spec under its name (objects passed to the Python API), replacing an older one."""
-    _ADHOC[spec.name] = spec
+    from attnbench import specs
+
+    _ADHOC[specs.cache_key(spec.name)] = spec
     return spec
+
+
+#: Source hashes by module name, taken once: the hash of the code this process runs, even if the file
+#: changes on disk later.
+_HASHES: dict[str, str] = {}
 
 
 def source_hash(name: str) -> str:
@@ -183,13 +193,19 @@ def source_hash(name: str) -> str:
     from attnbench import specs
 
     spec = get_spec(name)
-    path = spec.source_file
-    if not path:
-        try:
-            path = inspect.getsourcefile(spec.builder) or ""
-        except TypeError:
-            path = ""
-    return specs.source_hash(path) if path else ""
+    if spec.source_hash:
+        return spec.source_hash
+    if spec.adhoc:  # hashed when its code was loaded; "" when it has no source file (a C extension)
+        return ""
+    if spec.name not in _HASHES:
+        path = spec.source_file
+        if not path:
+            try:
+                path = inspect.getsourcefile(spec.builder) or ""
+            except TypeError:
+                path = ""
+        _HASHES[spec.name] = specs.source_hash(path) if path else ""
+    return _HASHES[spec.name]
 
 
 def _is_int(value: Any) -> bool:

@@ -122,6 +122,16 @@ def _classes_in_file(path: str) -> list[str]:
     ]
 
 
+def cache_key(text: str) -> str:
+    """Where a spec's code lives: a file spec's real path plus ':Name' (the name rows use is relative to the
+    current directory, which may change between calls of the Python API); any other text as it is."""
+    text = text.strip()
+    target, _, name = text.rpartition(":")
+    if target and _is_file_target(target):
+        return f"{os.path.realpath(os.path.expanduser(target))}:{name}"
+    return text
+
+
 # ---------------------------------------------------------------- loading the code
 
 
@@ -193,13 +203,18 @@ def _import(target: str) -> ModuleType:
         raise ModuleSpecError(f"{_where(exc, prefer)}: importing {target} failed: {_error_text(exc)}") from None
 
 
-def _module_classes(module: ModuleType) -> list[str]:
-    """nn.Module subclasses defined in `module`, in source order."""
-    return [
-        name
-        for name, obj in vars(module).items()
-        if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__ == module.__name__
-    ]
+#: At most this many class names are listed when a name is not found.
+MAX_LISTED = 10
+
+
+def _classes_there(obj: Any) -> list[str]:
+    """nn.Module subclasses a module defines (else those it exports, as a package's __init__ does)."""
+    if not isinstance(obj, ModuleType):
+        return []
+    public = [(n, v) for n, v in vars(obj).items() if not n.startswith("_")]
+    classes = [(n, v) for n, v in public if inspect.isclass(v) and issubclass(v, nn.Module)]
+    own = [n for n, v in classes if v.__module__ == obj.__name__]
+    return own or [n for n, _ in classes]
 
 
 def _lookup(module: ModuleType, name: str, where: str) -> Any:
@@ -209,10 +224,12 @@ def _lookup(module: ModuleType, name: str, where: str) -> Any:
         if not hasattr(obj, part):
             candidates = [n for n in dir(obj) if not n.startswith("_")]
             close = difflib.get_close_matches(part, candidates, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}? " if close else ""
-            classes = _module_classes(obj) if isinstance(obj, ModuleType) else []
-            listed = f"nn.Module classes there: {', '.join(classes)}" if classes else "it defines no nn.Module class"
-            raise ModuleSpecError(f"{where}: no name {name!r}: {hint}{listed}")
+            if close:
+                raise ModuleSpecError(f"{where}: no name {name!r}: did you mean {', '.join(close)}?")
+            classes = _classes_there(obj)
+            listed = ", ".join(classes[:MAX_LISTED]) + (", ..." if len(classes) > MAX_LISTED else "")
+            there = f"nn.Module classes there: {listed}" if classes else "it has no nn.Module class"
+            raise ModuleSpecError(f"{where}: no name {name!r}; {there}")
         obj = getattr(obj, part)
     return obj
 
@@ -226,7 +243,7 @@ def _check_callable(obj: Any, where: str) -> None:
     if inspect.isclass(obj) and not issubclass(obj, nn.Module):
         raise ModuleSpecError(f"{where} is a class but not an nn.Module subclass")
     if not callable(obj):
-        raise ModuleSpecError(f"{where} is a {type(obj).__name__}, not an nn.Module subclass or a factory function")
+        raise ModuleSpecError(f"{where} is of type {type(obj).__name__}, not an nn.Module subclass or a factory")
 
 
 def load_target(text: str) -> tuple[Any, str]:
@@ -278,11 +295,15 @@ def _parameters_hint(factory: Callable[..., Any], exc: BaseException) -> str:
     return f" (it takes: {', '.join(params)})" if params else ""
 
 
+class NotAModuleError(TypeError):
+    """A factory returned something other than an nn.Module."""
+
+
 def construct(factory: Callable[..., Any], dim: int, kwargs: Mapping[str, Any]) -> nn.Module:
     """`factory(dim, **kwargs)`, refusing a result that is not an nn.Module."""
     module = factory(dim, **kwargs)
     if not isinstance(module, nn.Module):
-        raise TypeError(f"returned a {type(module).__name__}, not an nn.Module")
+        raise NotAModuleError(f"returned an object of type {type(module).__name__}, not an nn.Module")
     return module
 
 
@@ -301,6 +322,8 @@ def constructor_reason(factory: Callable[..., Any], dim: int, kwargs: Mapping[st
     try:
         construct(factory, dim, kwargs)
         return None
+    except NotAModuleError as exc:
+        return f"{_call_text(factory, dim, kwargs)} {exc}"
     except Exception as exc:
         return f"{_call_text(factory, dim, kwargs)} raised {_error_text(exc)}{_parameters_hint(factory, exc)}"
 
@@ -343,6 +366,8 @@ def adhoc_spec(name: str, factory: Callable[..., Any], source: str, instance: nn
         notes="Your own module: counted and measured like the zoo, without hand formulas or constraints.",
         adhoc=True,
         source_file=source,
+        source_hash=source_hash(source) if source else "",
+        factory=factory,
     )
 
 
