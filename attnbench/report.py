@@ -521,12 +521,12 @@ def zoo_markdown() -> str:
 def write(
     rows: Sequence[Result],
     env: Mapping[str, Any],
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     title: str = "attnbench report",
     sort_by: str | None = None,
 ) -> None:
     """Write every requested report file (CSV with its sidecar, Markdown, JSON), each atomically."""
-    for path in paths:
+    for path in map(Path, paths):
         if path.suffix == ".csv":
             R.write_csv(path, rows, env)
         elif path.suffix == ".json":
