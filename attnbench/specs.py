@@ -28,16 +28,13 @@ import torch
 from torch import nn
 
 from attnbench.errors import ModuleSpecError
-from attnbench.registry import Constraint, ModuleSpec, Reference, Setting
+from attnbench.registry import DEFAULT_USER_LAYOUT, Constraint, ModuleSpec, Reference, Setting
 
 #: Files are imported under this prefix plus a hash of their absolute path: private, and never a clash with
 #: an installed package or with the same file name in two directories.
 PRIVATE_PREFIX = "_attnbench_user_"
 #: Hex digits of a source file's SHA-256 shown in reports: enough to tell two versions apart at a glance.
 SOURCE_HASH_DIGITS = 12
-#: The two input layouts a user module can take: (B, C, H, W) maps or (B, N, C) tokens.
-LAYOUTS = ("image", "tokens")
-DEFAULT_LAYOUT = "image"
 #: Suffix of the names given to module instances passed to the Python API (they cannot be rebuilt from text).
 INSTANCE_SUFFIX = " (instance)"
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -82,7 +79,7 @@ def _display_path(path: str) -> str:
 
 
 def normalise(text: str) -> str:
-    """The spec as rows name it: zoo names as given, files relative to the current directory, imports stripped.
+    """The spec as rows name it: a file relative to the current directory; zoo names and imports as typed.
 
     Pure text work (nothing is imported), so the same file gives the same module name on every run and
     machine that runs from the same directory: './models/attn.py:A', '/abs/cwd/models/attn.py:A' and
@@ -357,7 +354,7 @@ def adhoc_spec(name: str, factory: Callable[..., Any], source: str, instance: nn
         name=name,
         title=f"{qual} ({shown})" if shown else qual,
         builder=builder,
-        layout=DEFAULT_LAYOUT,
+        layout=DEFAULT_USER_LAYOUT,
         defaults={},
         constraints=constraints,
         reference=Reference(paper="", arxiv="", repo="", file=shown, cls=qual),
