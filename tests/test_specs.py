@@ -81,6 +81,11 @@ def gated_macs(b: int, c: int, h: int, w: int, k: int) -> int:
     return b * c * h * w * (k * k + 1 + c)
 
 
+def gated_flops(b: int, c: int, h: int, w: int, k: int) -> int:
+    """The convolutions are multiply-adds (2 FLOPs per MAC); the gate is a lone product (1 FLOP)."""
+    return b * c * h * w * (2 * k * k + 1 + 2 * c)
+
+
 def mlp_params(c: int, hidden: int) -> int:
     return 2 * c * c * hidden + c * hidden + c
 
@@ -109,6 +114,7 @@ def test_image_module_counts_match_hand_formula(user_file: str, dim: int, res: t
     assert (row.module, row.layout) == ("models/attn.py:GatedConv", "image")
     assert row.params == gated_params(dim, k)
     assert row.macs_attnbench == gated_macs(batch, dim, *res, k)
+    assert row.flops_attnbench == gated_flops(batch, dim, *res, k)
     assert row.macs_formula is None  # no hand formula is claimed for a user's module
 
 
