@@ -498,8 +498,8 @@ def profile(
         (dtype,),
         (threads,),
         dict(kwargs),
-        own,
-        layout,
+        module_kwargs=own,
+        layout=layout,
     )
     sweep.check(options.measures)
     outcome = run(sweep.cases(), options)
