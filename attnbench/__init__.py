@@ -8,24 +8,36 @@ from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
     InvalidCaseError,
+    ModuleSpecError,
     UnknownModuleError,
 )
-from attnbench.registry import build, get_spec, list_modules, validate
+from attnbench.registry import ModuleSpec, build, get_spec, list_modules, validate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AttnbenchError",
     "BackendUnavailableError",
+    "Case",
     "InvalidCaseError",
+    "ModuleSpec",
+    "ModuleSpecError",
+    "Result",
+    "RunOptions",
+    "Sweep",
     "UnknownModuleError",
     "__version__",
     "build",
+    "compare_to_baseline",
     "count_macs",
     "count_params",
     "get_spec",
     "list_modules",
+    "load_results",
     "measure",
+    "plot_scaling",
+    "profile",
+    "report",
     "validate",
 ]
 
@@ -35,12 +47,26 @@ _LAZY = {
     "count_params": "attnbench.counting",
     "measure": "attnbench.measurement",
     "profile": "attnbench.runner",
+    "RunOptions": "attnbench.runner",
+    "Case": "attnbench.results",
+    "Result": "attnbench.results",
+    "Sweep": "attnbench.sweep",
+    "compare_to_baseline": "attnbench.gate",
+    "plot_scaling": "attnbench.plots",
 }
+#: Public names that are another module's attribute under a clearer name here, or a module itself.
+_RENAMED = {"load_results": ("attnbench.results", "load")}
+_SUBMODULES = ("report",)
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _RENAMED:
+        module, attr = _RENAMED[name]
+        return getattr(importlib.import_module(module), attr)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"attnbench.{name}")
     raise AttributeError(f"module 'attnbench' has no attribute {name!r}")

@@ -30,3 +30,20 @@ class TokensToImage(nn.Module):
         else:
             out = self.inner(tokens)
         return out.transpose(1, 2).reshape(b, out.shape[-1], h, w)
+
+
+#: What each layout feeds a user's module and expects back.
+LAYOUT_SHAPES = {"image": "(B, C, H, W) in and out", "tokens": "(B, N, C) in and out, N = H*W"}
+
+
+def forward_failure(layout: str, input_shape: tuple[int, ...], reason: str) -> str:
+    """Why a forward failed, in one line; for a user's module it names the layout and suggests the other."""
+    if layout not in LAYOUT_SHAPES:
+        return f"forward failed: {reason}"
+    other = "tokens" if layout == "image" else "image"
+    b, c, h, w = input_shape
+    given = (b, c, h, w) if layout == "image" else (b, h * w, c)
+    return (
+        f"forward failed with layout {layout} ({LAYOUT_SHAPES[layout]}; it got {given}); "
+        f"if the module takes {LAYOUT_SHAPES[other].split(' in ')[0]}, try --layout {other}: {reason}"
+    )

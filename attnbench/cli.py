@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from attnbench import __version__
 from attnbench import results as R
 from attnbench.errors import AttnbenchError, BaselineError, UsageError
-from attnbench.registry import get_spec, list_modules
+from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
 
 if TYPE_CHECKING:
@@ -73,19 +74,41 @@ def parse_res(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+#: `--kw MODULE@KEY=VALUE` gives a kwarg to one module. KEY is an identifier, so the split is the first '@'
+#: followed by `identifier=`: a file path or a dotted import path (even one holding '@') stays whole.
+_MODULE_KW = re.compile(r"^(?P<module>.+?)@(?P<key>[A-Za-z_]\w*)=(?P<value>.*)$", re.S)
+
+
+def _literal(value: str) -> Any:
+    try:
+        return ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return value.strip()  # a bare word stays a string; the module's type check decides
+
+
 def parse_kw(items: Sequence[str]) -> dict[str, Any]:
     """['heads=4', 'kernels=[3,5]'] -> {'heads': 4, 'kernels': [3, 5]}; values are Python literals."""
-    parsed: dict[str, Any] = {}
+    shared, _ = parse_module_kw(items)
+    return shared
+
+
+def parse_module_kw(items: Sequence[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """--kw values as (kwargs for every module, kwargs per module): 'heads=4', 'mhsa@heads=4', 'a.py:A@k=7'."""
+    shared: dict[str, Any] = {}
+    own: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--kw {item!r}: expected KEY=VALUE (e.g. heads=4 or kernels=[3,5])")
-        try:
-            parsed[key] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            parsed[key] = value.strip()  # a bare word stays a string; the module's type check decides
-    return parsed
+        if sep and key.strip().isidentifier():
+            shared[key.strip()] = _literal(value)
+            continue
+        match = _MODULE_KW.match(item)
+        if not match or not match["module"].strip():
+            raise UsageError(
+                f"--kw {item!r}: expected KEY=VALUE for every module or MODULE@KEY=VALUE for one "
+                "(e.g. heads=4, mhsa@heads=4, models/attn.py:MyAttn@window=7)"
+            )
+        own.setdefault(match["module"].strip(), {})[match["key"]] = _literal(match["value"])
+    return shared, own
 
 
 def parse_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...]:
@@ -133,7 +156,13 @@ def check_plots_dir(path: Path | None) -> None:
 
 # ---------------------------------------------------------------- shared options
 
-ModulesArg = Annotated[list[str] | None, typer.Argument(help="Module names (see `attnbench list`).")]
+ModulesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Zoo names (see `attnbench list`), or your own: path/to/file.py:Name or package.module:Name "
+        "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code)."
+    ),
+]
 DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
 ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
 BatchOpt = Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep.")]
@@ -144,7 +173,22 @@ ThreadsOpt = Annotated[
 DtypeOpt = Annotated[
     list[str] | None, typer.Option("--dtype", help="float32, or float16/bfloat16 on cuda; repeat for a sweep.")
 ]
-KwOpt = Annotated[list[str] | None, typer.Option("--kw", help="Module kwarg KEY=VALUE (Python literal); repeat.")]
+KwOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--kw",
+        help="Module kwarg KEY=VALUE (Python literal) for every module, or MODULE@KEY=VALUE for one "
+        "(mhsa@heads=4, models/attn.py:MyAttn@window=7); repeat.",
+    ),
+]
+LayoutOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--layout",
+        help="What your own modules take and return: image (B, C, H, W), the default, or tokens (B, N, C). "
+        "Zoo modules keep their own.",
+    ),
+]
 MetricsOpt = Annotated[str, typer.Option("--metrics", help="Comma list of params,macs,memory,latency.")]
 CountersOpt = Annotated[str, typer.Option("--counters", help="Comma list of attnbench,fvcore,thop.")]
 OutputOpt = Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write .csv, .md or .json; repeat.")]
@@ -216,6 +260,9 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     from attnbench.registry import Setting
 
     spec = get_spec(name)
+    if spec.adhoc:
+        _info_user(spec)
+        return
     ref = spec.reference
     out.print(f"[bold]{spec.name}[/bold]: {spec.title}")
     out.print(f"paper:      {ref.paper} (arXiv {ref.arxiv})")
@@ -239,6 +286,23 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
         )
     if spec.tags:
         out.print(f"tags:       {', '.join(spec.tags)}")
+
+
+def _info_user(spec: ModuleSpec) -> None:
+    """What attnbench knows about a user's module: where it is, its source hash, how it is called."""
+    import inspect
+
+    from attnbench.registry import source_hash
+
+    out.print(f"[bold]{spec.name}[/bold]: your own module", highlight=False)
+    out.print(f"source:     {spec.reference.file or '?'} (sha256 {source_hash(spec.name) or '?'}...)", highlight=False)
+    try:
+        signature = str(inspect.signature(spec.factory)) if spec.factory is not None else "(dim, **kwargs)"
+    except (TypeError, ValueError):
+        signature = "(dim, **kwargs)"
+    out.print(f"called as:  {spec.reference.cls}{signature}, first argument = channels C", highlight=False)
+    out.print("layout:     --layout image (default: (B, C, H, W) in and out) or tokens ((B, N, C))", highlight=False)
+    out.print("counts:     no hand formula; params and MACs are counted, as for the zoo", highlight=False)
 
 
 @app.command("env")
@@ -272,14 +336,13 @@ def env_cmd() -> None:
 
 
 def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
-    """The modules named (unknown ones refused with suggestions), or the whole zoo with --all."""
+    """The modules named, as rows name them (unknown ones refused with suggestions), or the whole zoo with --all."""
     if all_:
         return tuple(list_modules())
     if not modules:
         raise UsageError("name at least one module, or pass --all for the whole zoo")
-    for m in modules:
-        get_spec(m)  # raises UnknownModuleError with suggestions
-    return tuple(dict.fromkeys(modules))
+    # get_spec raises UnknownModuleError with suggestions, or ModuleSpecError for a spec that cannot load.
+    return tuple(dict.fromkeys(get_spec(m).name for m in modules))
 
 
 def _sweep(
@@ -292,10 +355,12 @@ def _sweep(
     dtypes: Sequence[str],
     kw: Sequence[str],
     shard: str | None = None,
+    layout: str | None = None,
 ) -> Sweep:
     """The Sweep the options describe (strings parsed; values checked by Sweep.check)."""
     from attnbench.shard import parse_shard
 
+    shared, own = parse_module_kw(kw)
     return Sweep(
         modules=modules,
         dims=tuple(dims),
@@ -304,8 +369,10 @@ def _sweep(
         backends=tuple(dict.fromkeys(backends)),
         dtypes=tuple(dict.fromkeys(dtypes)),
         threads=tuple(dict.fromkeys(threads)),
-        kwargs=parse_kw(kw),
+        kwargs=shared,
         shard=parse_shard(shard) if shard is not None else None,
+        module_kwargs=own,
+        layout=layout or "",
     )
 
 
@@ -514,17 +581,17 @@ def print_breakdowns(rows: Sequence[R.Result]) -> None:
 
     from attnbench.adapters import TokensToImage
     from attnbench.counting import count_macs, count_params
-    from attnbench.registry import build
+    from attnbench.registry import build_module
 
     seen = set()
     for row in rows:
-        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs)
+        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout)
         if key in seen or row.status == R.INVALID:
             continue
         seen.add(key)
         kwargs = json.loads(row.kwargs) if row.kwargs else {}
         with torch.device("meta"):  # counts need shapes only: no weights are allocated
-            module = build(row.module, row.dim, (row.height, row.width), **kwargs)
+            module = build_module(row.module, row.dim, (row.height, row.width), kwargs, row.layout)
         report = count_macs(module, (row.batch, row.dim, row.height, row.width))
         # A token-layout module sits inside the (B, C, H, W) adapter: break down the module itself.
         params = count_params(module.inner if isinstance(module, TokensToImage) else module)
@@ -548,6 +615,7 @@ def profile_cmd(
     threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
     kw: KwOpt = None,
+    layout: LayoutOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
@@ -574,6 +642,7 @@ def profile_cmd(
         dtype or [R.DEFAULT_DTYPE],
         kw or [],
         shard,
+        layout,
     )
     outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown)
     _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force, label), outputs)
@@ -590,6 +659,7 @@ def compare_cmd(
     threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
     kw: KwOpt = None,
+    layout: LayoutOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
@@ -620,6 +690,7 @@ def compare_cmd(
         dtype or [R.DEFAULT_DTYPE],
         kw or [],
         shard,
+        layout,
     )
     outputs = Outputs(tuple(output or ()), plots, "attnbench compare", sort, True, quiet)
     if tolerance is not None and not 0 <= tolerance < 10:

@@ -23,10 +23,17 @@ class UnknownModuleError(AttnbenchError, KeyError):
         self.name = name
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        super().__init__(f"unknown module {name!r}: {hint}known modules: {', '.join(known)}")
+        super().__init__(
+            f"unknown module {name!r}: {hint}known modules: {', '.join(known)}; "
+            "or your own as path/to/file.py:Name or package.module:Name"
+        )
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class ModuleSpecError(AttnbenchError, ValueError):
+    """A module spec (path/to/file.py:Name, package.module:Name) that cannot be loaded: file, line and why."""
 
 
 class InvalidCaseError(AttnbenchError, ValueError):
@@ -53,5 +60,11 @@ class BaselineError(AttnbenchError, ValueError):
 
 class CaseTimeoutError(AttnbenchError, TimeoutError):
     """A case that ran past its time limit."""
+
+    exit_code = 1
+
+
+class ForwardError(AttnbenchError, RuntimeError):
+    """A module's forward raised while it was counted (on meta, then on the CPU): the case cannot run."""
 
     exit_code = 1

@@ -30,7 +30,7 @@ class Change:
     """One difference between the run and the baseline."""
 
     case: str  # which case, as text
-    kind: str  # "count", "latency", "status", "missing", "new", "latency-ok"
+    kind: str  # "count", "latency", "status", "missing", "new", "latency-ok", "source"
     detail: str
     failing: bool
 
@@ -109,17 +109,22 @@ def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
 
 def compare_to_baseline(
     rows: Sequence[Result],
-    baseline: LoadedResults,
+    baseline: LoadedResults | str | Path | Sequence[Result],
     tolerance: float | None = None,
     force_latency: bool = False,
     remeasure: Callable[[Case], Sequence[Result]] | None = None,
     env: Mapping[str, Any] | None = None,
 ) -> Verdict:
-    """Compare `rows` with the baseline: count changes, cases that now fail and latency regressions fail it."""
+    """Compare `rows` with the baseline: count changes, cases that now fail and latency regressions fail it.
+
+    `baseline` is a loaded report, a report's path, or rows (from attnbench.profile(); their environment is
+    taken as this machine's).
+    """
     if env is None:
         from attnbench.env import environment
 
         env = environment(threads=rows[0].threads if rows else 1)
+    baseline = _as_loaded(baseline, env)
     verdict = Verdict()
     same_hw, why = comparable_hardware(baseline.env, env)
     verdict.latency_compared = same_hw or force_latency
@@ -129,6 +134,7 @@ def compare_to_baseline(
             if force_latency
             else "; latency not compared (use --force-latency), counts still are"
         )
+    verdict.changes.extend(_source_changes(rows, baseline.results))
     base_geo, cur_geo = _by_geometry(baseline.results), _by_geometry(rows)
     for geo in base_geo.keys() - cur_geo.keys():
         verdict.changes.append(Change(_case_text(base_geo[geo]), "missing", "in the baseline, not in this run", False))
@@ -152,6 +158,25 @@ def compare_to_baseline(
         elif verdict.latency_compared and then.latency_median_s and now.latency_median_s:
             verdict.changes.extend(_latency(now, then, tolerance, remeasure))
     return verdict
+
+
+def _as_loaded(baseline: LoadedResults | str | Path | Sequence[Result], env: Mapping[str, Any]) -> LoadedResults:
+    if isinstance(baseline, LoadedResults):
+        return baseline
+    if isinstance(baseline, (str, Path)):
+        return load_baseline(baseline)
+    return LoadedResults(list(baseline), dict(env), "rows")
+
+
+def _source_changes(rows: Sequence[Result], baseline: Sequence[Result]) -> list[Change]:
+    """One note per module whose source hash differs from the baseline's (code changed; not a failure alone)."""
+    then = {r.module: r.source_hash for r in baseline if r.source_hash}
+    now = {r.module: r.source_hash for r in rows if r.source_hash}
+    return [
+        Change(module, "source", f"source hash {then[module]} -> {digest}: the module's code changed", False)
+        for module, digest in now.items()
+        if module in then and then[module] != digest
+    ]
 
 
 def _latency(

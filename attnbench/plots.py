@@ -9,6 +9,9 @@ from typing import Any
 from attnbench.report import SERIES_KEY, VARYING, backends_of, identity_text, summary, varying
 from attnbench.results import Result
 
+#: Legend labels longer than this many characters go in one column.
+LONG_LABEL = 32
+
 
 def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
     """Write one PNG per metric present (macs.png, latency_<backend>.png, memory_<backend>.png); return paths."""
@@ -42,8 +45,9 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
             if grp.empty:
                 continue
             # With several machines, a series keeps its colour on every machine; the line style names the machine.
-            parts = [f"C={ident['dim']}"]
-            parts += [f"{VARYING[k]}={identity_text(k, ident[k])}" for k in varies if k != "machine" or not styles]
+            # An empty value (no kwargs, a zoo module's own layout) says nothing: left out of the label.
+            shown = [(k, identity_text(k, ident[k])) for k in varies if k != "machine" or not styles]
+            parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={text}" for k, text in shown if text]
             series = f"{ident['module']} ({', '.join(parts)})"
             new = series not in colors
             color = colors.setdefault(series, f"C{len(colors) % 10}")
@@ -61,7 +65,9 @@ def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
         ax.set_ylabel(label)
         ax.set_title(f"{label} against N")
         ax.grid(True, which="both", alpha=0.3)
-        series_legend = ax.legend(fontsize=7, ncol=2)
+        # Two columns of long labels (a user's module path) would run off the figure: one column then.
+        longest = max((len(text) for text in ax.get_legend_handles_labels()[1]), default=0)
+        series_legend = ax.legend(fontsize=7, ncol=1 if longest > LONG_LABEL else 2)
         if styles:
             ax.add_artist(series_legend)
             handles = [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]

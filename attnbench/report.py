@@ -18,6 +18,7 @@ from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
+from attnbench.specs import SOURCE_HASH_DIGITS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -458,6 +459,7 @@ def markdown(
                 f"{_md_escape(r.reason)} |"
             )
         lines.append("")
+    lines += _sources_markdown(results)
     lines += [
         "## Counting convention",
         "",
@@ -466,6 +468,24 @@ def markdown(
         *environment_markdown(results, env),
     ]
     return "\n".join(lines)
+
+
+def _sources_markdown(results: Sequence[Result]) -> list[str]:
+    """The 'Module sources' section: each module's source hash, so a reader sees when the code changed."""
+    pairs = list(dict.fromkeys((r.module, r.source_hash) for r in results if r.source_hash))
+    if not pairs:
+        return []
+    lines = [
+        "## Module sources",
+        "",
+        f"First {SOURCE_HASH_DIGITS} hex digits of the SHA-256 of the file that defines each module: another "
+        "hash, other code.",
+        "",
+        "| Module | source hash |",
+        "|---|---|",
+    ]
+    lines += [f"| {_md_escape(module)} | `{digest}` |" for module, digest in pairs]
+    return [*lines, ""]
 
 
 def zoo_markdown() -> str:
@@ -501,12 +521,12 @@ def zoo_markdown() -> str:
 def write(
     rows: Sequence[Result],
     env: Mapping[str, Any],
-    paths: Sequence[Path],
+    paths: Sequence[str | Path],
     title: str = "attnbench report",
     sort_by: str | None = None,
 ) -> None:
     """Write every requested report file (CSV with its sidecar, Markdown, JSON), each atomically."""
-    for path in paths:
+    for path in map(Path, paths):
         if path.suffix == ".csv":
             R.write_csv(path, rows, env)
         elif path.suffix == ".json":

@@ -21,14 +21,16 @@ from typing import Any
 import torch
 
 from attnbench import results as R
+from attnbench.adapters import forward_failure
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
     CaseTimeoutError,
+    ForwardError,
     InvalidCaseError,
     ResourceGuardError,
 )
-from attnbench.registry import Setting, build, validate
+from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
 
 #: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured.
@@ -99,7 +101,8 @@ def plan(
 
 
 def _geometry(case: Case) -> tuple[Any, ...]:
-    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs)
+    # The layout decides what is built (a user's tokens module sits in the adapter): part of the geometry.
+    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs, case.layout)
 
 
 def available_bytes(backend: str) -> int | None:
@@ -176,6 +179,14 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     signal.setitimer(signal.ITIMER_REAL, seconds, TIME_LIMIT_REFIRE_S)
     try:
         yield
+    except CaseTimeoutError:
+        raise
+    except Exception as exc:
+        # A timeout caught inside and turned into another error (a counter's "failed" report, then a failed
+        # forward) is still the timeout.
+        if state["fired"]:
+            raise CaseTimeoutError(message) from exc
+        raise
     finally:
         state["active"] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
@@ -213,6 +224,8 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
     for report in count_all(module, case.input_shape, counters=counters):
         counter = report.counter
         if counter == "attnbench":
+            if report.status == "failed":  # the module's own forward raised: no backend will run it either
+                raise ForwardError(forward_failure(case.layout, case.input_shape, report.reason))
             estimate = report.peak_live_bytes_estimate
             if "macs" not in options.metrics:
                 continue
@@ -228,13 +241,15 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
                 notes.append(f"attnbench counted on {report.device}")
         elif counter == "fvcore" and report.status == "ok":
             values["uncounted_fvcore"] = _uncounted_summary(report)
-    if "macs" in options.metrics:
+    if "macs" in options.metrics and spec.macs_formula is not None:
         values["macs_formula"] = spec.macs_formula(setting)
     values["counter_notes"] = "; ".join(notes)
+    weights = 4 * sum(p.numel() for p in module.parameters())
     if estimate is not None:
         # Weights and input (plus an output of the same size) are resident too.
-        estimate += 4 * (sum(p.numel() for p in module.parameters()) + 2 * case.batch * case.dim * case.tokens)
-    return _Counted(values, estimate)
+        estimate += weights + 4 * 2 * case.batch * case.dim * case.tokens
+    # Without the counter's estimate, the weights are the least a build holds.
+    return _Counted(values, estimate if estimate is not None else weights)
 
 
 def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[str, Any]:
@@ -346,7 +361,6 @@ def _run_geometry(
     first = group[0]
     backends_cases = group if options.measures else [group[0]]
     started = time.perf_counter()
-    base: dict[str, Any] = {}
     hw = (first.height, first.width)
 
     def fail_all(exc: Exception, values: Mapping[str, Any]) -> None:
@@ -359,12 +373,13 @@ def _run_geometry(
 
     base: dict[str, Any] = {}
     try:
-        spec, setting = validate(first.module, first.dim, hw, first.batch, **first.kwargs_dict)
+        base = {"source_hash": source_hash(first.module)}
+        spec, setting = check_case(first.module, first.dim, hw, first.batch, first.kwargs_dict, first.layout)
         with time_limit(options.time_limit_s):
             # Count on a meta-device build: no weights exist, so counting allocates nothing (da at 512x512
             # holds a 256 GiB Linear) and the guard knows the case's peak before anything real is built.
             counted = _count(_build_for_counting(first, spec, setting, options), first, setting, spec, options)
-        base = counted.values
+        base = {**base, **counted.values}
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -377,10 +392,10 @@ def _run_geometry(
         return
     try:
         # The module is built in RAM whatever the backend: guard its whole estimated peak there first.
-        guard(counted.estimate_bytes or 4 * spec.params_formula(setting), "cpu", options.force)
+        guard(counted.estimate_bytes, "cpu", options.force)
         torch.manual_seed(options.seed)
         with time_limit(options.time_limit_s):
-            module = build(first.module, first.dim, hw, **first.kwargs_dict).eval()
+            module = build_module(first.module, first.dim, hw, first.kwargs_dict, first.layout).eval()
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -420,12 +435,14 @@ def _build_for_counting(case: Case, spec: Any, setting: Setting, options: RunOpt
     hw = (case.height, case.width)
     try:
         with torch.device("meta"):
-            return build(case.module, case.dim, hw, **case.kwargs_dict).eval()
+            return build_module(case.module, case.dim, hw, case.kwargs_dict, case.layout).eval()
     except (NotImplementedError, RuntimeError):
-        # Only the weights are known before counting: guard them before allocating.
-        guard(4 * spec.params_formula(setting), "cpu", options.force)
+        # Only the weights are known before counting: guard them before allocating (a user's module has no
+        # formula; its constructor already ran once, on the CPU, when the sweep was checked).
+        if spec.params_formula is not None:
+            guard(4 * spec.params_formula(setting), "cpu", options.force)
         torch.manual_seed(options.seed)
-        return build(case.module, case.dim, hw, **case.kwargs_dict).eval()
+        return build_module(case.module, case.dim, hw, case.kwargs_dict, case.layout).eval()
 
 
 def _no_backend(case: Case) -> Case:
@@ -439,28 +456,119 @@ def std_debug() -> bool:
     return bool(os.environ.get("ATTNBENCH_DEBUG"))
 
 
+#: Channels the Python API measures when `dim` is not given (a module instance needs it given).
+DEFAULT_DIM = 64
+
+
 def profile(
-    modules: str | Sequence[str],
-    dim: int | Sequence[int] = 64,
+    modules: Any,
+    dim: int | Sequence[int] | None = None,
     res: int | tuple[int, int] | Sequence[int | tuple[int, int]] = 28,
     batch: int | Sequence[int] = 1,
     backend: str | Sequence[str] = "cpu",
     threads: int = 1,
     dtype: str = "float32",
     options: RunOptions | None = None,
+    layout: str = "",
+    module_kwargs: Mapping[Any, Mapping[str, Any]] | None = None,
     **kwargs: Any,
 ) -> list[Result]:
-    """Library entry point: measure modules over dims, resolutions, batches and backends; one Result per case."""
+    """Library entry point: measure modules over dims, resolutions, batches and backends; one Result per case.
 
-    def as_list(v: Any) -> list[Any]:
-        return list(v) if isinstance(v, (list, tuple)) and not _is_hw(v) else [v]
+    `modules` is one or a list of: zoo names, specs ('path/to/file.py:Name', 'package.module:Name'), nn.Module
+    classes or factory functions (built as `Name(dim, **kwargs)`), or nn.Module instances, measured as built:
+    an instance needs `dim` (its input channels, one value) and takes no kwargs. `layout` ("image" or
+    "tokens") is what a user's module takes; `kwargs` go to every module, `module_kwargs` to one each (keyed
+    by the module as given). Bad input raises the CLI's errors; the rows are the CLI's rows.
+    """
+    from attnbench.sweep import Sweep
 
-    resolutions = [(r, r) if isinstance(r, int) else (int(r[0]), int(r[1])) for r in as_list(res)]
-    cases = plan(as_list(modules), as_list(dim), resolutions, as_list(batch), as_list(backend), threads, dtype, kwargs)
-    outcome = run(cases, options)
+    options = options or RunOptions()
+    names, by_object, instances = _api_modules(modules)
+    own = {_api_key(m, by_object): dict(kw) for m, kw in (module_kwargs or {}).items()}
+    dims = _as_list(dim) if dim is not None else [DEFAULT_DIM]
+    _check_instances(instances, dim, dims, kwargs, own)
+    resolutions = [(r, r) if isinstance(r, int) else (int(r[0]), int(r[1])) for r in _as_list(res)]
+    sweep = Sweep(
+        tuple(names),
+        tuple(dims),
+        tuple(resolutions),
+        tuple(_as_list(batch)),
+        tuple(dict.fromkeys(_as_list(backend))),
+        (dtype,),
+        (threads,),
+        dict(kwargs),
+        module_kwargs=own,
+        layout=layout,
+    )
+    sweep.check(options.measures)
+    outcome = run(sweep.cases(), options)
     if outcome.interrupted:
         raise KeyboardInterrupt
     return outcome.results
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, (list, tuple)) and not _is_hw(v) else [v]
+
+
+def _api_modules(modules: Any) -> tuple[list[str], dict[int, str], list[str]]:
+    """Module names for the sweep (objects become cached ad-hoc specs), names by object id, instance names."""
+    from torch import nn
+
+    from attnbench.registry import add_spec, get_spec
+    from attnbench.specs import spec_for_object
+
+    items = list(modules) if isinstance(modules, (list, tuple)) else [modules]
+    names: list[str] = []
+    by_object: dict[int, str] = {}
+    instances: list[str] = []
+    for item in items:
+        if isinstance(item, str):
+            names.append(get_spec(item).name)
+            continue
+        spec = add_spec(spec_for_object(item, set(names)))
+        names.append(spec.name)
+        by_object[id(item)] = spec.name
+        if isinstance(item, nn.Module):
+            instances.append(spec.name)
+    return names, by_object, instances
+
+
+def _api_key(module: Any, by_object: Mapping[int, str]) -> str:
+    """The sweep's name for a key of module_kwargs: an object given in `modules`, or a name or spec."""
+    from attnbench.errors import UsageError
+
+    if isinstance(module, str):
+        return module
+    if id(module) not in by_object:
+        raise UsageError(f"module_kwargs key {module!r} is not one of the modules given")
+    return by_object[id(module)]
+
+
+def _check_instances(
+    instances: Sequence[str],
+    dim: Any,
+    dims: Sequence[int],
+    kwargs: Mapping[str, Any],
+    own: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Refuse what contradicts a module that is already built: no dim, several dims, constructor kwargs."""
+    from attnbench.errors import UsageError
+
+    if not instances:
+        return
+    if dim is None or len(dims) != 1:
+        raise UsageError(
+            f"{instances[0]} is an nn.Module instance, measured as built: pass dim= its input channels (one value)"
+        )
+    for name in instances:
+        given = {**kwargs, **own.get(name, {})}
+        if given:
+            raise UsageError(
+                f"{name} is already built, so constructor kwargs ({', '.join(sorted(given))}) cannot apply: pass "
+                "its class to have it built with them, or give them to other modules only with module_kwargs"
+            )
 
 
 def _is_hw(v: Any) -> bool:

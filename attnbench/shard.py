@@ -47,7 +47,7 @@ def check_shard(shard: Shard, text: str | None = None) -> None:
 
 def geometry(case: Case) -> tuple[Any, ...]:
     """What the cases sharing one build and one counting have in common."""
-    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs)
+    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs, case.layout)
 
 
 def estimated_macs(case: Case) -> int | None:
@@ -56,10 +56,11 @@ def estimated_macs(case: Case) -> int | None:
     None when the module's constraints refuse the case. A module with neither a formula nor a countable
     meta build falls back to the MACs of one 1x1 convolution, B * C^2 * H * W (a documented proxy).
     """
-    from attnbench.registry import validate
+    from attnbench.registry import check_case
 
     try:
-        spec, setting = validate(case.module, case.dim, (case.height, case.width), case.batch, **case.kwargs_dict)
+        hw = (case.height, case.width)
+        spec, setting = check_case(case.module, case.dim, hw, case.batch, case.kwargs_dict, case.layout)
     except InvalidCaseError:
         return None
     formula = getattr(spec, "macs_formula", None)
@@ -78,10 +79,10 @@ def _count_on_meta(case: Case) -> int:
     import torch
 
     from attnbench.counting import count_macs
-    from attnbench.registry import build
+    from attnbench.registry import build_module
 
     with torch.device("meta"):
-        module = build(case.module, case.dim, (case.height, case.width), **case.kwargs_dict)
+        module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.layout)
     return int(count_macs(module, case.input_shape).macs)
 
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageError
-from attnbench.registry import validate
+from attnbench.registry import USER_LAYOUTS, check_case, get_spec
 from attnbench.results import DEFAULT_DTYPE, Case
 from attnbench.shard import Shard, check_shard, select
+from attnbench.specs import normalise
 
 #: The dtypes a Case may name.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -49,18 +50,41 @@ class Sweep:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     #: (K, N): plan only shard K of N (attnbench.shard); None plans every case.
     shard: Shard | None = None
+    #: Constructor kwargs for one module each, by module (zoo name or spec); they override `kwargs`.
+    module_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: What a user's module takes: "image" (B, C, H, W) or "tokens" (B, N, C); "" = image. Zoo modules keep theirs.
+    layout: str = ""
+
+    def __post_init__(self) -> None:
+        # Module names as rows record them (a file spec relative to the current directory): pure text work,
+        # so './attn.py:A' and 'attn.py:A' are one module, and module_kwargs find theirs whichever was typed.
+        modules = tuple(dict.fromkeys(normalise(m) for m in self.modules))
+        object.__setattr__(self, "modules", modules)
+        own = {self._module_of(m): dict(kw) for m, kw in self.module_kwargs.items()}
+        object.__setattr__(self, "module_kwargs", own)
+
+    def _module_of(self, key: str) -> str:
+        """The module a module_kwargs key means: the module itself, or the Name of exactly one 'path:Name'."""
+        key = normalise(key)
+        named = [m for m in self.modules if m.rpartition(":")[2] == key]
+        return named[0] if key not in self.modules and len(named) == 1 else key
 
     def kwargs_for(self, module: str) -> dict[str, Any]:
-        """The constructor kwargs one module of the sweep gets."""
-        return dict(self.kwargs)
+        """The constructor kwargs one module of the sweep gets: the shared ones, then its own."""
+        return {**self.kwargs, **self.module_kwargs.get(module, {})}
+
+    def layout_for(self, module: str) -> str:
+        """The layout the module's cases record: the sweep's for a user's module, "" (its own) for the zoo."""
+        return get_spec(module).case_layout(self.layout)
 
     def cases(self) -> list[Case]:
         """One Case per combination, in plan order (module, dim, resolution, batch, then the scenario).
 
         With a shard, only that shard's cases, still in plan order.
         """
+        layouts = {m: self.layout_for(m) for m in self.modules}
         plan = [
-            Case(m, d, h, w, b, backend, dtype, threads, frozen_kwargs(self.kwargs_for(m)))
+            Case(m, d, h, w, b, backend, dtype, threads, frozen_kwargs(self.kwargs_for(m)), layout=layouts[m])
             for m, d, (h, w), b in itertools.product(self.modules, self.dims, self.resolutions, self.batches)
             for dtype, threads, backend in itertools.product(self.dtypes, self.threads, self.backends)
         ]
@@ -84,10 +108,26 @@ class Sweep:
         for h, w in self.resolutions:
             if min(h, w) < 1:
                 raise UsageError(f"--res {h}x{w}: expected positive H and W (e.g. 56 or 32x64)")
+        for m in self.modules:
+            get_spec(m)  # an unknown name or a spec that cannot be loaded: one line, before anything runs
+        self._check_layout()
         self._check_backends(measures)
         self._check_dtypes()
         self._check_kwargs()
         self._check_some_case_valid()
+
+    def _check_layout(self) -> None:
+        if not self.layout:
+            return
+        if self.layout not in USER_LAYOUTS:
+            raise UsageError(f"--layout {self.layout!r}: allowed: {', '.join(USER_LAYOUTS)}")
+        if not any(get_spec(m).adhoc for m in self.modules):
+            # It would change nothing: refuse rather than let a reader think the zoo ran in another layout.
+            own = ", ".join(f"{m}: {get_spec(m).layout}" for m in self.modules)
+            raise UsageError(
+                f"--layout applies to your own modules (path/to/file.py:Name, package.module:Name); "
+                f"zoo modules keep their own layout ({own})"
+            )
 
     def _check_backends(self, measures: bool) -> None:
         from attnbench.backends import get_backend, list_backends
@@ -111,21 +151,39 @@ class Sweep:
 
     def _check_kwargs(self) -> None:
         # A kwarg a module does not take, or of the wrong type, is bad input whatever the sweep; a constraint a
-        # case breaks is judged per case.
+        # case breaks is judged per case. A user's constructor that refuses every dim is bad input too.
+        for m in self.module_kwargs:
+            if m not in self.modules:
+                raise UsageError(f"--kw {m}@...: {m} is not a module of this run (modules: {', '.join(self.modules)})")
         for m in self.modules:
+            refusals = []
             for d in self.dims:
                 try:
-                    validate(m, d, None, **self.kwargs_for(m))
+                    check_case(m, d, None, 1, self.kwargs_for(m), self.layout_for(m))
                 except InvalidCaseError as exc:
                     if exc.constraint == "kwargs":
-                        raise
+                        raise self._kwargs_hint(exc) from None
+                    if exc.constraint == "constructor":
+                        refusals.append(exc)
+            if refusals and len(refusals) == len(self.dims):
+                raise refusals[0]
+
+    def _kwargs_hint(self, exc: InvalidCaseError) -> InvalidCaseError:
+        # A shared --kw that one module of several lacks: say how to give it to the others only.
+        own = get_spec(exc.module).defaults
+        shared = sorted(k for k in self.kwargs if k not in own and k not in self.module_kwargs.get(exc.module, {}))
+        if len(self.modules) < 2 or not shared:
+            return exc
+        key = shared[0]
+        hint = f" (to give it to one module only: --kw MODULE@{key}=VALUE)"
+        return InvalidCaseError(exc.module, exc.constraint, exc.reason + hint)
 
     def _check_some_case_valid(self) -> None:
         # Every case refused by the modules' constraints: that is bad input, not a sweep with failures.
         first_invalid: InvalidCaseError | None = None
         for m, d, (h, w), b in itertools.product(self.modules, self.dims, self.resolutions, self.batches):
             try:
-                validate(m, d, (h, w), b, **self.kwargs_for(m))
+                check_case(m, d, (h, w), b, self.kwargs_for(m), self.layout_for(m))
                 return
             except InvalidCaseError as exc:
                 first_invalid = first_invalid or exc

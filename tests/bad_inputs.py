@@ -67,6 +67,19 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("label-empty", ["profile", "lka", "--label", " "], "--label"),
     ("report-glob-matches-nothing", ["report", "{tmp}/none-*.csv"], "no .csv or .json report matches"),
     ("report-label-empty", ["report", "{tmp}/corrupt.csv", "--label", ""], "--label"),
+    ("spec-missing-file", ["profile", "{tmp}/nope.py:MyAttn"], "no such file"),
+    ("spec-syntax-error", ["profile", "{tmp}/syntax_error.py:MyAttn"], "syntax_error.py:4"),
+    ("spec-import-error", ["profile", "{tmp}/import_error.py:MyAttn"], "import_error.py:2"),
+    ("spec-name-not-found", ["profile", "{tmp}/user.py:MyAtn"], "did you mean MyAttn"),
+    ("spec-without-name", ["profile", "{tmp}/user.py"], "user.py:MyAttn"),
+    ("spec-package-missing", ["profile", "attnbench_no_such_pkg.attn:MyAttn"], "no module named"),
+    ("spec-not-a-module", ["profile", "{tmp}/user.py:Plain"], "not an nn.Module"),
+    ("spec-constructor-raises", ["profile", "{tmp}/user.py:MyAttn", "--kw", "heads=3"], "not divisible by heads 3"),
+    ("spec-constructor-bad-kwarg", ["profile", "{tmp}/user.py:MyAttn", "--kw", "haeds=2"], "unexpected keyword"),
+    ("layout-for-zoo-only", ["profile", "lka", "--layout", "tokens"], "own modules"),
+    ("layout-unknown", ["profile", "{tmp}/user.py:MyAttn", "--layout", "nchw"], "--layout"),
+    ("kw-for-module-not-in-run", ["profile", "lka", "--kw", "mhsa@heads=4"], "not a module of this run"),
+    ("kw-shared-one-module-lacks", ["profile", "mhsa", "lka", "--kw", "heads=4"], "MODULE@heads"),
     ("unknown-option", ["profile", "lka", "--speed", "9"], "--speed"),
     ("unknown-command", ["benchmark", "lka"], "benchmark"),
 ]
@@ -84,6 +97,28 @@ def prepare(tmp: str) -> None:
         handle.write("module,dim\nlka,1,2,3\n")
     with open(f"{tmp}/schema.csv", "w") as handle:
         handle.write('# attnbench-results {"schema": 0, "env": {}}\nmodule,dim\n')
+    for name, text in USER_FILES.items():
+        with open(f"{tmp}/{name}", "w") as handle:
+            handle.write(text)
+
+
+#: A user's module files for the spec entries: a good one, one that does not parse, one whose import fails.
+USER_FILES = {
+    "user.py": (
+        "import torch\n\n\nclass MyAttn(torch.nn.Module):\n"
+        "    def __init__(self, dim, heads=2):\n"
+        "        super().__init__()\n"
+        "        if dim % heads:\n"
+        "            raise ValueError(f'dim {dim} is not divisible by heads {heads}')\n"
+        "        self.proj = torch.nn.Conv2d(dim, dim, 1)\n\n"
+        "    def forward(self, x):\n"
+        "        return self.proj(x)\n\n\n"
+        "class Plain:\n"
+        "    pass\n"
+    ),
+    "syntax_error.py": "import torch\n\n\nclass MyAttn(torch.nn.Module)\n    pass\n",
+    "import_error.py": "import torch\nimport attnbench_no_such_dependency\n",
+}
 
 
 def argv_for(argv: list[str], tmp: str) -> list[str]:

@@ -73,7 +73,7 @@ def test_time_limit_covers_building_and_counting(
     monkeypatch: pytest.MonkeyPatch, alarm_checked: None, where: str
 ) -> None:
     # Counters catch every Exception of a module's forward: the alarm must fire again until the case gives up.
-    monkeypatch.setattr(runner, "build", _sleep_forever if where == "build" else lambda *a, **k: _Hangs())
+    monkeypatch.setattr(runner, "build_module", _sleep_forever if where == "build" else lambda *a, **k: _Hangs())
     options = runner.RunOptions(metrics=("params", "macs"), time_limit_s=0.2)
     outcome = runner.run([R.Case("lka", 16, 8, 8)], options)
     assert [r.status for r in outcome.results] == [R.TIMEOUT]

@@ -178,14 +178,14 @@ def test_huge_case_is_counted_without_allocating_and_guarded_before_building(
     # da at 512x512 holds a Linear(262144, 262144): 256 GiB of weights. Counting builds it on the meta
     # device (nothing allocated); a real build must never happen for a case the guard refuses.
     _free(monkeypatch, 16 * GIB)
-    real_build = runner.build
+    real_build = runner.build_module
 
     def meta_only(*args: Any, **kwargs: Any) -> torch.nn.Module:
         if torch.get_default_device().type != "meta":
             raise AssertionError("built a module in RAM that the guard must refuse")
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "build", meta_only)
+    monkeypatch.setattr(runner, "build_module", meta_only)
     counts = tmp_path / "counts.csv"
     code, _, err = _cli(
         capsys, "profile", "da", "--dim", "64", "--res", "512", "--metrics", "params,macs", "-o", str(counts)
