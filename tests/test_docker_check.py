@@ -1,0 +1,255 @@
+"""benchmarks/docker_check: the host's pip set-up passed to a build, the count comparison, the leak scan, the record.
+
+The container build itself runs in benchmarks/docker_check.sh (minutes, needs podman); these tests cover the
+logic it relies on, and keep results/docker_check.md tied to the Dockerfile it built.
+"""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD = ROOT / "results" / "docker_check.md"
+
+_spec = importlib.util.spec_from_file_location("docker_check", ROOT / "benchmarks" / "docker_check.py")
+dc = importlib.util.module_from_spec(_spec)
+sys.modules["docker_check"] = dc  # dataclasses look their module up while the class is built
+_spec.loader.exec_module(dc)
+
+
+# ---------------------------------------------------------------- pip configuration
+
+
+def test_config_list_precedence_env_over_install_over_global() -> None:
+    text = "\n".join(
+        [
+            "global.index-url='https://global.example/simple'",
+            "global.timeout='10'",
+            "global.retries='3'",
+            "install.timeout='20'",
+            "install.retries='4'",
+            ":env:.retries='5'",
+            ":env:.find_links='/w'",
+            "download.index-url='https://ignored.example/simple'",
+        ]
+    )
+    assert dc.parse_config_list(text) == {
+        "index-url": "https://global.example/simple",
+        "timeout": "20",
+        "retries": "5",
+        "find-links": "/w",  # underscores normalised, as pip does
+    }
+
+
+def test_local_mirror_becomes_mounts_under_mnt(tmp_path: Path) -> None:
+    (tmp_path / "pypi" / "simple").mkdir(parents=True)
+    (tmp_path / "wheels").mkdir()
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text("torch<=2.14.1\n")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not read here\n")
+    ctx = dc.plan_context(
+        {
+            "index-url": "https://proxy.example/simple",
+            "extra-index-url": f"file://{tmp_path}/pypi/simple file://{tmp_path}/gone/simple",
+            "find-links": f"{tmp_path}/wheels https://links.example/",
+            "constraint": str(constraints),
+            "cert": str(ca),
+            "trusted-host": "proxy.example",
+            "user": "true",
+            "cache-dir": "/root/.cache/pip",
+        }
+    )
+    assert ctx.conf == {
+        "index-url": "https://proxy.example/simple",
+        # a PEP 503 index is mounted from its parent: files sit beside simple/, reached by relative links
+        "extra-index-url": "file:///mnt/index-1/simple",
+        "find-links": "/mnt/find-links-1 https://links.example/",
+        "constraint": "/mnt/constraint-1.txt",
+        "trusted-host": "proxy.example",
+    }
+    assert ctx.mounts == {str(tmp_path / "pypi"): "/mnt/index-1", str(tmp_path / "wheels"): "/mnt/find-links-1"}
+    assert ctx.files == {str(constraints): "constraint-1.txt"}
+    assert ctx.ca == str(ca)
+    assert [d.split()[0] for d in ctx.dropped] == ["index", "user", "cache-dir"]
+    assert ctx.torch_index == ""  # the host's own index serves torch, as it does on the host
+
+
+def test_torch_index_default_and_override(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_text("x\n")
+    assert dc.plan_context({"cert": str(ca)}).torch_index is None  # CA only: the Dockerfile's default index
+    assert dc.plan_context({}).torch_index is None
+    assert dc.plan_context({"index-url": "https://m/simple"}, torch_index="https://t/whl").torch_index == "https://t/whl"
+
+
+def test_a_ca_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(dc.CheckError, match="cert .*not a file"):
+        dc.plan_context({"cert": str(tmp_path)})
+
+
+def test_build_args_and_context_directory(tmp_path: Path) -> None:
+    (tmp_path / "wheels").mkdir()
+    ctx = dc.plan_context({"find-links": str(tmp_path / "wheels"), "cert": __file__})
+    out = tmp_path / "ctx"
+    dc.write_context(ctx, out)
+    assert dc.build_args(ctx, out) == [
+        "--build-arg=TORCH_INDEX=",
+        f"--secret=id=pip.conf,src={out}/pip.conf",
+        f"--secret=id=pip-ca,src={__file__}",
+        f"--volume={out}:/mnt:ro",  # the context before the folders mounted inside it
+        f"--volume={tmp_path}/wheels:/mnt/find-links-1:ro",
+    ]
+    conf = configparser.ConfigParser()
+    conf.read(out / "pip.conf")
+    assert dict(conf["global"]) == {"find-links": "/mnt/find-links-1"}
+    assert (out / "find-links-1").is_dir()  # the mount point exists outside the image
+    assert oct(out.stat().st_mode & 0o777) == "0o700"
+
+
+def test_no_pip_configuration_passes_nothing(tmp_path: Path) -> None:
+    ctx = dc.plan_context({})
+    assert dc.build_args(ctx, tmp_path) == []
+
+
+# ---------------------------------------------------------------- counts
+
+
+def _row(module: str, backend: str = "cpu", **values: object) -> dict:
+    row = dict.fromkeys(dc.KEY_COLUMNS, "")
+    row.update(module=module, dim="64", height="16", width="16", batch="1", backend=backend, dtype="float32")
+    row.update(threads="1", status="ok", params="100", macs_attnbench="2000", macs_fvcore="1900")
+    row.update(macs_thop="1900", macs_formula="")
+    row.update({k: str(v) for k, v in values.items()})
+    return row
+
+
+def test_equal_runs_compare_clean() -> None:
+    host = [_row("lka"), _row("lka", "ort")]
+    json_rows = [dict(r, dim=64, macs_formula=None) for r in host]  # JSON is typed: ints, null for empty
+    assert dc.compare_rows(host, [dict(r) for r in host], "container CSV") == []
+    assert dc.compare_rows(host, json_rows, "container JSON") == []
+
+
+def test_a_count_difference_names_module_backend_and_column() -> None:
+    problems = dc.compare_rows([_row("lka"), _row("mhsa")], [_row("lka", macs_thop=1901), _row("mhsa")], "c")
+    assert problems == ["c: lka cpu macs_thop: host 1900, container 1901"]
+
+
+def test_a_missing_row_is_a_difference() -> None:
+    problems = dc.compare_rows([_row("lka"), _row("mhsa")], [_row("lka")], "c")
+    assert len(problems) == 1 and "only on the host" in problems[0] and "mhsa" in problems[0]
+
+
+def test_compare_reports_reads_attnbench_files(tmp_path: Path) -> None:
+    header = "# attnbench-results " + json.dumps({"schema": 1, "env": {"python": "3.11.2"}})
+    rows = [_row("lka"), _row("mhsa", status="invalid", params="", macs_attnbench="")]
+    csv_text = header + "\n" + ",".join(rows[0]) + "\n" + "\n".join(",".join(r.values()) for r in rows) + "\n"
+    for name in ("host.csv", "cont.csv"):
+        (tmp_path / name).write_text(csv_text)
+    (tmp_path / "cont.json").write_text(json.dumps({"schema": 1, "results": rows}))
+    summary = dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
+    assert (summary["rows"], summary["ok"], summary["modules"]) == (2, 1, 2)
+    (tmp_path / "cont.csv").write_text(csv_text.replace(",100,", ",101,", 1))
+    with pytest.raises(dc.CheckError, match="lka cpu params: host 100, container 101"):
+        dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
+    (tmp_path / "cont.csv").write_text("module,dim\nlka,64\n")
+    with pytest.raises(dc.CheckError, match="not an attnbench CSV"):
+        dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
+
+
+# ---------------------------------------------------------------- the image holds nothing of the host
+
+
+def _pem(lines: list[str]) -> str:
+    return "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+
+
+PUBLIC_CERT = ["MIIBpublic0", "AAAApublic1", "BBBBpublic2", "CCCCpublic3"]
+LOCAL_CERT = ["MIIBlocal00", "AAAAlocal01", "DDDDlocal02", "EEEElocal03"]
+
+
+def test_local_ca_lines_are_those_no_public_package_ships(tmp_path: Path) -> None:
+    (tmp_path / "public" / "mozilla").mkdir(parents=True)
+    (tmp_path / "public" / "mozilla" / "a.crt").write_text(_pem(PUBLIC_CERT))
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_text(_pem(PUBLIC_CERT) + _pem(LOCAL_CERT))
+    assert dc.local_ca_lines(str(bundle), (str(tmp_path / "public"),)) == ["DDDDlocal02"]
+    assert dc.local_ca_lines(None) == []
+
+
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A clean fake image root, its history, and the context of a build that mounted /opt/wheels."""
+    rootfs = tmp_path / "rootfs"
+    for folder in ("mnt", "run/secrets", "usr/lib/python3/dist-packages/pip", "etc/ssl/certs"):
+        (rootfs / folder).mkdir(parents=True)
+    (rootfs / "usr/lib/python3/dist-packages/pip/__init__.py").write_text("# pip\n")
+    (rootfs / "etc/ssl/certs/ca-certificates.crt").write_text(_pem(PUBLIC_CERT))
+    history = tmp_path / "history.txt"
+    history.write_text("/bin/sh -c python3 -m pip install .\n")
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    bundle = tmp_path / "bundle.crt"
+    bundle.write_text(_pem(LOCAL_CERT))
+    ctx = dc.plan_context({"find-links": str(wheels), "cert": str(bundle)})
+    dc.write_context(ctx, tmp_path / "ctx")
+    return rootfs, history, tmp_path / "ctx"
+
+
+def test_a_clean_image_passes_the_scan(built: tuple[Path, Path, Path]) -> None:
+    rootfs, history, ctx = built
+    result = dc.scan_image(rootfs, history, ctx)
+    assert result["strings"] >= 3 and result["ca_certs"] == 1  # ctx dir, host folder, /mnt/find-links-1
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "found"),
+    [
+        ("etc/pip.conf", "[global]\n", "etc/pip.conf"),
+        ("root/.config/pip/pip.conf", "", "pip.conf"),
+        ("mnt/find-links-1", None, "/mnt/find-links-1 exists"),  # a mount point left behind
+        ("usr/lib/python3/dist-packages/x/direct_url.json", '{"url": "file:///mnt/find-links-1/x.whl"}', "direct_url"),
+        ("usr/local/share/ca-certificates/proxy.crt", _pem(LOCAL_CERT), "proxy.crt"),
+        ("run/secrets/pip-ca", "", "/run/secrets is not empty"),
+    ],
+)
+def test_the_scan_finds_what_the_host_left(built: tuple[Path, Path, Path], path: str, content: str | None, found: str) -> None:
+    rootfs, history, ctx = built
+    target = rootfs / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if content is None:
+        target.mkdir()
+    else:
+        target.write_text(content)
+    with pytest.raises(dc.CheckError, match=re.escape(found)):
+        dc.scan_image(rootfs, history, ctx)
+
+
+def test_the_scan_reads_the_history(built: tuple[Path, Path, Path]) -> None:
+    rootfs, history, ctx = built
+    wheels = json.loads((ctx / "context.json").read_text())["mounts"]
+    history.write_text(f"/bin/sh -c pip install --find-links {next(iter(wheels))} torch\n")
+    with pytest.raises(dc.CheckError, match="history"):
+        dc.scan_image(rootfs, history, ctx)
+
+
+# ---------------------------------------------------------------- the record
+
+
+def test_the_record_is_of_this_dockerfile() -> None:
+    """results/docker_check.md names the sha256 of the Dockerfile it built; a content hash, because a fresh
+    clone gives every file the same mtime and a shallow clone has no commit history to compare."""
+    match = re.search(r"Dockerfile sha256: `([0-9a-f]{64})`", RECORD.read_text())
+    assert match, f"{RECORD.name} records no Dockerfile hash"
+    assert match.group(1) == dc.dockerfile_sha256(), (
+        "the Dockerfile changed since results/docker_check.md was made: "
+        "run benchmarks/docker_check.sh --record results/docker_check.md"
+    )
