@@ -307,6 +307,7 @@ def compare_reports(host_csv: Path, container_csv: Path, container_json: Path) -
         "rows": len(host_rows),
         "ok": ok,
         "modules": len({row["module"] for row in host_rows}),
+        "backends": len({row["backend"] for row in host_rows}),
         "columns": list(EXACT_COLUMNS),
         "host_env": host_meta.get("env", {}),
         "container_env": cont_meta.get("env", {}),
@@ -382,8 +383,9 @@ def scan_image(rootfs: Path, history: Path, directory: Path) -> dict:
 
 
 def dockerfile_sha256(path: Path = DOCKERFILE) -> str:
-    """The Dockerfile's content hash: the record names the exact file it built."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The Dockerfile's content hash: the record names the exact file it built. Line endings are normalised, so
+    a checkout with CRLF endings hashes the same."""
+    return hashlib.sha256(path.read_bytes().replace(b"\r\n", b"\n")).hexdigest()
 
 
 def _version(cmd: list[str]) -> str:
@@ -421,14 +423,17 @@ def render_record(facts: dict) -> str:
     lines = [
         "# Docker image: built and run here",
         "",
-        f"Measured {facts['date']} on {facts['cpu']} ({os.cpu_count()} logical cores), {facts['os']}; "
-        f"`benchmarks/docker_check.sh --record results/docker_check.md` at commit {facts['commit']}.",
+        f"Measured {facts['date']} on {facts['cpu']} ({facts['cores']} logical cores), {facts['os']}; "
+        f"`benchmarks/docker_check.sh --record results/docker_check.md` at commit {facts['commit']}. "
+        f"Load average at the end (1, 5, 15 min): {', '.join(facts['load'])}: other jobs shared the cores, so "
+        "the times are indicative.",
         "",
         f"Dockerfile sha256: `{facts['dockerfile_sha256']}` (tests/test_docker_check.py fails when the "
         "Dockerfile changes and this record does not).",
         "",
         "| step | what | seconds |",
         "|---|---|---:|",
+        f"| tools | podman, runc, debootstrap ({t['tools_how']}) | {t['tools']:.1f} |",
         f"| base | Debian bookworm minbase by debootstrap, imported as `{facts['base']}` ({t['base_how']}) "
         f"| {t['base']:.1f} |",
         f"| build | `podman build --no-cache` of the Dockerfile, `BASE_IMAGE={facts['base']}`, "
@@ -441,9 +446,10 @@ def render_record(facts: dict) -> str:
         "",
         "## Counts: container against host",
         "",
-        f"{cmp_['rows']} rows ({cmp_['modules']} modules x backends), {cmp_['ok']} ok. Columns compared exactly: "
-        f"{', '.join(f'`{c}`' for c in cmp_['columns'])}. The container's CSV and JSON both equal the host's "
-        "CSV: **no difference**. The container's reports re-render with `attnbench report`.",
+        f"{cmp_['rows']} rows ({cmp_['modules']} modules x {cmp_['backends']} backends), {cmp_['ok']} ok. "
+        f"Columns compared exactly: {', '.join(f'`{c}`' for c in cmp_['columns'])}. "
+        "The container's CSV and JSON both equal the host's CSV: **no difference**. "
+        "The container's reports re-render with `attnbench report`.",
         "",
         "| | host | container |",
         "|---|---|---|",
@@ -482,7 +488,9 @@ def gather_facts(args: argparse.Namespace) -> dict:
     """Everything the summary and the record show, from the run's files and the tools."""
     comparison = compare_reports(args.host_dir / "r.csv", args.container_dir / "r.csv", args.container_dir / "r.json")
     directory = args.context_dir
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    git = ["git", "-C", str(ROOT)]
+    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     os_name = "unknown OS"
     if Path("/etc/os-release").is_file():
         match = re.search(r'^PRETTY_NAME="?([^"\n]+)', Path("/etc/os-release").read_text(), flags=re.MULTILINE)
@@ -491,13 +499,17 @@ def gather_facts(args: argparse.Namespace) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpu": _cpu_model(),
         "os": f"{os_name}, kernel {os.uname().release}",
-        "commit": commit.stdout.strip() or "-",
+        "cores": os.cpu_count(),
+        "load": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else ["-"] * 3,
+        "commit": (commit or "-") + (" with uncommitted changes" if dirty.stdout.strip() else ""),
         "dockerfile_sha256": dockerfile_sha256(),
         "base": args.base,
         "image": args.image,
         "image_size": args.image_size,
         "command": args.command,
         "timings": {
+            "tools": args.t_tools,
+            "tools_how": args.tools_how,
             "base": args.t_base,
             "base_how": args.base_how,
             "build": args.t_build,
@@ -523,7 +535,7 @@ def print_summary(facts: dict) -> None:
     t, cmp_ = facts["timings"], facts["comparison"]
     print(f"docker_check: image {facts['image']}: {_gib(facts['image_size'])}")
     print(
-        f"docker_check: base {t['base']:.1f} s ({t['base_how']}), build {t['build']:.1f} s, "
+        f"docker_check: tools {t['tools']:.1f} s, base {t['base']:.1f} s ({t['base_how']}), build {t['build']:.1f} s, "
         f"container run {t['run']:.1f} s, host run {t['host']:.1f} s"
     )
     print(
@@ -582,10 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report")
     for name in ("host_dir", "container_dir", "context_dir"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=Path, required=True)
-    for name in ("base", "base_how", "image", "command"):
+    for name in ("base", "base_how", "tools_how", "image", "command"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
     p.add_argument("--image-size", type=int, required=True)
-    for name in ("t_base", "t_build", "t_run", "t_host"):
+    for name in ("t_tools", "t_base", "t_build", "t_run", "t_host"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, required=True)
     p.add_argument("--record", type=Path)
     p.set_defaults(func=_cmd_report)

@@ -74,6 +74,8 @@ step() {
 }
 
 # ---- 1. tools
+t0="$(now)"
+tools_how="present"
 missing=()
 for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -82,7 +84,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     step tools "$work/apt-update.log" apt-get update -q
     step tools "$work/apt-install.log" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends podman runc debootstrap
+    tools_how="installed by apt-get: ${missing[*]}"
 fi
+t_tools="$(since "$t0")"
 command -v "$PY" >/dev/null || fail tools "no $PY (set PYTHON to a python with attnbench's dependencies)"
 
 # ---- 2. base
@@ -172,6 +176,6 @@ record_arg=()
 [[ -n "$record" ]] && record_arg=(--record "$record")
 "$PY" "$HELPER" report --host-dir "$work/host" --container-dir "$work/container" --context-dir "$work/pip" \
     --base "$BASE_IMAGE" --base-how "$base_how" --image "$IMAGE" --image-size "$size" \
-    --command "attnbench ${COMPARE[*]}" --t-base "$t_base" --t-build "$t_build" --t-run "$t_run" \
+    --command "attnbench ${COMPARE[*]}" --tools-how "$tools_how" --t-tools "$t_tools" --t-base "$t_base" --t-build "$t_build" --t-run "$t_run" \
     --t-host "$t_host" "${record_arg[@]}" 2>"$work/report.log" || fail report "$(last_line "$work/report.log")"
 echo "docker_check: ok"

@@ -87,11 +87,13 @@ def test_torch_index_default_and_override(tmp_path: Path) -> None:
     ca.write_text("x\n")
     assert dc.plan_context({"cert": str(ca)}).torch_index is None  # CA only: the Dockerfile's default index
     assert dc.plan_context({}).torch_index is None
-    assert dc.plan_context({"index-url": "https://m/simple"}, torch_index="https://t/whl").torch_index == "https://t/whl"
+    assert (
+        dc.plan_context({"index-url": "https://m/simple"}, torch_index="https://t/whl").torch_index == "https://t/whl"
+    )
 
 
 def test_a_ca_that_is_not_a_file_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(dc.CheckError, match="cert .*not a file"):
+    with pytest.raises(dc.CheckError, match=r"cert .*not a file"):
         dc.plan_context({"cert": str(tmp_path)})
 
 
@@ -221,7 +223,9 @@ def test_a_clean_image_passes_the_scan(built: tuple[Path, Path, Path]) -> None:
         ("run/secrets/pip-ca", "", "/run/secrets is not empty"),
     ],
 )
-def test_the_scan_finds_what_the_host_left(built: tuple[Path, Path, Path], path: str, content: str | None, found: str) -> None:
+def test_the_scan_finds_what_the_host_left(
+    built: tuple[Path, Path, Path], path: str, content: str | None, found: str
+) -> None:
     rootfs, history, ctx = built
     target = rootfs / path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +246,42 @@ def test_the_scan_reads_the_history(built: tuple[Path, Path, Path]) -> None:
 
 
 # ---------------------------------------------------------------- the record
+
+
+def test_the_record_states_what_the_freshness_test_reads(tmp_path: Path) -> None:
+    env = {"python": "3.11.2", "torch": "2.13.0+cpu"}
+    facts = {
+        "date": "2026-01-01T00:00:00+00:00",
+        "cpu": "CPU",
+        "cores": 2,
+        "os": "Debian",
+        "commit": "abc1234",
+        "load": ["1.0", "1.0", "1.0"],
+        "dockerfile_sha256": dc.dockerfile_sha256(),
+        "base": "localhost/base",
+        "image": "localhost/img",
+        "image_size": 3 * 2**30,
+        "command": "attnbench compare --all",
+        "timings": dict.fromkeys(("tools", "base", "build", "run", "host"), 1.0)
+        | {"tools_how": "present", "base_how": "reused"},
+        "comparison": {"rows": 20, "ok": 20, "modules": 10, "backends": 2, "columns": list(dc.EXACT_COLUMNS)},
+        "host_env": env,
+        "container_env": env,
+        "pip_context": {"mounts": {"/opt/wheels": "/mnt/find-links-1"}, "ca": None, "dropped": [], "torch_index": ""},
+        "pip_conf": "[global]\nfind-links = /mnt/find-links-1\n",
+        "scan": {"strings": 3, "ca_certs": 0},
+        "tools": ["podman version 4.3.1"],
+    }
+    text = dc.render_record(facts)
+    assert f"Dockerfile sha256: `{dc.dockerfile_sha256()}`" in text
+    assert "3.00 GiB" in text and "20 rows (10 modules x 2 backends), 20 ok" in text
+    assert "`TORCH_INDEX=` (empty" in text and "volume `/opt/wheels` -> `/mnt/find-links-1`" in text
+
+
+def test_dockerfile_hash_ignores_line_endings(tmp_path: Path) -> None:
+    (tmp_path / "lf").write_bytes(b"FROM x\nRUN y\n")
+    (tmp_path / "crlf").write_bytes(b"FROM x\r\nRUN y\r\n")
+    assert dc.dockerfile_sha256(tmp_path / "lf") == dc.dockerfile_sha256(tmp_path / "crlf")
 
 
 def test_the_record_is_of_this_dockerfile() -> None:
