@@ -440,6 +440,7 @@ def render_record(facts: dict) -> str:
         f"{_torch_index_text(ctx['torch_index'])} | {t['build']:.1f} |",
         f"| run | `{facts['command']}` in the container, reports to a bind mount | {t['run']:.1f} |",
         f"| host | the same command on the host | {t['host']:.1f} |",
+        f"| **total** | the whole script, with the smoke test, the image scan and the checks | {t['total']:.1f} |",
         "",
         f"Image `{facts['image']}`: {_gib(facts['image_size'])} ({facts['image_size']:,} bytes, `podman image "
         "inspect` Size). `podman run IMAGE` with no arguments prints the help and exits 0.",
@@ -515,6 +516,7 @@ def gather_facts(args: argparse.Namespace) -> dict:
             "build": args.t_build,
             "run": args.t_run,
             "host": args.t_host,
+            "total": args.t_total,
         },
         "comparison": comparison,
         "host_env": comparison.pop("host_env"),
@@ -536,7 +538,7 @@ def print_summary(facts: dict) -> None:
     print(f"docker_check: image {facts['image']}: {_gib(facts['image_size'])}")
     print(
         f"docker_check: tools {t['tools']:.1f} s, base {t['base']:.1f} s ({t['base_how']}), build {t['build']:.1f} s, "
-        f"container run {t['run']:.1f} s, host run {t['host']:.1f} s"
+        f"container run {t['run']:.1f} s, host run {t['host']:.1f} s, total {t['total']:.1f} s"
     )
     print(
         f"docker_check: {cmp_['rows']} rows, params and MACs equal to the host's; "
@@ -597,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("base", "base_how", "tools_how", "image", "command"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True)
     p.add_argument("--image-size", type=int, required=True)
-    for name in ("t_tools", "t_base", "t_build", "t_run", "t_host"):
+    for name in ("t_tools", "t_base", "t_build", "t_run", "t_host", "t_total"):
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, required=True)
     p.add_argument("--record", type=Path)
     p.set_defaults(func=_cmd_report)

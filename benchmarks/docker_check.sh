@@ -74,7 +74,8 @@ step() {
 }
 
 # ---- 1. tools
-t0="$(now)"
+t_start="$(now)"
+t0="$t_start"
 tools_how="present"
 missing=()
 for tool in podman runc debootstrap; do command -v "$tool" >/dev/null || missing+=("$tool"); done
@@ -177,5 +178,5 @@ record_arg=()
 "$PY" "$HELPER" report --host-dir "$work/host" --container-dir "$work/container" --context-dir "$work/pip" \
     --base "$BASE_IMAGE" --base-how "$base_how" --image "$IMAGE" --image-size "$size" \
     --command "attnbench ${COMPARE[*]}" --tools-how "$tools_how" --t-tools "$t_tools" --t-base "$t_base" --t-build "$t_build" --t-run "$t_run" \
-    --t-host "$t_host" "${record_arg[@]}" 2>"$work/report.log" || fail report "$(last_line "$work/report.log")"
+    --t-host "$t_host" --t-total "$(since "$t_start")" "${record_arg[@]}" 2>"$work/report.log" || fail report "$(last_line "$work/report.log")"
 echo "docker_check: ok"

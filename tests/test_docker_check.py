@@ -262,7 +262,7 @@ def test_the_record_states_what_the_freshness_test_reads(tmp_path: Path) -> None
         "image": "localhost/img",
         "image_size": 3 * 2**30,
         "command": "attnbench compare --all",
-        "timings": dict.fromkeys(("tools", "base", "build", "run", "host"), 1.0)
+        "timings": dict.fromkeys(("tools", "base", "build", "run", "host", "total"), 1.0)
         | {"tools_how": "present", "base_how": "reused"},
         "comparison": {"rows": 20, "ok": 20, "modules": 10, "backends": 2, "columns": list(dc.EXACT_COLUMNS)},
         "host_env": env,
