@@ -436,7 +436,8 @@ def render_record(facts: dict) -> str:
         f"| tools | podman, runc, debootstrap ({t['tools_how']}) | {t['tools']:.1f} |",
         f"| base | Debian bookworm minbase by debootstrap, imported as `{facts['base']}` ({t['base_how']}) "
         f"| {t['base']:.1f} |",
-        f"| build | `podman build --no-cache` of the Dockerfile, `BASE_IMAGE={facts['base']}`, "
+        "| build | `podman build --no-cache --layers=false --format docker` of the Dockerfile, "
+        f"`BASE_IMAGE={facts['base']}`, "
         f"{_torch_index_text(ctx['torch_index'])} | {t['build']:.1f} |",
         f"| run | `{facts['command']}` in the container, reports to a bind mount | {t['run']:.1f} |",
         f"| host | the same command on the host | {t['host']:.1f} |",

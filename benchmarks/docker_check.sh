@@ -8,7 +8,8 @@
 #             in ~/.cache/attnbench/ and as the podman image localhost/attnbench-base:bookworm.
 # 3. pip:     this machine's pip configuration (index, find-links folders, file:// indexes, CA bundle,
 #             constraints) goes into the build as build secrets and read-only volumes, never into the image.
-# 4. build:   `podman build --no-cache` with BASE_IMAGE=<the base>.
+# 4. build:   `podman build --no-cache --layers=false` with BASE_IMAGE=<the base>: every step runs afresh,
+#             and no intermediate image is kept (one layer on top of the base).
 # 5. smoke:   the image with no arguments prints the help and exits 0; its torch is a CPU build.
 # 6. scan:    the image's files and history hold no pip.conf, mirror path or local CA certificate.
 # 7. run:     `attnbench compare` at a small setting in the container, reports to a bind-mounted directory.
@@ -54,23 +55,24 @@ done
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/attnbench-docker-check.XXXXXX")"
 mounted=""
+keep_logs=0  # set when a failure line names a log in $work
 cleanup() {
-    local rc=$?
     [[ -n "$mounted" ]] && "${PODMAN[@]}" image unmount "$IMAGE" >/dev/null 2>&1
-    if [[ $rc -eq 0 ]]; then rm -rf "$work"; else echo "docker_check: logs kept in $work" >&2; fi
+    [[ $keep_logs -eq 1 ]] || rm -rf "$work"
 }
 trap cleanup EXIT
 
 fail() { echo "docker_check: $1: $2" >&2; exit 1; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
-last_line() { grep -v '^[[:space:]]*$' "$1" | tail -n 1 | cut -c1-300; }
+# The last non-empty line of a log, less the helper's own "docker_check: STEP: " prefix.
+last_line() { grep -v '^[[:space:]]*$' "$1" | tail -n 1 | sed 's/^docker_check: [a-z-]*: //' | cut -c1-300; }
 # step NAME LOG CMD...: run CMD with its output in LOG; on failure, one line with the log's last line.
 step() {
     local name="$1" log="$2"; shift 2
     local rc=0
     "$@" >"$log" 2>&1 || rc=$?
-    [[ $rc -eq 0 ]] || fail "$name" "$(last_line "$log") (exit $rc; log: $log)"
+    [[ $rc -eq 0 ]] || { keep_logs=1; fail "$name" "$(last_line "$log") (exit $rc; log: $log)"; }
 }
 
 # ---- 1. tools
@@ -125,7 +127,7 @@ mapfile -t pip_args <"$work/pip-args"
 # ---- 4. build
 old_id="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 t0="$(now)"
-step build "$work/build.log" "${PODMAN[@]}" build --no-cache --format docker "${LIMITS[@]}" \
+step build "$work/build.log" "${PODMAN[@]}" build --no-cache --layers=false --format docker "${LIMITS[@]}" \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" "${pip_args[@]}" -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT"
 t_build="$(since "$t0")"
 new_id="$("${PODMAN[@]}" image inspect --format '{{.Id}}' "$IMAGE")"
