@@ -8,25 +8,26 @@ Subcommands (the shell script calls them; each failure is one line on stderr and
 - `compare HOST_CSV CONTAINER_CSV CONTAINER_JSON`: the container's params and MACs equal the host's, row for row.
 - `scan ROOTFS HISTORY DIR`: the built image holds no pip.conf, no mirror path and no local CA certificate.
 - `report ...`: the figures, printed, and optionally recorded as Markdown (results/docker_check.md).
-Standard library only: it runs before anything is installed.
+pip-context and scan use the standard library only; compare and report read the reports with attnbench's own
+loader, from this checkout (the host run uses it too).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import csv
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -238,79 +239,76 @@ def host_pip_config(python: str) -> dict[str, str]:
 
 # ---------------------------------------------------------------- the counts, host against container
 
-#: Identity of a row and the fields that must match exactly (the counts and the outcome).
-KEY_COLUMNS = ("module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs")
-EXACT_COLUMNS = ("status", "params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula")
-CSV_MAGIC = "# attnbench-results"
+#: Besides the outcome, every count a row carries: params and each counter's MACs and FLOPs.
+COUNT_PREFIXES = ("macs_", "flops_")
 
 
-def read_csv_report(path: Path) -> tuple[dict, list[dict[str, str]]]:
-    """(header metadata, rows) of an attnbench CSV report; CheckError if it is not one."""
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    first, _, rest = text.partition("\n")
-    if not first.startswith(CSV_MAGIC):
-        raise CheckError(f"{path}: missing or not an attnbench CSV report")
+def _results_module() -> Any:
+    """attnbench.results of this checkout, the code the image was built from and the host run used."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from attnbench import results
+
+    return results
+
+
+def exact_columns(names: Iterable[str]) -> list[str]:
+    """The columns that must match exactly: the status, params, and every MAC and FLOP count."""
+    return ["status", "params", *(n for n in names if n.startswith(COUNT_PREFIXES))]
+
+
+def load_report(path: Path) -> tuple[dict, list[dict]]:
+    """(environment, rows as dicts) of a CSV or JSON report, read by attnbench's own loader."""
+    results = _results_module()
     try:
-        meta = json.loads(first[len(CSV_MAGIC) :])
-    except json.JSONDecodeError as exc:
-        raise CheckError(f"{path}: corrupt header line ({exc.msg})") from None
-    rows = list(csv.DictReader(io.StringIO(rest)))
-    missing = [c for c in (*KEY_COLUMNS, *EXACT_COLUMNS) if rows and c not in rows[0]]
-    if not rows or missing:
-        raise CheckError(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")
-    return meta, rows
+        loaded = results.load(path)
+    except Exception as exc:  # the loader's errors say what is wrong with the file
+        raise CheckError(str(exc)) from None
+    if not loaded.results:
+        raise CheckError(f"{path}: no rows")
+    return loaded.env, [asdict(row) for row in loaded.results]
 
 
-def _keyed(rows: list[dict], where: str) -> dict[tuple, dict]:
-    keyed = {tuple(str(row.get(c) if row.get(c) is not None else "") for c in KEY_COLUMNS): row for row in rows}
-    if len(keyed) != len(rows):
-        raise CheckError(f"{where}: duplicate rows")
-    return keyed
+def _label(row: dict) -> str:
+    return f"{row['module']} {row['backend']} C={row['dim']} {row['height']}x{row['width']}"
 
 
-def _cell(row: dict, column: str) -> str:
-    """A value as the CSV writes it (JSON has typed values: null for an empty cell)."""
-    value = row.get(column)
-    return "" if value is None else str(value)
-
-
-def compare_rows(host: list[dict], container: list[dict], where: str) -> list[str]:
-    """One line per difference in identity or in an exact column; empty when the runs agree."""
-    host_k, cont_k = _keyed(host, "host"), _keyed(container, where)
-    problems = [f"{where}: row {k} only on the host" for k in host_k.keys() - cont_k.keys()]
-    problems += [f"{where}: row {k} only in the container" for k in cont_k.keys() - host_k.keys()]
-    for key in sorted(host_k.keys() & cont_k.keys()):
-        for column in EXACT_COLUMNS:
-            a, b = _cell(host_k[key], column), _cell(cont_k[key], column)
+def compare_rows(host: list[dict], container: list[dict], where: str, keys: Sequence[str]) -> list[str]:
+    """One line per row present on one side only and per exact column that differs; empty when they agree."""
+    host_k = {tuple(row[k] for k in keys): row for row in host}
+    cont_k = {tuple(row[k] for k in keys): row for row in container}
+    if len(host_k) != len(host) or len(cont_k) != len(container):
+        return [f"{where}: duplicate rows"]
+    problems = [f"{where}: {_label(host_k[k])} only on the host" for k in host_k.keys() - cont_k.keys()]
+    problems += [f"{where}: {_label(cont_k[k])} only in the container" for k in cont_k.keys() - host_k.keys()]
+    for key in sorted(host_k.keys() & cont_k.keys(), key=str):
+        a_row, b_row = host_k[key], cont_k[key]
+        for column in exact_columns(a_row):
+            a, b = a_row[column], b_row.get(column)
             if a != b:
-                problems.append(f"{where}: {key[0]} {key[5]} {column}: host {a or '-'}, container {b or '-'}")
+                problems.append(f"{where}: {_label(a_row)} {column}: host {a}, container {b}")
     return problems
 
 
 def compare_reports(host_csv: Path, container_csv: Path, container_json: Path) -> dict:
     """Compare the container's CSV and JSON with the host's CSV; CheckError naming the first differences."""
-    host_meta, host_rows = read_csv_report(host_csv)
-    cont_meta, cont_rows = read_csv_report(container_csv)
-    try:
-        data = json.loads(container_json.read_text(encoding="utf-8"))
-        json_rows = data["results"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckError(f"{container_json}: not a readable attnbench JSON report ({exc})") from None
-    problems = compare_rows(host_rows, cont_rows, "container CSV") + compare_rows(
-        host_rows, json_rows, "container JSON"
-    )
+    keys = _results_module().KEY_FIELDS
+    host_env, host_rows = load_report(host_csv)
+    cont_env, cont_rows = load_report(container_csv)
+    _, json_rows = load_report(container_json)
+    problems = compare_rows(host_rows, cont_rows, "container CSV", keys)
+    problems += compare_rows(host_rows, json_rows, "container JSON", keys)
     if problems:
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckError("; ".join(problems[:3]) + more)
-    ok = sum(row["status"] == "ok" for row in host_rows)
     return {
         "rows": len(host_rows),
-        "ok": ok,
+        "ok": sum(row["status"] == "ok" for row in host_rows),
         "modules": len({row["module"] for row in host_rows}),
         "backends": len({row["backend"] for row in host_rows}),
-        "columns": list(EXACT_COLUMNS),
-        "host_env": host_meta.get("env", {}),
-        "container_env": cont_meta.get("env", {}),
+        "columns": exact_columns(host_rows[0]),
+        "host_env": host_env,
+        "container_env": cont_env,
     }
 
 

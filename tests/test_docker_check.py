@@ -7,6 +7,7 @@ logic it relies on, and keep results/docker_check.md tied to the Dockerfile it b
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import importlib.util
 import json
 import re
@@ -14,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from attnbench import results as R
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "results" / "docker_check.md"
@@ -124,46 +127,65 @@ def test_no_pip_configuration_passes_nothing(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- counts
 
 
-def _row(module: str, backend: str = "cpu", **values: object) -> dict:
-    row = dict.fromkeys(dc.KEY_COLUMNS, "")
-    row.update(module=module, dim="64", height="16", width="16", batch="1", backend=backend, dtype="float32")
-    row.update(threads="1", status="ok", params="100", macs_attnbench="2000", macs_fvcore="1900")
-    row.update(macs_thop="1900", macs_formula="")
-    row.update({k: str(v) for k, v in values.items()})
-    return row
+def _result(module: str, backend: str = "cpu", **values: object) -> R.Result:
+    case = R.Case(module, 64, 16, 16, backend=backend)
+    counts = {"params": 100, "macs_attnbench": 2000, "macs_fvcore": 1900, "macs_thop": 1900, "flops_attnbench": 4000}
+    return R.Result.for_case(case, **(counts | values))
+
+
+def _rows(*results: R.Result) -> list[dict]:
+    return [dataclasses.asdict(r) for r in results]
+
+
+def test_the_exact_columns_are_status_and_every_count() -> None:
+    columns = dc.exact_columns(R.RESULT_FIELDS)
+    assert columns[:2] == ["status", "params"]
+    assert {"macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "flops_attnbench"} <= set(columns)
+    assert not {"latency_median_s", "peak_mem_bytes", "machine", "seconds"} & set(columns)
 
 
 def test_equal_runs_compare_clean() -> None:
-    host = [_row("lka"), _row("lka", "ort")]
-    json_rows = [dict(r, dim=64, macs_formula=None) for r in host]  # JSON is typed: ints, null for empty
-    assert dc.compare_rows(host, [dict(r) for r in host], "container CSV") == []
-    assert dc.compare_rows(host, json_rows, "container JSON") == []
+    rows = _rows(_result("lka"), _result("lka", "ort"))
+    assert dc.compare_rows(rows, _rows(_result("lka"), _result("lka", "ort")), "c", R.KEY_FIELDS) == []
+
+
+def test_timings_and_machine_may_differ() -> None:
+    host = _rows(_result("lka", latency_median_s=0.001, machine="host"))
+    container = _rows(_result("lka", latency_median_s=0.002, machine="container"))
+    assert dc.compare_rows(host, container, "c", R.KEY_FIELDS) == []
 
 
 def test_a_count_difference_names_module_backend_and_column() -> None:
-    problems = dc.compare_rows([_row("lka"), _row("mhsa")], [_row("lka", macs_thop=1901), _row("mhsa")], "c")
-    assert problems == ["c: lka cpu macs_thop: host 1900, container 1901"]
+    host = _rows(_result("lka"), _result("mhsa"))
+    problems = dc.compare_rows(host, _rows(_result("lka", macs_thop=1901), _result("mhsa")), "c", R.KEY_FIELDS)
+    assert problems == ["c: lka cpu C=64 16x16 macs_thop: host 1900, container 1901"]
 
 
-def test_a_missing_row_is_a_difference() -> None:
-    problems = dc.compare_rows([_row("lka"), _row("mhsa")], [_row("lka")], "c")
-    assert len(problems) == 1 and "only on the host" in problems[0] and "mhsa" in problems[0]
+def test_a_missing_row_or_a_status_change_is_a_difference() -> None:
+    host = _rows(_result("lka"), _result("mhsa"))
+    assert dc.compare_rows(host, _rows(_result("lka")), "c", R.KEY_FIELDS) == [
+        "c: mhsa cpu C=64 16x16 only on the host"
+    ]
+    failed = _rows(_result("lka"), _result("mhsa", status="failed"))
+    assert dc.compare_rows(host, failed, "c", R.KEY_FIELDS) == [
+        "c: mhsa cpu C=64 16x16 status: host ok, container failed"
+    ]
 
 
 def test_compare_reports_reads_attnbench_files(tmp_path: Path) -> None:
-    header = "# attnbench-results " + json.dumps({"schema": 1, "env": {"python": "3.11.2"}})
-    rows = [_row("lka"), _row("mhsa", status="invalid", params="", macs_attnbench="")]
-    csv_text = header + "\n" + ",".join(rows[0]) + "\n" + "\n".join(",".join(r.values()) for r in rows) + "\n"
+    rows = [_result("lka"), _result("mhsa", status="invalid", params=None, macs_attnbench=None)]
+    env = {"python": "3.11.2"}
     for name in ("host.csv", "cont.csv"):
-        (tmp_path / name).write_text(csv_text)
-    (tmp_path / "cont.json").write_text(json.dumps({"schema": 1, "results": rows}))
+        R.write_csv(tmp_path / name, rows, env)
+    (tmp_path / "cont.json").write_text(R.json_text(rows, env))
     summary = dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
-    assert (summary["rows"], summary["ok"], summary["modules"]) == (2, 1, 2)
-    (tmp_path / "cont.csv").write_text(csv_text.replace(",100,", ",101,", 1))
-    with pytest.raises(dc.CheckError, match="lka cpu params: host 100, container 101"):
+    assert (summary["rows"], summary["ok"], summary["modules"], summary["backends"]) == (2, 1, 2, 1)
+    assert summary["container_env"] == env
+    (tmp_path / "cont.json").write_text(R.json_text([rows[0], _result("mhsa", status="invalid")], env))
+    with pytest.raises(dc.CheckError, match="container JSON: mhsa cpu C=64 16x16 params: host None, container 100"):
         dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
-    (tmp_path / "cont.csv").write_text("module,dim\nlka,64\n")
-    with pytest.raises(dc.CheckError, match="not an attnbench CSV"):
+    (tmp_path / "cont.csv").write_text("")
+    with pytest.raises(dc.CheckError, match="empty"):
         dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
 
 
@@ -264,7 +286,13 @@ def test_the_record_states_what_the_freshness_test_reads(tmp_path: Path) -> None
         "command": "attnbench compare --all",
         "timings": dict.fromkeys(("tools", "base", "build", "run", "host", "total"), 1.0)
         | {"tools_how": "present", "base_how": "reused"},
-        "comparison": {"rows": 20, "ok": 20, "modules": 10, "backends": 2, "columns": list(dc.EXACT_COLUMNS)},
+        "comparison": {
+            "rows": 20,
+            "ok": 20,
+            "modules": 10,
+            "backends": 2,
+            "columns": dc.exact_columns(R.RESULT_FIELDS),
+        },
         "host_env": env,
         "container_env": env,
         "pip_context": {"mounts": {"/opt/wheels": "/mnt/find-links-1"}, "ca": None, "dropped": [], "torch_index": ""},
