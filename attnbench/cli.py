@@ -747,7 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C."""
     debug = bool(os.environ.get("ATTNBENCH_DEBUG"))
     try:
-        code = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+        args = list(argv) if argv is not None else sys.argv[1:]
+        # Bare `attnbench` (the Docker image's default) asks for the help: print it and exit 0, not 2.
+        code = app(args=args or ["--help"], standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
     except Abort:
