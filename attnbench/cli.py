@@ -29,6 +29,7 @@ from attnbench import results as R
 from attnbench.errors import AttnbenchError, BaselineError, UsageError
 from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
+from attnbench.tables import PIPE_WIDTH
 
 if TYPE_CHECKING:
     from attnbench.runner import RunOptions, RunOutcome
@@ -41,8 +42,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-# Tables are wide: a pipe or a file gets 200 columns rather than rich's default of 80 for non-terminals.
-out = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def stdout_width() -> int | None:
+    """Table width: COLUMNS when set, the terminal's own width (None: rich asks it), else PIPE_WIDTH for a pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else PIPE_WIDTH
+
+
+out = Console(width=stdout_width())
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 
 #: Defaults of `compare`: quick enough for a 2-core CPU in a few minutes, wide enough to show scaling.
@@ -228,64 +238,83 @@ def list_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown module table.")] = False,
 ) -> None:
     """Show the module zoo: name, paper, layout, default kwargs, constraints."""
-    from rich.table import Table
+    from attnbench import catalog
+    from attnbench.tables import KEY, Column, fit, fit_note, render
 
     if markdown:
         from attnbench.report import zoo_markdown
 
         print(zoo_markdown())
         return
+    entries = catalog.zoo()
+    # Name and default kwargs are what a user copies from this table: never cut, they wrap between kwargs.
+    columns = [
+        Column("Name", lambda e: e["name"], KEY, justify="left"),
+        Column("Module (paper)", lambda e: e["title"], LIST_TITLE, justify="left", prose=True),
+        Column("arXiv", lambda e: e["arxiv"], LIST_ARXIV, justify="left"),
+        Column("Layout", _layout_text, LIST_LAYOUT, justify="left", prose=True),
+        Column("Default kwargs", _defaults_text, KEY, justify="left", prose=True),
+        Column("Constraints", _constraints_text, LIST_CONSTRAINTS, justify="left", prose=True),
+    ]
+    fitted = fit(columns, entries, out.width)
+    out.print(render(fitted, entries, "attnbench module zoo"))
+    note = fit_note(out.width, [("", fitted.note())])
+    if note:
+        err.print(f"attnbench: {note}; `attnbench info NAME` shows everything", style="dim", highlight=False)
 
-    table = Table(title="attnbench module zoo", header_style="bold", title_justify="left")
-    for header in ("Name", "Module (paper)", "arXiv", "Layout", "Default kwargs", "Constraints"):
-        table.add_column(header)
-    for name in list_modules():
-        spec = get_spec(name)
-        layout = spec.layout + (", resolution-bound" if spec.resolution_bound else "")
-        kwargs = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        table.add_row(
-            name,
-            spec.title,
-            spec.reference.arxiv,
-            layout,
-            kwargs,
-            "; ".join(c.name for c in spec.constraints) or "-",
-        )
-    out.print(table)
+
+#: How soon `list` drops a column on a narrow terminal (larger: sooner); name and kwargs always stay.
+LIST_LAYOUT, LIST_ARXIV, LIST_TITLE, LIST_CONSTRAINTS = 10, 20, 30, 40
+
+
+def _layout_text(entry: dict[str, Any]) -> str:
+    return entry["layout"] + (", resolution-bound" if entry["resolution_bound"] else "")
+
+
+def _defaults_text(entry: dict[str, Any]) -> str:
+    # One kwarg is one word (no space inside a list), so a narrow column wraps between kwargs.
+    return ", ".join(f"{key}={text.replace(', ', ',')}" for key, text in entry["defaults"]) or "-"
+
+
+def _constraints_text(entry: dict[str, Any]) -> str:
+    return "; ".join(c["name"] for c in entry["constraints"]) or "-"
 
 
 @app.command("info")
 def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     """Everything attnbench knows about one module: reference, kwargs, constraints, notes, formulas."""
-    from attnbench.registry import Setting
+    from attnbench import catalog
 
-    spec = get_spec(name)
-    if spec.adhoc:
-        _info_user(spec)
+    entries = {e["name"]: e for e in catalog.zoo()}
+    if name not in entries:  # a user's module (file.py:Name); an unknown name is refused with suggestions
+        _info_user(get_spec(name))
         return
-    ref = spec.reference
-    out.print(f"[bold]{spec.name}[/bold]: {spec.title}")
-    out.print(f"paper:      {ref.paper} (arXiv {ref.arxiv})")
-    out.print(f"official:   {ref.repo} {ref.file} :: {ref.cls}" + (f" @ {ref.commit}" if ref.commit else ""))
-    out.print(f"layout:     {spec.layout}" + ("  (wrapped to B, C, H, W)" if spec.layout == "tokens" else ""))
-    out.print(f"resolution: {'bound (weights depend on H, W; pass --res)' if spec.resolution_bound else 'any'}")
-    out.print("kwargs:")
-    for key, value in spec.defaults.items():
-        out.print(f"  {key} = {value!r}  {spec.kwarg_help.get(key, '')}")
-    out.print("constraints:")
-    for c in spec.constraints:
-        out.print(f"  {c.name}" + ("  (needs H, W)" if c.needs_resolution else ""))
-    if spec.notes:
-        out.print(f"notes:      {spec.notes}")
-    if spec.examples:
-        ex = spec.examples[0]
-        s = Setting(ex.dim, {**spec.defaults, **ex.kwargs}, ex.res[0], ex.res[1], ex.batch)
-        out.print(
-            f"formulas at C={ex.dim}, {ex.res[0]}x{ex.res[1]}, B={ex.batch}: params = "
-            f"{spec.params_formula(s):,}, MACs = {spec.macs_formula(s):,}"
+    e = entries[name]
+
+    def line(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
+
+    out.print(f"[bold]{e['name']}[/bold]: {e['title']}", highlight=False)
+    line(f"paper:      {e['paper']} (arXiv {e['arxiv']})")
+    line(f"official:   {e['repo']} {e['file']} :: {e['cls']}" + (f" @ {e['commit']}" if e["commit"] else ""))
+    line(f"layout:     {e['layout']}" + ("  (wrapped to B, C, H, W)" if e["layout"] == "tokens" else ""))
+    line(f"resolution: {catalog.resolution_text(e)}")
+    line("kwargs:")
+    for key, text in e["defaults"]:
+        line(f"  {key} = {text}  {e['kwarg_help'].get(key, '')}".rstrip())
+    line("constraints:")
+    for c in e["constraints"]:
+        line(f"  {c['name']}" + ("  (needs H, W)" if c["needs_resolution"] else ""))
+    if e["notes"]:
+        line(f"notes:      {e['notes']}")
+    if e["example"]:
+        ex = e["example"]
+        line(
+            f"formulas at C={ex['dim']}, {ex['res'][0]}x{ex['res'][1]}, B={ex['batch']}: params = "
+            f"{ex['params']:,}, MACs = {ex['macs']:,}"
         )
-    if spec.tags:
-        out.print(f"tags:       {', '.join(spec.tags)}")
+    if e["tags"]:
+        line(f"tags:       {', '.join(e['tags'])}")
 
 
 def _info_user(spec: ModuleSpec) -> None:
@@ -472,7 +501,7 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         from attnbench.plots import plot_scaling
 
         plot_scaling(rows, outputs.plots)
-    report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best)
+    report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best, env)
     if outputs.breakdown:
         print_breakdowns(rows)
     for path in outputs.files:
@@ -733,7 +762,7 @@ def report_cmd(
 
         for path in plot_scaling(merged.results, plots):
             err.print(f"wrote {path}", highlight=False)
-    report.show(merged.results, out, err, outputs.title, outputs.sort)
+    report.show(merged.results, out, err, outputs.title, outputs.sort, env=merged.env)
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
 
@@ -745,6 +774,8 @@ def _error_line(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C."""
+    global out
+    out = Console(width=stdout_width())  # COLUMNS as it is now (tests and wrappers change it between calls)
     debug = bool(os.environ.get("ATTNBENCH_DEBUG"))
     try:
         args = list(argv) if argv is not None else sys.argv[1:]

@@ -12,11 +12,12 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from attnbench.errors import BaselineError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Bumped whenever a column is renamed or its meaning changes. Readers also read the versions in READABLE_SCHEMAS
 #: (columns added since are filled with their defaults).
@@ -173,6 +174,8 @@ _NULLABLE = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS
 
 def to_frame(results: Iterable[Result]) -> pd.DataFrame:
     """Rows as a DataFrame with one column per Result field (nullable ints stay exact)."""
+    import pandas as pd  # here, not at the top: the quick commands (list, info, env) never need pandas
+
     frame = pd.DataFrame([dataclasses.asdict(r) for r in results], columns=list(RESULT_FIELDS))
     for name in _INT_FIELDS:
         frame[name] = frame[name].astype("Int64")
