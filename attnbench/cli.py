@@ -335,13 +335,30 @@ def _info_user(spec: ModuleSpec) -> None:
 
 
 @app.command("env")
-def env_cmd() -> None:
+def env_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Import torch and ONNX Runtime to check each backend, and measure the machine's peak compute and "
+            "bandwidth (a few seconds): the record a run writes.",
+        ),
+    ] = False,
+) -> None:
     """The environment record: versions, devices, and which backends and counters are available."""
     import importlib.util
+    import json
 
-    from attnbench.env import environment
+    from attnbench import env
 
-    record = environment()
+    if probe:
+        record = env.environment(threads=1, peaks=_probe_peaks())
+    else:
+        # From files and package metadata only, so this answers at once; --probe imports and measures.
+        record = env.static_environment()
+        record.update(env.nvidia_smi())
+        record["available_backends"] = env.installed_backends()
     record["available_counters"] = {
         "attnbench": {"available": True, "reason": "built in (dispatch level, meta device)"},
         **{
@@ -352,16 +369,44 @@ def env_cmd() -> None:
             for name, module, dist in (("fvcore", "fvcore", "fvcore"), ("thop", "thop", "ultralytics-thop"))
         },
     }
+    if as_json:
+        print(json.dumps(record, indent=2, default=str))
+        return
     for key, value in record.items():
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
             out.print(f"{key}:", highlight=False)
             for name, info in value.items():
-                mark = "yes" if info.get("available") else "no "
+                mark = {True: "yes", False: "no ", None: "?  "}[info.get("available")]
                 out.print(f"  {name:20s} {mark}  {info.get('reason', '')}", highlight=False)
         elif isinstance(value, dict):
             out.print(f"{key:22s} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False)
+        elif key == "peaks":
+            for p in value:
+                out.print(f"{'peak ' + p['device']:22s} {_peak_text(p)}", highlight=False)
         else:
             out.print(f"{key:22s} {value}", highlight=False)
+    if not probe:
+        err.print("attnbench: backends judged from installed packages; --probe imports and checks them", style="dim")
+
+
+def _probe_peaks() -> list[tuple[str, str, int]]:
+    """The roofs `env --probe` measures: the CPU at 1 thread, and the GPU when there is one."""
+    import torch
+
+    keys = [("cpu", R.DEFAULT_DTYPE, 1)]
+    if torch.cuda.is_available():
+        keys.append(("cuda", R.DEFAULT_DTYPE, 0))
+    return keys
+
+
+def _peak_text(peak: dict[str, Any]) -> str:
+    from attnbench import fmt
+
+    threads = f", {peak['threads']} thread{'s' if peak['threads'] > 1 else ''}" if peak["device"] == "cpu" else ""
+    return (
+        f"{fmt.si(peak['flops_per_s'], 'FLOP/s')}, {fmt.si(peak['bytes_per_s'], 'B/s')} "
+        f"({peak['dtype']}{threads}; ridge {fmt.sig(peak['flops_per_s'] / peak['bytes_per_s'])} FLOP/B)"
+    )
 
 
 def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
@@ -470,6 +515,7 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
     """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130."""
     from attnbench import report
     from attnbench.env import environment, machine_label
+    from attnbench.roofline import key_of
 
     sweep.check(options.measures)
     outputs.check(sweep.backends)
@@ -478,11 +524,13 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         from attnbench.gate import load_baseline
 
         base = load_baseline(gate.baseline)
-    env = environment(threads=max(sweep.threads))
+    cases = sweep.cases()
+    # The roof each timed case runs under (a second or so each, once per run): achieved FLOP/s becomes % of peak.
+    roofs = [key_of(c.backend, c.dtype, c.threads) for c in cases] if "latency" in options.metrics else []
+    env = environment(threads=max(sweep.threads), peaks=roofs)
     # The label goes into the environment too, so `report` can name the rows of a file that lost it.
     env["machine"] = options.machine or machine_label(env)
     options = dataclasses.replace(options, machine=env["machine"])
-    cases = sweep.cases()
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
@@ -500,7 +548,7 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
     if outputs.plots is not None and rows:
         from attnbench.plots import plot_scaling
 
-        plot_scaling(rows, outputs.plots)
+        plot_scaling(rows, outputs.plots, env)
     report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best, env)
     if outputs.breakdown:
         print_breakdowns(rows)
@@ -760,7 +808,7 @@ def report_cmd(
     if plots is not None:
         from attnbench.plots import plot_scaling
 
-        for path in plot_scaling(merged.results, plots):
+        for path in plot_scaling(merged.results, plots, merged.env):
             err.print(f"wrote {path}", highlight=False)
     report.show(merged.results, out, err, outputs.title, outputs.sort, env=merged.env)
     for path in outputs.files:

@@ -279,19 +279,14 @@ def test_plan_order_follows_the_sweep_record_else_zoo_and_ascending_values() -> 
 
 
 def test_plots_draw_one_line_style_per_machine(measured: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import matplotlib.pyplot as plt
-
-    from attnbench.plots import machine_styles, plot_scaling
+    from attnbench.plots import machine_styles, scaling_figures
     from attnbench.report import summary
 
     _other_machine(measured / "a.csv", tmp_path / "b.csv")
     rows = merge.merge([R.load(measured / "a.csv"), R.load(tmp_path / "b.csv")]).results
     assert list(machine_styles(summary(rows)).values()) == ["-", "--"]
     assert machine_styles(summary(R.load(measured / "a.csv").results)) == {}
-    figures = []
-    monkeypatch.setattr(plt, "close", figures.append)  # keep the figures to look at their lines
-    written = plot_scaling(rows, tmp_path / "plots")
-    latency = figures[[p.name for p in written].index("latency_cpu.png")]
+    latency = next(p.figure for p in scaling_figures(rows) if p.name == "latency_cpu.png")
     lines = latency.axes[0].get_lines()
     assert sorted(line.get_linestyle() for line in lines) == ["-", "--"]
     assert len({line.get_color() for line in lines}) == 1  # one module: one colour on both machines
