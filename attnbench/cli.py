@@ -6,9 +6,12 @@ import ast
 import dataclasses
 import os
 import re
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -63,8 +66,9 @@ PROFILE_RES = ("56",)
 #: Seconds of timed calls per case: measurement.md's blocked_autorange(min_run_time=1.0) for stable medians.
 CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
-#: Exit code for a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+#: Exit codes for a run stopped by Ctrl-C or SIGTERM (128 + the signal, as shells report it).
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 # ---------------------------------------------------------------- option parsing
@@ -132,8 +136,10 @@ def parse_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...
 
 def check_outputs(paths: Sequence[Path]) -> list[Path]:
     """Refuse, before measuring, outputs of unknown format, that are directories, or that cannot be written."""
-    checked = []
+    checked: list[Path] = []
     for path in paths:
+        if any(path.resolve() == seen.resolve() for seen in checked):
+            raise UsageError(f"output {path}: given twice")
         if path.suffix not in OUTPUT_SUFFIXES:
             raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json")
         if path.is_dir():
@@ -154,14 +160,28 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
 
 
 def check_plots_dir(path: Path | None) -> None:
-    """Refuse a plots directory that is a file or cannot be created."""
+    """Refuse, before measuring, a plots directory that is a file or cannot be created or written.
+
+    Permission bits lie (root, /proc, read-only mounts), so it is tried: the missing directories are made, a
+    probe file written, and what was made is removed again.
+    """
     if path is None:
         return
     if path.exists() and not path.is_dir():
         raise UsageError(f"--plots {path}: is a file, expected a directory")
-    probe = path if path.exists() else path.parent
-    if not probe.exists() or not os.access(probe, os.W_OK):
-        raise UsageError(f"--plots {path}: cannot create or write this directory")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".attnbench-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--plots {path}: cannot create or write this directory ({exc.strerror})") from None
+    finally:
+        for made in missing:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
 
 
 # ---------------------------------------------------------------- shared options
@@ -173,6 +193,7 @@ ModulesArg = Annotated[
         "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code)."
     ),
 ]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]
 DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
 ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
 BatchOpt = Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep.")]
@@ -411,6 +432,8 @@ def _peak_text(peak: dict[str, Any]) -> str:
 
 def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
     """The modules named, as rows name them (unknown ones refused with suggestions), or the whole zoo with --all."""
+    if all_ and modules:
+        raise UsageError(f"--all runs every module: drop the module names ({', '.join(modules)}) or --all")
     if all_:
         return tuple(list_modules())
     if not modules:
@@ -489,6 +512,18 @@ class Outputs:
     quiet: bool = False
     breakdown: bool = False
 
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on every output file while this run writes them (a second run is refused)."""
+        locks = [R.OutputLock(path) for path in self.files]
+        try:
+            for lock in locks:
+                lock.acquire()
+            yield
+        finally:
+            for lock in locks:
+                lock.release()
+
     def check(self, backends: Sequence[str]) -> None:
         """Refuse, before measuring, outputs and plot directories that cannot be written, and a bad --sort."""
         from attnbench import report
@@ -512,11 +547,7 @@ class GateOptions:
 
 
 def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None = None) -> None:
-    """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130."""
-    from attnbench import report
-    from attnbench.env import environment, machine_label
-    from attnbench.roofline import key_of
-
+    """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130 / 143."""
     sweep.check(options.measures)
     outputs.check(sweep.backends)
     base = None
@@ -524,6 +555,21 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         from attnbench.gate import load_baseline
 
         base = load_baseline(gate.baseline)
+    if options.measures:
+        for warning in sweep.warnings():
+            err.print(f"attnbench: warning: {warning}", style="yellow", highlight=False)
+    with outputs.locked():
+        _run_and_report(sweep, options, outputs, gate, base)
+
+
+def _run_and_report(
+    sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None, base: R.LoadedResults | None
+) -> None:
+    """Run the checked sweep with its outputs locked: rows streamed to files, tables, plots, the gate."""
+    from attnbench import report
+    from attnbench.env import environment, machine_label
+    from attnbench.roofline import key_of
+
     cases = sweep.cases()
     # The roof each timed case runs under (a second or so each, once per run): achieved FLOP/s becomes % of peak.
     roofs = [key_of(c.backend, c.dtype, c.threads) for c in cases] if "latency" in options.metrics else []
@@ -555,8 +601,9 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
     if outcome.interrupted:
-        err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        how, code = _stopped_by()
+        err.print(f"attnbench: {how}: {len(rows)} completed row(s) kept", highlight=False)
+        raise typer.Exit(code)
     # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
     # this machine will run, so it ends like bad input, with the first refusal's reason. A shard of only
     # invalid cases is not bad input: the sweep as a whole has valid cases (Sweep.check), other shards run them.
@@ -567,7 +614,7 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         raise AttnbenchError(f"every case was refused; first: {why}")
     gate_failed = False
     if gate is not None and base is not None:
-        gate_failed = not _gate(rows, base, gate, options)
+        gate_failed = not _gate(rows, base, gate, options, len(outcome.failed))
     if outcome.failed or gate_failed:
         raise typer.Exit(1)
 
@@ -626,8 +673,14 @@ def _geometry_text(case: R.Case) -> str:
     return f"{case.module} C={case.dim} {case.height}x{case.width} B={case.batch}"
 
 
-def _gate(rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, options: RunOptions) -> bool:
-    """Compare the rows with the baseline, print the verdict; True when the gate passes."""
+def _gate(
+    rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, options: RunOptions, failed_cases: int = 0
+) -> bool:
+    """Compare the rows with the baseline, print the verdict; True when the gate passes.
+
+    Everything that can end the run in an error is decided before the verdict is printed, so PASSED is never
+    followed by an error; cases of this run that failed make the printed verdict FAILED, as the exit code is.
+    """
     from attnbench import report
     from attnbench.gate import compare_to_baseline
     from attnbench.runner import run
@@ -646,7 +699,7 @@ def _gate(rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, option
             f"gate: no case of this run is in the baseline {gate.baseline} (it holds {', '.join(held[:6])}"
             f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
         )
-    report.show_gate(verdict, out)
+    report.show_gate(verdict, out, failed_cases)
     return verdict.passed
 
 
@@ -685,6 +738,7 @@ def print_breakdowns(rows: Sequence[R.Result]) -> None:
 @app.command("profile")
 def profile_cmd(
     modules: ModulesArg = None,
+    all_: AllOpt = False,
     dim: DimOpt = None,
     res: ResOpt = None,
     batch: BatchOpt = None,
@@ -710,7 +764,7 @@ def profile_cmd(
 ) -> None:
     """Measure modules over every dim, resolution, batch and backend given; one table, optional reports."""
     sweep = _sweep(
-        _resolve_modules(modules, False),
+        _resolve_modules(modules, all_),
         dim or [64],
         res or list(PROFILE_RES),
         batch or [1],
@@ -728,7 +782,7 @@ def profile_cmd(
 @app.command("compare")
 def compare_cmd(
     modules: ModulesArg = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every module of the zoo.")] = False,
+    all_: AllOpt = False,
     dim: DimOpt = None,
     res: ResOpt = None,
     batch: BatchOpt = None,
@@ -804,7 +858,8 @@ def report_cmd(
     title = f"attnbench report ({paths[0].name})" if len(paths) == 1 else f"attnbench report ({len(paths)} files)"
     outputs = Outputs(tuple(output or ()), plots, title, sort)
     outputs.check(report.backends_of(merged.results))
-    report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
+    with outputs.locked():
+        report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
     if plots is not None:
         from attnbench.plots import plot_scaling
 
@@ -820,20 +875,56 @@ def _error_line(message: str) -> None:
     print(f"attnbench: error: {' '.join(message.split())}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the orderly stop Ctrl-C gets: finished rows kept, temporary files removed."""
+
+
+_stop_signal: int | None = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _stop_signal
+    if _stop_signal is not None:
+        return  # the first one is being handled: let the files be written and the temporaries removed
+    _stop_signal = signum
+    raise Terminated
+
+
+def _stopped_by() -> tuple[str, int]:
+    """What stopped the run and its exit code: 128 + the signal, as shells report it."""
+    if _stop_signal == signal.SIGTERM:
+        return "terminated (SIGTERM)", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C."""
-    global out
+    """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C,
+    143 for SIGTERM."""
+    global out, _stop_signal
     out = Console(width=stdout_width())  # COLUMNS as it is now (tests and wrappers change it between calls)
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if not args:  # bare `attnbench`: the help, as a success
+        args = ["--help"]
+    _stop_signal = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _main(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str]) -> int:
     debug = bool(os.environ.get("ATTNBENCH_DEBUG"))
     try:
-        args = list(argv) if argv is not None else sys.argv[1:]
-        # Bare `attnbench` (the Docker image's default) asks for the help: print it and exit 0, not 2.
-        code = app(args=args or ["--help"], standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
-    except Abort:
-        err.print("attnbench: interrupted")
-        return EXIT_INTERRUPTED
+    except (Abort, KeyboardInterrupt):
+        how, code = _stopped_by()
+        err.print(f"attnbench: {how}", highlight=False)
+        return code
     except ClickUsageError as exc:
         _error_line(exc.format_message())
         return 2
@@ -842,9 +933,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error_line(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("attnbench: interrupted")
-        return EXIT_INTERRUPTED
     # With standalone_mode off, click returns the code of a typer.Exit instead of raising it.
     return code if isinstance(code, int) else 0
 

@@ -698,8 +698,8 @@ def case_text(row: Result) -> str:
     return text + (f" {row.kwargs}" if row.kwargs else "")
 
 
-def show_gate(verdict: Verdict, console: Console) -> None:
-    """Print what changed against the baseline and the gate's outcome."""
+def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
+    """Print what changed against the baseline and the gate's outcome (FAILED too when cases of the run failed)."""
     if verdict.latency_note:
         console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
     if verdict.changes:
@@ -709,10 +709,11 @@ def show_gate(verdict: Verdict, console: Console) -> None:
         for c in verdict.changes:
             table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
         console.print(table)
-    outcome = "[green]PASSED[/green]" if verdict.passed else "[red]FAILED[/red]"
+    outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
     console.print(
         f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
         f"{sum(c.failing for c in verdict.changes)} failing change(s)"
+        + (f", {failed_cases} case(s) of this run failed" if failed_cases else "")
     )
 
 

@@ -96,6 +96,18 @@ class Sweep:
         values.pop("shard")
         return json.loads(json.dumps(values, default=str))
 
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant: more threads than this process may use."""
+        from attnbench.env import usable_cores
+
+        cores = usable_cores()
+        return [
+            f"--threads {t} exceeds the {cores} usable core(s): the threads share cores, so its timings measure "
+            "oversubscription rather than parallel speed"
+            for t in self.threads
+            if t > cores
+        ]
+
     def check(self, measures: bool = True) -> None:
         """Refuse, before anything runs, values no case could use; `measures`: latency or memory was asked for."""
         if not self.modules:
