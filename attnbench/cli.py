@@ -63,6 +63,8 @@ COMPARE_DIM = 64
 COMPARE_RES = ("14", "28", "56")
 COMPARE_BACKENDS = ("cpu", "ort")
 PROFILE_RES = ("56",)
+#: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
+BREAKDOWN_DEPTH = 3
 #: Seconds of timed calls per case: measurement.md's blocked_autorange(min_run_time=1.0) for stable medians.
 CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
@@ -511,6 +513,7 @@ class Outputs:
     highlight_best: bool = False
     quiet: bool = False
     breakdown: bool = False
+    depth: int = BREAKDOWN_DEPTH  # submodule levels of the breakdown
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -597,7 +600,7 @@ def _run_and_report(
         plot_scaling(rows, outputs.plots, env)
     report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best, env)
     if outputs.breakdown:
-        print_breakdowns(rows)
+        print_breakdowns(rows, outputs.depth)
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
     if outcome.interrupted:
@@ -703,35 +706,42 @@ def _gate(
     return verdict.passed
 
 
-def print_breakdowns(rows: Sequence[R.Result]) -> None:
-    """Params per child, and the attnbench counter's MACs per operator and submodule, for each geometry."""
+def print_breakdowns(rows: Sequence[R.Result], depth: int = BREAKDOWN_DEPTH) -> None:
+    """For each geometry: params, MACs and FLOPs per nested submodule down to `depth` (as fvcore's
+    flop_count_table), then the attnbench counter's MACs per operator and what it saw but did not count."""
     import json
 
     import torch
+    from rich.measure import Measurement
 
+    from attnbench import fmt
     from attnbench.adapters import TokensToImage
-    from attnbench.counting import count_macs, count_params
+    from attnbench.counting import breakdown_table, count_macs, count_params
     from attnbench.registry import build_module
 
     seen = set()
     for row in rows:
-        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout)
+        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout, row.mode)
         if key in seen or row.status == R.INVALID:
             continue
         seen.add(key)
         kwargs = json.loads(row.kwargs) if row.kwargs else {}
         with torch.device("meta"):  # counts need shapes only: no weights are allocated
             module = build_module(row.module, row.dim, (row.height, row.width), kwargs, row.layout)
-        report = count_macs(module, (row.batch, row.dim, row.height, row.width))
-        # A token-layout module sits inside the (B, C, H, W) adapter: break down the module itself.
-        params = count_params(module.inner if isinstance(module, TokensToImage) else module)
-        out.print(f"\n[bold]{row.module}[/bold] C={row.dim} {row.height}x{row.width} B={row.batch}")
+        report = count_macs(module, (row.batch, row.dim, row.height, row.width), mode=row.mode)
+        params = count_params(module)
+        # A token-layout module sits inside the (B, C, H, W) adapter: the adapter is not a level of its own.
+        levels = depth + (1 if isinstance(module, TokensToImage) else 0)
+        title = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch}: per submodule, depth {depth}"
+        table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title)
+        if Measurement.get(out, out.options, table).maximum > out.width:  # class names give way first
+            table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title, types=False)
+        out.print()
+        out.print(table)
         out.print(
             f"params {params.total:,} (trainable {params.trainable:,}; buffers, not counted: {params.buffers:,})",
             highlight=False,
         )
-        for child, n in params.by_module.items():
-            out.print(f"  {child:45s} {n:>15,}", highlight=False)
         out.print(report.format(), markup=False, highlight=False)
 
 
@@ -759,8 +769,15 @@ def profile_cmd(
     shard: ShardOpt = None,
     label: LabelOpt = None,
     breakdown: Annotated[
-        bool, typer.Option("--breakdown", help="Also print attnbench's per-operator and per-submodule MACs.")
+        bool,
+        typer.Option(
+            "--breakdown", help="Also print params, MACs and FLOPs per nested submodule, and MACs per operator."
+        ),
     ] = False,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", help=f"Submodule levels --breakdown shows (default {BREAKDOWN_DEPTH}; 0: the whole)."),
+    ] = None,
 ) -> None:
     """Measure modules over every dim, resolution, batch and backend given; one table, optional reports."""
     sweep = _sweep(
@@ -775,7 +792,10 @@ def profile_cmd(
         shard,
         layout,
     )
-    outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown)
+    if depth is not None and (not breakdown or depth < 0):
+        raise UsageError(f"--depth {depth}: " + ("must be >= 0" if breakdown else "only with --breakdown"))
+    levels = BREAKDOWN_DEPTH if depth is None else depth
+    outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown, levels)
     _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force, label), outputs)
 
 

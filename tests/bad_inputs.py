@@ -53,6 +53,8 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("plots-is-file", ["profile", "lka", "--plots", "{tmp}/file.txt"], "--plots"),
     ("plots-uncreatable", ["profile", "lka", "--plots", "/proc/attnbench-plots"], "--plots"),
     ("all-and-names", ["profile", "lka", "--all"], "--all"),
+    ("depth-without-breakdown", ["profile", "lka", "--depth", "2"], "--breakdown"),
+    ("depth-negative", ["profile", "lka", "--breakdown", "--depth", "-1"], "--depth"),
     ("output-twice", ["profile", "lka", "-o", "{tmp}/twice.csv", "-o", "{tmp}/twice.csv"], "given twice"),
     ("baseline-missing", ["compare", "lka", "--baseline", "{tmp}/none.csv"], "no such file"),
     ("baseline-empty", ["compare", "lka", "--baseline", "{tmp}/empty.csv"], "empty"),

@@ -263,3 +263,48 @@ def test_env_probe_measures_the_roof(capsys: pytest.CaptureFixture[str]) -> None
     (cpu,) = [p for p in record["peaks"] if p["device"] == "cpu"]
     assert cpu["flops_per_s"] > 1e8 and cpu["bytes_per_s"] > 1e7 and cpu["threads"] == 1
     assert record["allocator"]["pinned"] is True
+
+
+def _breakdown_rows(out: str) -> dict[str, list[str]]:
+    """Module name -> its other cells, from the breakdown table printed after the summary (first one of a name)."""
+    lines = out[out.index("per submodule") :].splitlines()
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_breakdown_depth_shows_nested_submodules_with_params_and_macs(
+    depth: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from attnbench import fmt
+    from attnbench.counting import count_macs
+
+    monkeypatch.setenv("COLUMNS", "120")
+    argv = f"profile sk --dim 32 --res 8 --metrics params,macs --breakdown --depth {depth} --quiet".split()
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    rows = _breakdown_rows(out)
+    with torch.device("meta"):
+        sk = attnbench.build("sk", 32)
+    macs = count_macs(sk, (1, 32, 8, 8))
+    assert rows["model"][:4] == ["SKAttention", fmt.si(91_680), fmt.si(macs.macs), fmt.si(macs.flops)]
+    convs = sum(p.numel() for p in sk.convs.parameters())
+    assert rows["convs"][:3] == ["ModuleList", fmt.si(convs), fmt.si(macs.by_module_nested["convs"])]
+    assert ("3" in rows) == (depth == 2)  # convs.3, the 7x7 branch, is one level deeper (listed before fcs.3)
+    if depth == 2:
+        assert rows["3"][2] == fmt.si(32 * 32 * 7 * 7 * 8 * 8)  # its conv: C x C x k^2 x H x W MACs
+
+
+def test_depth_needs_breakdown_and_a_level(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, *"profile sk --depth 2".split(), *COUNTS)
+    assert code == 2 and "only with --breakdown" in err
+    code, _, err = run(capsys, *"profile sk --breakdown --depth -1".split(), *COUNTS)
+    assert code == 2 and "must be >= 0" in err
