@@ -281,9 +281,9 @@ def list_cmd(
     ]
     fitted = fit(columns, entries, out.width)
     out.print(render(fitted, entries, "attnbench module zoo"))
-    note = fit_note(out.width, [("", fitted.note())])
+    note = fit_note(out.width, [("", fitted)], " or `attnbench info NAME`")
     if note:
-        err.print(f"attnbench: {note}; `attnbench info NAME` shows everything", style="dim", highlight=False)
+        err.print(f"attnbench: {note}", style="dim", highlight=False)
 
 
 #: How soon `list` drops a column on a narrow terminal (larger: sooner); name and kwargs always stay.

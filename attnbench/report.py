@@ -20,7 +20,7 @@ from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
 from attnbench.specs import SOURCE_HASH_DIGITS
-from attnbench.tables import KEY, Column, fit, fit_note, render
+from attnbench.tables import KEY, Column, Fitted, fit, fit_note, render
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -289,7 +289,7 @@ def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
         full,
         priority,
         short=Column(f"{b} [{unit}]", short, P_SPREAD, key=key, meta={"best": True}),
-        short_name=f"{b} ±IQR",
+        short_name="±IQR",
         key=key,
         meta={"best": True},
     )
@@ -379,11 +379,11 @@ def rich_table(
     highlight_best: bool = False,
     width: int | None = None,
     env: Mapping[str, Any] | None = None,
-) -> tuple[Table, str | None]:
-    """The summary as a rich Table fitted to `width` (None: every column), and the note on what it left out."""
+) -> tuple[Table, Fitted]:
+    """The summary as a rich Table fitted to `width` (None: every column), and what the fitting left out."""
     table = with_machine_aliases(summary(results), results)
     if table.empty:
-        return Table(title=title), None
+        return Table(title=title), fit([], [], width)
     if sort_by:
         table = sort_summary(table, sort_by)
     cols = _columns(table, backends_of(results), peaks_of(env or {}), sort_by)
@@ -402,7 +402,7 @@ def rich_table(
             return "yellow"
         return ""
 
-    return render(fitted, rows, title, style), fitted.note()
+    return render(fitted, rows, title, style), fitted
 
 
 def _scaling_columns(frame: pd.DataFrame) -> list[Column]:
@@ -427,14 +427,14 @@ def _scaling_columns(frame: pd.DataFrame) -> list[Column]:
     return cols
 
 
-def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[Table, str | None] | None:
-    """Rich table of exponents x in cost ~ N^x fitted to `width`, and its note; None without two resolutions."""
+def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[Table, Fitted] | None:
+    """Rich table of exponents x in cost ~ N^x fitted to `width`, and what it left out; None without two resolutions."""
     frame = with_machine_aliases(scaling(results), results)
     if frame.empty:
         return None
     rows = [r for _, r in frame.iterrows()]
     fitted = fit(_scaling_columns(frame), rows, width)
-    return render(fitted, rows, "Scaling: x in cost ~ N^x, N = H*W"), fitted.note()
+    return render(fitted, rows, "Scaling: x in cost ~ N^x, N = H*W"), fitted
 
 
 SORT_KEYS = {"params": "params", "macs": "macs_attnbench", "module": "module"}
@@ -651,19 +651,19 @@ def show(
     """Print the summary and scaling tables on `out`, fitted to its width; on `err`, what a narrow terminal left
     out, the cases that did not complete and the convention."""
     width = out.width
-    table, note = rich_table(rows, title, sort_by, highlight_best, width, env)
+    table, fitted = rich_table(rows, title, sort_by, highlight_best, width, env)
     out.print(table)
-    notes = [("", note)]
+    fits = [("", fitted)]
     scale = scaling_table(rows, width)
     if scale is not None:
         out.print(scale[0])
-        notes.append(("scaling table ", scale[1]))
+        fits.append(("scaling table: ", scale[1]))
     cross = cross_hardware_table(rows)
     if cross is not None:
         out.print(cross)
     for line in machines_legend(rows):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
-    line = fit_note(width, notes)
+    line = fit_note(width, fits)
     if line:
         err.print(f"attnbench: {line}", style="dim", markup=False, highlight=False, soft_wrap=True)
     for row in rows:

@@ -55,23 +55,26 @@ class Fitted:
     hidden: list[str]
     shortened: list[str]
     width: int | None
+    #: How wide the table is with every column in full.
+    full_width: int = 0
 
     def note(self) -> str | None:
-        """What a narrow terminal left out ("hidden: fvcore÷ours; without ±IQR"), None when nothing was."""
+        """What a narrow terminal left out ("hidden: fvcore÷ours; no ±IQR"), None when nothing was."""
         parts = []
         if self.hidden:
-            parts.append("hidden: " + ", ".join(self.hidden))
+            parts.append("hidden " + ", ".join(self.hidden))
         if self.shortened:
-            parts.append("without " + ", ".join(self.shortened))
+            parts.append("no " + ", ".join(dict.fromkeys(self.shortened)))
         return "; ".join(parts) or None
 
 
-def fit_note(width: int | None, notes: Sequence[tuple[str, str | None]]) -> str | None:
-    """One line for every table a command printed: what `width` columns left out, and how to see it all."""
-    parts = [f"{name}{note}" for name, note in notes if note]
+def fit_note(width: int | None, tables: Sequence[tuple[str, Fitted]], elsewhere: str = " or -o FILE.md") -> str | None:
+    """One line for every table a command printed: what `width` columns left out, and how wide shows it all."""
+    parts = [f"{name}{fitted.note()}" for name, fitted in tables if fitted.note()]
     if not parts:
         return None
-    return f"{width} columns: " + "; ".join(parts) + " (widen the terminal, set COLUMNS, or write -o FILE.md)"
+    full = max(fitted.full_width for _, fitted in tables)
+    return f"{width} columns: " + "; ".join(parts) + f" (COLUMNS={full}{elsewhere} shows all)"
 
 
 def _min_width(column: Column, rows: Sequence[Any]) -> int:
@@ -136,7 +139,7 @@ def fit(columns: Sequence[Column], rows: Sequence[Any], width: int | None) -> Fi
     hidden: list[tuple[int, str]] = []
     shortened: list[str] = []
     if width is None:
-        return Fitted(list(columns), [], shortened, width)
+        return Fitted(list(columns), [], shortened, width, table_width(columns, rows))
     steps: list[tuple[int, int, str]] = []
     for index, column in enumerate(columns):
         if column.priority > KEY:
@@ -158,8 +161,9 @@ def fit(columns: Sequence[Column], rows: Sequence[Any], width: int | None) -> Fi
         elif column.short is not None and column is columns[index]:
             chosen[index] = replace(column.short, priority=column.priority, short=None)
             shortened.append(column.short_name or column.header)
+    full = table_width(columns, rows)
     # The note lists them in reading order.
-    return Fitted([c for c in chosen if c is not None], [h for _, h in sorted(hidden)], shortened[::-1], width)
+    return Fitted([c for c in chosen if c is not None], [h for _, h in sorted(hidden)], shortened[::-1], width, full)
 
 
 def render(

@@ -85,9 +85,12 @@ def test_narrow_tables_say_what_they_left_out_in_one_line() -> None:
     _, err = render_summary(rows, 80)
     notes = [line for line in err.splitlines() if "80 columns" in line]
     assert len(notes) == 1
-    assert "hidden: " in notes[0] and "fvcore÷ours" in notes[0] and "±IQR" in notes[0]
-    wide, err = render_summary(rows, 400)
+    assert "hidden " in notes[0] and "fvcore÷ours" in notes[0] and "no ±IQR" in notes[0]
+    full = int(notes[0].rsplit("COLUMNS=", 1)[1].split()[0])
+    assert notes[0].endswith(f"(COLUMNS={full} or -o FILE.md shows all)")
+    wide, err = render_summary(rows, full)  # the width the note names shows everything
     assert "columns:" not in err
+    assert "columns:" in render_summary(rows, full - 1)[1]
     headers, _ = parse(wide)
     assert {"fvcore÷ours", "thop÷ours", "ORT max|Δ|", "FLOPs", "cpu GFLOP/s", "cpu % peak"} <= set(headers)
     assert "cpu [ms] med±IQR" in headers  # units picked from the column: 10.2 s among milliseconds
