@@ -499,9 +499,13 @@ def markdown(
             "timing (IQR/median > 10%), `!` one taken while other processes used more than 5% of a core. "
             "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
             "`under`/`over`: the counter differs from "
-            f"attnbench's by more than {RATIO_TOLERANCE:.0%}. "
-            "FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not counted); "
-            "% peak: of the machine's measured peak compute (below)."
+            f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
+            + (
+                " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
+                "counted); % peak: of the machine's measured peak compute (below)."
+                if any("FLOP/s" in c.header for c in cols)
+                else ""
+            )
         )
         lines.append("")
         lines += _roof_markdown(peaks)
