@@ -162,3 +162,23 @@ def test_piped_output_honours_columns_and_defaults_to_120(monkeypatch: pytest.Mo
     assert cli.stdout_width() == 77
     monkeypatch.delenv("COLUMNS")
     assert cli.stdout_width() == 120  # pytest's stdout is not a terminal
+
+
+def test_best_value_among_modules_at_one_setting_is_highlighted() -> None:
+    rows = [r for r in sample_results() if r.height == 28]
+    table, fitted = report.rich_table(rows, highlight_best=True, width=400)
+    headers = [c.header for c in fitted.columns]
+    latency = table.columns[headers.index("cpu [ms] med±IQR")]
+    modules = [str(c) for c in table.columns[0]._cells]
+    styles = {m: cell.style for m, cell in zip(modules, latency._cells, strict=True)}
+    fastest = min((r for r in rows if r.backend == "cpu" and r.ok), key=lambda r: r.latency_median_s)
+    assert styles[fastest.module] == "bold green"
+    assert [m for m, s in styles.items() if s == "bold green"] == [fastest.module]
+
+
+def test_one_status_when_every_backend_ended_alike() -> None:
+    table = report.summary(sample_results())
+    got = {(r["module"], r["height"]): r["status"] for _, r in table.iterrows()}
+    assert got[("clo", 14)] == "invalid"  # refused on cpu and ort alike: said once
+    assert got[("mhsa", 56)] == "ort: failed"  # only ORT failed: which one
+    assert got[("acmix", 14)] == "ok"
