@@ -199,7 +199,7 @@ def _has(table: pd.DataFrame, column: str) -> bool:
 
 
 def _columns(
-    table: pd.DataFrame, backends: Sequence[str], peaks: Sequence[Peak] = (), sort_by: str | None = None
+    table: pd.DataFrame, backends: Sequence[str], roofs: Roofs | None = None, sort_by: str | None = None
 ) -> list[Column]:
     """The summary table's columns, each with its unit in the header and its priority on a narrow terminal."""
     head = headline(table, backends, sort_by)
@@ -248,7 +248,7 @@ def _columns(
     for i, b in enumerate(backends):
         if _has(table, f"latency_{b}_s"):
             cols.append(_latency_column(table, b, priority(f"latency_{b}_s", P_OTHER_LATENCY + i)))
-    cols += _roofline_columns(table, backends, peaks)
+    cols += _roofline_columns(table, backends, roofs or {})
     if _has(table, "parity_max_abs"):
         cols.append(Column("ORT max|Δ|", lambda r: fmt.sci(r.get("parity_max_abs")), P_PARITY, key="parity_max_abs"))
     cols.append(Column("Status", lambda r: str(r["status"]), justify="left", wrap=True, key="status"))
@@ -295,8 +295,22 @@ def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
     )
 
 
-def _row_peak(r: Mapping[str, Any], b: str, peaks: Sequence[Peak]) -> Peak | None:
+#: The measured roofs of each machine of a report, by label and by alias (M1, ...); "" for a one-machine report.
+Roofs = Mapping[str, Sequence[Peak]]
+
+
+def roofs_by_machine(results: Sequence[Result], env: Mapping[str, Any] | None) -> dict[str, list[Peak]]:
+    """Each machine's measured roofs (a merged report keeps an environment per machine)."""
+    env = env or {}
+    roofs: dict[str, list[Peak]] = {"": peaks_of(env)}
+    for m in machines_of(results, env):
+        roofs[m.label] = roofs[m.alias] = peaks_of(m.env)
+    return roofs
+
+
+def _row_peak(r: Mapping[str, Any], b: str, roofs: Roofs) -> Peak | None:
     threads = r.get("threads")
+    peaks = roofs.get(str(r.get("machine") or ""), roofs.get("", []))
     return peak_for(peaks, b, str(r.get("dtype") or R.DEFAULT_DTYPE), 1 if fmt.missing(threads) else int(threads))
 
 
@@ -305,7 +319,7 @@ def achieved(r: Mapping[str, Any], b: str) -> float | None:
     return rate(r.get("flops_attnbench"), r.get(f"latency_{b}_s"))
 
 
-def _roofline_columns(table: pd.DataFrame, backends: Sequence[str], peaks: Sequence[Peak]) -> list[Column]:
+def _roofline_columns(table: pd.DataFrame, backends: Sequence[str], roofs: Roofs) -> list[Column]:
     """Achieved FLOP/s per backend and its share of the machine's measured peak (where FLOPs were counted)."""
     if not _has(table, "flops_attnbench"):
         return []
@@ -318,13 +332,13 @@ def _roofline_columns(table: pd.DataFrame, backends: Sequence[str], peaks: Seque
         cols.append(
             Column(f"{b} {unit}", lambda r, b=b, factor=factor: fmt.in_unit(achieved(r, b), factor), P_ACHIEVED + i)
         )
-        if any(_row_peak(r, b, peaks) for _, r in table.iterrows()):
-            cols.append(Column(f"{b} % peak", lambda r, b=b: _peak_share(r, b, peaks), P_PEAK_SHARE + i))
+        if any(_row_peak(r, b, roofs) for _, r in table.iterrows()):
+            cols.append(Column(f"{b} % peak", lambda r, b=b: _peak_share(r, b, roofs), P_PEAK_SHARE + i))
     return cols
 
 
-def _peak_share(r: Mapping[str, Any], b: str, peaks: Sequence[Peak]) -> str:
-    peak, value = _row_peak(r, b, peaks), achieved(r, b)
+def _peak_share(r: Mapping[str, Any], b: str, roofs: Roofs) -> str:
+    peak, value = _row_peak(r, b, roofs), achieved(r, b)
     return fmt.MISSING if peak is None or value is None else fmt.percent(value / peak.flops_per_s)
 
 
@@ -386,7 +400,7 @@ def rich_table(
         return Table(title=title), fit([], [], width)
     if sort_by:
         table = sort_summary(table, sort_by)
-    cols = _columns(table, backends_of(results), peaks_of(env or {}), sort_by)
+    cols = _columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
     rows = [r for _, r in table.iterrows()]
     fitted = fit(cols, rows, width)
     setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
@@ -487,8 +501,7 @@ def markdown(
     else:
         if sort_by:
             table = sort_summary(table, sort_by)
-        peaks = peaks_of(env)
-        cols = _columns(table, backends_of(results), peaks, sort_by)
+        cols = _columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
         lines.append("| " + " | ".join(_md_escape(c.header) for c in cols) + " |")
         lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
         for _, r in table.iterrows():
@@ -508,7 +521,7 @@ def markdown(
             )
         )
         lines.append("")
-        lines += _roof_markdown(peaks)
+        lines += _roof_markdown(results, env)
         lines += machines_markdown(results, env)
         frame = with_machine_aliases(scaling(results), results)
         if not frame.empty:
@@ -577,23 +590,30 @@ def _sources_markdown(results: Sequence[Result]) -> list[str]:
     return [*lines, ""]
 
 
-def _roof_markdown(peaks: Sequence[Peak]) -> list[str]:
-    """The measured roof of the machine as a small Markdown table (nothing when the run did not measure it)."""
-    if not peaks:
+def _roof_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The measured roof of each machine as a small Markdown table (nothing when no run measured one)."""
+    machines = machines_of(results, env)
+    named = [(m.alias, peaks_of(m.env)) for m in machines] if len(machines) > 1 else [("", peaks_of(env))]
+    if not any(peaks for _, peaks in named):
         return []
+    several = len(named) > 1
     lines = [
         "## Machine roof",
         "",
-        "| device | dtype | threads | peak compute [GFLOP/s] | bandwidth [GB/s] | ridge [FLOP/B] |",
-        "|---|---|---:|---:|---:|---:|",
+        "| "
+        + ("machine | " if several else "")
+        + "device | dtype | threads | peak compute [GFLOP/s] | bandwidth [GB/s] | ridge [FLOP/B] |",
+        "|" + ("---|" if several else "") + "---|---|---:|---:|---:|---:|",
     ]
-    for p in peaks:
-        threads = str(p.threads) if p.device == "cpu" else "-"
-        lines.append(
-            f"| {p.device} | {p.dtype} | {threads} | {fmt.sig(p.flops_per_s / 1e9)} | "
-            f"{fmt.sig(p.bytes_per_s / 1e9)} | {fmt.sig(p.ridge)} |"
-        )
-    return [*lines, "", f"Measured as the {peaks[0].method}.", ""]
+    for alias, peaks in named:
+        for p in peaks:
+            threads = str(p.threads) if p.device == "cpu" else "-"
+            lines.append(
+                "| " + (f"{alias} | " if several else "") + f"{p.device} | {p.dtype} | {threads} | "
+                f"{fmt.sig(p.flops_per_s / 1e9)} | {fmt.sig(p.bytes_per_s / 1e9)} | {fmt.sig(p.ridge)} |"
+            )
+    method = next(p.method for _, peaks in named for p in peaks)
+    return [*lines, "", f"Measured as the {method}.", ""]
 
 
 def zoo_markdown() -> str:
@@ -662,9 +682,10 @@ def show(
     if scale is not None:
         out.print(scale[0])
         fits.append(("scaling table: ", scale[1]))
-    cross = cross_hardware_table(rows)
+    cross = cross_hardware_table(rows, width)
     if cross is not None:
-        out.print(cross)
+        out.print(cross[0])
+        fits.append(("machines table: ", cross[1]))
     for line in machines_legend(rows):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
     line = fit_note(width, fits)
@@ -753,22 +774,39 @@ def cross_hardware(results: Sequence[Result]) -> tuple[pd.DataFrame, list[Machin
     return pd.DataFrame(rows), machines
 
 
-def _cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[tuple[str, Any]]:
-    """(header, cell function) for each column of the cross-hardware table."""
-    cols: list[tuple[str, Any]] = [
-        ("Module", lambda r: str(r["module"])),
-        ("C", lambda r: str(int(r["dim"]))),
-        ("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}"),
+def _cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[Column]:
+    """The cross-hardware table's columns: the case, each machine's median latency, each machine over the first."""
+    cols = [
+        Column("Module", lambda r: str(r["module"]), justify="left", wrap=True),
+        Column("C", lambda r: str(int(r["dim"]))),
+        Column("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}"),
     ]
-    cols += [(VARYING[k], lambda r, k=k: identity_text(k, r[k])) for k in varying(frame) if k != "machine"]
-    cols.append(("backend", lambda r: str(r["backend"])))
-    cols += [(f"{m.alias} [ms]", lambda r, a=m.alias: fmt.in_unit(r[f"latency_{a}_s"], 1e-3)) for m in machines]
-    first = machines[0].alias
     cols += [
-        (f"{m.alias}÷{first}", lambda r, a=m.alias: "-" if not _present(r[f"ratio_{a}"]) else f"{r[f'ratio_{a}']:.2f}")
-        for m in machines[1:]
+        Column(VARYING[k], lambda r, k=k: identity_text(k, r[k]), justify="left" if k == "kwargs" else "right")
+        for k in varying(frame)
+        if k != "machine"
+    ]
+    cols.append(Column("backend", lambda r: str(r["backend"]), justify="left"))
+    unit, factor = _cross_unit(frame, machines)
+    for i, m in enumerate(machines):
+        cols.append(
+            Column(
+                f"{m.alias} [{unit}]",
+                lambda r, a=m.alias, f=factor: fmt.in_unit(r[f"latency_{a}_s"], f),
+                KEY if i == 0 else P_OTHER_LATENCY + i,
+            )
+        )
+    first = machines[0].alias
+    # A ratio is what this table is for: it goes only after the other machines' own latencies.
+    cols += [
+        Column(f"{m.alias}÷{first}", lambda r, a=m.alias: fmt.ratio(r[f"ratio_{a}"]), P_MACS) for m in machines[1:]
     ]
     return cols
+
+
+def _cross_unit(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> tuple[str, float]:
+    """One time unit for every machine's column, so they read side by side."""
+    return fmt.pick_unit([v for m in machines for v in frame[f"latency_{m.alias}_s"]], fmt.TIME_UNITS)
 
 
 CROSS_NOTE = (
@@ -784,10 +822,10 @@ def cross_hardware_markdown(results: Sequence[Result], env: Mapping[str, Any]) -
         return []
     cols = _cross_columns(frame, machines)
     lines = ["## Across machines", "", CROSS_NOTE, ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h, _ in cols) + " |")
-    lines.append("|" + "|".join("---" if h in ("Module", "backend") else "---:" for h, _ in cols) + "|")
+    lines.append("| " + " | ".join(_md_escape(c.header) for c in cols) + " |")
+    lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(_md_escape(fn(r)) for _, fn in cols) + " |")
+        lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
     return [*lines, ""]
 
 
@@ -818,22 +856,18 @@ def with_machine_aliases(frame: pd.DataFrame, results: Sequence[Result]) -> pd.D
     return frame.assign(machine=frame["machine"].map(lambda label: aliases.get(label, label)))
 
 
-def cross_hardware_table(results: Sequence[Result]) -> Group | None:
-    """The cross-hardware view as a rich Table (machines named by show's legend); None with fewer than two."""
+def cross_hardware_table(results: Sequence[Result], width: int | None = None) -> tuple[Group, Fitted] | None:
+    """The cross-hardware view as a rich Table fitted to `width` (machines named by show's legend), and what
+    the fitting left out; None with fewer than two machines."""
     frame, machines = cross_hardware(results)
     if frame.empty:
         return None
-    out = Table(
-        title=Text("Across machines: median latency [ms]"),
-        header_style="bold",
-        title_justify="left",
-    )
     cols = _cross_columns(frame, machines)
-    for header, _ in cols:
-        out.add_column(Text(header), justify="left" if header in ("Module", "backend") else "right", no_wrap=True)
-    for _, r in frame.iterrows():
-        out.add_row(*(fn(r) for _, fn in cols))
-    return Group(out, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)"))
+    rows = [r for _, r in frame.iterrows()]
+    fitted = fit(cols, rows, width)
+    unit, _ = _cross_unit(frame, machines)
+    table = render(fitted, rows, f"Across machines: median latency [{unit}]")
+    return Group(table, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)")), fitted
 
 
 def environment_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:

@@ -173,7 +173,8 @@ def render(
     style: Callable[[Column, Any, str], str] | None = None,
 ) -> Table:
     """The fitted columns as a rich Table, each as wide as `allot` says; nothing is ever cut with an ellipsis."""
-    table = Table(title=title, header_style="bold", title_justify="left")
+    # A title is text, not markup: "[ms]" in it is a unit, not a style.
+    table = Table(title=None if title is None else Text(title), header_style="bold", title_justify="left")
     widths = allot(fitted.columns, rows, fitted.width)
     for i, column in enumerate(fitted.columns):
         table.add_column(

@@ -105,3 +105,21 @@ def test_plot_files_are_written_and_readable(tmp_path: Path) -> None:
 def test_no_rows_no_plots(tmp_path: Path) -> None:
     rows: list[Result] = []
     assert plots.plot_scaling(rows, tmp_path / "p") == []
+
+
+def test_merged_machines_each_sit_under_their_own_roof() -> None:
+    rows = [dataclasses.replace(r, machine=m) for m in ("A", "B") for r in sample_results() if r.module == "acmix"]
+    fast = {**ENV["peaks"][0], "flops_per_s": 3e11}  # machine B's matmul peak is twice A's
+    env = {"machines": {"A": ENV, "B": {**ENV, "peaks": [fast]}}}
+    lines = report.markdown(rows, env).splitlines()
+    header = [c.strip() for c in lines[2].strip("|").split("|")]
+    share = header.index("cpu % peak")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:10]]
+    by_machine = {(c[header.index("machine")], c[2]): float(c[share].rstrip("%")) for c in cells}
+    for res in ("14x14", "28x28", "56x56"):
+        assert by_machine[("M1", res)] == pytest.approx(2 * by_machine[("M2", res)], rel=0.01)
+    (plot,) = plots.roofline_figures(rows, env)
+    (ax,) = plot.figure.axes
+    roofs = [line for line in ax.get_lines() if line.get_color() == "black"]
+    assert sorted(max(line.get_ydata()) for line in roofs) == pytest.approx([150, 300])
+    assert sorted(line.get_linestyle() for line in roofs) == ["-", "--"]  # one line style per machine

@@ -182,3 +182,21 @@ def test_one_status_when_every_backend_ended_alike() -> None:
     assert got[("clo", 14)] == "invalid"  # refused on cpu and ort alike: said once
     assert got[("mhsa", 56)] == "ort: failed"  # only ORT failed: which one
     assert got[("acmix", 14)] == "ok"
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_merged_machines_fit_too(width: int) -> None:
+    import dataclasses
+
+    rows = [
+        dataclasses.replace(r, machine=m)
+        for m in ("Xeon, torch 2.13", "EPYC 7763, torch 2.13")
+        for r in sample_results()
+    ]
+    text, err = render_summary(rows, width)
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
+    cross = text[text.index("Across machines") :]
+    headers, cells = parse(cross)
+    assert headers[:4] == ["Module", "C", "H x W", "backend"] and headers[4].startswith("M1 [")
+    assert len(cells) == len([r for r in sample_results() if r.machine == "" and r.latency_median_s is not None])
+    assert all(c[0] and c[1] == "64" and c[4] for c in cells)
