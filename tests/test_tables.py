@@ -193,7 +193,7 @@ def test_merged_machines_fit_too(width: int) -> None:
         for m in ("Xeon, torch 2.13", "EPYC 7763, torch 2.13")
         for r in sample_results()
     ]
-    text, err = render_summary(rows, width)
+    text, _ = render_summary(rows, width)
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= width
     cross = text[text.index("Across machines") :]
     headers, cells = parse(cross)
