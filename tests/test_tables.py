@@ -200,3 +200,24 @@ def test_merged_machines_fit_too(width: int) -> None:
     assert headers[:4] == ["Module", "C", "H x W", "backend"] and headers[4].startswith("M1 [")
     assert len(cells) == len([r for r in sample_results() if r.machine == "" and r.latency_median_s is not None])
     assert all(c[0] and c[1] == "64" and c[4] for c in cells)
+
+
+def test_reference_results_fit_80_columns(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13's done-when: every module, resolution, params and status at 80 columns; pandas reads the CSV."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from attnbench import results as R
+
+    path = Path(__file__).resolve().parent.parent / "results" / "compare-cpu.csv"
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, "report", str(path))
+    assert code == 0 and "…" not in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    headers, cells = parse(out)
+    table = report.summary(R.load(path).results)
+    got = [(c[headers.index("Module")], c[headers.index("H x W")], c[headers.index("Status")]) for c in cells]
+    assert got == [(r["module"], f"{r['height']}x{r['width']}", r["status"]) for _, r in table.iterrows()]
+    assert [c[headers.index("Params")] for c in cells] == [fmt.si(p) for p in table["params"]]
+    assert len(pd.read_csv(path)) == len(R.load(path).results)
