@@ -1,4 +1,8 @@
-"""Turn rows into views: the summary table, scaling exponents, rich tables and Markdown. Formatting lives only here."""
+"""Turn rows into views: the summary table, scaling exponents, rich tables and Markdown.
+
+Numbers are printed by attnbench.fmt (the one formatter) and tables fitted to the terminal by attnbench.tables:
+each column here declares its priority (P_*), so a new column slots in without touching the fitting.
+"""
 
 from __future__ import annotations
 
