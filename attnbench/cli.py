@@ -6,9 +6,12 @@ import ast
 import dataclasses
 import os
 import re
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,13 +25,13 @@ except ImportError:  # pragma: no cover
     from click.exceptions import Abort, Exit
     from click.exceptions import UsageError as ClickUsageError
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from attnbench import __version__
 from attnbench import results as R
 from attnbench.errors import AttnbenchError, BaselineError, UsageError
 from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
+from attnbench.tables import PIPE_WIDTH
 
 if TYPE_CHECKING:
     from attnbench.runner import RunOptions, RunOutcome
@@ -41,8 +44,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-# Tables are wide: a pipe or a file gets 200 columns rather than rich's default of 80 for non-terminals.
-out = Console(width=None if sys.stdout.isatty() else 200)
+
+
+def stdout_width() -> int | None:
+    """Table width: COLUMNS when set, the terminal's own width (None: rich asks it), else PIPE_WIDTH for a pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else PIPE_WIDTH
+
+
+out = Console(width=stdout_width())
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: no wrapping at 80 columns
 
 #: Defaults of `compare`: quick enough for a 2-core CPU in a few minutes, wide enough to show scaling.
@@ -50,11 +62,14 @@ COMPARE_DIM = 64
 COMPARE_RES = ("14", "28", "56")
 COMPARE_BACKENDS = ("cpu", "ort")
 PROFILE_RES = ("56",)
+#: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
+BREAKDOWN_DEPTH = 3
 #: Seconds of timed calls per case: measurement.md's blocked_autorange(min_run_time=1.0) for stable medians.
 CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
-#: Exit code for a run stopped by Ctrl-C (128 + SIGINT, as shells report it).
+#: Exit codes for a run stopped by Ctrl-C or SIGTERM (128 + the signal, as shells report it).
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 
 # ---------------------------------------------------------------- option parsing
@@ -122,8 +137,10 @@ def parse_list(text: str, allowed: Sequence[str], option: str) -> tuple[str, ...
 
 def check_outputs(paths: Sequence[Path]) -> list[Path]:
     """Refuse, before measuring, outputs of unknown format, that are directories, or that cannot be written."""
-    checked = []
+    checked: list[Path] = []
     for path in paths:
+        if any(path.resolve() == seen.resolve() for seen in checked):
+            raise UsageError(f"output {path}: given twice")
         if path.suffix not in OUTPUT_SUFFIXES:
             raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json")
         if path.is_dir():
@@ -144,14 +161,28 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
 
 
 def check_plots_dir(path: Path | None) -> None:
-    """Refuse a plots directory that is a file or cannot be created."""
+    """Refuse, before measuring, a plots directory that is a file or cannot be created or written.
+
+    Permission bits lie (root, /proc, read-only mounts), so it is tried: the missing directories are made, a
+    probe file written, and what was made is removed again.
+    """
     if path is None:
         return
     if path.exists() and not path.is_dir():
         raise UsageError(f"--plots {path}: is a file, expected a directory")
-    probe = path if path.exists() else path.parent
-    if not probe.exists() or not os.access(probe, os.W_OK):
-        raise UsageError(f"--plots {path}: cannot create or write this directory")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".attnbench-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--plots {path}: cannot create or write this directory ({exc.strerror})") from None
+    finally:
+        for made in missing:  # deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
 
 
 # ---------------------------------------------------------------- shared options
@@ -163,6 +194,7 @@ ModulesArg = Annotated[
         "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code)."
     ),
 ]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]
 DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
 ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
 BatchOpt = Annotated[list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep.")]
@@ -228,64 +260,83 @@ def list_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown module table.")] = False,
 ) -> None:
     """Show the module zoo: name, paper, layout, default kwargs, constraints."""
-    from rich.table import Table
+    from attnbench import catalog
+    from attnbench.tables import KEY, Column, fit, fit_note, render
 
     if markdown:
         from attnbench.report import zoo_markdown
 
         print(zoo_markdown())
         return
+    entries = catalog.zoo()
+    # Name and default kwargs are what a user copies from this table: never cut, they wrap between kwargs.
+    columns = [
+        Column("Name", lambda e: e["name"], KEY, justify="left"),
+        Column("Module (paper)", lambda e: e["title"], LIST_TITLE, justify="left", prose=True),
+        Column("arXiv", lambda e: e["arxiv"], LIST_ARXIV, justify="left"),
+        Column("Layout", _layout_text, LIST_LAYOUT, justify="left", prose=True),
+        Column("Default kwargs", _defaults_text, KEY, justify="left", prose=True),
+        Column("Constraints", _constraints_text, LIST_CONSTRAINTS, justify="left", prose=True),
+    ]
+    fitted = fit(columns, entries, out.width)
+    out.print(render(fitted, entries, "attnbench module zoo"))
+    note = fit_note(out.width, [("", fitted)], " or `attnbench info NAME`")
+    if note:
+        err.print(f"attnbench: {note}", style="dim", highlight=False)
 
-    table = Table(title="attnbench module zoo", header_style="bold", title_justify="left")
-    for header in ("Name", "Module (paper)", "arXiv", "Layout", "Default kwargs", "Constraints"):
-        table.add_column(header)
-    for name in list_modules():
-        spec = get_spec(name)
-        layout = spec.layout + (", resolution-bound" if spec.resolution_bound else "")
-        kwargs = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        table.add_row(
-            name,
-            spec.title,
-            spec.reference.arxiv,
-            layout,
-            kwargs,
-            "; ".join(c.name for c in spec.constraints) or "-",
-        )
-    out.print(table)
+
+#: How soon `list` drops a column on a narrow terminal (larger: sooner); name and kwargs always stay.
+LIST_LAYOUT, LIST_ARXIV, LIST_TITLE, LIST_CONSTRAINTS = 10, 20, 30, 40
+
+
+def _layout_text(entry: dict[str, Any]) -> str:
+    return entry["layout"] + (", resolution-bound" if entry["resolution_bound"] else "")
+
+
+def _defaults_text(entry: dict[str, Any]) -> str:
+    # One kwarg is one word (no space inside a list), so a narrow column wraps between kwargs.
+    return ", ".join(f"{key}={text.replace(', ', ',')}" for key, text in entry["defaults"]) or "-"
+
+
+def _constraints_text(entry: dict[str, Any]) -> str:
+    return "; ".join(c["name"] for c in entry["constraints"]) or "-"
 
 
 @app.command("info")
 def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     """Everything attnbench knows about one module: reference, kwargs, constraints, notes, formulas."""
-    from attnbench.registry import Setting
+    from attnbench import catalog
 
-    spec = get_spec(name)
-    if spec.adhoc:
-        _info_user(spec)
+    entries = {e["name"]: e for e in catalog.zoo()}
+    if name not in entries:  # a user's module (file.py:Name); an unknown name is refused with suggestions
+        _info_user(get_spec(name))
         return
-    ref = spec.reference
-    out.print(f"[bold]{spec.name}[/bold]: {spec.title}")
-    out.print(f"paper:      {ref.paper} (arXiv {ref.arxiv})")
-    out.print(f"official:   {ref.repo} {ref.file} :: {ref.cls}" + (f" @ {ref.commit}" if ref.commit else ""))
-    out.print(f"layout:     {spec.layout}" + ("  (wrapped to B, C, H, W)" if spec.layout == "tokens" else ""))
-    out.print(f"resolution: {'bound (weights depend on H, W; pass --res)' if spec.resolution_bound else 'any'}")
-    out.print("kwargs:")
-    for key, value in spec.defaults.items():
-        out.print(f"  {key} = {value!r}  {spec.kwarg_help.get(key, '')}")
-    out.print("constraints:")
-    for c in spec.constraints:
-        out.print(f"  {c.name}" + ("  (needs H, W)" if c.needs_resolution else ""))
-    if spec.notes:
-        out.print(f"notes:      {spec.notes}")
-    if spec.examples:
-        ex = spec.examples[0]
-        s = Setting(ex.dim, {**spec.defaults, **ex.kwargs}, ex.res[0], ex.res[1], ex.batch)
-        out.print(
-            f"formulas at C={ex.dim}, {ex.res[0]}x{ex.res[1]}, B={ex.batch}: params = "
-            f"{spec.params_formula(s):,}, MACs = {spec.macs_formula(s):,}"
+    e = entries[name]
+
+    def line(text: str) -> None:
+        out.print(text, markup=False, highlight=False)
+
+    out.print(f"[bold]{e['name']}[/bold]: {e['title']}", highlight=False)
+    line(f"paper:      {e['paper']} (arXiv {e['arxiv']})")
+    line(f"official:   {e['repo']} {e['file']} :: {e['cls']}" + (f" @ {e['commit']}" if e["commit"] else ""))
+    line(f"layout:     {e['layout']}" + ("  (wrapped to B, C, H, W)" if e["layout"] == "tokens" else ""))
+    line(f"resolution: {catalog.resolution_text(e)}")
+    line("kwargs:")
+    for key, text in e["defaults"]:
+        line(f"  {key} = {text}  {e['kwarg_help'].get(key, '')}".rstrip())
+    line("constraints:")
+    for c in e["constraints"]:
+        line(f"  {c['name']}" + ("  (needs H, W)" if c["needs_resolution"] else ""))
+    if e["notes"]:
+        line(f"notes:      {e['notes']}")
+    if e["example"]:
+        ex = e["example"]
+        line(
+            f"formulas at C={ex['dim']}, {ex['res'][0]}x{ex['res'][1]}, B={ex['batch']}: params = "
+            f"{ex['params']:,}, MACs = {ex['macs']:,}"
         )
-    if spec.tags:
-        out.print(f"tags:       {', '.join(spec.tags)}")
+    if e["tags"]:
+        line(f"tags:       {', '.join(e['tags'])}")
 
 
 def _info_user(spec: ModuleSpec) -> None:
@@ -306,13 +357,30 @@ def _info_user(spec: ModuleSpec) -> None:
 
 
 @app.command("env")
-def env_cmd() -> None:
+def env_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    probe: Annotated[
+        bool,
+        typer.Option(
+            "--probe",
+            help="Import torch and ONNX Runtime to check each backend, and measure the machine's peak compute and "
+            "bandwidth (a few seconds): the record a run writes.",
+        ),
+    ] = False,
+) -> None:
     """The environment record: versions, devices, and which backends and counters are available."""
     import importlib.util
+    import json
 
-    from attnbench.env import environment
+    from attnbench import env
 
-    record = environment()
+    if probe:
+        record = env.environment(threads=1, peaks=_probe_peaks())
+    else:
+        # From files and package metadata only, so this answers at once; --probe imports and measures.
+        record = env.static_environment()
+        record.update(env.nvidia_smi())
+        record["available_backends"] = env.installed_backends()
     record["available_counters"] = {
         "attnbench": {"available": True, "reason": "built in (dispatch level, meta device)"},
         **{
@@ -323,20 +391,50 @@ def env_cmd() -> None:
             for name, module, dist in (("fvcore", "fvcore", "fvcore"), ("thop", "thop", "ultralytics-thop"))
         },
     }
+    if as_json:
+        print(json.dumps(record, indent=2, default=str))
+        return
     for key, value in record.items():
         if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
             out.print(f"{key}:", highlight=False)
             for name, info in value.items():
-                mark = "yes" if info.get("available") else "no "
+                mark = {True: "yes", False: "no ", None: "?  "}[info.get("available")]
                 out.print(f"  {name:20s} {mark}  {info.get('reason', '')}", highlight=False)
         elif isinstance(value, dict):
             out.print(f"{key:22s} " + ", ".join(f"{k}={v}" for k, v in value.items()), highlight=False)
+        elif key == "peaks":
+            for p in value:
+                out.print(f"{'peak ' + p['device']:22s} {_peak_text(p)}", highlight=False)
         else:
             out.print(f"{key:22s} {value}", highlight=False)
+    if not probe:
+        err.print("attnbench: backends judged from installed packages; --probe imports and checks them", style="dim")
+
+
+def _probe_peaks() -> list[tuple[str, str, int]]:
+    """The roofs `env --probe` measures: the CPU at 1 thread, and the GPU when there is one."""
+    import torch
+
+    keys = [("cpu", R.DEFAULT_DTYPE, 1)]
+    if torch.cuda.is_available():
+        keys.append(("cuda", R.DEFAULT_DTYPE, 0))
+    return keys
+
+
+def _peak_text(peak: dict[str, Any]) -> str:
+    from attnbench import fmt
+
+    threads = f", {peak['threads']} thread{'s' if peak['threads'] > 1 else ''}" if peak["device"] == "cpu" else ""
+    return (
+        f"{fmt.si(peak['flops_per_s'], 'FLOP/s')}, {fmt.si(peak['bytes_per_s'], 'B/s')} "
+        f"({peak['dtype']}{threads}; ridge {fmt.sig(peak['flops_per_s'] / peak['bytes_per_s'])} FLOP/B)"
+    )
 
 
 def _resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
     """The modules named, as rows name them (unknown ones refused with suggestions), or the whole zoo with --all."""
+    if all_ and modules:
+        raise UsageError(f"--all runs every module: drop the module names ({', '.join(modules)}) or --all")
     if all_:
         return tuple(list_modules())
     if not modules:
@@ -414,6 +512,19 @@ class Outputs:
     highlight_best: bool = False
     quiet: bool = False
     breakdown: bool = False
+    depth: int = BREAKDOWN_DEPTH  # submodule levels of the breakdown
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold an exclusive lock on every output file while this run writes them (a second run is refused)."""
+        locks = [R.OutputLock(path) for path in self.files]
+        try:
+            for lock in locks:
+                lock.acquire()
+            yield
+        finally:
+            for lock in locks:
+                lock.release()
 
     def check(self, backends: Sequence[str]) -> None:
         """Refuse, before measuring, outputs and plot directories that cannot be written, and a bad --sort."""
@@ -438,10 +549,7 @@ class GateOptions:
 
 
 def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None = None) -> None:
-    """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130."""
-    from attnbench import report
-    from attnbench.env import environment, machine_label
-
+    """Check everything, run the sweep (rows streamed to files), show the tables, gate; exit 0 / 1 / 2 / 130 / 143."""
     sweep.check(options.measures)
     outputs.check(sweep.backends)
     base = None
@@ -449,11 +557,28 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         from attnbench.gate import load_baseline
 
         base = load_baseline(gate.baseline)
-    env = environment(threads=max(sweep.threads))
+    if options.measures:
+        for warning in sweep.warnings():
+            err.print(f"attnbench: warning: {warning}", style="yellow", highlight=False)
+    with outputs.locked():
+        _run_and_report(sweep, options, outputs, gate, base)
+
+
+def _run_and_report(
+    sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None, base: R.LoadedResults | None
+) -> None:
+    """Run the checked sweep with its outputs locked: rows streamed to files, tables, plots, the gate."""
+    from attnbench import report
+    from attnbench.env import environment, machine_label
+    from attnbench.roofline import key_of
+
+    cases = sweep.cases()
+    # The roof each timed case runs under (a second or so each, once per run): achieved FLOP/s becomes % of peak.
+    roofs = [key_of(c.backend, c.dtype, c.threads) for c in cases] if "latency" in options.metrics else []
+    env = environment(threads=max(sweep.threads), peaks=roofs)
     # The label goes into the environment too, so `report` can name the rows of a file that lost it.
     env["machine"] = options.machine or machine_label(env)
     options = dataclasses.replace(options, machine=env["machine"])
-    cases = sweep.cases()
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
@@ -471,15 +596,16 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
     if outputs.plots is not None and rows:
         from attnbench.plots import plot_scaling
 
-        plot_scaling(rows, outputs.plots)
-    report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best)
+        plot_scaling(rows, outputs.plots, env)
+    report.show(rows, out, err, outputs.title, outputs.sort, outputs.highlight_best, env)
     if outputs.breakdown:
-        print_breakdowns(rows)
+        print_breakdowns(rows, outputs.depth)
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
     if outcome.interrupted:
-        err.print(f"attnbench: interrupted: {len(rows)} completed row(s) kept")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        how, code = _stopped_by()
+        err.print(f"attnbench: {how}: {len(rows)} completed row(s) kept", highlight=False)
+        raise typer.Exit(code)
     # Nothing ran because every case was refused (guarded, skipped, invalid): the input asked for nothing
     # this machine will run, so it ends like bad input, with the first refusal's reason. A shard of only
     # invalid cases is not bad input: the sweep as a whole has valid cases (Sweep.check), other shards run them.
@@ -490,7 +616,7 @@ def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gat
         raise AttnbenchError(f"every case was refused; first: {why}")
     gate_failed = False
     if gate is not None and base is not None:
-        gate_failed = not _gate(rows, base, gate, options)
+        gate_failed = not _gate(rows, base, gate, options, len(outcome.failed))
     if outcome.failed or gate_failed:
         raise typer.Exit(1)
 
@@ -524,6 +650,8 @@ def _run_with_progress(
     def describe(case: R.Case) -> str:
         return _geometry_text(case) + (f" {case.backend}" if options.measures else "")
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -549,8 +677,14 @@ def _geometry_text(case: R.Case) -> str:
     return f"{case.module} C={case.dim} {case.height}x{case.width} B={case.batch}"
 
 
-def _gate(rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, options: RunOptions) -> bool:
-    """Compare the rows with the baseline, print the verdict; True when the gate passes."""
+def _gate(
+    rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, options: RunOptions, failed_cases: int = 0
+) -> bool:
+    """Compare the rows with the baseline, print the verdict; True when the gate passes.
+
+    Everything that can end the run in an error is decided before the verdict is printed, so PASSED is never
+    followed by an error; cases of this run that failed make the printed verdict FAILED, as the exit code is.
+    """
     from attnbench import report
     from attnbench.gate import compare_to_baseline
     from attnbench.runner import run
@@ -569,45 +703,53 @@ def _gate(rows: list[R.Result], base: R.LoadedResults, gate: GateOptions, option
             f"gate: no case of this run is in the baseline {gate.baseline} (it holds {', '.join(held[:6])}"
             f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
         )
-    report.show_gate(verdict, out)
+    report.show_gate(verdict, out, failed_cases)
     return verdict.passed
 
 
-def print_breakdowns(rows: Sequence[R.Result]) -> None:
-    """Params per child, and the attnbench counter's MACs per operator and submodule, for each geometry."""
+def print_breakdowns(rows: Sequence[R.Result], depth: int = BREAKDOWN_DEPTH) -> None:
+    """For each geometry: params, MACs and FLOPs per nested submodule down to `depth` (as fvcore's
+    flop_count_table), then the attnbench counter's MACs per operator and what it saw but did not count."""
     import json
 
     import torch
+    from rich.measure import Measurement
 
+    from attnbench import fmt
     from attnbench.adapters import TokensToImage
-    from attnbench.counting import count_macs, count_params
+    from attnbench.counting import breakdown_table, count_macs, count_params
     from attnbench.registry import build_module
 
     seen = set()
     for row in rows:
-        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout)
+        key = (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout, row.mode)
         if key in seen or row.status == R.INVALID:
             continue
         seen.add(key)
         kwargs = json.loads(row.kwargs) if row.kwargs else {}
         with torch.device("meta"):  # counts need shapes only: no weights are allocated
             module = build_module(row.module, row.dim, (row.height, row.width), kwargs, row.layout)
-        report = count_macs(module, (row.batch, row.dim, row.height, row.width))
-        # A token-layout module sits inside the (B, C, H, W) adapter: break down the module itself.
-        params = count_params(module.inner if isinstance(module, TokensToImage) else module)
-        out.print(f"\n[bold]{row.module}[/bold] C={row.dim} {row.height}x{row.width} B={row.batch}")
+        report = count_macs(module, (row.batch, row.dim, row.height, row.width), mode=row.mode)
+        params = count_params(module)
+        # A token-layout module sits inside the (B, C, H, W) adapter: the adapter is not a level of its own.
+        levels = depth + (1 if isinstance(module, TokensToImage) else 0)
+        title = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch}: per submodule, depth {depth}"
+        table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title)
+        if Measurement.get(out, out.options, table).maximum > out.width:  # class names give way first
+            table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title, types=False)
+        out.print()
+        out.print(table)
         out.print(
             f"params {params.total:,} (trainable {params.trainable:,}; buffers, not counted: {params.buffers:,})",
             highlight=False,
         )
-        for child, n in params.by_module.items():
-            out.print(f"  {child:45s} {n:>15,}", highlight=False)
         out.print(report.format(), markup=False, highlight=False)
 
 
 @app.command("profile")
 def profile_cmd(
     modules: ModulesArg = None,
+    all_: AllOpt = False,
     dim: DimOpt = None,
     res: ResOpt = None,
     batch: BatchOpt = None,
@@ -628,12 +770,19 @@ def profile_cmd(
     shard: ShardOpt = None,
     label: LabelOpt = None,
     breakdown: Annotated[
-        bool, typer.Option("--breakdown", help="Also print attnbench's per-operator and per-submodule MACs.")
+        bool,
+        typer.Option(
+            "--breakdown", help="Also print params, MACs and FLOPs per nested submodule, and MACs per operator."
+        ),
     ] = False,
+    depth: Annotated[
+        int | None,
+        typer.Option("--depth", help=f"Submodule levels --breakdown shows (default {BREAKDOWN_DEPTH}; 0: the whole)."),
+    ] = None,
 ) -> None:
     """Measure modules over every dim, resolution, batch and backend given; one table, optional reports."""
     sweep = _sweep(
-        _resolve_modules(modules, False),
+        _resolve_modules(modules, all_),
         dim or [64],
         res or list(PROFILE_RES),
         batch or [1],
@@ -644,14 +793,17 @@ def profile_cmd(
         shard,
         layout,
     )
-    outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown)
+    if depth is not None and (not breakdown or depth < 0):
+        raise UsageError(f"--depth {depth}: " + ("must be >= 0" if breakdown else "only with --breakdown"))
+    levels = BREAKDOWN_DEPTH if depth is None else depth
+    outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown, levels)
     _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force, label), outputs)
 
 
 @app.command("compare")
 def compare_cmd(
     modules: ModulesArg = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every module of the zoo.")] = False,
+    all_: AllOpt = False,
     dim: DimOpt = None,
     res: ResOpt = None,
     batch: BatchOpt = None,
@@ -727,13 +879,14 @@ def report_cmd(
     title = f"attnbench report ({paths[0].name})" if len(paths) == 1 else f"attnbench report ({len(paths)} files)"
     outputs = Outputs(tuple(output or ()), plots, title, sort)
     outputs.check(report.backends_of(merged.results))
-    report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
+    with outputs.locked():
+        report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
     if plots is not None:
         from attnbench.plots import plot_scaling
 
-        for path in plot_scaling(merged.results, plots):
+        for path in plot_scaling(merged.results, plots, merged.env):
             err.print(f"wrote {path}", highlight=False)
-    report.show(merged.results, out, err, outputs.title, outputs.sort)
+    report.show(merged.results, out, err, outputs.title, outputs.sort, env=merged.env)
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
 
@@ -743,18 +896,59 @@ def _error_line(message: str) -> None:
     print(f"attnbench: error: {' '.join(message.split())}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the orderly stop Ctrl-C gets: finished rows kept, temporary files removed."""
+
+
+_stop_signal: int | None = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _stop_signal
+    if _stop_signal is not None:
+        return  # the first one is being handled: let the files be written and the temporaries removed
+    _stop_signal = signum
+    raise Terminated
+
+
+def _stopped_by() -> tuple[str, int]:
+    """What stopped the run and its exit code: 128 + the signal, as shells report it."""
+    if _stop_signal == signal.SIGTERM:
+        return "terminated (SIGTERM)", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C."""
+    """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C,
+    143 for SIGTERM."""
+    global out, _stop_signal
+    out = Console(width=stdout_width())  # COLUMNS as it is now (tests and wrappers change it between calls)
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if not args:  # bare `attnbench`: the help, as a success
+        args = ["--help"]
+    if args == ["--version"]:  # answered before typer builds its parsers (a third of a second)
+        out.print(f"attnbench {__version__}", highlight=False)
+        return 0
+    _stop_signal = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _main(args)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str]) -> int:
     debug = bool(os.environ.get("ATTNBENCH_DEBUG"))
     try:
-        args = list(argv) if argv is not None else sys.argv[1:]
-        # Bare `attnbench` (the Docker image's default) asks for the help: print it and exit 0, not 2.
-        code = app(args=args or ["--help"], standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except Exit as exc:
         return exc.exit_code
-    except Abort:
-        err.print("attnbench: interrupted")
-        return EXIT_INTERRUPTED
+    except (Abort, KeyboardInterrupt):
+        how, code = _stopped_by()
+        err.print(f"attnbench: {how}", highlight=False)
+        return code
     except ClickUsageError as exc:
         _error_line(exc.format_message())
         return 2
@@ -763,9 +957,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         _error_line(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
-        err.print("attnbench: interrupted")
-        return EXIT_INTERRUPTED
     # With standalone_mode off, click returns the code of a typer.Exit instead of raising it.
     return code if isinstance(code, int) else 0
 

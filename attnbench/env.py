@@ -1,4 +1,9 @@
-"""The environment record written beside every result: machine, versions, threads, allocator, backends."""
+"""The environment record written beside every result: machine, versions, threads, allocator, backends, roof.
+
+`static_environment()` reads only files, package metadata and `git`, so `attnbench env` answers without
+importing torch; `environment()` adds what needs torch and ONNX Runtime (threads, allocator, backend probes,
+GPU) and, when asked, the machine's measured peak compute and bandwidth (attnbench.roofline).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,12 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
+from attnbench.roofline import PeakKey
 
 #: Distributions whose versions go into the record (thop ships as ultralytics-thop).
 _VERSIONS = {
@@ -78,38 +83,41 @@ def git_commit() -> str:
 
 def gpu_info() -> dict[str, Any]:
     """GPU name, driver and CUDA versions, or Nones without a GPU."""
+    import torch
+
     info: dict[str, Any] = {"gpu": None, "gpu_driver": None, "cuda": torch.version.cuda}
     if not torch.cuda.is_available():
         return info
     info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     info["gpu_count"] = torch.cuda.device_count()
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,power.draw", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-            first = out.stdout.strip().splitlines()[0].split(", ") if out.stdout.strip() else []
-            if first:
-                info["gpu_driver"] = first[0]
-                info["gpu_sm_clock"] = first[1] if len(first) > 1 else None
-                info["gpu_power_draw"] = first[2] if len(first) > 2 else None
-        except (OSError, subprocess.SubprocessError, IndexError):
-            pass
+    smi = nvidia_smi()
+    info["gpu_driver"] = smi.get("gpu_driver")
+    info["gpu_sm_clock"] = smi.get("gpu_sm_clock")
+    info["gpu_power_draw"] = smi.get("gpu_power_draw")
     return info
 
 
-def environment(threads: int = 1) -> dict[str, Any]:
-    """A flat, JSON-ready record of the machine and software a result was measured with.
+def nvidia_smi() -> dict[str, Any]:
+    """The first GPU's name, driver, SM clock and power draw from nvidia-smi ({} without it)."""
+    if not shutil.which("nvidia-smi"):
+        return {}
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,power.draw", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    first = out.stdout.strip().splitlines()[0].split(", ") if out.stdout.strip() else []
+    keys = ("gpu", "gpu_driver", "gpu_sm_clock", "gpu_power_draw")
+    return dict(zip(keys, first, strict=False))
 
-    `threads` is the intra-op thread count the run uses (1 unless asked). Calling this pins the allocator
-    (attnbench.memory.pin_allocator, once per process), so the settings recorded are the ones measured with.
-    """
+
+def static_environment() -> dict[str, Any]:
+    """The part of the record that needs neither torch nor ONNX Runtime: machine, versions, git commit."""
     import attnbench
-    from attnbench.backends import available_backends
-    from attnbench.memory import pin_allocator
 
     record: dict[str, Any] = {
         "attnbench": attnbench.__version__,
@@ -120,14 +128,58 @@ def environment(threads: int = 1) -> dict[str, Any]:
         "cpu_model": cpu_model(),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
-        "threads": threads,
-        "torch_default_threads": torch.get_num_threads(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
     }
     record.update({name: _version(dists) for name, dists in _VERSIONS.items()})
+    return record
+
+
+def installed_backends() -> dict[str, dict[str, object]]:
+    """Each backend judged from the installed packages alone (no import): "available" is None when only
+    probing can tell (a CUDA build of torch, onnxruntime-gpu: is there a GPU?)."""
+    torch_v, onnx_v = _version(("torch",)), _version(("onnx",))
+    ort_v, ort_gpu = _version(("onnxruntime", "onnxruntime-gpu")), _version(("onnxruntime-gpu",))
+    probe = "`attnbench env --probe` checks for a GPU"
+    out: dict[str, dict[str, object]] = {
+        "cpu": {"available": torch_v is not None, "reason": f"torch {torch_v or 'not installed'}"},
+    }
+    if torch_v is None or "+cpu" in torch_v:
+        out["cuda"] = {"available": False, "reason": f"this torch build ({torch_v}) has no CUDA support"}
+    else:
+        out["cuda"] = {"available": None, "reason": f"torch {torch_v} is a CUDA build; {probe}"}
+    if ort_v is None or onnx_v is None:
+        out["ort"] = {"available": False, "reason": f"needs onnxruntime and onnx (have {ort_v}, {onnx_v})"}
+    else:
+        out["ort"] = {"available": True, "reason": f"onnxruntime {ort_v} CPUExecutionProvider, onnx {onnx_v}"}
+    if ort_gpu is None:
+        out["ort-cuda"] = {"available": False, "reason": f"onnxruntime {ort_v} is the CPU build (no onnxruntime-gpu)"}
+    else:
+        out["ort-cuda"] = {"available": None, "reason": f"onnxruntime-gpu {ort_gpu}; {probe}"}
+    return out
+
+
+def environment(threads: int = 1, peaks: Iterable[PeakKey] = ()) -> dict[str, Any]:
+    """A flat, JSON-ready record of the machine and software a result was measured with.
+
+    `threads` is the intra-op thread count the run uses (1 unless asked). Calling this pins the allocator
+    (attnbench.memory.pin_allocator, once per process), so the settings recorded are the ones measured with.
+    `peaks` names the (device, dtype, threads) roofs to measure and record under "peaks" (a second or so each).
+    """
+    import torch
+
+    from attnbench.backends import available_backends
+    from attnbench.memory import pin_allocator
+    from attnbench.roofline import measure_peaks
+
+    record = static_environment()
+    record["threads"] = threads
+    record["torch_default_threads"] = torch.get_num_threads()
     record.update(gpu_info())
     record["allocator"] = pin_allocator()
     record["available_backends"] = available_backends()
+    keys = list(peaks)
+    if keys:
+        record["peaks"] = measure_peaks(keys)
     return record
 
 
@@ -147,6 +199,8 @@ def label_facts() -> dict[str, Any]:
     """The part of the environment record a machine label is made of (cheap: no subprocess, no backends)."""
     facts: dict[str, Any] = {"cpu_model": cpu_model(), "gpu": None}
     facts.update({name: _version(_VERSIONS[name]) for name in ("torch", "onnxruntime")})
+    import torch
+
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     return facts

@@ -58,6 +58,10 @@ class BaselineError(AttnbenchError, ValueError):
     """A baseline or results file that is missing, empty, corrupt or of another schema."""
 
 
+class OutputLockedError(UsageError):
+    """An output file another attnbench run is writing (refused before measuring, exit 2)."""
+
+
 class CaseTimeoutError(AttnbenchError, TimeoutError):
     """A case that ran past its time limit."""
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attnbench import fmt
 from attnbench import results as R
 from attnbench.errors import BaselineError
 from attnbench.results import Case, LoadedResults, Result
@@ -200,7 +201,7 @@ def _latency(
             best = min(best, float(again[0].latency_median_s))  # type: ignore[arg-type]
     change = best / base_s - 1
     detail = (
-        f"latency {base_s * 1e3:.3g} -> {best * 1e3:.3g} ms ({change:+.1%}, limit {limit:.0%}"
+        f"latency {fmt.seconds(base_s)} -> {fmt.seconds(best)} ({change:+.1%}, limit {limit:.0%}"
         + (f", after {tries} re-measurement(s)" if tries else "")
         + ")"
     )

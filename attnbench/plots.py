@@ -1,85 +1,33 @@
-"""Scaling plots: MACs, latency and peak memory against the number of tokens, one line per module, log-log."""
+"""Plots: MACs, latency and peak memory against the number of tokens (log-log, one line per series), and a
+roofline per device (achieved FLOP/s against arithmetic intensity, under the machine's measured roof).
+
+Figures are built with matplotlib's object API on the Agg canvas (no display, no pyplot state), returned as
+`Plot`s so tests can read their titles, labels and lines, and written as PNGs by `plot_scaling`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attnbench.report import SERIES_KEY, VARYING, backends_of, identity_text, summary, varying
+from attnbench import fmt
+from attnbench.merge import machine_env
+from attnbench.report import SERIES_KEY, VARYING, achieved, backends_of, identity_text, summary, varying
 from attnbench.results import Result
+from attnbench.roofline import Peak, device_of, intensity, min_traffic_bytes, peak_for, peaks_of
 
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+FIGSIZE = (7.5, 4.8)
+DPI = 110
+#: Marker of each backend in a roofline (the colour is the module).
+MARKERS = {"cpu": "o", "ort": "s", "cuda": "^", "ort-cuda": "D"}
 #: Legend labels longer than this many characters go in one column.
 LONG_LABEL = 32
-
-
-def plot_scaling(results: Sequence[Result], out_dir: str | Path) -> list[Path]:
-    """Write one PNG per metric present (macs.png, latency_<backend>.png, memory_<backend>.png); return paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # headless: no display on CI or in Docker
-    import matplotlib.pyplot as plt
-    from matplotlib.lines import Line2D
-
-    table = summary(results)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if table.empty:
-        return []
-    metrics: list[tuple[str, str, float, str]] = [("macs_attnbench", "MACs (attnbench)", 1.0, "macs.png")]
-    for b in backends_of(results):
-        metrics.append((f"latency_{b}_s", f"latency {b} [ms], median", 1e3, f"latency_{b}.png"))
-        metrics.append((f"mem_{b}_bytes", f"peak memory {b} [MiB]", 1 / 2**20, f"memory_{b}.png"))
-    written = []
-    for column, label, scale, name in metrics:
-        if column not in table or table[column].notna().sum() == 0:
-            continue
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag.
-        varies = [k for k in varying(table) if k != "kwargs" or table["kwargs"].astype(bool).any()]
-        styles = machine_styles(table)
-        colors: dict[str, str] = {}
-        for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
-            ident = dict(zip(SERIES_KEY, key, strict=True))
-            grp = grp[grp[column].notna()].sort_values("tokens")
-            if grp.empty:
-                continue
-            # With several machines, a series keeps its colour on every machine; the line style names the machine.
-            # An empty value (no kwargs, a zoo module's own layout) says nothing: left out of the label.
-            shown = [(k, identity_text(k, ident[k])) for k in varies if k != "machine" or not styles]
-            parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={text}" for k, text in shown if text]
-            series = f"{ident['module']} ({', '.join(parts)})"
-            new = series not in colors
-            color = colors.setdefault(series, f"C{len(colors) % 10}")
-            ax.plot(
-                grp["tokens"],
-                grp[column].astype(float) * scale,
-                marker="o",
-                color=color,
-                linestyle=styles.get(ident["machine"], "-"),
-                label=series if new else "_nolegend_",
-            )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens N = H x W")
-        ax.set_ylabel(label)
-        ax.set_title(f"{label} against N")
-        ax.grid(True, which="both", alpha=0.3)
-        # Two columns of long labels (a user's module path) would run off the figure: one column then.
-        longest = max((len(text) for text in ax.get_legend_handles_labels()[1]), default=0)
-        series_legend = ax.legend(fontsize=7, ncol=1 if longest > LONG_LABEL else 2)
-        if styles:
-            ax.add_artist(series_legend)
-            handles = [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
-            ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
-        fig.tight_layout()
-        path = out / name
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
-
-
 #: Line styles of the machines of a plot, in order of first appearance (a fifth machine reuses the first).
 MACHINE_STYLES = ("-", "--", ":", "-.")
 
@@ -90,3 +38,231 @@ def machine_styles(table: Any) -> dict[str, str]:
     if len(labels) < 2:
         return {}
     return {m: MACHINE_STYLES[i % len(MACHINE_STYLES)] for i, m in enumerate(labels)}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure and the file name it is written under."""
+
+    name: str
+    figure: Figure
+
+
+def _figure() -> tuple[Figure, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE)
+    FigureCanvasAgg(fig)  # headless: no display on CI or in Docker
+    return fig, fig.add_subplot()
+
+
+def _series_label(ident: Mapping[str, Any], varies: Sequence[str]) -> str:
+    # An empty value (no kwargs, a zoo module's own layout) says nothing: left out of the label.
+    shown = [(k, identity_text(k, ident[k])) for k in varies]
+    parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={text}" for k, text in shown if text]
+    return f"{ident['module']} ({', '.join(parts)})"
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    # Two columns of long labels (a user's module path) would run off the figure: one column then.
+    return 1 if max((len(text) for text in labels), default=0) > LONG_LABEL else 2
+
+
+def _varies(table: pd.DataFrame) -> list[str]:
+    # The machine is told by the line style (and its own legend), so a series keeps its colour on every machine.
+    return [k for k in varying(table) if (k != "kwargs" or table["kwargs"].astype(bool).any()) and k != "machine"]
+
+
+def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
+    """A second legend naming the machines by line style (the first one, the series, stays)."""
+    from matplotlib.lines import Line2D
+
+    if not styles:
+        return
+    ax.add_artist(first)
+    handles = [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
+    ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
+
+
+def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str]]:
+    """(column, axis label with unit, scale to that unit, file name) for each metric the rows have."""
+    out = [("macs_attnbench", "MACs (attnbench counter)", 1.0, "macs.png")]
+    for b in backends:
+        if f"latency_{b}_s" in table:
+            unit, factor = fmt.pick_unit(table[f"latency_{b}_s"], fmt.TIME_UNITS)
+            out.append((f"latency_{b}_s", f"latency {b} [{unit}], median", 1 / factor, f"latency_{b}.png"))
+        if f"mem_{b}_bytes" in table:
+            unit, factor = fmt.pick_unit(table[f"mem_{b}_bytes"], fmt.BYTE_UNITS)
+            out.append((f"mem_{b}_bytes", f"peak memory {b} [{unit}]", 1 / factor, f"memory_{b}.png"))
+    return out
+
+
+def scaling_figures(results: Sequence[Result]) -> list[Plot]:
+    """One log-log figure per metric present: the metric against N = H x W, one line per module series."""
+    table = summary(results)
+    if table.empty:
+        return []
+    plots = []
+    varies = _varies(table)
+    styles = machine_styles(table)
+    for column, metric, scale, name in _metrics(table, backends_of(results)):
+        if column not in table or table[column].notna().sum() == 0:
+            continue
+        fig, ax = _figure()
+        colors: dict[str, str] = {}
+        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag.
+        for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
+            grp = grp[grp[column].notna()].sort_values("tokens")
+            if grp.empty:
+                continue
+            ident = dict(zip(SERIES_KEY, key, strict=True))
+            series = _series_label(ident, varies)
+            new = series not in colors
+            ax.plot(
+                grp["tokens"],
+                grp[column].astype(float) * scale,
+                marker="o",
+                color=colors.setdefault(series, f"C{len(colors) % 10}"),
+                linestyle=styles.get(ident["machine"], "-"),
+                label=series if new else "_nolegend_",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens N = H x W")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} against N")
+        ax.grid(True, which="both", alpha=0.3)
+        _machine_legend(ax, styles, ax.legend(fontsize=7, ncol=_legend_columns(ax.get_legend_handles_labels()[1])))
+        fig.tight_layout()
+        plots.append(Plot(name, fig))
+    return plots
+
+
+@dataclass(frozen=True)
+class _Point:
+    series: str
+    backend: str
+    machine: str
+    intensity: float
+    flops_per_s: float
+    peak: Peak | None
+
+
+def _roofline_points(table: pd.DataFrame, backends: Sequence[str], env: Mapping[str, Any]) -> list[_Point]:
+    """Every measured row with counted FLOPs as a point: (FLOPs / minimum traffic, FLOPs / median latency),
+    under the roof its own machine measured (a merged report keeps one environment per machine)."""
+    points = []
+    varies = _varies(table)
+    for _, r in table.sort_values("tokens", kind="stable").iterrows():
+        traffic = min_traffic_bytes(
+            r["params"], r["batch"], r["dim"], r["height"], r["width"], str(r["dtype"]), str(r["mode"])
+        )
+        x = intensity(r.get("flops_attnbench"), traffic)
+        peaks = peaks_of(machine_env(env, str(r["machine"])))
+        for b in backends:
+            y = achieved(r, b)
+            if x is None or y is None:
+                continue
+            series = _series_label({k: r[k] for k in SERIES_KEY}, varies)
+            peak = peak_for(peaks, b, str(r["dtype"]), int(r["threads"]))
+            points.append(_Point(series, b, str(r["machine"]), x, y, peak))
+    return points
+
+
+def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = None) -> list[Plot]:
+    """One roofline per device the rows ran on (cpu: torch and ORT; cuda): achieved GFLOP/s against FLOPs per
+    byte, one colour per module series, one marker per backend, one line style per machine, under the roof
+    recorded in `env`."""
+    table = summary(results)
+    if table.empty or "flops_attnbench" not in table:
+        return []
+    backends = backends_of(results)
+    points = _roofline_points(table, backends, env or {})
+    styles = machine_styles(table)
+    plots = []
+    for device in dict.fromkeys(device_of(b) for b in backends):
+        mine = [p for p in points if device_of(p.backend) == device]
+        if mine:
+            plots.append(Plot(f"roofline_{device}.png", _roofline(device, mine, styles)))
+    return plots
+
+
+def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) -> Figure:
+    from matplotlib.lines import Line2D
+
+    fig, ax = _figure()
+    colors = {s: f"C{i % 10}" for i, s in enumerate(dict.fromkeys(p.series for p in points))}
+    backends = list(dict.fromkeys(p.backend for p in points))
+    machines = list(dict.fromkeys(p.machine for p in points))
+    for series, color in colors.items():
+        for machine in machines:
+            for b in backends:
+                mine = [p for p in points if (p.series, p.machine, p.backend) == (series, machine, b)]
+                if mine:
+                    ax.plot(
+                        [p.intensity for p in mine],
+                        [p.flops_per_s / 1e9 for p in mine],
+                        color=color,
+                        marker=MARKERS.get(b, "x"),
+                        linestyle=styles.get(machine, "-"),
+                        linewidth=0.8,
+                        alpha=0.85,
+                    )
+    roofs = {(p.machine, p.peak.dtype, p.peak.threads): p.peak for p in points if p.peak is not None}
+    xs = [p.intensity for p in points]
+    for (machine, _, _), peak in roofs.items():
+        _draw_roof(ax, peak, min(xs) / 3, max(max(xs), peak.ridge) * 3, styles.get(machine, "-"))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity [FLOP/byte]: FLOPs / (input + output + weights)")
+    ax.set_ylabel("achieved [GFLOP/s]: FLOPs / median latency")
+    roof = "under the measured roof" if roofs else "(no measured roof in this report's environment)"
+    ax.set_title(f"roofline {device}: achieved GFLOP/s against arithmetic intensity {roof}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    handles = [Line2D([], [], color=c, linewidth=2, label=s) for s, c in colors.items()]
+    handles += [Line2D([], [], color="0.3", marker=MARKERS.get(b, "x"), linestyle="", label=b) for b in backends]
+    handles += [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
+    ax.legend(handles=handles, fontsize=7, ncol=_legend_columns([h.get_label() for h in handles]), loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_roof(ax: Any, peak: Peak, x_min: float, x_max: float, style: str) -> None:
+    """min(peak compute, bandwidth x intensity), labelled with both measured rates."""
+    xs = [x_min, peak.ridge, x_max] if x_min < peak.ridge < x_max else [x_min, x_max]
+    ys = [min(peak.flops_per_s, peak.bytes_per_s * x) / 1e9 for x in xs]
+    threads = f", {peak.threads} thread{'s' if peak.threads > 1 else ''}" if peak.device == "cpu" else ""
+    ax.plot(xs, ys, color="black", linewidth=1.6, linestyle=style)
+    ax.annotate(
+        f"peak {fmt.sig(peak.flops_per_s / 1e9)} GFLOP/s (matmul{threads})",
+        (x_max, peak.flops_per_s / 1e9),
+        textcoords="offset points",
+        xytext=(-4, 4),
+        ha="right",
+        fontsize=7,
+    )
+    ax.annotate(
+        f"{fmt.sig(peak.bytes_per_s / 1e9)} GB/s (copy)",
+        (x_min, peak.bytes_per_s * x_min / 1e9),
+        textcoords="offset points",
+        xytext=(4, 6),
+        fontsize=7,
+    )
+
+
+def figures(results: Sequence[Result], env: Mapping[str, Any] | None = None) -> list[Plot]:
+    """Every plot the rows allow: scaling plots, and a roofline per device where FLOPs were counted."""
+    return scaling_figures(results) + roofline_figures(results, env)
+
+
+def plot_scaling(results: Sequence[Result], out_dir: str | Path, env: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write every plot as a PNG in `out_dir` (created if needed); return the paths written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for plot in figures(results, env):
+        path = out / plot.name
+        plot.figure.savefig(path, dpi=DPI)
+        written.append(path)
+    return written

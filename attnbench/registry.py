@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, Literal
 
 from attnbench.errors import InvalidCaseError, ModuleSpecError, UnknownModuleError
+
+if TYPE_CHECKING:  # torch is imported with the module files (list and info read the catalog, without torch)
+    from torch import nn
 
 Resolution = tuple[int, int]
 

@@ -1,9 +1,12 @@
-"""Turn rows into views: the summary table, scaling exponents, rich tables and Markdown. Formatting lives only here."""
+"""Turn rows into views: the summary table, scaling exponents, rich tables and Markdown.
+
+Numbers are printed by attnbench.fmt (the one formatter) and tables fitted to the terminal by attnbench.tables:
+each column here declares its priority (P_*), so a new column slots in without touching the fitting.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,11 +17,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from attnbench import fmt
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
+from attnbench.roofline import Peak, peak_for, peaks_of, rate
 from attnbench.specs import SOURCE_HASH_DIGITS
+from attnbench.tables import KEY, Column, Fitted, fit, fit_note, render
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -56,33 +62,12 @@ VARYING = {
 }
 
 
-def si(value: float | None, unit: str = "") -> str:
-    """12345678 -> '12.3 M' (SI prefixes, three significant digits)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    value = float(value)
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
-    return f"{value:.3g} {unit}".rstrip()
-
-
-def mib(value: float | None) -> str:
-    """Bytes as MiB with 3 significant digits."""
-    if value is None or pd.isna(value):
-        return "-"
-    return f"{value / 2**20:.3g}"
-
-
-def ms(value: float | None, digits: int = 3) -> str:
-    """Seconds as milliseconds, `digits` significant digits."""
-    if value is None or pd.isna(value):
-        return "-"
-    return f"{value * 1e3:.{digits}g}"
+#: Counts with SI prefixes, three significant digits (the one formatter: attnbench.fmt).
+si = fmt.si
 
 
 def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value)) and value is not pd.NA
+    return not fmt.missing(value)
 
 
 def summary(results: Sequence[Result]) -> pd.DataFrame:
@@ -115,7 +100,9 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
             row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
             if b == "ort":
                 row["parity_max_abs"] = r["parity_max_abs"]
-        row["status"] = "; ".join(statuses) if statuses else R.OK
+        # One status when every backend ended the same way ("invalid"), else each backend's that did not pass.
+        alike = set(grp["status"])
+        row["status"] = alike.pop() if len(alike) == 1 else "; ".join(statuses)
         row["reason"] = "; ".join(r for r in grp["reason"] if r)
         row["tokens"] = int(first["height"]) * int(first["width"])
         rows.append(row)
@@ -178,62 +165,185 @@ def _metric_label(metric: str) -> str:
 
 # ---------------------------------------------------------------- the columns of the main table
 
+#: How soon a secondary column goes on a narrow terminal (larger: sooner). Module, C, H x W, the varying
+#: identity columns, the headline metric and Status are KEY. A new column declares one of these (or its own).
+P_PARAMS = 10
+P_MACS = 12
+P_OTHER_LATENCY = 20
+P_MEMORY = 30
+P_FLOPS = 40
+P_ACHIEVED = 45
+P_PEAK_SHARE = 50
+P_SPREAD = 60  # the ±IQR beside a median (folded away, the median stays)
+P_PARITY = 65
+P_CROSS_CHECK = 70  # fvcore÷ours, thop÷ours
+#: Units a column of FLOP/s is printed in (picked per column, like memory and time).
+RATE_UNITS = (("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12))
 
-def _columns(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, Any]]:
-    """(header, key, cell function) for each column of the summary table; headers carry units."""
 
-    def res(r: Mapping[str, Any]) -> str:
-        return f"{int(r['height'])}x{int(r['width'])}"
+def headline(table: pd.DataFrame, backends: Sequence[str], sort_by: str | None = None) -> str:
+    """The summary column a table is about: the sorted-by latency, else the first backend's, else MACs, else params."""
+    latencies = [f"latency_{b}_s" for b in backends if _has(table, f"latency_{b}_s")]
+    if sort_by:
+        try:
+            key = sort_key(sort_by, backends)
+        except ValueError:
+            key = ""
+        if key in latencies:
+            return key
+    if latencies:
+        return latencies[0]
+    if "macs_attnbench" in table and table["macs_attnbench"].notna().any():
+        return "macs_attnbench"
+    return "params"
 
-    def ratio_cell(counter: str):
-        def cell(r: Mapping[str, Any]) -> str:
-            q = ratio(r.get(f"macs_{counter}"), r.get("macs_attnbench"))
-            if q is None:
-                return "n/a"
-            flag = " under" if q < 1 - RATIO_TOLERANCE else (" over" if q > 1 + RATIO_TOLERANCE else "")
-            return f"{q:.2f}{flag}"
 
-        return cell
+def _has(table: pd.DataFrame, column: str) -> bool:
+    return column in table and table[column].notna().any()
 
-    cols: list[tuple[str, str, Any]] = [
-        ("Module", "module", lambda r: str(r["module"])),
-        ("C", "dim", lambda r: str(int(r["dim"]))),
-        ("H x W", "tokens", res),
+
+def _columns(
+    table: pd.DataFrame, backends: Sequence[str], roofs: Roofs | None = None, sort_by: str | None = None
+) -> list[Column]:
+    """The summary table's columns, each with its unit in the header and its priority on a narrow terminal."""
+    head = headline(table, backends, sort_by)
+
+    def priority(key: str, otherwise: int) -> int:
+        return KEY if key == head else otherwise
+
+    cols = [
+        Column("Module", lambda r: str(r["module"]), justify="left", wrap=True, key="module"),
+        Column("C", lambda r: str(int(r["dim"])), key="dim"),
+        Column("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}", key="tokens"),
     ]
     for key in varying(table):
-        cols.append((VARYING[key], key, lambda r, key=key: identity_text(key, r[key])))
-    if table["params"].notna().any():
-        cols.append(("Params", "params", lambda r: si(r["params"])))
-    if table["macs_attnbench"].notna().any():
-        cols.append(("MACs", "macs_attnbench", lambda r: si(r["macs_attnbench"])))
         cols.append(
-            (
-                "GFLOPs",
-                "flops_attnbench",
-                lambda r: "-" if not _present(r.get("flops_attnbench")) else f"{r['flops_attnbench'] / 1e9:.3g}",
+            Column(
+                VARYING[key],
+                lambda r, key=key: identity_text(key, r[key]),
+                justify="left" if key == "kwargs" else "right",
+                wrap=key == "kwargs",
+                key=key,
             )
         )
+    if _has(table, "params"):
+        cols.append(Column("Params", lambda r: fmt.si(r["params"]), priority("params", P_PARAMS), key="params"))
+    if _has(table, "macs_attnbench"):
+        macs = priority("macs_attnbench", P_MACS)
+        cols.append(Column("MACs", lambda r: fmt.si(r["macs_attnbench"]), macs, key="macs_attnbench"))
+    if _has(table, "flops_attnbench"):
+        cols.append(Column("FLOPs", lambda r: fmt.si(r["flops_attnbench"]), P_FLOPS, key="flops_attnbench"))
     for counter in ("fvcore", "thop"):
         if f"macs_{counter}" in table and (
             table[f"macs_{counter}"].notna().any() or table["counter_notes"].fillna("").str.contains(counter).any()
         ):
-            cols.append((f"{counter}÷ours", f"macs_{counter}", ratio_cell(counter)))
-    for b in backends:
-        if f"mem_{b}_bytes" in table and table[f"mem_{b}_bytes"].notna().any():
-            cols.append((f"Mem {b} [MiB]", f"mem_{b}_bytes", lambda r, b=b: mib(r.get(f"mem_{b}_bytes"))))
-    for b in backends:
-        if f"latency_{b}_s" in table and table[f"latency_{b}_s"].notna().any():
-            cols.append((f"{b} [ms] med±IQR", f"latency_{b}_s", lambda r, b=b: _latency_cell(r, b)))
-    if "parity_max_abs" in table and table["parity_max_abs"].notna().any():
-        cols.append(
-            (
-                "ORT max|Δ|",
-                "parity_max_abs",
-                lambda r: "-" if not _present(r.get("parity_max_abs")) else f"{r['parity_max_abs']:.1e}",
+            cols.append(Column(f"{counter}÷ours", _ratio_cell(counter), P_CROSS_CHECK, key=f"macs_{counter}"))
+    for i, b in enumerate(backends):
+        if _has(table, f"mem_{b}_bytes"):
+            unit, factor = fmt.pick_unit(table[f"mem_{b}_bytes"], fmt.BYTE_UNITS)
+            cols.append(
+                Column(
+                    f"Mem {b} [{unit}]",
+                    lambda r, b=b, factor=factor: fmt.in_unit(r.get(f"mem_{b}_bytes"), factor),
+                    P_MEMORY + i,
+                    key=f"mem_{b}_bytes",
+                )
             )
-        )
-    cols.append(("Status", "status", lambda r: str(r["status"])))
+    for i, b in enumerate(backends):
+        if _has(table, f"latency_{b}_s"):
+            cols.append(_latency_column(table, b, priority(f"latency_{b}_s", P_OTHER_LATENCY + i)))
+    cols += _roofline_columns(table, backends, roofs or {})
+    if _has(table, "parity_max_abs"):
+        cols.append(Column("ORT max|Δ|", lambda r: fmt.sci(r.get("parity_max_abs")), P_PARITY, key="parity_max_abs"))
+    cols.append(Column("Status", lambda r: str(r["status"]), justify="left", wrap=True, key="status"))
     return cols
+
+
+def _ratio_cell(counter: str) -> Any:
+    def cell(r: Mapping[str, Any]) -> str:
+        q = ratio(r.get(f"macs_{counter}"), r.get("macs_attnbench"))
+        if q is None:
+            return "n/a"
+        flag = " under" if q < 1 - RATIO_TOLERANCE else (" over" if q > 1 + RATIO_TOLERANCE else "")
+        return f"{fmt.ratio(q)}{flag}"
+
+    return cell
+
+
+def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
+    unit, factor = fmt.pick_unit(table[f"latency_{b}_s"], fmt.TIME_UNITS)
+
+    def marks(r: Mapping[str, Any]) -> str:
+        return (" ~" if r.get(f"noisy_{b}") is True else "") + (" !" if r.get(f"contended_{b}") is True else "")
+
+    def full(r: Mapping[str, Any]) -> str:
+        med, iqr = r.get(f"latency_{b}_s"), r.get(f"iqr_{b}_s")
+        if fmt.missing(med):
+            return fmt.MISSING
+        spread = "" if fmt.missing(iqr) else f" ±{fmt.in_unit(iqr, factor, 2)}"
+        return fmt.in_unit(med, factor) + spread + marks(r)
+
+    def short(r: Mapping[str, Any]) -> str:
+        med = r.get(f"latency_{b}_s")
+        return fmt.MISSING if fmt.missing(med) else fmt.in_unit(med, factor) + marks(r)
+
+    key = f"latency_{b}_s"
+    return Column(
+        f"{b} [{unit}] med±IQR",
+        full,
+        priority,
+        short=Column(f"{b} [{unit}]", short, P_SPREAD, key=key, meta={"best": True}),
+        short_name="±IQR",
+        key=key,
+        meta={"best": True},
+    )
+
+
+#: The measured roofs of each machine of a report, by label and by alias (M1, ...); "" for a one-machine report.
+Roofs = Mapping[str, Sequence[Peak]]
+
+
+def roofs_by_machine(results: Sequence[Result], env: Mapping[str, Any] | None) -> dict[str, list[Peak]]:
+    """Each machine's measured roofs (a merged report keeps an environment per machine)."""
+    env = env or {}
+    roofs: dict[str, list[Peak]] = {"": peaks_of(env)}
+    for m in machines_of(results, env):
+        roofs[m.label] = roofs[m.alias] = peaks_of(m.env)
+    return roofs
+
+
+def _row_peak(r: Mapping[str, Any], b: str, roofs: Roofs) -> Peak | None:
+    threads = r.get("threads")
+    peaks = roofs.get(str(r.get("machine") or ""), roofs.get("", []))
+    return peak_for(peaks, b, str(r.get("dtype") or R.DEFAULT_DTYPE), 1 if fmt.missing(threads) else int(threads))
+
+
+def achieved(r: Mapping[str, Any], b: str) -> float | None:
+    """FLOP/s a backend reached on a summary row: the counter's exact FLOPs over the median latency."""
+    return rate(r.get("flops_attnbench"), r.get(f"latency_{b}_s"))
+
+
+def _roofline_columns(table: pd.DataFrame, backends: Sequence[str], roofs: Roofs) -> list[Column]:
+    """Achieved FLOP/s per backend and its share of the machine's measured peak (where FLOPs were counted)."""
+    if not _has(table, "flops_attnbench"):
+        return []
+    cols = []
+    for i, b in enumerate(backends):
+        if not _has(table, f"latency_{b}_s"):
+            continue
+        rates = [achieved(r, b) for _, r in table.iterrows()]
+        unit, factor = fmt.pick_unit(rates, RATE_UNITS)
+        cols.append(
+            Column(f"{b} {unit}", lambda r, b=b, factor=factor: fmt.in_unit(achieved(r, b), factor), P_ACHIEVED + i)
+        )
+        if any(_row_peak(r, b, roofs) for _, r in table.iterrows()):
+            cols.append(Column(f"{b} % peak", lambda r, b=b: _peak_share(r, b, roofs), P_PEAK_SHARE + i))
+    return cols
+
+
+def _peak_share(r: Mapping[str, Any], b: str, roofs: Roofs) -> str:
+    peak, value = _row_peak(r, b, roofs), achieved(r, b)
+    return fmt.MISSING if peak is None or value is None else fmt.percent(value / peak.flops_per_s)
 
 
 def varying(table: pd.DataFrame) -> list[str]:
@@ -253,30 +363,31 @@ def identity_text(key: str, value: Any) -> str:
 
 
 def _kw_text(kw: str) -> str:
+    # One kwarg is one word (no spaces inside a list), so a narrow column wraps between kwargs, not inside one.
     if not kw:
         return ""
-    return ",".join(f"{k}={v}" for k, v in json.loads(kw).items())
-
-
-def _latency_cell(r: Mapping[str, Any], b: str) -> str:
-    med = r.get(f"latency_{b}_s")
-    if not _present(med):
-        return "-"
-    iqr = r.get(f"iqr_{b}_s")
-    text = f"{ms(med)} ±{ms(iqr, 2)}" if _present(iqr) else ms(med)
-    return text + (" ~" if r.get(f"noisy_{b}") is True else "") + (" !" if r.get(f"contended_{b}") is True else "")
+    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in json.loads(kw).items())
 
 
 def _best(table: pd.DataFrame, key: str) -> Any:
-    # The best (lowest) value of a cost column; ratios and identity columns have no best.
-    if (
-        key in ("module", "dim", "tokens", "status", "parity_max_abs", *VARYING)
-        or key.startswith("macs_fvcore")
-        or key.startswith("macs_thop")
-    ):
-        return None
+    # The best (lowest) value of a cost column among several modules.
     vals = pd.to_numeric(table[key], errors="coerce").dropna()
     return vals.min() if len(vals) and table["module"].nunique() > 1 else None
+
+
+#: Cost columns whose lowest value is highlighted with --highlight (compare).
+BEST_KEYS = ("params", "macs_attnbench", "flops_attnbench")
+
+
+def _highlights(table: pd.DataFrame, cols: Sequence[Column]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    # The best value of a column among the modules measured at the same setting: across resolutions the
+    # smallest input would always win.
+    setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
+    keys = [c.key for c in cols if c.key in BEST_KEYS or c.key.startswith("mem_") or c.meta.get("best")]
+    return {
+        tuple(values): {key: _best(grp, key) for key in keys}
+        for values, grp in table.groupby(setting, sort=False, dropna=False)
+    }
 
 
 def rich_table(
@@ -284,76 +395,64 @@ def rich_table(
     title: str | None = None,
     sort_by: str | None = None,
     highlight_best: bool = False,
-) -> Table:
-    """The summary as a rich Table: units in headers, noisy timings marked '~', undercounts flagged."""
+    width: int | None = None,
+    env: Mapping[str, Any] | None = None,
+) -> tuple[Table, Fitted]:
+    """The summary as a rich Table fitted to `width` (None: every column), and what the fitting left out."""
     table = with_machine_aliases(summary(results), results)
-    backends = backends_of(results)
-    out = Table(title=title, show_lines=False, header_style="bold", title_justify="left")
     if table.empty:
-        return out
+        return Table(title=title), fit([], [], width)
     if sort_by:
         table = sort_summary(table, sort_by)
-    cols = _columns(table, backends)
-    for header, key, _ in cols:
-        out.add_column(
-            Text(header),
-            justify="left" if key in ("module", "status", "kwargs") else "right",
-            no_wrap=key not in ("status", "kwargs"),
-        )
-    # The best value of a column among the modules measured at the same setting: across resolutions the
-    # smallest input would always win.
+    cols = _columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
+    rows = [r for _, r in table.iterrows()]
+    fitted = fit(cols, rows, width)
     setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
-    bests: dict[tuple[Any, ...], dict[str, Any]] = {}
-    if highlight_best:
-        for key_values, grp in table.groupby(setting, sort=False):
-            bests[tuple(key_values)] = {key: _best(grp, key) for _, key, _ in cols}
-    for _, r in table.iterrows():
-        group_bests = bests.get(tuple(r[c] for c in setting), {})
-        cells = []
-        for _header, key, fn in cols:
-            text = fn(r)
-            style = ""
-            if key == "status" and text != R.OK:
-                style = "red"
-            elif text.endswith(" under") or text.endswith(" over"):
-                style = "yellow"
-            best = group_bests.get(key)
-            if best is not None and _present(r.get(key)) and r.get(key) == best:
-                style = "bold green"
-            cells.append(Text(text, style=style))
-        out.add_row(*cells)
-    return out
+    bests = _highlights(table, fitted.columns) if highlight_best else {}
+
+    def style(column: Column, r: Any, text: str) -> str:
+        best = bests.get(tuple(r[c] for c in setting), {}).get(column.key)
+        if best is not None and _present(r.get(column.key)) and r.get(column.key) == best:
+            return "bold green"
+        if column.key == "status" and text != R.OK:
+            return "red"
+        if text.endswith((" under", " over")):
+            return "yellow"
+        return ""
+
+    return render(fitted, rows, title, style), fitted
 
 
-def scaling_table(results: Sequence[Result]) -> Table | None:
-    """Rich table of exponents x in cost ~ N^x; None when no module has two resolutions."""
+def _scaling_columns(frame: pd.DataFrame) -> list[Column]:
+    metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
+    cols = [
+        Column("Module", lambda r: str(r["module"]), justify="left", wrap=True),
+        Column("C", lambda r: str(int(r["dim"]))),
+    ]
+    for c in varying(frame):
+        cols.append(
+            Column(VARYING[c], lambda r, c=c: identity_text(c, r[c]), justify="left" if c == "kwargs" else "right")
+        )
+    cols.append(Column("N range", lambda r: f"{r['n_min']}..{r['n_max']}", P_PARAMS))
+    for i, m in enumerate(metrics):
+        cols.append(
+            Column(
+                f"{_metric_label(m)} exp",
+                lambda r, m=m: fmt.ratio(r.get(f"{m}_exp")),
+                P_MACS if m == "macs_attnbench" else P_OTHER_LATENCY + i,
+            )
+        )
+    return cols
+
+
+def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[Table, Fitted] | None:
+    """Rich table of exponents x in cost ~ N^x fitted to `width`, and what it left out; None without two resolutions."""
     frame = with_machine_aliases(scaling(results), results)
     if frame.empty:
         return None
-    metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
-    out = Table(
-        title="Scaling: x in cost ~ N^x, N = H*W",
-        header_style="bold",
-        title_justify="left",
-    )
-    # Identity columns only when they vary, so rows that differ in them do not look identical.
-    extra = varying(frame)
-    out.add_column("Module")
-    out.add_column("C", justify="right")
-    for c in extra:
-        out.add_column(VARYING[c], justify="right" if c in ("batch", "threads") else "left")
-    out.add_column("N range", justify="right")
-    for metric in metrics:
-        out.add_column(f"{_metric_label(metric)} exp", justify="right")
-    for _, r in frame.iterrows():
-        out.add_row(
-            str(r["module"]),
-            str(int(r["dim"])),
-            *[identity_text(c, r[c]) for c in extra],
-            f"{r['n_min']}..{r['n_max']}",
-            *[("-" if not _present(r.get(f"{m}_exp")) else f"{r[f'{m}_exp']:.2f}") for m in metrics],
-        )
-    return out
+    rows = [r for _, r in frame.iterrows()]
+    fitted = fit(_scaling_columns(frame), rows, width)
+    return render(fitted, rows, "Scaling: x in cost ~ N^x, N = H*W"), fitted
 
 
 SORT_KEYS = {"params": "params", "macs": "macs_attnbench", "module": "module"}
@@ -406,11 +505,11 @@ def markdown(
     else:
         if sort_by:
             table = sort_summary(table, sort_by)
-        cols = _columns(table, backends_of(results))
-        lines.append("| " + " | ".join(_md_escape(h) for h, _, _ in cols) + " |")
-        lines.append("|" + "|".join("---" if k in ("module", "status", "kwargs") else "---:" for _, k, _ in cols) + "|")
+        cols = _columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
+        lines.append("| " + " | ".join(_md_escape(c.header) for c in cols) + " |")
+        lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
         for _, r in table.iterrows():
-            lines.append("| " + " | ".join(_md_escape(fn(r)) for _, _, fn in cols) + " |")
+            lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
         lines.append("")
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
@@ -418,8 +517,15 @@ def markdown(
             "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
             "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
+            + (
+                " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
+                "counted); % peak: of the machine's measured peak compute (below)."
+                if any("FLOP/s" in c.header for c in cols)
+                else ""
+            )
         )
         lines.append("")
+        lines += _roof_markdown(results, env)
         lines += machines_markdown(results, env)
         frame = with_machine_aliases(scaling(results), results)
         if not frame.empty:
@@ -439,7 +545,7 @@ def markdown(
                 vals = []
                 for m in metrics:
                     e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
-                    vals.append("-" if not _present(e) else f"{e:.2f} ({f:.2f})")
+                    vals.append(fmt.MISSING if not _present(e) else f"{fmt.ratio(e)} ({fmt.ratio(f)})")
                 ids = [str(r["module"]), str(int(r["dim"]))]
                 ids += [_md_escape(identity_text(c, r[c])) for c in extra]
                 lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
@@ -486,6 +592,32 @@ def _sources_markdown(results: Sequence[Result]) -> list[str]:
     ]
     lines += [f"| {_md_escape(module)} | `{digest}` |" for module, digest in pairs]
     return [*lines, ""]
+
+
+def _roof_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:
+    """The measured roof of each machine as a small Markdown table (nothing when no run measured one)."""
+    machines = machines_of(results, env)
+    named = [(m.alias, peaks_of(m.env)) for m in machines] if len(machines) > 1 else [("", peaks_of(env))]
+    if not any(peaks for _, peaks in named):
+        return []
+    several = len(named) > 1
+    lines = [
+        "## Machine roof",
+        "",
+        "| "
+        + ("machine | " if several else "")
+        + "device | dtype | threads | peak compute [GFLOP/s] | bandwidth [GB/s] | ridge [FLOP/B] |",
+        "|" + ("---|" if several else "") + "---|---|---:|---:|---:|---:|",
+    ]
+    for alias, peaks in named:
+        for p in peaks:
+            threads = str(p.threads) if p.device == "cpu" else "-"
+            lines.append(
+                "| " + (f"{alias} | " if several else "") + f"{p.device} | {p.dtype} | {threads} | "
+                f"{fmt.sig(p.flops_per_s / 1e9)} | {fmt.sig(p.bytes_per_s / 1e9)} | {fmt.sig(p.ridge)} |"
+            )
+    method = next(p.method for _, peaks in named for p in peaks)
+    return [*lines, "", f"Measured as the {method}.", ""]
 
 
 def zoo_markdown() -> str:
@@ -542,17 +674,27 @@ def show(
     title: str | None = None,
     sort_by: str | None = None,
     highlight_best: bool = False,
+    env: Mapping[str, Any] | None = None,
 ) -> None:
-    """Print the summary and scaling tables on `out`; cases that did not complete and the convention on `err`."""
-    out.print(rich_table(rows, title=title, sort_by=sort_by, highlight_best=highlight_best))
-    scale = scaling_table(rows)
+    """Print the summary and scaling tables on `out`, fitted to its width; on `err`, what a narrow terminal left
+    out, the cases that did not complete and the convention."""
+    width = out.width
+    table, fitted = rich_table(rows, title, sort_by, highlight_best, width, env)
+    out.print(table)
+    fits = [("", fitted)]
+    scale = scaling_table(rows, width)
     if scale is not None:
-        out.print(scale)
-    cross = cross_hardware_table(rows)
+        out.print(scale[0])
+        fits.append(("scaling table: ", scale[1]))
+    cross = cross_hardware_table(rows, width)
     if cross is not None:
-        out.print(cross)
+        out.print(cross[0])
+        fits.append(("machines table: ", cross[1]))
     for line in machines_legend(rows):
         out.print(line, highlight=False, markup=False, soft_wrap=True)
+    line = fit_note(width, fits)
+    if line:
+        err.print(f"attnbench: {line}", style="dim", markup=False, highlight=False, soft_wrap=True)
     for row in rows:
         if row.status != R.OK:
             err.print(
@@ -585,8 +727,8 @@ def case_text(row: Result) -> str:
     return text + (f" {row.kwargs}" if row.kwargs else "")
 
 
-def show_gate(verdict: Verdict, console: Console) -> None:
-    """Print what changed against the baseline and the gate's outcome."""
+def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
+    """Print what changed against the baseline and the gate's outcome (FAILED too when cases of the run failed)."""
     if verdict.latency_note:
         console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
     if verdict.changes:
@@ -596,10 +738,11 @@ def show_gate(verdict: Verdict, console: Console) -> None:
         for c in verdict.changes:
             table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
         console.print(table)
-    outcome = "[green]PASSED[/green]" if verdict.passed else "[red]FAILED[/red]"
+    outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
     console.print(
         f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
         f"{sum(c.failing for c in verdict.changes)} failing change(s)"
+        + (f", {failed_cases} case(s) of this run failed" if failed_cases else "")
     )
 
 
@@ -635,22 +778,39 @@ def cross_hardware(results: Sequence[Result]) -> tuple[pd.DataFrame, list[Machin
     return pd.DataFrame(rows), machines
 
 
-def _cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[tuple[str, Any]]:
-    """(header, cell function) for each column of the cross-hardware table."""
-    cols: list[tuple[str, Any]] = [
-        ("Module", lambda r: str(r["module"])),
-        ("C", lambda r: str(int(r["dim"]))),
-        ("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}"),
+def _cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[Column]:
+    """The cross-hardware table's columns: the case, each machine's median latency, each machine over the first."""
+    cols = [
+        Column("Module", lambda r: str(r["module"]), justify="left", wrap=True),
+        Column("C", lambda r: str(int(r["dim"]))),
+        Column("H x W", lambda r: f"{int(r['height'])}x{int(r['width'])}"),
     ]
-    cols += [(VARYING[k], lambda r, k=k: identity_text(k, r[k])) for k in varying(frame) if k != "machine"]
-    cols.append(("backend", lambda r: str(r["backend"])))
-    cols += [(f"{m.alias} [ms]", lambda r, a=m.alias: ms(r[f"latency_{a}_s"])) for m in machines]
-    first = machines[0].alias
     cols += [
-        (f"{m.alias}÷{first}", lambda r, a=m.alias: "-" if not _present(r[f"ratio_{a}"]) else f"{r[f'ratio_{a}']:.2f}")
-        for m in machines[1:]
+        Column(VARYING[k], lambda r, k=k: identity_text(k, r[k]), justify="left" if k == "kwargs" else "right")
+        for k in varying(frame)
+        if k != "machine"
+    ]
+    cols.append(Column("backend", lambda r: str(r["backend"]), justify="left"))
+    unit, factor = _cross_unit(frame, machines)
+    for i, m in enumerate(machines):
+        cols.append(
+            Column(
+                f"{m.alias} [{unit}]",
+                lambda r, a=m.alias, f=factor: fmt.in_unit(r[f"latency_{a}_s"], f),
+                KEY if i == 0 else P_OTHER_LATENCY + i,
+            )
+        )
+    first = machines[0].alias
+    # A ratio is what this table is for: it goes only after the other machines' own latencies.
+    cols += [
+        Column(f"{m.alias}÷{first}", lambda r, a=m.alias: fmt.ratio(r[f"ratio_{a}"]), P_MACS) for m in machines[1:]
     ]
     return cols
+
+
+def _cross_unit(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> tuple[str, float]:
+    """One time unit for every machine's column, so they read side by side."""
+    return fmt.pick_unit([v for m in machines for v in frame[f"latency_{m.alias}_s"]], fmt.TIME_UNITS)
 
 
 CROSS_NOTE = (
@@ -666,10 +826,10 @@ def cross_hardware_markdown(results: Sequence[Result], env: Mapping[str, Any]) -
         return []
     cols = _cross_columns(frame, machines)
     lines = ["## Across machines", "", CROSS_NOTE, ""]
-    lines.append("| " + " | ".join(_md_escape(h) for h, _ in cols) + " |")
-    lines.append("|" + "|".join("---" if h in ("Module", "backend") else "---:" for h, _ in cols) + "|")
+    lines.append("| " + " | ".join(_md_escape(c.header) for c in cols) + " |")
+    lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
     for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(_md_escape(fn(r)) for _, fn in cols) + " |")
+        lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
     return [*lines, ""]
 
 
@@ -700,22 +860,18 @@ def with_machine_aliases(frame: pd.DataFrame, results: Sequence[Result]) -> pd.D
     return frame.assign(machine=frame["machine"].map(lambda label: aliases.get(label, label)))
 
 
-def cross_hardware_table(results: Sequence[Result]) -> Group | None:
-    """The cross-hardware view as a rich Table (machines named by show's legend); None with fewer than two."""
+def cross_hardware_table(results: Sequence[Result], width: int | None = None) -> tuple[Group, Fitted] | None:
+    """The cross-hardware view as a rich Table fitted to `width` (machines named by show's legend), and what
+    the fitting left out; None with fewer than two machines."""
     frame, machines = cross_hardware(results)
     if frame.empty:
         return None
-    out = Table(
-        title=Text("Across machines: median latency [ms]"),
-        header_style="bold",
-        title_justify="left",
-    )
     cols = _cross_columns(frame, machines)
-    for header, _ in cols:
-        out.add_column(Text(header), justify="left" if header in ("Module", "backend") else "right", no_wrap=True)
-    for _, r in frame.iterrows():
-        out.add_row(*(fn(r) for _, fn in cols))
-    return Group(out, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)"))
+    rows = [r for _, r in frame.iterrows()]
+    fitted = fit(cols, rows, width)
+    unit, _ = _cross_unit(frame, machines)
+    table = render(fitted, rows, f"Across machines: median latency [{unit}]")
+    return Group(table, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)")), fitted
 
 
 def environment_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[str]:

@@ -12,11 +12,12 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+from attnbench.errors import BaselineError, OutputLockedError
 
-from attnbench.errors import BaselineError
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Bumped whenever a column is renamed or its meaning changes. Readers also read the versions in READABLE_SCHEMAS
 #: (columns added since are filled with their defaults).
@@ -173,6 +174,8 @@ _NULLABLE = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS
 
 def to_frame(results: Iterable[Result]) -> pd.DataFrame:
     """Rows as a DataFrame with one column per Result field (nullable ints stay exact)."""
+    import pandas as pd  # here, not at the top: the quick commands (list, info, env) never need pandas
+
     frame = pd.DataFrame([dataclasses.asdict(r) for r in results], columns=list(RESULT_FIELDS))
     for name in _INT_FIELDS:
         frame[name] = frame[name].astype("Int64")
@@ -260,6 +263,57 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class OutputLock:
+    """An exclusive lock on a report path for one run, so two runs writing the same file cannot both do so.
+
+    Every write replaces the whole file with the writer's rows (atomic_write), so a second writer would
+    silently drop the first one's rows. The lock is an flock on a hidden `.NAME.lock` file beside the report;
+    the kernel releases it when the process dies, and `release()` removes the file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise OutputLockedError naming the process that holds it."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - no flock (Windows): nothing to lock with
+            return
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputLockedError(
+                    f"output {self.path}: another attnbench run (pid {holder}) is writing it; "
+                    "wait for it to finish or write elsewhere"
+                ) from None
+            # A run that was finishing may have removed the file between our open and our lock: lock the new one.
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        """Remove the lock file and let go of the lock (a no-op when not held)."""
+        if self._fd is None:
+            return
+        self.lock_path.unlink(missing_ok=True)
+        os.close(self._fd)
+        self._fd = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from attnbench.errors import (
     InvalidCaseError,
     ResourceGuardError,
 )
+from attnbench.fmt import nbytes
 from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
 
@@ -122,10 +123,6 @@ def available_bytes(backend: str) -> int | None:
     return None
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def guard(estimate_bytes: int | None, backend: str, force: bool) -> None:
     """Raise ResourceGuardError when the estimated peak (with margin) exceeds the free memory."""
     if force or estimate_bytes is None:
@@ -137,8 +134,8 @@ def guard(estimate_bytes: int | None, backend: str, force: bool) -> None:
     if need > free:
         where = "GPU memory" if backend == "cuda" else "RAM"
         raise ResourceGuardError(
-            f"estimated peak {_gib(estimate_bytes)} (x{GUARD_MARGIN} margin = {_gib(need)}) exceeds the "
-            f"{_gib(free)} of free {where}; use --force to run it anyway"
+            f"estimated peak {nbytes(estimate_bytes)} (x{GUARD_MARGIN} margin = {nbytes(need)}) exceeds the "
+            f"{nbytes(free)} of free {where}; use --force to run it anyway"
         )
 
 

@@ -18,7 +18,6 @@ from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageErr
 from attnbench.registry import USER_LAYOUTS, check_case, get_spec
 from attnbench.results import DEFAULT_DTYPE, Case
 from attnbench.shard import Shard, check_shard, select
-from attnbench.specs import normalise
 
 #: The dtypes a Case may name.
 DTYPES = ("float32", "float16", "bfloat16")
@@ -58,6 +57,8 @@ class Sweep:
     def __post_init__(self) -> None:
         # Module names as rows record them (a file spec relative to the current directory): pure text work,
         # so './attn.py:A' and 'attn.py:A' are one module, and module_kwargs find theirs whichever was typed.
+        from attnbench.specs import normalise  # here: specs imports torch, which `list` and `info` never need
+
         modules = tuple(dict.fromkeys(normalise(m) for m in self.modules))
         object.__setattr__(self, "modules", modules)
         own = {self._module_of(m): dict(kw) for m, kw in self.module_kwargs.items()}
@@ -65,6 +66,8 @@ class Sweep:
 
     def _module_of(self, key: str) -> str:
         """The module a module_kwargs key means: the module itself, or the Name of exactly one 'path:Name'."""
+        from attnbench.specs import normalise
+
         key = normalise(key)
         named = [m for m in self.modules if m.rpartition(":")[2] == key]
         return named[0] if key not in self.modules and len(named) == 1 else key
@@ -95,6 +98,18 @@ class Sweep:
         values = dataclasses.asdict(self)
         values.pop("shard")
         return json.loads(json.dumps(values, default=str))
+
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant: more threads than this process may use."""
+        from attnbench.env import usable_cores
+
+        cores = usable_cores()
+        return [
+            f"--threads {t} exceeds the {cores} usable core(s): the threads share cores, so its timings measure "
+            "oversubscription rather than parallel speed"
+            for t in self.threads
+            if t > cores
+        ]
 
     def check(self, measures: bool = True) -> None:
         """Refuse, before anything runs, values no case could use; `measures`: latency or memory was asked for."""

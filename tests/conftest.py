@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 import torch
 
 import attnbench
+from attnbench.catalog import CACHE_ENV
 from attnbench.registry import Example, ModuleSpec, get_spec
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tests are about numbers, not speed: one thread keeps them deterministic and leaves the other core free.
     torch.set_num_threads(1)
+    # `list` and `info` cache the zoo's metadata: in a scratch directory, not the user's home.
+    if CACHE_ENV not in os.environ:
+        cache = tempfile.mkdtemp(prefix="attnbench-test-cache-")
+        os.environ[CACHE_ENV] = cache
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
 
 
 @pytest.fixture(autouse=True)

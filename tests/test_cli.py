@@ -52,6 +52,8 @@ def test_profile_counts_and_writes_every_format(tmp_path: Path, capsys: pytest.C
     assert len(loaded.results) == 4 and all(r.ok for r in loaded.results)
     lka = next(r for r in loaded.results if r.module == "lka" and r.width == 16)
     assert lka.macs_attnbench == lka.macs_formula
+    # FLOPs are the counter's: 2 per multiply-add, 1 for each product of LKA's u * attn gate (C x H x W of them).
+    assert lka.flops_attnbench == 2 * lka.macs_attnbench - 32 * 8 * 16
     assert json.loads(outs[2].read_text())["schema"] == R.SCHEMA_VERSION
     md = outs[1].read_text()
     assert "| lka |" in md and "MACs" in md and "one multiply-add = 1 MAC = 2 FLOPs" in md

@@ -131,3 +131,10 @@ def test_remeasured_case_with_list_kwargs_is_hashable() -> None:
     )
     assert gate.compare_to_baseline([slow], base(then), env=ENV, remeasure=remeasure).passed
     assert seen and seen[0].kwargs == (("kernels", (3, 5)),)
+
+
+def test_latency_change_is_printed_in_its_own_unit() -> None:
+    # A 10 s case printed as '1.02e+04 ms' before the one formatter.
+    verdict = gate.compare_to_baseline([row(median=12.0, iqr=0.01)], base(row(median=10.2, iqr=0.01)), env=ENV)
+    (change,) = [c for c in verdict.changes if c.kind == "latency"]
+    assert change.detail.startswith("latency 10.2 s -> 12 s (+17.6%")

@@ -52,8 +52,16 @@ def test_guard_refuses_above_free_memory_with_margin(monkeypatch: pytest.MonkeyP
     with pytest.raises(ResourceGuardError) as info:
         runner.guard(2 * GIB + 1, "cpu", force=False)
     message = str(info.value)
-    assert "2.00 GiB" in message and "3.00 GiB" in message and f"x{runner.GUARD_MARGIN}" in message
+    assert "2 GiB" in message and "3 GiB" in message and f"x{runner.GUARD_MARGIN}" in message
     assert "free RAM" in message and "--force" in message
+
+
+def test_guard_prints_huge_estimates_with_their_own_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # mhsa at 8192x8192 holds a 2^52-element attention map: the message said '16777236.00 GiB'.
+    _free(monkeypatch, 16 * GIB)
+    with pytest.raises(ResourceGuardError) as info:
+        runner.guard(2**54, "cpu", force=False)
+    assert "estimated peak 16 PiB (x1.5 margin = 24 PiB) exceeds the 16 GiB of free RAM" in str(info.value)
 
 
 def test_guard_names_gpu_memory_for_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,7 +104,7 @@ def test_mhsa_512_is_refused_with_estimate_and_exit_2(
     assert code == 2, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("attnbench: error: every case was refused")
-    assert "guarded" in last and "estimated peak" in last and "16.00 GiB of free RAM" in last and "--force" in last
+    assert "guarded" in last and "estimated peak" in last and "16 GiB of free RAM" in last and "--force" in last
     assert "Traceback" not in err + out
     rows = R.load(path).results  # the files are written before the error
     assert [r.status for r in rows] == [R.GUARDED]

@@ -55,7 +55,7 @@ def test_undercounting_counter_is_flagged() -> None:
     assert "0.50 under" in md  # fvcore at half
     assert "1.00 |" in md  # thop agrees
     assert report.CONVENTION in md
-    assert "[ms] med±IQR" in md and "[MiB]" in md
+    assert "cpu [ms] med±IQR" in md and "Mem cpu [KiB]" in md  # units picked per column: 4 ms to 1 s, 1 to 4 KiB
 
 
 def test_sort_key_rejects_unknown() -> None:
