@@ -20,7 +20,15 @@ from attnbench.backends import get_backend
 from attnbench.backends.base import STATUS_OK, STATUS_OOM, STATUS_UNSUPPORTED, CaseFailed, torch_dtype
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
-from attnbench.timing import DEFAULT_MIN_RUN_TIME, WARMUP_MIN_CALLS, WARMUP_MIN_S, Clock, TimingStats
+from attnbench.timing import (
+    DEFAULT_MAX_RUN_TIME,
+    DEFAULT_MIN_RUN_TIME,
+    DEFAULT_PRECISION,
+    WARMUP_MIN_CALLS,
+    WARMUP_MIN_S,
+    Clock,
+    TimingStats,
+)
 
 #: Default intra-op thread count: 1 is what a shared 2-core CI machine measures reproducibly.
 DEFAULT_THREADS = 1
@@ -66,15 +74,26 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
 
 
-def _check_args(module: nn.Module, input_shape: Sequence[int], threads: int, min_run_time: float) -> tuple[int, ...]:
+def _check_args(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    threads: int,
+    min_run_time: float,
+    precision: float | None = None,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
+) -> tuple[int, ...]:
     name = type(module).__name__
     shape = tuple(input_shape)
     if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
         raise InvalidCaseError(name, "input_shape", f"must be positive ints, got {input_shape!r}")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InvalidCaseError(name, "threads", f"must be an int >= 1, got {threads!r}")
-    if not min_run_time > 0:
-        raise InvalidCaseError(name, "min_run_time", f"must be > 0 seconds, got {min_run_time!r}")
+    if not min_run_time >= 0:
+        raise InvalidCaseError(name, "min_run_time", f"must be >= 0 seconds, got {min_run_time!r}")
+    if not max_run_time > 0:
+        raise InvalidCaseError(name, "max_run_time", f"must be > 0 seconds, got {max_run_time!r}")
+    if precision is not None and not 0 < precision < 1:
+        raise InvalidCaseError(name, "precision", f"must be a fraction in (0, 1) or None, got {precision!r}")
     return shape
 
 
@@ -91,14 +110,18 @@ def measure(
     seed: int = 0,
     warmup_calls: int = WARMUP_MIN_CALLS,
     latency: bool = True,
+    precision: float | None = DEFAULT_PRECISION,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> Measurement:
     """Time one forward of `module` on `input_shape` (and read its peak memory) on `backend`.
 
-    `warmup` is the minimum warm-up in seconds (and at least `warmup_calls` calls); `min_run_time` the
-    timed budget; `clock` replaces time.perf_counter (tests). Raises BackendUnavailableError for a
-    backend this machine cannot run; other failures come back as a status with a reason.
+    `warmup` is the minimum warm-up in seconds (and at least `warmup_calls` calls). Timing then stops once
+    the 95% CI on the median is within +-`precision` of it, after at least `min_run_time` timed seconds,
+    or when `max_run_time` timed seconds are spent (`precision=None`: exactly the `min_run_time` budget).
+    `clock` replaces time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine
+    cannot run; other failures come back as a status with a reason.
     """
-    shape = _check_args(module, input_shape, threads, min_run_time)
+    shape = _check_args(module, input_shape, threads, min_run_time, precision, max_run_time)
     torch_dtype(dtype, type(module).__name__)  # an unknown dtype name is a usage error, not a status
     allocator = pin_allocator()
     be = get_backend(backend)
@@ -142,7 +165,9 @@ def measure(
     prepare_s = time.perf_counter() - t0
     try:
         with prepared:
-            timing = prepared.time(min_run_time, warmup, warmup_calls, clock) if latency else None
+            timing = (
+                prepared.time(min_run_time, warmup, warmup_calls, clock, precision, max_run_time) if latency else None
+            )
             t_mem = time.perf_counter()
             mem = prepared.peak_memory() if memory else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem

@@ -11,6 +11,7 @@ from attnbench.backends import UnknownBackendError, get_backend, list_backends
 from attnbench.backends.base import make_input
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.measurement import Measurement, measure
+from attnbench.timing import MIN_BLOCKS
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -105,8 +106,10 @@ def test_measure_with_injected_clock_is_deterministic() -> None:
     m = measure(nn.Linear(8, 8), (4, 8), min_run_time=0.05, warmup=0.25, clock=SteppingClock(0.01), memory=False)
     t = m.timing
     assert t is not None
-    assert t.calls_per_block == 2 and t.n_blocks == 5
+    # Every block equal: the median is known at once, so the floor (0.05 s = 5 blocks) and MIN_BLOCKS (6) rule.
+    assert t.calls_per_block == 2 and t.n_blocks == MIN_BLOCKS
     assert t.median_s == pytest.approx(0.005) and t.iqr_s == pytest.approx(0.0) and not t.noisy
+    assert t.precision_met is True and t.median_ci_rel == pytest.approx(0.0, abs=1e-9)
 
 
 def test_public_alias_stays_callable() -> None:
@@ -121,6 +124,12 @@ def test_bad_arguments_raise() -> None:
         measure(nn.Identity(), (1, 4), threads=0)
     with pytest.raises(InvalidCaseError, match="input_shape"):
         measure(nn.Identity(), (1, 0))
+    with pytest.raises(InvalidCaseError, match="precision"):
+        measure(nn.Identity(), (1, 4), precision=0.0)
+    with pytest.raises(InvalidCaseError, match="max_run_time"):
+        measure(nn.Identity(), (1, 4), max_run_time=0.0)
+    with pytest.raises(InvalidCaseError, match="min_run_time"):
+        measure(nn.Identity(), (1, 4), min_run_time=-1.0)
 
 
 def test_cpu_bfloat16_leaves_the_module_float32() -> None:

@@ -38,7 +38,9 @@ from attnbench.backends.base import (
 )
 from attnbench.memory import PeakMemory
 from attnbench.timing import (
+    DEFAULT_MAX_RUN_TIME,
     DEFAULT_MIN_RUN_TIME,
+    DEFAULT_PRECISION,
     WARMUP_MIN_CALLS,
     WARMUP_MIN_S,
     Clock,
@@ -379,9 +381,12 @@ class OrtPrepared(Prepared):
         warmup_s: float = WARMUP_MIN_S,
         warmup_calls: int = WARMUP_MIN_CALLS,
         clock: Clock | None = None,
+        precision: float | None = DEFAULT_PRECISION,
+        max_run_time: float = DEFAULT_MAX_RUN_TIME,
     ) -> TimingStats:
         """The shared protocol with at least ORT_WARMUP_MIN_CALLS warm-up runs."""
-        return super().time(min_run_time, warmup_s, max(warmup_calls, ORT_WARMUP_MIN_CALLS), clock)
+        warmup_calls = max(warmup_calls, ORT_WARMUP_MIN_CALLS)
+        return super().time(min_run_time, warmup_s, warmup_calls, clock, precision, max_run_time)
 
     def peak_memory(self) -> PeakMemory:
         """Not measured for ORT; the method string says why."""
