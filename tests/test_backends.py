@@ -148,7 +148,10 @@ def test_ort_parity_conv_matmul() -> None:
     assert m.parity_max_abs is not None and m.parity_max_abs <= 1e-4
     assert m.parity_checked_shapes == ((1, 8, 12, 10), (2, 8, 12, 10))
     assert m.exporter == "dynamo" and m.extra["dynamic_batch"] is True
-    assert m.extra["onnx_input_dims"][0] == "batch" and m.extra["onnx_input_dims"][1:] == [8, 12, 10]
+    # Batch, H and W symbolic (one graph for every resolution), channels fixed by the weights.
+    dims = m.extra["onnx_input_dims"]
+    assert [isinstance(d, str) for d in dims] == [True, False, True, True] and dims[1] == 8
+    assert m.extra["onnx_graph"] == "exported" and m.extra["onnx_dynamic_spatial"] is True
     assert m.extra["ort_intra_op_num_threads"] == 1
     assert m.timing is not None and m.timing.warmup_calls >= 10 and m.timing.median_s > 0
     assert m.peak_bytes is None and "not measured" in m.peak_method
@@ -161,6 +164,9 @@ def test_ort_fixed_batch_is_reexported_and_checked_at_that_batch() -> None:
     assert m.ok, m.reason
     assert m.extra["dynamic_batch"] is False and m.extra["onnx_input_dims"][0] == 1
     assert m.parity_checked_shapes == ((1, 4, 3, 3),)
+    # The dynamic H, W graph baked the batch (a symbolic name over a fixed Reshape): caught at batch 1.
+    assert m.extra["onnx_graph"] == "exported per resolution"
+    assert "dynamic H, W export: parity_failed" in m.extra["onnx_per_resolution_reason"]
 
 
 @pytest.mark.onnx
