@@ -98,6 +98,8 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
             row[f"noisy_{b}"] = r["latency_noisy"]
             row[f"contended_{b}"] = r["latency_contended"]
             row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
+            if _present(r["instructions"]):
+                row[f"instr_{b}"] = r["instructions"]
             if b == "ort":
                 row["parity_max_abs"] = r["parity_max_abs"]
         # One status when every backend ended the same way ("invalid"), else each backend's that did not pass.
@@ -170,6 +172,7 @@ def _metric_label(metric: str) -> str:
 P_PARAMS = 10
 P_MACS = 12
 P_OTHER_LATENCY = 20
+P_INSTRUCTIONS = 25  # instructions per call: asked for explicitly (a gate on work), so kept before memory
 P_MEMORY = 30
 P_FLOPS = 40
 P_ACHIEVED = 45
@@ -252,6 +255,10 @@ def _columns(
     for i, b in enumerate(backends):
         if _has(table, f"latency_{b}_s"):
             cols.append(_latency_column(table, b, priority(f"latency_{b}_s", P_OTHER_LATENCY + i)))
+    for i, b in enumerate(backends):
+        if _has(table, f"instr_{b}"):
+            cell = lambda r, b=b: fmt.si(r.get(f"instr_{b}"))  # noqa: E731
+            cols.append(Column(f"{b} instr/call", cell, P_INSTRUCTIONS + i, key=f"instr_{b}"))
     cols += _roofline_columns(table, backends, roofs or {})
     if _has(table, "parity_max_abs"):
         cols.append(Column("ORT max|Δ|", lambda r: fmt.sci(r.get("parity_max_abs")), P_PARITY, key="parity_max_abs"))
@@ -512,8 +519,11 @@ def markdown(
             lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
         lines.append("")
         lines.append(
-            "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
-            "timing (IQR/median > 10%), `!` one taken while other processes used more than 5% of a core. "
+            "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
+            "confidence interval on the median is within the asked precision (±1% by default) or its time "
+            "budget is spent. `~` marks a noisy timing (IQR/median > 10%, or the precision not reached), "
+            "`!` one taken while other processes used more than 5% of a core. "
+            "instr/call: instructions per forward counted under Callgrind (a deterministic work measure). "
             "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
             "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
@@ -728,7 +738,8 @@ def case_text(row: Result) -> str:
 
 
 def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
-    """Print what changed against the baseline and the gate's outcome (FAILED too when cases of the run failed)."""
+    """Print what changed against the baseline and the gate's outcome: passed, inconclusive (machine busy) or failed
+    (also when cases of the run failed)."""
     if verdict.latency_note:
         console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
     if verdict.changes:
@@ -738,11 +749,24 @@ def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None
         for c in verdict.changes:
             table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
         console.print(table)
+    failing = sum(c.failing for c in verdict.changes)
+    compared = f"{verdict.compared_cases} case(s) compared"
+    if verdict.metric == "instructions":
+        compared += f", instructions of {verdict.compared_instructions} row(s)"
+    if verdict.inconclusive and not failed_cases:
+        busy = sum(c.kind == "latency-busy" for c in verdict.changes)
+        console.print(
+            f"gate: [yellow]INCONCLUSIVE (machine busy)[/yellow]: {compared}; {busy} latency regression(s) seen "
+            "only while other processes used the CPU, not failed (--strict fails them; --gate-metric "
+            "instructions is immune to load)",
+            highlight=False,
+        )
+        return
     outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
     console.print(
-        f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
-        f"{sum(c.failing for c in verdict.changes)} failing change(s)"
-        + (f", {failed_cases} case(s) of this run failed" if failed_cases else "")
+        f"gate: {outcome}: {compared}, {failing} failing change(s)"
+        + (f", {failed_cases} case(s) of this run failed" if failed_cases else ""),
+        highlight=False,
     )
 
 

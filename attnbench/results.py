@@ -120,10 +120,12 @@ class Result:
     latency_p10_s: float | None = None
     latency_min_s: float | None = None
     latency_calls: int | None = None
-    latency_noisy: bool | None = None
+    latency_noisy: bool | None = None  # IQR/median > 10%, or the median not known to the asked precision in budget
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
+    latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
     minor_faults_per_call: float | None = None
+    instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
     reserved_mem_bytes: int | None = None

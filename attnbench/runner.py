@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import threading
 import time
@@ -33,9 +34,13 @@ from attnbench.errors import (
 from attnbench.fmt import nbytes
 from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
+from attnbench.timing import DEFAULT_PRECISION
 
-#: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured.
-METRICS = ("params", "macs", "memory", "latency")
+#: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured, and
+#: `instructions` counted under valgrind after the sweep (all cases in one process; see attnbench.instructions).
+METRICS = ("params", "macs", "memory", "latency", "instructions")
+#: What a run measures unless told otherwise: instruction counts cost a valgrind pass, so they are asked for.
+DEFAULT_METRICS = ("params", "macs", "memory", "latency")
 COUNTERS = ("attnbench", "fvcore", "thop")
 #: The memory guard refuses a case whose estimate, times this margin, exceeds the free memory.
 GUARD_MARGIN = 1.5
@@ -48,9 +53,11 @@ DEFAULT_SEED = 0
 class RunOptions:
     """How to measure: which metrics and counters, timing budget, guards."""
 
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     counters: tuple[str, ...] = COUNTERS
-    min_run_time: float | None = None  # None: the timing module's default
+    min_run_time: float | None = None  # floor on timed seconds per case; None: the timing module's default
+    max_run_time: float | None = None  # budget of timed seconds per case; None: the timing module's default
+    precision: float | None = DEFAULT_PRECISION  # stop once the 95% CI on the median is within +-this; None: fixed
     time_limit_s: float | None = None  # per case (one backend of one geometry); None: no limit
     force: bool = False  # run cases the memory guard would refuse
     seed: int = DEFAULT_SEED
@@ -59,8 +66,12 @@ class RunOptions:
 
     @property
     def measures(self) -> bool:
-        """True when a backend has to run the module (latency or memory asked for)."""
-        return "latency" in self.metrics or "memory" in self.metrics
+        """True when a backend has to run the module (latency, memory or instructions asked for)."""
+        return any(m in self.metrics for m in ("latency", "memory", "instructions"))
+
+    def without_instructions(self) -> RunOptions:
+        """The same options minus the valgrind pass (to re-measure one case's latency)."""
+        return dataclasses.replace(self, metrics=tuple(m for m in self.metrics if m != "instructions"))
 
 
 @dataclass
@@ -259,6 +270,9 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
     }
     if options.min_run_time is not None:
         kwargs["min_run_time"] = options.min_run_time
+    if options.max_run_time is not None:
+        kwargs["max_run_time"] = options.max_run_time
+    kwargs["precision"] = options.precision
     m = measure(module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs)
     values: dict[str, Any] = {"status": m.status, "reason": m.reason}
     if m.timing is not None and "latency" in options.metrics:
@@ -270,6 +284,7 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
             latency_calls=m.timing.n_calls,
             latency_noisy=m.timing.noisy,
             latency_contended=m.timing.contended,
+            latency_ci_rel=m.timing.median_ci_rel if math.isfinite(m.timing.median_ci_rel) else None,
             throughput_per_s=case.batch / m.timing.median_s if m.timing.median_s > 0 else None,
             minor_faults_per_call=m.timing.minor_faults_per_call,
         )
@@ -285,6 +300,8 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
         # Seconds inside the timing protocol (warm-up + timed blocks): the rest of a row's time is overhead.
         extra["timing_loop_s"] = m.timing.warmup_s + m.timing.mean_s * m.timing.n_calls
         extra["other_cpu_cores"] = m.timing.other_cpu_cores
+        extra["precision_target"] = m.timing.precision_target
+        extra["timing_blocks"] = m.timing.n_blocks
     values["extra"] = json.dumps(extra, sort_keys=True, default=str)
     return values
 
@@ -322,14 +339,25 @@ def run(
     options: RunOptions | None = None,
     on_result: Callable[[Result], None] | None = None,
     on_progress: Callable[[Case], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> RunOutcome:
-    """Measure every case; each failure is a row, Ctrl-C stops with what was finished."""
+    """Measure every case; each failure is a row, Ctrl-C stops with what was finished.
+
+    With "instructions" in the metrics, valgrind must be installed (else ValgrindUnavailableError before
+    anything runs); the modules of eligible cases are queued as they are built and counted after the sweep
+    in one valgrind process, and their rows in the outcome then carry `instructions`. `on_status` hears
+    about that pass (it takes minutes).
+    """
     from attnbench.env import machine_label
+    from attnbench.instructions import InstructionBatch, check_available
 
     options = options or RunOptions()
     outcome = RunOutcome()
     cases = list(cases)
     machine = options.machine if options.machine is not None else machine_label()
+    counting = "instructions" in options.metrics
+    if counting:
+        check_available()
 
     def emit(row: Result) -> None:
         # Every row names the machine that measured it, so merged reports keep runs apart.
@@ -341,12 +369,61 @@ def run(
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for case in cases:
         groups.setdefault(_geometry(case), []).append(case)
-    try:
-        for group in groups.values():
-            _run_geometry(group, options, emit, on_progress)
-    except KeyboardInterrupt:
-        outcome.interrupted = True
+    with InstructionBatch() as batch:
+        queued: list[int] = []  # outcome row index of each queued module, in queue order
+
+        def queue(module: torch.nn.Module, case: Case) -> None:
+            if counting and instructions_eligible(case):
+                batch.add(module, case.input_shape, options.seed)
+                queued.append(len(outcome.results) - 1)
+
+        try:
+            for group in groups.values():
+                _run_geometry(group, options, emit, on_progress, queue)
+            if queued:
+                _count_instructions(outcome, batch, queued, options, on_status)
+        except KeyboardInterrupt:
+            outcome.interrupted = True
     return outcome
+
+
+def instructions_eligible(case: Case) -> bool:
+    """Cases whose instructions are counted: PyTorch eager on the CPU, float32 inference at 1 thread, default
+    memory format and allocator (the valgrind worker runs exactly that)."""
+    return (
+        case.backend == "cpu"
+        and case.threads == 1
+        and case.dtype == R.DEFAULT_DTYPE
+        and case.mode == R.DEFAULT_MODE
+        and not case.compile
+        and not case.channels_last
+        and case.allocator == R.DEFAULT_ALLOCATOR
+    )
+
+
+def _count_instructions(
+    outcome: RunOutcome,
+    batch: Any,
+    queued: list[int],
+    options: RunOptions,
+    on_status: Callable[[str], None] | None,
+) -> None:
+    """Run the one valgrind pass and put each count into its row (a failed count is noted in `extra`)."""
+    started = time.perf_counter()
+    if on_status:
+        on_status(f"counting instructions of {len(queued)} case(s) under valgrind (one process)")
+    limit = options.time_limit_s * len(queued) if options.time_limit_s else None
+    counts = batch.run(timeout_s=limit)
+    for index, count in zip(queued, counts, strict=True):
+        row = outcome.results[index]
+        if count.ok:
+            outcome.results[index] = dataclasses.replace(row, instructions=count.instructions)
+        else:
+            extra = json.loads(row.extra) if row.extra else {}
+            extra["instructions_error"] = count.reason
+            outcome.results[index] = dataclasses.replace(row, extra=json.dumps(extra, sort_keys=True, default=str))
+    if on_status:
+        on_status(f"counted instructions in {time.perf_counter() - started:.1f} s")
 
 
 def _run_geometry(
@@ -354,6 +431,7 @@ def _run_geometry(
     options: RunOptions,
     emit: Callable[[Result], None],
     on_progress: Callable[[Case], None] | None,
+    queue: Callable[[torch.nn.Module, Case], None] | None = None,
 ) -> None:
     first = group[0]
     backends_cases = group if options.measures else [group[0]]
@@ -405,6 +483,8 @@ def _run_geometry(
             with time_limit(options.time_limit_s):
                 values = _measure(module, case, options)
             emit(Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - case_started}))
+            if queue is not None and values["status"] == R.OK:
+                queue(module, case)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
