@@ -8,9 +8,10 @@ cost of starting Python and importing torch under valgrind is paid once:
 1. The parent saves each case's module (weights and all, with torch.save) and input shape to a temporary
    directory, so the worker counts exactly the objects the run measured, zoo or not.
 2. The worker starts under `valgrind --tool=callgrind --instr-atstart=no --collect-atstart=no`: imports and
-   loading run without instrumentation (about 4x faster than with it). It loads every case, runs
-   WARMUP_CALLS forwards of each (lazy initialisation, Python's specialising interpreter), then asks
-   callgrind_control to switch instrumentation on, once.
+   loading run without instrumentation (importing torch took 21 s of CPU so, 78 s instrumented). It
+   loads every case, runs WARMUP_CALLS forwards of each (lazy initialisation, Python's specialising
+   interpreter), then asks callgrind_control to switch instrumentation on, once. ATen, MKL and oneDNN
+   are held to their SSE4 kernels (SSE_PATHS): valgrind runs FMA code two orders of magnitude slower.
 3. Per case: one more forward outside collection, then collection on (torch._C._valgrind_toggle),
    `calls` forwards, collection off and a dump (torch._C._valgrind_toggle_and_dump_stats): one dump
    file per case, in case order.
@@ -18,8 +19,9 @@ cost of starting Python and importing torch under valgrind is paid once:
 
 Counted: user-space instructions of the calling thread's forward (Python, dispatcher, kernels), at 1
 intra-op thread (valgrind serialises threads, and worker threads would add spin-waits that are not
-deterministic). Not counted: the kernel, time waiting. The count depends on the CPU's instruction set
-(as valgrind reports it), torch, Python and valgrind versions: compare counts only between runs where
+deterministic). Not counted: the kernel, time waiting. Repeatable to about 0.1% (results/gate_stability.md),
+not to the instruction: allocator state and Python's object layout move a few thousand instructions. The
+count depends on the CPU, torch, Python, valgrind and allocator: compare counts only between runs where
 those match (gate.py refuses the rest).
 """
 
@@ -49,10 +51,15 @@ WARMUP_CALLS = 3
 DEFAULT_CALLS = 1
 #: The worker's own limit on waiting for callgrind_control to switch instrumentation on.
 INSTRUMENT_ON_TIMEOUT_S = 120.0
+#: Kernels without FMA: valgrind emulates FMA3 instructions one helper call at a time, which made oneDNN's AVX2
+#: convolutions about 85x slower under valgrind than their SSE4.1 versions (sk at 32x32: 60 s against 0.7 s
+#: per forward). The counts are therefore those of the SSE4 code paths of ATen, MKL and oneDNN: a
+#: deterministic measure of the module's work, not of the AVX2/AVX-512 kernels its timings run.
+SSE_PATHS = {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 #: What an instruction count counts, for reports.
 INSTRUCTIONS_METHOD = (
-    "Callgrind Ir (instructions executed) per forward call at 1 thread, after warm-up; one valgrind "
-    "process for all cases"
+    "Callgrind Ir (instructions executed) per forward call at 1 thread, after warm-up, on the SSE4 kernels "
+    "of ATen, MKL and oneDNN; one valgrind process for all cases"
 )
 #: Environment keys that must match for two instruction counts to be comparable.
 INSTRUCTION_ENV_KEYS = ("cpu_model", "cpu_isa", "torch", "python", "valgrind", "allocator")
@@ -149,8 +156,13 @@ class InstructionBatch:
     def __len__(self) -> int:
         return len(self._cases)
 
-    def run(self, calls: int = DEFAULT_CALLS, timeout_s: float | None = None) -> list[InstructionCount]:
-        """Count every queued case in one valgrind process; one InstructionCount per add(), in order."""
+    def run(
+        self, calls: int = DEFAULT_CALLS, timeout_s: float | None = None, valgrind_args: Sequence[str] = ()
+    ) -> list[InstructionCount]:
+        """Count every queued case in one valgrind process; one InstructionCount per add(), in order.
+
+        `valgrind_args` are passed to valgrind before the program (for studies of its options).
+        """
         if not self._cases:
             return []
         check_available()
@@ -166,6 +178,7 @@ class InstructionBatch:
             "--instr-atstart=no",
             "--collect-atstart=no",
             f"--callgrind-out-file={out_prefix}",
+            *valgrind_args,
             sys.executable,
             "-m",
             "attnbench.instructions",
@@ -180,6 +193,7 @@ class InstructionBatch:
             "PYTHONHASHSEED": "0",
             "OMP_NUM_THREADS": "1",
             "MKL_NUM_THREADS": "1",
+            **SSE_PATHS,
         }
         try:
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)

@@ -20,6 +20,7 @@ from rich.text import Text
 from attnbench import fmt
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
+from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
@@ -523,7 +524,7 @@ def markdown(
             "confidence interval on the median is within the asked precision (±1% by default) or its time "
             "budget is spent. `~` marks a noisy timing (IQR/median > 10%, or the precision not reached), "
             "`!` one taken while other processes used more than 5% of a core. "
-            "instr/call: instructions per forward counted under Callgrind (a deterministic work measure). "
+            f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
             "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
             "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
