@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,6 +35,9 @@ from attnbench.fmt import nbytes
 from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
 from attnbench.timing import DEFAULT_PRECISION
+
+if TYPE_CHECKING:
+    from attnbench.instructions import InstructionBatch
 
 #: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured, and
 #: `instructions` counted under valgrind after the sweep (all cases in one process; see attnbench.instructions).
@@ -403,7 +406,7 @@ def instructions_eligible(case: Case) -> bool:
 
 def _count_instructions(
     outcome: RunOutcome,
-    batch: Any,
+    batch: InstructionBatch,
     queued: list[int],
     options: RunOptions,
     on_status: Callable[[str], None] | None,

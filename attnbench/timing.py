@@ -39,8 +39,10 @@ DEFAULT_PRECISION = 0.01
 CONFIDENCE = 0.95
 #: Floor on the timed seconds per case; a case whose median is known sooner still runs this long.
 DEFAULT_MIN_RUN_TIME = 0.0
-#: Budget of timed seconds per case: timing stops here even if the precision was not reached.
-DEFAULT_MAX_RUN_TIME = 2.0
+#: Budget of timed seconds per case: timing stops here even if the precision was not reached (and says so).
+#: results/timing_defaults.md: on the shared 2-core VM, longer budgets mostly turned "flagged noisy" into
+#: "precise but off", as the machine's slow and fast phases last seconds; 0.5 s kept compare --all fast.
+DEFAULT_MAX_RUN_TIME = 0.5
 #: A block lasts at least this long, so clock resolution and overhead vanish in the per-call figure.
 BLOCK_TARGET_S = 0.02
 #: Fewest blocks taken: 6 is the smallest count whose extreme order statistics bound the median with 95%

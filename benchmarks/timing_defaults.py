@@ -36,6 +36,8 @@ from attnbench.env import environment  # noqa: E402
 from attnbench.errors import InvalidCaseError  # noqa: E402
 from attnbench.memory import pin_allocator  # noqa: E402
 from attnbench.timing import (  # noqa: E402
+    DEFAULT_MAX_RUN_TIME,
+    DEFAULT_PRECISION,
     MIN_BLOCKS,
     NOISE_THRESHOLD,
     SystemProbe,
@@ -188,13 +190,22 @@ def write_markdown(data: dict[str, Any]) -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for g in data["grid"]:
+        chosen = g["precision"] == DEFAULT_PRECISION and g["budget_s"] == DEFAULT_MAX_RUN_TIME
+        mark, note = ("**", "** (default)") if chosen else ("", "")
+        worst = _pct(g["worst_miss"]) if g["miss"] else "-"
         lines.append(
-            f"| ±{g['precision']:.1%} | {g['budget_s']:g} | {g['timing_s']:.1f} | {g['judged']:.0f} | "
-            f"{g['agree']:.0f} | {g['flagged']:.0f} | {g['miss']:.0f} | "
-            f"{_pct(g['worst_miss']) if g['miss'] else '-'} |"
+            f"| {mark}±{g['precision']:.1%} | {g['budget_s']:g}{note} | {g['timing_s']:.1f} | {g['judged']:.0f} | "
+            f"{g['agree']:.0f} | {g['flagged']:.0f} | {g['miss']:.0f} | {worst} |"
         )
     fixed = sum(FIXED_S + r["warmup_s"] for r in data["rows"])
     lines += [
+        "",
+        f"Defaults chosen from this table: ±{DEFAULT_PRECISION:.0%} and {DEFAULT_MAX_RUN_TIME:g} s. On this shared "
+        "machine a longer budget rarely bought agreement: the median of a case then reaches ±1% within one of the "
+        "machine's fast or slow phases (seconds long) and stops unflagged, while the reference, taken seconds "
+        "apart, sits in another phase. A short budget leaves such cases flagged noisy, and keeps "
+        "`compare --all` fast. Where the machine is quiet, precise cases stop after "
+        f"{MIN_BLOCKS} blocks of 20 ms whatever the budget.",
         "",
         f"For scale: the recorded runs themselves ({FIXED_S:g} s of blocks per case) took {fixed:.0f} s of timing "
         "loops; attnbench 0.1's fixed 1 s per case would take about "
