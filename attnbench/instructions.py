@@ -38,12 +38,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from attnbench.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: Forwards run natively (not instrumented) before counting: Python 3.11 specialises bytecode after a few.
 WARMUP_CALLS = 3
@@ -109,6 +109,8 @@ def check_available() -> str:
             f"instruction counts need valgrind ({', '.join(missing) or 'valgrind --version failed'} not found); "
             "install it (Debian/Ubuntu: apt-get install valgrind) or gate on wall time (--gate-metric wall)"
         )
+    import torch
+
     if not torch._C._valgrind_supported_platform():
         raise ValgrindUnavailableError(f"torch {torch.__version__} was built without valgrind support")
     return version
@@ -125,6 +127,8 @@ def isa_facts() -> str:
                     return ",".join(f for f in wanted if f in flags)
     except OSError:
         pass
+    import torch
+
     return torch.backends.cpu.get_cpu_capability()
 
 
@@ -146,6 +150,8 @@ class InstructionBatch:
         index = len(self._cases)
         path = self._dir / f"case{index}.pt"
         entry: dict[str, Any] = {"path": str(path), "shape": list(input_shape), "seed": seed}
+        import torch
+
         try:
             torch.save(module, path)
         except Exception as exc:  # a class defined in __main__ cannot travel to another process
@@ -280,6 +286,8 @@ def _instrumentation_on() -> None:
 def _worker(plan_path: str) -> int:
     """Load every case, warm up, switch instrumentation on, count each case into its own dump."""
     import functools
+
+    import torch
 
     from attnbench.backends.base import make_input
     from attnbench.memory import pin_allocator

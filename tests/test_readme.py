@@ -30,4 +30,4 @@ def test_readme_gate_example_matches_ci_settings() -> None:
     settings = "--dim 64 --res 16 --res 32 --backend cpu --backend ort"
     assert settings in ci and settings in " ".join(README.split())
     gate = "--max-run-time 0.5 --gate-metric instructions --baseline results/ci-baseline.csv"
-    assert gate in " ".join(ci.split()) and gate in " ".join(README.split())
+    assert gate in " ".join(ci.replace("\\\n", " ").split()) and gate in " ".join(README.split())
