@@ -570,9 +570,6 @@ def markdown(
     """GitHub-ready report: the table, scaling exponents, failures with reasons, environment, convention."""
     lines = [f"# {title}", ""]
     table = with_machine_aliases(summary(results), results)
-    scenario = scenario_text(table)
-    if scenario:
-        lines += [scenario, ""]
     if table.empty:
         lines += ["No results.", ""]
     else:
@@ -584,6 +581,8 @@ def markdown(
         for _, r in table.iterrows():
             lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
         lines.append("")
+        # The scenario fields that do not vary are not columns: the line under the table says them.
+        lines += [scenario_text(table), ""]
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
             "timing (IQR/median > 10%), `!` one taken while other processes used more than 5% of a core. "

@@ -35,8 +35,9 @@ def test_big_attention_maps_fault_on_every_call_only_without_pinning(big_map_row
     row = big_map_rows["cpu pinned"]
     extra = json.loads(row.extra)
     assert row.ok, row.reason
-    assert row.minor_faults_per_call < 10  # pinned: the map's pages stay mapped between calls
-    assert row.other_allocator_faults_per_call > MAP_PAGES  # system: at least one 32 MiB map per call
+    # Pinned: the map's pages stay mapped between calls (a heap that grows once in the timed region is a
+    # one-off, spread over its calls); system: at least one 32 MiB map is mapped again on every call.
+    assert row.minor_faults_per_call < MAP_PAGES < row.other_allocator_faults_per_call
     # The worker left glibc alone (ATTNBENCH_ALLOCATOR=system); this process pinned it.
     assert extra["system_allocator"]["pinned"] is False and "not pinned" in extra["system_allocator"]["note"]
     assert extra["allocator"]["pinned"] is True
@@ -46,8 +47,7 @@ def test_big_attention_maps_fault_on_every_call_only_without_pinning(big_map_row
 
 def test_system_allocator_as_the_headline_swaps_the_two_states(big_map_rows: dict[str, R.Result]) -> None:
     swapped = big_map_rows["cpu system"]
-    assert swapped.ok and swapped.minor_faults_per_call > MAP_PAGES
-    assert swapped.other_allocator_faults_per_call < 10
+    assert swapped.ok and swapped.other_allocator_faults_per_call < MAP_PAGES < swapped.minor_faults_per_call
     slowdown = swapped.latency_median_s / swapped.other_allocator_latency_s
     assert swapped.system_allocator_slowdown == pytest.approx(slowdown)
     ort = big_map_rows["ort system"]
