@@ -178,16 +178,16 @@ def _metric_label(metric: str) -> str:
 P_PARAMS = 10
 P_MACS = 12
 P_OTHER_LATENCY = 20
+P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
+P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
 P_MEMORY = 30
+P_OTHER_ALLOC = 32  # the latency in the other allocator state, where it is > 10% slower
 P_FLOPS = 40
 P_ACHIEVED = 45
 P_PEAK_SHARE = 50
 P_SPREAD = 60  # the ±IQR beside a median (folded away, the median stays)
 P_PARITY = 65
 P_CROSS_CHECK = 70  # fvcore÷ours, thop÷ours
-P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
-P_OTHER_ALLOC = 35  # the latency in the other allocator state, where it is > 10% slower
-P_COMPILE = 55  # torch.compile's first call
 #: Units a column of FLOP/s is printed in (picked per column, like memory and time).
 RATE_UNITS = (("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12))
 
