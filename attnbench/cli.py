@@ -202,7 +202,23 @@ ThreadsOpt = Annotated[
     list[int] | None, typer.Option("--threads", help="Intra-op threads (torch and ORT); repeat for a sweep. Default 1.")
 ]
 DtypeOpt = Annotated[
-    list[str] | None, typer.Option("--dtype", help="float32, or float16/bfloat16 on cuda; repeat for a sweep.")
+    list[str] | None,
+    typer.Option("--dtype", help="float32, bfloat16 or float16 (a backend that cannot run one: skipped); repeat."),
+]
+ModeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--mode", help="infer (eval, no grad) or train (forward + backward of output.sum()); repeat."),
+]
+ChannelsLastOpt = Annotated[
+    bool, typer.Option("--channels-last", help="Module and input in channels_last (image-layout modules).")
+]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile (inductor); compile time kept apart.")]
+AllocatorOpt = Annotated[
+    str,
+    typer.Option(
+        "--allocator",
+        help="Which glibc state the CPU latency shows: pinned (stable) or system (a plain PyTorch process's).",
+    ),
 ]
 KwOpt = Annotated[
     list[str] | None,
@@ -465,10 +481,12 @@ def _sweep(
     kw: Sequence[str],
     shard: str | None = None,
     layout: str | None = None,
+    scenario: Scenario | None = None,
 ) -> Sweep:
     """The Sweep the options describe (strings parsed; values checked by Sweep.check)."""
     from attnbench.shard import parse_shard
 
+    scenario = scenario or Scenario()
     shared, own = parse_module_kw(kw)
     return Sweep(
         modules=modules,
@@ -482,6 +500,10 @@ def _sweep(
         shard=parse_shard(shard) if shard is not None else None,
         module_kwargs=own,
         layout=layout or "",
+        modes=tuple(dict.fromkeys(scenario.modes or [R.DEFAULT_MODE])),
+        channels_last=(scenario.channels_last,),
+        compile=(scenario.compile,),
+        allocators=(scenario.allocator,),
     )
 
 
@@ -501,6 +523,16 @@ class Timing:
             raise UsageError("--max-run-time must be > 0")
         if not 0 < self.precision < 1:
             raise UsageError("--precision must be a fraction in (0, 1), e.g. 0.01 for +-1%")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The scenario options of a measuring command, as typed."""
+
+    modes: Sequence[str] | None = None
+    channels_last: bool = False
+    compile: bool = False
+    allocator: str = R.DEFAULT_ALLOCATOR
 
 
 def _options(
@@ -689,7 +721,7 @@ def _run_with_progress(
     from attnbench.runner import run
 
     # One step per measured case, or per geometry when only counting.
-    steps = cases if options.measures else list({_geometry_text(c): c for c in cases}.values())
+    steps = cases if options.measures else list({(_geometry_text(c), c.mode): c for c in cases}.values())
     on_status = None if quiet else _status_line
     if not quiet and not err.is_terminal:
         # A CI log: no bar (it would be redrawn into the log or hidden), but a line as each case finishes.
@@ -827,6 +859,10 @@ def profile_cmd(
     backend: BackendOpt = None,
     threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
+    mode: ModeOpt = None,
+    channels_last: ChannelsLastOpt = False,
+    compile_: CompileOpt = False,
+    allocator: AllocatorOpt = R.DEFAULT_ALLOCATOR,
     kw: KwOpt = None,
     layout: LayoutOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
@@ -865,6 +901,7 @@ def profile_cmd(
         kw or [],
         shard,
         layout,
+        Scenario(mode, channels_last, compile_, allocator),
     )
     if depth is not None and (not breakdown or depth < 0):
         raise UsageError(f"--depth {depth}: " + ("must be >= 0" if breakdown else "only with --breakdown"))
@@ -884,6 +921,10 @@ def compare_cmd(
     backend: BackendOpt = None,
     threads: ThreadsOpt = None,
     dtype: DtypeOpt = None,
+    mode: ModeOpt = None,
+    channels_last: ChannelsLastOpt = False,
+    compile_: CompileOpt = False,
+    allocator: AllocatorOpt = R.DEFAULT_ALLOCATOR,
     kw: KwOpt = None,
     layout: LayoutOpt = None,
     metrics: MetricsOpt = "params,macs,memory,latency",
@@ -930,6 +971,7 @@ def compare_cmd(
         kw or [],
         shard,
         layout,
+        Scenario(mode, channels_last, compile_, allocator),
     )
     outputs = Outputs(tuple(output or ()), plots, "attnbench compare", sort, True, quiet)
     if tolerance is not None and not 0 <= tolerance < 10:

@@ -2,8 +2,11 @@
 
 Conventions: 1 intra-op thread unless asked; inputs are standard normal from a fixed seed; the allocator is
 pinned once per process (attnbench.memory.pin_allocator) and recorded; a case a backend cannot run (OOM,
-failed export, failed parity) is a Measurement with a status and a reason, not an exception. Asking for a
-backend this machine lacks raises BackendUnavailableError.
+failed export or compile, failed parity, a dtype or mode it does not run) is a Measurement with a status and
+a reason, not an exception. Asking for a backend this machine lacks raises BackendUnavailableError.
+A scenario beyond dtype and threads: `mode` "infer" (eval, no grad) or "train" (forward + backward of
+output.sum(), see attnbench.backends._torch), `channels_last`, and `compile` (torch.compile, inductor; its
+compile time is `compile_s`, apart from the timing).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import STATUS_OK, STATUS_OOM, STATUS_UNSUPPORTED, CaseFailed, torch_dtype
+from attnbench.backends.base import MODES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED, CaseFailed, Scenario, torch_dtype
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.timing import (
@@ -57,6 +60,9 @@ class Measurement:
     input_shape: tuple[int, ...]
     allocator: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    scenario: Scenario = field(default_factory=Scenario)
+    #: torch.compile: wall time of the first (compiling) call, not part of the timing; None when not compiled.
+    compile_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -79,10 +85,13 @@ def _check_args(
     input_shape: Sequence[int],
     threads: int,
     min_run_time: float,
+    mode: str,
     precision: float | None = None,
     max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> tuple[int, ...]:
     name = type(module).__name__
+    if mode not in MODES:
+        raise InvalidCaseError(name, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     shape = tuple(input_shape)
     if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
         raise InvalidCaseError(name, "input_shape", f"must be positive ints, got {input_shape!r}")
@@ -112,16 +121,21 @@ def measure(
     latency: bool = True,
     precision: float | None = DEFAULT_PRECISION,
     max_run_time: float = DEFAULT_MAX_RUN_TIME,
+    mode: str = "infer",
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Measurement:
-    """Time one forward of `module` on `input_shape` (and read its peak memory) on `backend`.
+    """Time one step of `module` on `input_shape` (and read its peak memory) on `backend`.
 
-    `warmup` is the minimum warm-up in seconds (and at least `warmup_calls` calls). Timing then stops once
-    the 95% CI on the median is within +-`precision` of it, after at least `min_run_time` timed seconds,
-    or when `max_run_time` timed seconds are spent (`precision=None`: exactly the `min_run_time` budget).
-    `clock` replaces time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine
-    cannot run; other failures come back as a status with a reason.
+    A step is a forward (`mode="infer"`) or a forward + backward (`mode="train"`). `warmup` is the minimum
+    warm-up in seconds (and at least `warmup_calls` calls). Timing then stops once the 95% CI on the median
+    is within +-`precision` of it, after at least `min_run_time` timed seconds, or when `max_run_time` timed
+    seconds are spent (`precision=None`: exactly the `min_run_time` budget). `clock` replaces
+    time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine cannot run; a
+    combination the backend cannot run is status "skipped", other failures a status with a reason.
     """
-    shape = _check_args(module, input_shape, threads, min_run_time, precision, max_run_time)
+    shape = _check_args(module, input_shape, threads, min_run_time, mode, precision, max_run_time)
+    scenario = Scenario(mode, channels_last, compile)
     torch_dtype(dtype, type(module).__name__)  # an unknown dtype name is a usage error, not a status
     allocator = pin_allocator()
     be = get_backend(backend)
@@ -147,13 +161,15 @@ def measure(
             input_shape=shape,
             allocator=allocator,
             extra=dict(details.get("extra", {})),
+            scenario=scenario,
         )
 
-    if dtype not in be.dtypes:
-        return failed(STATUS_UNSUPPORTED, f"backend {backend!r} runs {', '.join(be.dtypes)}, not {dtype}")
+    refusal = be.refusal(dtype, scenario)
+    if refusal is not None:
+        return failed(STATUS_SKIPPED, refusal)
     t0 = time.perf_counter()
     try:
-        prepared = be.prepare(module, shape, dtype=dtype, threads=threads, seed=seed)
+        prepared = be.prepare(module, shape, dtype=dtype, threads=threads, seed=seed, scenario=scenario)
     except CaseFailed as exc:
         be.cleanup_after_failure()
         return failed(exc.status, exc.reason, exc.details)
@@ -195,4 +211,6 @@ def measure(
         input_shape=shape,
         allocator=allocator,
         extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
+        scenario=scenario,
+        compile_s=getattr(prepared, "compile_s", None),
     )

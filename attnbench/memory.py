@@ -24,16 +24,30 @@ CPU_PEAK_METHOD = (
     "torch.profiler CPU [memory] events, peak of the cumulative signed bytes over one warmed-up forward: "
     "activations and temporaries allocated during the forward; weights and input excluded"
 )
+#: ...in train mode: one training step (see attnbench.backends._torch), with the grads None before it.
+CPU_TRAIN_PEAK_METHOD = (
+    "torch.profiler CPU [memory] events, peak of the cumulative signed bytes over one warmed-up training step "
+    "(forward + backward of output.sum(), grads None before it): output, saved activations, temporaries and "
+    "the input and weight gradients; weights and input excluded"
+)
 #: What the CUDA peak counts.
 CUDA_PEAK_METHOD = (
     "torch.cuda.max_memory_allocated() - memory_allocated() before one warmed-up forward: "
     "activations and temporaries allocated during the forward; weights and input excluded"
+)
+CUDA_TRAIN_PEAK_METHOD = (
+    "torch.cuda.max_memory_allocated() - memory_allocated() before one warmed-up training step (forward + "
+    "backward of output.sum(), grads None before it): output, saved activations, temporaries and the input "
+    "and weight gradients; weights and input excluded"
 )
 
 #: glibc mallopt parameters (malloc.h) and the value measurement.md found to remove page-fault churn.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 PINNED_THRESHOLD_BYTES = 1 << 30
+#: Set to "system" in a process that must keep glibc's default (dynamic) thresholds: the worker that measures
+#: the default-allocator state (attnbench.sysalloc). Nothing else should set it.
+ALLOCATOR_ENV = "ATTNBENCH_ALLOCATOR"
 
 _ALLOCATOR: dict[str, Any] | None = None
 
@@ -104,7 +118,8 @@ def pin_allocator() -> dict[str, Any]:
 
     Without this, glibc mmaps and unmaps every block above its 32 MiB dynamic-threshold cap on each call,
     so a module with large attention maps pays tens of thousands of page faults per forward and switches
-    between a fast and a slow mode (measurement.md). An LD_PRELOADed jemalloc/tcmalloc is left alone.
+    between a fast and a slow mode (measurement.md). An LD_PRELOADed jemalloc/tcmalloc is left alone, and so
+    is glibc in a process started with ATTNBENCH_ALLOCATOR=system (the default-allocator state).
     """
     global _ALLOCATOR
     if _ALLOCATOR is not None:
@@ -116,6 +131,8 @@ def pin_allocator() -> dict[str, Any]:
         info.update(allocator=f"preloaded ({os.path.basename(preload.split(':')[0])})", note="left as is")
     elif glibc is None:
         info.update(allocator="system (not glibc)", note="mallopt not applied")
+    elif os.environ.get(ALLOCATOR_ENV) == "system":
+        info.update(allocator=f"glibc {glibc} malloc", note="system state: glibc's default thresholds, not pinned")
     else:
         info.update(allocator=f"glibc {glibc} malloc")
         try:

@@ -48,6 +48,8 @@ SCENARIO = ["layout", "mode", "dtype", "threads", "channels_last", "compile", "a
 ROW_KEY = [*GEOMETRY, *SCENARIO]
 #: One scaling series (a line in a plot, a row of the scaling table): everything but the resolution.
 SERIES_KEY = [k for k in ROW_KEY if k not in ("height", "width")]
+#: Marks a CPU latency that a default (unpinned) glibc process would see more than 10% slower.
+ALLOC_MARK = "†"
 #: Identity columns shown only when they vary in a table, with their short headers.
 VARYING = {
     "batch": "B",
@@ -99,10 +101,16 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
             row[f"noisy_{b}"] = r["latency_noisy"]
             row[f"contended_{b}"] = r["latency_contended"]
             row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
+            row[f"throughput_{b}_per_s"] = r["throughput_per_s"]
+            row[f"other_alloc_{b}_s"] = r["other_allocator_latency_s"]
+            row[f"alloc_slower_{b}"] = r["system_allocator_slower"]
+            row[f"compile_{b}_s"] = r["compile_s"]
             if _present(r["instructions"]):
                 row[f"instr_{b}"] = r["instructions"]
             if b == "ort":
                 row["parity_max_abs"] = r["parity_max_abs"]
+            elif r["compile"]:
+                row["compile_parity_max_abs"] = r["parity_max_abs"]
         # One status when every backend ended the same way ("invalid"), else each backend's that did not pass.
         alike = set(grp["status"])
         row["status"] = alike.pop() if len(alike) == 1 else "; ".join(statuses)
@@ -173,8 +181,11 @@ def _metric_label(metric: str) -> str:
 P_PARAMS = 10
 P_MACS = 12
 P_OTHER_LATENCY = 20
-P_INSTRUCTIONS = 25  # instructions per call: asked for explicitly (a gate on work), so kept before memory
+P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
+P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
+P_INSTRUCTIONS = 26  # instructions per call: asked for explicitly (a gate on work), so kept before memory
 P_MEMORY = 30
+P_OTHER_ALLOC = 32  # the latency in the other allocator state, where it is > 10% slower
 P_FLOPS = 40
 P_ACHIEVED = 45
 P_PEAK_SHARE = 50
@@ -260,11 +271,68 @@ def _columns(
         if _has(table, f"instr_{b}"):
             cell = lambda r, b=b: fmt.si(r.get(f"instr_{b}"))  # noqa: E731
             cols.append(Column(f"{b} instr/call", cell, P_INSTRUCTIONS + i, key=f"instr_{b}"))
+    cols += _scenario_columns(table, backends)
     cols += _roofline_columns(table, backends, roofs or {})
     if _has(table, "parity_max_abs"):
         cols.append(Column("ORT max|Δ|", lambda r: fmt.sci(r.get("parity_max_abs")), P_PARITY, key="parity_max_abs"))
+    if _has(table, "compile_parity_max_abs"):
+        cols.append(
+            Column(
+                "compiled max|Δ|", lambda r: fmt.sci(r.get("compile_parity_max_abs")), P_PARITY, key="compile_parity"
+            )
+        )
     cols.append(Column("Status", lambda r: str(r["status"]), justify="left", wrap=True, key="status"))
     return cols
+
+
+def _scenario_columns(table: pd.DataFrame, backends: Sequence[str]) -> list[Column]:
+    """Throughput (when batch or threads vary), the other allocator state's latency, torch.compile's time."""
+    cols = []
+    # Throughput answers "what batch (or thread count) fills this machine": shown when either varies.
+    if {"batch", "threads"} & set(varying(table)):
+        for i, b in enumerate(backends):
+            if _has(table, f"throughput_{b}_per_s"):
+                cols.append(
+                    Column(
+                        f"{b} [samples/s]",
+                        lambda r, b=b: fmt.sig(r.get(f"throughput_{b}_per_s")),
+                        P_THROUGHPUT + i,
+                        key=f"throughput_{b}_per_s",
+                    )
+                )
+    other = {("pinned",): "system", ("system",): "pinned"}.get(tuple(table["allocator"].unique()), "other")
+    for i, b in enumerate(backends):
+        if _has(table, f"alloc_slower_{b}") and any(_flag(v) for v in table[f"alloc_slower_{b}"]):
+            unit, factor = fmt.pick_unit(table[f"other_alloc_{b}_s"], fmt.TIME_UNITS)
+            cols.append(
+                Column(
+                    f"{b} [{unit}] {other}",
+                    lambda r, b=b, factor=factor: _other_alloc_cell(r, b, factor),
+                    P_OTHER_ALLOC + i,
+                    key=f"other_alloc_{b}_s",
+                )
+            )
+    for i, b in enumerate(backends):
+        if _has(table, f"compile_{b}_s"):
+            cols.append(
+                Column(
+                    f"{b} compile [s]",
+                    lambda r, b=b: fmt.sig(r.get(f"compile_{b}_s")),
+                    P_COMPILE + i,
+                    key=f"compile_{b}_s",
+                )
+            )
+    return cols
+
+
+def _other_alloc_cell(r: Mapping[str, Any], b: str, factor: float) -> str:
+    # Only where the system allocator is > 10% slower: elsewhere the two states agree within the noise.
+    return fmt.in_unit(r.get(f"other_alloc_{b}_s"), factor) if _flag(r.get(f"alloc_slower_{b}")) else ""
+
+
+def _flag(value: Any) -> bool:
+    # A bool column of a summary holds numpy bools (`is True` misses them) or None where not measured.
+    return _present(value) and bool(value)
 
 
 def _ratio_cell(counter: str) -> Any:
@@ -282,7 +350,9 @@ def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
     unit, factor = fmt.pick_unit(table[f"latency_{b}_s"], fmt.TIME_UNITS)
 
     def marks(r: Mapping[str, Any]) -> str:
-        return (" ~" if r.get(f"noisy_{b}") is True else "") + (" !" if r.get(f"contended_{b}") is True else "")
+        text = " ~" if _flag(r.get(f"noisy_{b}")) else ""
+        text += " !" if _flag(r.get(f"contended_{b}")) else ""
+        return text + (f" {ALLOC_MARK}" if _flag(r.get(f"alloc_slower_{b}")) else "")
 
     def full(r: Mapping[str, Any]) -> str:
         med, iqr = r.get(f"latency_{b}_s"), r.get(f"iqr_{b}_s")
@@ -519,15 +589,23 @@ def markdown(
         for _, r in table.iterrows():
             lines.append("| " + " | ".join(_md_escape(c.cell(r)) for c in cols) + " |")
         lines.append("")
+        # The scenario fields that do not vary are not columns: the line under the table says them.
+        lines += [scenario_text(table), ""]
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
             "confidence interval on the median is within the asked precision (±1% by default) or its time "
             "budget is spent. `~` marks a noisy timing (IQR/median > 10%, or the precision not reached), "
             "`!` one taken while other processes used more than 5% of a core. "
-            f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
-            "Mem: activations and temporaries allocated during one forward (weights and input excluded). "
+            + (
+                f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
+                if any(_present(r.instructions) for r in results)
+                else ""
+            )
+            + "Mem: activations and temporaries allocated during one forward, or in train mode during one "
+            "forward + backward (gradients included); weights and input excluded. "
             "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
+            + (f" {ALLOC_LEGEND}" if any(_flag(r.system_allocator_slower) for r in results) else "")
             + (
                 " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
                 "counted); % peak: of the machine's measured peak compute (below)."
@@ -536,6 +614,9 @@ def markdown(
             )
         )
         lines.append("")
+        notes = allocator_notes(results)
+        if notes:
+            lines += ["## Allocator", "", *[f"- {_md_escape(n)}" for n in notes], ""]
         lines += _roof_markdown(results, env)
         lines += machines_markdown(results, env)
         frame = with_machine_aliases(scaling(results), results)
@@ -631,6 +712,55 @@ def _roof_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[st
     return [*lines, "", f"Measured as the {method}.", ""]
 
 
+ALLOC_LEGEND = (
+    f"`{ALLOC_MARK}`: in a process that does not pin glibc's allocator (a default PyTorch process), the call "
+    "is more than 10% slower in its median and its fastest call, and takes enough extra page faults to cost "
+    "that; the `[ms] system` column gives that latency."
+)
+#: How the scenario line names each value of a scenario field.
+_SCENARIO_WORDS: dict[str, Any] = {
+    "mode": {"infer": "inference", "train": "training (forward + backward)"},
+    "dtype": {},
+    "threads": lambda n: f"{int(n)} thread" + ("s" if int(n) != 1 else ""),
+    "channels_last": {True: "channels_last", False: "contiguous"},
+    "compile": {True: "torch.compile", False: "eager"},
+    "allocator": {"pinned": "pinned allocator", "system": "system allocator"},
+}
+
+
+def scenario_text(table: pd.DataFrame) -> str:
+    """The scenario fields that are the same for every row, as one line (the varying ones are columns)."""
+    if table.empty:
+        return ""
+    parts = []
+    for key, words in _SCENARIO_WORDS.items():
+        if key in table and key not in varying(table):
+            value = table[key].iloc[0]
+            value = bool(value) if key in ("channels_last", "compile") else value
+            parts.append(words(value) if callable(words) else str(words.get(value, value)))
+    return "Scenario: " + ", ".join(parts) + "." if parts else ""
+
+
+def allocator_notes(results: Sequence[Result]) -> list[str]:
+    """One sentence per row whose latency a default (unpinned) glibc process would see > 10% slower."""
+    notes = []
+    for r in results:
+        if not _flag(r.system_allocator_slower) or not r.latency_median_s or not r.other_allocator_latency_s:
+            continue
+        system_headline = r.allocator == "system"
+        system_s = r.latency_median_s if system_headline else r.other_allocator_latency_s
+        pinned_s = r.other_allocator_latency_s if system_headline else r.latency_median_s
+        faults = r.minor_faults_per_call if system_headline else r.other_allocator_faults_per_call
+        notes.append(
+            f"{case_text(r)}: a process with glibc's default allocator takes {fmt.seconds(system_s)} per call, "
+            f"{fmt.sig(system_s / pinned_s, 2)}x the {fmt.seconds(pinned_s)} measured with the allocator pinned"
+            + (f" ({faults:,.0f} minor page faults per call)" if faults is not None else "")
+            + ("; the table shows the pinned number, --allocator system shows this one" if not system_headline else "")
+            + "."
+        )
+    return notes
+
+
 def zoo_markdown() -> str:
     """The module table for the README, generated from the registry (kept in sync by a test)."""
     from attnbench.registry import Setting, get_spec, list_modules
@@ -706,6 +836,8 @@ def show(
     line = fit_note(width, fits)
     if line:
         err.print(f"attnbench: {line}", style="dim", markup=False, highlight=False, soft_wrap=True)
+    for note in allocator_notes(rows):
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
     for row in rows:
         if row.status != R.OK:
             err.print(

@@ -36,6 +36,7 @@ OOM = "oom"
 SKIPPED = "skipped"  # backend unavailable here, or a combination it cannot run
 GUARDED = "guarded"  # refused by the memory guard (estimate above free memory)
 TIMEOUT = "timeout"
+COMPILE_FAILED = "compile_failed"  # torch.compile raised (the reason says where)
 #: Cases refused by design (reported with their reason), as opposed to cases that failed.
 REFUSED = (INVALID, SKIPPED, GUARDED)
 
@@ -124,7 +125,15 @@ class Result:
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
     latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
-    minor_faults_per_call: float | None = None
+    minor_faults_per_call: float | None = None  # in the headline allocator state (`allocator`)
+    #: The same call in the other allocator state (system when the headline is pinned, and the reverse), cpu only.
+    other_allocator_latency_s: float | None = None
+    other_allocator_faults_per_call: float | None = None
+    #: Median latency in the system (glibc default) state over that in the pinned state.
+    system_allocator_slowdown: float | None = None
+    #: True when the system state is > 10% slower in both the median and the fastest call (marked in tables).
+    system_allocator_slower: bool | None = None
+    compile_s: float | None = None  # torch.compile: the first (compiling) call's wall time, apart from latency
     instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""

@@ -34,7 +34,15 @@ from attnbench.errors import (
 from attnbench.fmt import nbytes
 from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
-from attnbench.timing import DEFAULT_PRECISION
+from attnbench.sysalloc import (
+    FAULT_COST_BOUND_S,
+    SECONDARY_MAX_RUN_TIME,
+    SECONDARY_PRECISION,
+    SLOWDOWN_MARK,
+    SystemAllocatorWorker,
+    WorkerError,
+)
+from attnbench.timing import CONTENTION_THRESHOLD, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION
 
 if TYPE_CHECKING:
     from attnbench.instructions import InstructionBatch
@@ -83,6 +91,8 @@ class RunOutcome:
 
     results: list[Result] = field(default_factory=list)
     interrupted: bool = False
+    #: Seconds spent starting the system-allocator worker (0 when no CPU case was timed).
+    system_worker_startup_s: float = 0.0
 
     @property
     def failed(self) -> list[Result]:
@@ -99,6 +109,10 @@ def plan(
     threads: int = 1,
     dtype: str = "float32",
     kwargs: Mapping[str, Any] | None = None,
+    modes: Sequence[str] = (R.DEFAULT_MODE,),
+    channels_last: bool = False,
+    compile: bool = False,
+    allocator: str = R.DEFAULT_ALLOCATOR,
 ) -> list[Case]:
     """Every combination as a Case, ordered so the cases of one geometry are adjacent (see attnbench.sweep)."""
     from attnbench.sweep import Sweep
@@ -112,6 +126,10 @@ def plan(
         (dtype,),
         (threads,),
         dict(kwargs or {}),
+        modes=tuple(modes),
+        channels_last=(channels_last,),
+        compile=(compile,),
+        allocators=(allocator,),
     ).cases()
 
 
@@ -219,7 +237,10 @@ class _Counted:
     estimate_bytes: int | None
 
 
-def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, options: RunOptions) -> _Counted:
+def _count(
+    module: torch.nn.Module, case: Case, setting: Setting, spec: Any, options: RunOptions, mode: str
+) -> _Counted:
+    """Params, and every counter's MACs in `mode` (train: forward + backward), for one geometry."""
     from attnbench.counting import count_all, count_params
 
     values: dict[str, Any] = {}
@@ -232,7 +253,7 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
     if options.measures and "attnbench" not in counters:
         counters.insert(0, "attnbench")
     estimate = None
-    for report in count_all(module, case.input_shape, counters=counters):
+    for report in count_all(module, case.input_shape, counters=counters, mode=mode):
         counter = report.counter
         if counter == "attnbench":
             if report.status == "failed":  # the module's own forward raised: no backend will run it either
@@ -252,7 +273,8 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
                 notes.append(f"attnbench counted on {report.device}")
         elif counter == "fvcore" and report.status == "ok":
             values["uncounted_fvcore"] = _uncounted_summary(report)
-    if "macs" in options.metrics and spec.macs_formula is not None:
+    # The registry's formulas are of one forward.
+    if "macs" in options.metrics and spec.macs_formula is not None and mode == R.DEFAULT_MODE:
         values["macs_formula"] = spec.macs_formula(setting)
     values["counter_notes"] = "; ".join(notes)
     weights = 4 * sum(p.numel() for p in module.parameters())
@@ -263,34 +285,60 @@ def _count(module: torch.nn.Module, case: Case, setting: Setting, spec: Any, opt
     return _Counted(values, estimate if estimate is not None else weights)
 
 
-def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[str, Any]:
+def _timing_values(timing: Any, batch: int) -> dict[str, Any]:
+    """The latency columns of a row from TimingStats (or the same fields as a dict, from the worker)."""
+    get = timing.get if isinstance(timing, dict) else lambda name: getattr(timing, name)
+    median, ci = get("median_s"), get("median_ci_rel")
+    return {
+        "latency_median_s": median,
+        "latency_iqr_s": get("iqr_s"),
+        "latency_p10_s": get("p10_s"),
+        "latency_min_s": get("min_s"),
+        "latency_calls": get("n_calls"),
+        "latency_noisy": get("noisy"),
+        "latency_contended": (get("other_cpu_cores") or 0.0) > CONTENTION_THRESHOLD,
+        "throughput_per_s": batch / median if median and median > 0 else None,
+        "minor_faults_per_call": get("minor_faults_per_call"),
+        "latency_ci_rel": ci if ci is not None and math.isfinite(ci) else None,
+    }
+
+
+def _budget(options: RunOptions) -> dict[str, Any]:
+    """The timing budget of a row's headline measurement (measure()'s keyword arguments)."""
+    budget: dict[str, Any] = {"precision": options.precision}
+    if options.min_run_time is not None:
+        budget["min_run_time"] = options.min_run_time
+    if options.max_run_time is not None:
+        budget["max_run_time"] = options.max_run_time
+    return budget
+
+
+def _secondary_budget(options: RunOptions) -> dict[str, Any]:
+    """The budget of the other allocator state: it only has to show a gap above 10%, so no floor, a short cap."""
+    full = options.max_run_time if options.max_run_time is not None else DEFAULT_MAX_RUN_TIME
+    precision = None if options.precision is None else max(options.precision, SECONDARY_PRECISION)
+    return {"min_run_time": 0.0, "max_run_time": min(full, SECONDARY_MAX_RUN_TIME), "precision": precision}
+
+
+def _measure(
+    module: torch.nn.Module, case: Case, options: RunOptions, budget: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Measure one case in this (pinned) process: (row values, extra)."""
     from attnbench.measurement import measure
 
     kwargs: dict[str, Any] = {
         "memory": "memory" in options.metrics,
         "latency": "latency" in options.metrics,
         "seed": options.seed,
+        "mode": case.mode,
+        "channels_last": case.channels_last,
+        "compile": case.compile,
     }
-    if options.min_run_time is not None:
-        kwargs["min_run_time"] = options.min_run_time
-    if options.max_run_time is not None:
-        kwargs["max_run_time"] = options.max_run_time
-    kwargs["precision"] = options.precision
+    kwargs.update(budget or _budget(options))
     m = measure(module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs)
-    values: dict[str, Any] = {"status": m.status, "reason": m.reason}
+    values: dict[str, Any] = {"status": m.status, "reason": m.reason, "compile_s": m.compile_s}
     if m.timing is not None and "latency" in options.metrics:
-        values.update(
-            latency_median_s=m.timing.median_s,
-            latency_iqr_s=m.timing.iqr_s,
-            latency_p10_s=m.timing.p10_s,
-            latency_min_s=m.timing.min_s,
-            latency_calls=m.timing.n_calls,
-            latency_noisy=m.timing.noisy,
-            latency_contended=m.timing.contended,
-            latency_ci_rel=m.timing.median_ci_rel if math.isfinite(m.timing.median_ci_rel) else None,
-            throughput_per_s=case.batch / m.timing.median_s if m.timing.median_s > 0 else None,
-            minor_faults_per_call=m.timing.minor_faults_per_call,
-        )
+        values.update(_timing_values(m.timing, case.batch))
     if "memory" in options.metrics:
         values.update(
             peak_mem_bytes=m.peak_bytes,
@@ -305,8 +353,70 @@ def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> dict[s
         extra["other_cpu_cores"] = m.timing.other_cpu_cores
         extra["precision_target"] = m.timing.precision_target
         extra["timing_blocks"] = m.timing.n_blocks
-    values["extra"] = json.dumps(extra, sort_keys=True, default=str)
-    return values
+    return values, extra
+
+
+def _with_system_state(
+    module: torch.nn.Module, case: Case, options: RunOptions, worker: SystemAllocatorWorker
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A CPU case timed in both allocator states; the case's `allocator` picks which one is the headline.
+
+    The pinned state is this process; the system state is the worker (see attnbench.sysalloc). The state
+    that is not the headline is timed with a shorter budget (_secondary_budget).
+    """
+    system_headline = case.allocator == "system"
+    headline, secondary = _budget(options), _secondary_budget(options)
+    values, extra = _measure(module, case, options, secondary if system_headline else headline)
+    if values["status"] != R.OK or values.get("latency_median_s") is None:
+        return values, extra
+    started, startup = time.perf_counter(), worker.startup_s
+    try:
+        answer = worker.measure(case, headline if system_headline else secondary, options.seed)
+    except WorkerError as exc:
+        answer = {"status": R.FAILED, "reason": str(exc), "timing": None}
+    # What the system state cost this row, without the worker's one start per sweep (recorded apart).
+    extra["system_allocator_s"] = time.perf_counter() - started - (worker.startup_s - startup)
+    if worker.startup_s > startup:
+        extra["system_worker_start_s"] = worker.startup_s - startup
+    extra["system_allocator_max_run_time"] = (headline if system_headline else secondary).get("max_run_time")
+    timing = answer.get("timing")
+    if answer.get("status") != R.OK or not timing:
+        why = f"system allocator state: {answer.get('status')}: {answer.get('reason')}"
+        if system_headline:  # the row's headline could not be measured
+            return {**values, "status": answer.get("status") or R.FAILED, "reason": why}, extra
+        extra["system_allocator_note"] = why
+        return values, extra
+    extra["system_allocator"] = answer.get("allocator")
+    return _combine_states(values, extra, _timing_values(timing, case.batch), system_headline)
+
+
+def _combine_states(
+    values: dict[str, Any], extra: dict[str, Any], system: dict[str, Any], system_headline: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row's values with the system state's latency as the headline or as the other state."""
+    pinned = {k: values[k] for k in ("latency_median_s", "latency_iqr_s", "latency_min_s", "minor_faults_per_call")}
+    if system_headline:
+        extra["pinned_latency_iqr_s"] = pinned["latency_iqr_s"]
+        values.update(system)
+        other = pinned
+    else:
+        extra["system_latency_iqr_s"] = system["latency_iqr_s"]
+        other = system
+    values["other_allocator_latency_s"] = other["latency_median_s"]
+    values["other_allocator_faults_per_call"] = other["minor_faults_per_call"]
+    if pinned["latency_median_s"] and pinned["latency_min_s"]:
+        values["system_allocator_slowdown"] = system["latency_median_s"] / pinned["latency_median_s"]
+        # Noise on a shared machine moves medians by 10-30% either way, for seconds at a time. A gap the
+        # allocator causes has a mechanism, page faults on every call, and slows the fastest call too: a row is
+        # marked slower only when the median and the fastest call both are, and the extra faults could cost that.
+        min_ratio = system["latency_min_s"] / pinned["latency_min_s"]
+        extra_faults = (system["minor_faults_per_call"] or 0.0) - (pinned["minor_faults_per_call"] or 0.0)
+        explainable = extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
+        extra["system_allocator_min_ratio"] = min_ratio
+        values["system_allocator_slower"] = (
+            min(values["system_allocator_slowdown"], min_ratio) > SLOWDOWN_MARK and explainable
+        )
+    return values, extra
 
 
 def _failure_row(case: Case, exc: BaseException, base: Mapping[str, Any]) -> Result:
@@ -372,7 +482,9 @@ def run(
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for case in cases:
         groups.setdefault(_geometry(case), []).append(case)
-    with InstructionBatch() as batch:
+    # One system-allocator worker for the whole sweep, started at its first timed CPU case; the modules of
+    # cases whose instructions are counted are queued as they are built, for one valgrind pass at the end.
+    with SystemAllocatorWorker() as worker, InstructionBatch() as batch:
         queued: list[int] = []  # outcome row index of each queued module, in queue order
 
         def queue(module: torch.nn.Module, case: Case) -> None:
@@ -382,11 +494,12 @@ def run(
 
         try:
             for group in groups.values():
-                _run_geometry(group, options, emit, on_progress, queue)
+                _run_geometry(group, options, emit, on_progress, worker, queue)
             if queued:
                 _count_instructions(outcome, batch, queued, options, on_status)
         except KeyboardInterrupt:
             outcome.interrupted = True
+        outcome.system_worker_startup_s = worker.startup_s
     return outcome
 
 
@@ -434,20 +547,26 @@ def _run_geometry(
     options: RunOptions,
     emit: Callable[[Result], None],
     on_progress: Callable[[Case], None] | None,
+    worker: SystemAllocatorWorker,
     queue: Callable[[torch.nn.Module, Case], None] | None = None,
 ) -> None:
+    """Count once per mode, build once, then measure every case of one geometry (each failure a row)."""
     first = group[0]
-    backends_cases = group if options.measures else [group[0]]
     started = time.perf_counter()
     hw = (first.height, first.width)
+    # Counting only: one row per mode (backend "none"); measuring: one row per case.
+    cases = group if options.measures else list({c.mode: _no_backend(c) for c in group}.values())
 
-    def fail_all(exc: Exception, values: Mapping[str, Any]) -> None:
+    def done(case: Case, row: Result) -> None:
+        emit(row)
+        if on_progress:
+            on_progress(case)
+
+    def fail(targets: Sequence[Case], exc: Exception, values: Mapping[str, Any]) -> None:
         if std_debug():
             traceback.print_exc()
-        for case in backends_cases:
-            emit(_failure_row(case if options.measures else _no_backend(case), exc, values))
-            if on_progress:
-                on_progress(case)
+        for case in targets:
+            done(case, _failure_row(case, exc, values))
 
     base: dict[str, Any] = {}
     try:
@@ -456,46 +575,99 @@ def _run_geometry(
         with time_limit(options.time_limit_s):
             # Count on a meta-device build: no weights exist, so counting allocates nothing (da at 512x512
             # holds a 256 GiB Linear) and the guard knows the case's peak before anything real is built.
-            counted = _count(_build_for_counting(first, spec, setting, options), first, setting, spec, options)
-        base = {**base, **counted.values}
+            meta = _build_for_counting(first, spec, setting, options)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        fail_all(exc, base)
+        fail(cases, exc, base)
         return
+    counted: dict[str, _Counted] = {}
+    for mode in dict.fromkeys(c.mode for c in cases):
+        try:
+            with time_limit(options.time_limit_s):
+                result = _count(meta, first, setting, spec, options, mode)
+            # Only now: the limit may bite as its block ends.
+            counted[mode] = _Counted({**base, **result.values}, result.estimate_bytes)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # this mode's cases fail; the other mode's still run
+            fail([c for c in cases if c.mode == mode], exc, base)
+    cases = [c for c in cases if c.mode in counted]
     if not options.measures:
-        emit(Result.for_case(_no_backend(first), **base, seconds=time.perf_counter() - started))
-        if on_progress:
-            on_progress(first)
+        for case in cases:
+            done(case, Result.for_case(case, **counted[case.mode].values, seconds=time.perf_counter() - started))
         return
+    if not cases:
+        return
+    estimates = [c.estimate_bytes for c in counted.values() if c.estimate_bytes is not None]
     try:
         # The module is built in RAM whatever the backend: guard its whole estimated peak there first.
-        guard(counted.estimate_bytes, "cpu", options.force)
+        guard(max(estimates, default=None), "cpu", options.force)
         torch.manual_seed(options.seed)
         with time_limit(options.time_limit_s):
             module = build_module(first.module, first.dim, hw, first.kwargs_dict, first.layout).eval()
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        fail_all(exc, base)
+        fail(cases, exc, counted[cases[0].mode].values)
         return
-    for case in backends_cases:
-        case_started = time.perf_counter()
-        try:
-            guard(_backend_estimate(counted.estimate_bytes, case), case.backend, options.force)
-            with time_limit(options.time_limit_s):
-                values = _measure(module, case, options)
-            emit(Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - case_started}))
-            if queue is not None and values["status"] == R.OK:
-                queue(module, case)
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            if std_debug():
-                traceback.print_exc()
-            emit(_failure_row(case, exc, base))
-        if on_progress:
-            on_progress(case)
+    for case in cases:
+        row = _run_case(module, case, spec, counted[case.mode], options, worker)
+        done(case, row)
+        if queue is not None and row.status == R.OK:
+            queue(module, case)
+
+
+#: Why a scenario field does not apply to a case (a skipped row with this reason).
+TOKENS_CHANNELS_LAST = (
+    "channels_last is a memory format for image-layout (B, C, H, W) modules; {module} works on tokens (B, N, C), "
+    "whose memory order is already channel-last"
+)
+SYSTEM_ALLOCATOR_CPU_ONLY = (
+    "the allocator state is a glibc setting of the PyTorch CPU process; {backend} does not allocate through it "
+    "per call (ONNX Runtime serves tensors from its own arena, CUDA from its caching allocator)"
+)
+
+
+def _not_applicable(case: Case, spec: Any) -> str | None:
+    """Why a scenario field of `case` does not apply to it, or None."""
+    layout = case.layout or spec.layout
+    if case.channels_last and layout == "tokens":
+        return TOKENS_CHANNELS_LAST.format(module=case.module)
+    if case.allocator != R.DEFAULT_ALLOCATOR and case.backend != "cpu":
+        return SYSTEM_ALLOCATOR_CPU_ONLY.format(backend=case.backend)
+    return None
+
+
+def _run_case(
+    module: torch.nn.Module,
+    case: Case,
+    spec: Any,
+    counted: _Counted,
+    options: RunOptions,
+    worker: SystemAllocatorWorker,
+) -> Result:
+    """One row: the case measured, skipped, or failed with its reason."""
+    started = time.perf_counter()
+    base = counted.values
+    why_not = _not_applicable(case, spec)
+    if why_not is not None:
+        return Result.for_case(case, **base, status=R.SKIPPED, reason=why_not)
+    try:
+        guard(_backend_estimate(counted.estimate_bytes, case), case.backend, options.force)
+        with time_limit(options.time_limit_s):
+            if case.backend == "cpu" and "latency" in options.metrics:
+                values, extra = _with_system_state(module, case, options, worker)
+            else:
+                values, extra = _measure(module, case, options)
+        values["extra"] = json.dumps(extra, sort_keys=True, default=str)
+        return Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - started})
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if std_debug():
+            traceback.print_exc()
+        return _failure_row(case, exc, base)
 
 
 #: ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena: its
@@ -551,9 +723,13 @@ def profile(
     options: RunOptions | None = None,
     layout: str = "",
     module_kwargs: Mapping[Any, Mapping[str, Any]] | None = None,
+    mode: str | Sequence[str] = R.DEFAULT_MODE,
+    channels_last: bool = False,
+    compile: bool = False,
+    allocator: str = R.DEFAULT_ALLOCATOR,
     **kwargs: Any,
 ) -> list[Result]:
-    """Library entry point: measure modules over dims, resolutions, batches and backends; one Result per case.
+    """Library entry point: measure modules over dims, resolutions, batches, backends and modes; one Result per case.
 
     `modules` is one or a list of: zoo names, specs ('path/to/file.py:Name', 'package.module:Name'), nn.Module
     classes or factory functions (built as `Name(dim, **kwargs)`), or nn.Module instances, measured as built:
@@ -580,6 +756,10 @@ def profile(
         dict(kwargs),
         module_kwargs=own,
         layout=layout,
+        modes=tuple(dict.fromkeys(_as_list(mode))),
+        channels_last=(channels_last,),
+        compile=(compile,),
+        allocators=(allocator,),
     )
     sweep.check(options.measures)
     outcome = run(sweep.cases(), options)

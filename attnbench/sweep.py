@@ -16,11 +16,14 @@ from typing import Any
 
 from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageError
 from attnbench.registry import USER_LAYOUTS, check_case, get_spec
-from attnbench.results import DEFAULT_DTYPE, Case
+from attnbench.results import DEFAULT_ALLOCATOR, DEFAULT_DTYPE, DEFAULT_MODE, Case
 from attnbench.shard import Shard, check_shard, select
 
-#: The dtypes a Case may name.
+#: The dtypes a Case may name (a backend that cannot run one gives a skipped row, not a usage error).
 DTYPES = ("float32", "float16", "bfloat16")
+MODES = ("infer", "train")
+#: Which allocator state a CPU row's headline latency is taken in (see attnbench.sysalloc).
+ALLOCATORS = ("pinned", "system")
 Resolution = tuple[int, int]
 
 
@@ -53,6 +56,11 @@ class Sweep:
     module_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: What a user's module takes: "image" (B, C, H, W) or "tokens" (B, N, C); "" = image. Zoo modules keep theirs.
     layout: str = ""
+    #: Scenario fields (see attnbench.results.Case): each value multiplies the cases.
+    modes: tuple[str, ...] = (DEFAULT_MODE,)
+    channels_last: tuple[bool, ...] = (False,)
+    compile: tuple[bool, ...] = (False,)
+    allocators: tuple[str, ...] = (DEFAULT_ALLOCATOR,)
 
     def __post_init__(self) -> None:
         # Module names as rows record them (a file spec relative to the current directory): pure text work,
@@ -86,10 +94,30 @@ class Sweep:
         With a shard, only that shard's cases, still in plan order.
         """
         layouts = {m: self.layout_for(m) for m in self.modules}
+        scenarios = list(
+            itertools.product(
+                self.modes, self.dtypes, self.threads, self.channels_last, self.compile, self.allocators, self.backends
+            )
+        )
         plan = [
-            Case(m, d, h, w, b, backend, dtype, threads, frozen_kwargs(self.kwargs_for(m)), layout=layouts[m])
+            Case(
+                m,
+                d,
+                h,
+                w,
+                b,
+                backend,
+                dtype,
+                threads,
+                frozen_kwargs(self.kwargs_for(m)),
+                mode=mode,
+                channels_last=channels_last,
+                compile=compiled,
+                allocator=allocator,
+                layout=layouts[m],
+            )
             for m, d, (h, w), b in itertools.product(self.modules, self.dims, self.resolutions, self.batches)
-            for dtype, threads, backend in itertools.product(self.dtypes, self.threads, self.backends)
+            for mode, dtype, threads, channels_last, compiled, allocator, backend in scenarios
         ]
         return plan if self.shard is None else select(plan, self.shard)
 
@@ -127,7 +155,7 @@ class Sweep:
             get_spec(m)  # an unknown name or a spec that cannot be loaded: one line, before anything runs
         self._check_layout()
         self._check_backends(measures)
-        self._check_dtypes()
+        self._check_scenario()
         self._check_kwargs()
         self._check_some_case_valid()
 
@@ -157,12 +185,16 @@ class Sweep:
             if not ok:
                 raise BackendUnavailableError(f"backend {self.backends[0]!r} is not available here: {why}")
 
-    def _check_dtypes(self) -> None:
-        for dtype in self.dtypes:
-            if dtype not in DTYPES:
-                raise UsageError(f"--dtype {dtype!r}: allowed: {', '.join(DTYPES)}")
-            if dtype != DEFAULT_DTYPE and any(b != "cuda" for b in self.backends):
-                raise UsageError(f"--dtype {dtype} is supported on --backend cuda only (CPU and ORT runs are float32)")
+    def _check_scenario(self) -> None:
+        # Only names are checked here: a backend that cannot run a dtype, training or compile gives skipped rows.
+        for option, values, allowed in (
+            ("--dtype", self.dtypes, DTYPES),
+            ("--mode", self.modes, MODES),
+            ("--allocator", self.allocators, ALLOCATORS),
+        ):
+            for value in values:
+                if value not in allowed:
+                    raise UsageError(f"{option} {value!r}: allowed: {', '.join(allowed)}")
 
     def _check_kwargs(self) -> None:
         # A kwarg a module does not take, or of the wrong type, is bad input whatever the sweep; a constraint a

@@ -209,7 +209,7 @@ def test_threads_beyond_the_usable_cores_are_warned_about(
     assert Sweep(("lka",), threads=(1, 2)).warnings() == []
     (warning,) = Sweep(("lka",), threads=(1, 64)).warnings()
     assert warning.startswith("--threads 64 exceeds the 2 usable core(s)")
-    monkeypatch.setattr(runner, "_measure", lambda *a, **k: {"status": "ok", "reason": ""})
+    monkeypatch.setattr(runner, "_measure", lambda *a, **k: ({"status": "ok", "reason": ""}, {}))
     code, _, err = run(capsys, *"profile lka --dim 16 --res 8 --threads 64 --metrics memory --quiet".split())
     assert code == 0 and "attnbench: warning: --threads 64 exceeds the 2 usable core(s)" in err
 

@@ -51,10 +51,12 @@ def test_slow_case_times_out_and_the_next_runs(
     # Counting once first does the process's lazy imports, so only the stubbed measurement can be slow.
     runner.run([R.Case("lka", 16, 8, 8)], runner.RunOptions(metrics=("params", "macs")))
 
-    def measure(module: torch.nn.Module, case: R.Case, options: runner.RunOptions) -> dict[str, Any]:
+    def measure(
+        module: torch.nn.Module, case: R.Case, options: runner.RunOptions, min_run_time: float | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         if case.height == 8:
             _sleep_forever()
-        return {"status": R.OK, "reason": ""}
+        return {"status": R.OK, "reason": ""}, {}
 
     monkeypatch.setattr(runner, "_measure", measure)
     path = tmp_path / "r.csv"
@@ -158,7 +160,9 @@ def test_failed_onnx_export_is_an_export_failed_row(
     assert "dynamo:" in rows[0].reason and "legacy:" in rows[0].reason and "simulated exporter crash" in rows[0].reason
 
 
-@pytest.mark.parametrize("status", ["export_failed", "session_failed", "parity_failed", R.OOM, R.TIMEOUT, R.FAILED])
+@pytest.mark.parametrize(
+    "status", ["export_failed", "session_failed", "parity_failed", R.COMPILE_FAILED, R.OOM, R.TIMEOUT, R.FAILED]
+)
 def test_every_non_ok_measurement_status_counts_as_failed(status: str) -> None:
     row = R.Result.for_case(R.Case("lka", 16, 8, 8), status=status, reason="x")
     assert runner.RunOutcome([row]).failed == [row]

@@ -28,9 +28,11 @@ def _no_real_measure(monkeypatch: pytest.MonkeyPatch) -> list[R.Case]:
     """Replace the backend run by a stub that records its cases and reports ok without allocating."""
     seen: list[R.Case] = []
 
-    def fake(module: torch.nn.Module, case: R.Case, options: runner.RunOptions) -> dict[str, Any]:
+    def fake(
+        module: torch.nn.Module, case: R.Case, options: runner.RunOptions, min_run_time: float | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         seen.append(case)
-        return {"status": R.OK, "reason": ""}
+        return {"status": R.OK, "reason": ""}, {}
 
     monkeypatch.setattr(runner, "_measure", fake)
     return seen

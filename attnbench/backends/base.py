@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,16 +27,30 @@ from attnbench.timing import (
 #: Result status codes other than "ok"; each comes with a one-line reason.
 STATUS_OK = "ok"
 STATUS_OOM = "oom"
-STATUS_UNSUPPORTED = "unsupported"
+#: A combination the backend cannot run (a dtype, training, torch.compile, channels_last), with the reason.
+STATUS_SKIPPED = "skipped"
 STATUS_EXPORT_FAILED = "export_failed"
 STATUS_SESSION_FAILED = "session_failed"
 STATUS_PARITY_FAILED = "parity_failed"
+STATUS_COMPILE_FAILED = "compile_failed"
+
+#: The modes a case runs in: "infer" (eval, no grad) and "train" (train mode, forward + backward of output.sum()).
+MODES = ("infer", "train")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How the module runs beyond dtype and threads: mode, memory format, and whether it is compiled."""
+
+    mode: str = "infer"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class CaseFailed(Exception):
@@ -140,8 +155,26 @@ class Backend(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    #: dtypes this backend runs; others give a status "unsupported" result.
+    #: dtypes this backend runs; others give a "skipped" result with the reason.
     dtypes: ClassVar[tuple[str, ...]] = tuple(DTYPES)
+    #: Modes, and whether torch.compile and channels_last apply; a backend opts in to each.
+    modes: ClassVar[tuple[str, ...]] = ("infer",)
+    compiles: ClassVar[bool] = False
+    channels_last: ClassVar[bool] = False
+    #: One line per refusal, saying why this backend cannot run it.
+    why_not: ClassVar[dict[str, str]] = {}
+
+    def refusal(self, dtype: str, scenario: Scenario) -> str | None:
+        """Why this backend cannot run `dtype` in `scenario` (None when it can)."""
+        if dtype not in self.dtypes:
+            return f"backend {self.name!r} runs {', '.join(self.dtypes)}, not {dtype}"
+        if scenario.mode not in self.modes:
+            return self.why_not.get("train", f"backend {self.name!r} runs {', '.join(self.modes)} only")
+        if scenario.compile and not self.compiles:
+            return self.why_not.get("compile", f"backend {self.name!r} does not run torch.compile")
+        if scenario.channels_last and not self.channels_last:
+            return self.why_not.get("channels_last", f"backend {self.name!r} has no channels_last memory format")
+        return None
 
     @abstractmethod
     def available(self) -> tuple[bool, str]:
@@ -155,8 +188,9 @@ class Backend(ABC):
         dtype: str = "float32",
         threads: int = 1,
         seed: int = 0,
+        scenario: Scenario | None = None,
     ) -> Prepared:
-        """Make `module` ready to run on `input_shape`; a case it cannot run raises CaseFailed."""
+        """Make `module` ready to run on `input_shape` in `scenario`; a case it cannot run raises CaseFailed."""
 
     def cleanup_after_failure(self) -> None:
         """Release what a failed case may have left behind (CUDA: the caching allocator's blocks)."""

@@ -1,79 +1,86 @@
-"""PyTorch eager on the CPU: eval mode, inference_mode, an explicit intra-op thread count (1 unless asked)."""
+"""PyTorch eager (or torch.compile'd) on the CPU: an explicit intra-op thread count (1 unless asked).
+
+Infer: eval mode, inference_mode. Train: train mode, forward + backward (see attnbench.backends._torch).
+"""
 
 from __future__ import annotations
 
-import copy
-import functools
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+import shutil
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from attnbench.backends.base import DTYPES, Backend, Prepared, make_input, torch_dtype
-from attnbench.memory import CPU_PEAK_METHOD, PeakMemory, cpu_peak_bytes
-from attnbench.timing import Sync
+from attnbench.backends._torch import TorchPrepared
+from attnbench.backends.base import DTYPES, MODES, Backend, Prepared, Scenario
+from attnbench.memory import CPU_PEAK_METHOD, CPU_TRAIN_PEAK_METHOD, PeakMemory, cpu_peak_bytes
 
 
-class CpuPrepared(Prepared):
-    """A module in eval mode on the CPU with torch's intra-op threads set; close() restores both."""
+class CpuPrepared(TorchPrepared):
+    """A module on the CPU with torch's intra-op threads set; close() restores them and the caller's module."""
 
     backend = "cpu"
 
-    def __init__(self, module: nn.Module, input_shape: Sequence[int], dtype: str, threads: int, seed: int) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        input_shape: Sequence[int],
+        dtype: str,
+        threads: int,
+        seed: int,
+        scenario: Scenario | None = None,
+    ) -> None:
         super().__init__()
-        tdtype = torch_dtype(dtype, type(module).__name__)
         self.dtype = dtype
         self.threads = threads
+        self.device = torch.device("cpu")
         self._prev_threads = torch.get_num_threads()
-        self._original = module
-        self._was_training = module.training
-        # A reduced-precision run works on a copy, so the caller's float32 module is left as it was.
-        self.module = module if tdtype == torch.float32 else copy.deepcopy(module).to(tdtype)
-        self.module.eval()
-        self.x = make_input(input_shape, tdtype, seed)
         torch.set_num_threads(threads)
         self.extra = {
             "torch_num_threads": torch.get_num_threads(),
             "torch_num_interop_threads": torch.get_num_interop_threads(),
             "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
             "mkl_num_threads_env": os.environ.get("MKL_NUM_THREADS"),
-            "grad_mode": "inference_mode",
+            "grad_mode": "enable_grad" if scenario and scenario.mode == "train" else "inference_mode",
         }
-
-    def run_once(self) -> Any:
-        """One forward under inference_mode."""
-        with torch.inference_mode():
-            return self.module(self.x)
-
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
-        # functools.partial keeps the per-call Python overhead to the module call itself.
-        return functools.partial(self.module, self.x), None
+        try:
+            self._setup(module, input_shape, dtype, seed, scenario)
+        except BaseException:
+            # A failed compile never reaches measure()'s `with prepared:`: restore threads and module here.
+            self.close()
+            raise
 
     def peak_memory(self) -> PeakMemory:
-        """Profiler-counted peak of one forward, after one untimed forward so lazy state is already built."""
-        with torch.inference_mode():
-            self.module(self.x)
-            peak = cpu_peak_bytes(functools.partial(self.module, self.x))
-        return PeakMemory(peak_bytes=peak, method=CPU_PEAK_METHOD)
+        """Profiler-counted peak of one step, after one untimed step so lazy state is already built."""
+        peak = self._profiled_step(cpu_peak_bytes)
+        return PeakMemory(peak_bytes=peak, method=CPU_TRAIN_PEAK_METHOD if self.train else CPU_PEAK_METHOD)
 
     def close(self) -> None:
-        """Restore the thread count and the caller's module mode."""
+        """Restore the thread count and the caller's module (mode, no grads)."""
         torch.set_num_threads(self._prev_threads)
-        self._original.train(self._was_training)
+        self._restore_module()
 
 
 class CpuBackend(Backend):
-    """PyTorch eager on the host CPU."""
+    """PyTorch on the host CPU."""
 
     name = "cpu"
-    description = "PyTorch eager on the CPU (inference_mode, explicit intra-op threads)"
+    description = "PyTorch on the CPU (eager or torch.compile; inference or training; explicit intra-op threads)"
     dtypes = tuple(DTYPES)
+    modes = MODES
+    compiles = True
+    channels_last = True
 
     def available(self) -> tuple[bool, str]:
         """Always available."""
         return True, f"torch {torch.__version__} on the CPU"
+
+    def refusal(self, dtype: str, scenario: Scenario) -> str | None:
+        """As Backend.refusal, and torch.compile only where inductor can build its C++ kernels."""
+        return super().refusal(dtype, scenario) or (inductor_missing() if scenario.compile else None)
 
     def prepare(
         self,
@@ -82,6 +89,18 @@ class CpuBackend(Backend):
         dtype: str = "float32",
         threads: int = 1,
         seed: int = 0,
+        scenario: Scenario | None = None,
     ) -> Prepared:
-        """Put `module` in eval mode, set threads, and draw the input."""
-        return CpuPrepared(module, input_shape, dtype, threads, seed)
+        """Set threads, set up the module for the scenario (copying it if it must change), draw the input."""
+        return CpuPrepared(module, input_shape, dtype, threads, seed, scenario)
+
+
+def inductor_missing() -> str | None:
+    """What torch.compile's CPU backend (inductor) lacks on this machine to build kernels, or None."""
+    compilers = [os.environ.get("CXX", ""), "g++", "clang++", "c++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        return "torch.compile on the CPU builds C++ kernels: no C++ compiler here (install g++, or set CXX)"
+    headers = Path(sysconfig.get_path("include"))
+    if not (headers / "Python.h").exists():
+        return f"torch.compile on the CPU builds C++ kernels against Python.h, which is not in {headers} (python3-dev)"
+    return None

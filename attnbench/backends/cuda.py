@@ -1,6 +1,7 @@
 """PyTorch eager on one CUDA GPU: cudnn.benchmark autotuning in the warm-up, synchronised host timing.
 
-Written from the PyTorch docs and measurement.md; not yet run on a GPU (the CI machine has none).
+Written from the PyTorch docs and measurement.md; not yet run on a GPU (the CI machine has none). Training,
+dtypes, channels_last and torch.compile come from attnbench.backends._torch, shared with the CPU backend.
 Timing: each block is bracketed by torch.cuda.synchronize() (the shared protocol's `sync` hook) and read
 with the host clock, so a block's time covers all the kernels it queued; blocks of many calls amortise the
 synchronisation. Peak memory: synchronize / memory_allocated base / reset_peak_memory_stats / forward /
@@ -9,16 +10,17 @@ synchronize / max_memory_allocated - base, with max_memory_reserved reported sep
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from attnbench.backends.base import DTYPES, Backend, Prepared, make_input, torch_dtype
-from attnbench.memory import PeakMemory, cuda_peak
+from attnbench.backends._torch import TorchPrepared
+from attnbench.backends.base import DTYPES, MODES, Backend, Prepared, Scenario
+from attnbench.memory import CUDA_TRAIN_PEAK_METHOD, PeakMemory, cuda_peak
 from attnbench.timing import Sync
 
 
@@ -40,61 +42,59 @@ def _device_facts(device: torch.device) -> dict[str, Any]:
     return facts
 
 
-class CudaPrepared(Prepared):
-    """A copy of the module on the GPU in the requested dtype, with cudnn.benchmark on until close()."""
+class CudaPrepared(TorchPrepared):
+    """A copy of the module on the GPU for the scenario, with cudnn.benchmark on until close()."""
 
     backend = "cuda"
 
-    def __init__(self, module: nn.Module, input_shape: Sequence[int], dtype: str, threads: int, seed: int) -> None:
+    def __init__(
+        self,
+        module: nn.Module,
+        input_shape: Sequence[int],
+        dtype: str,
+        threads: int,
+        seed: int,
+        scenario: Scenario | None = None,
+    ) -> None:
         super().__init__()
         self.dtype = dtype
         self.threads = threads
         self.device = torch.device("cuda", torch.cuda.current_device())
-        tdtype = torch_dtype(dtype, type(module).__name__)
         self._prev_benchmark = torch.backends.cudnn.benchmark
         self._prev_threads = torch.get_num_threads()
         # cudnn.benchmark autotunes convolution algorithms on the first calls of each shape: the warm-up
         # pays for it, the timed blocks do not.
         torch.backends.cudnn.benchmark = True
         torch.set_num_threads(threads)
-        try:
-            # A copy, so the caller's CPU float32 module stays where it was.
-            self.module = copy.deepcopy(module).to(device=self.device, dtype=tdtype).eval()
-            self.x = make_input(input_shape, tdtype, seed, device=self.device)
-        except BaseException:
-            # An OOM while copying: measure() never gets a Prepared to close, so restore here.
-            torch.backends.cudnn.benchmark = self._prev_benchmark
-            torch.set_num_threads(self._prev_threads)
-            raise
         self.extra = {
             "cudnn_benchmark": True,
             "host_threads": threads,
-            "graph_mode": "eager",
+            "graph_mode": "torch.compile (inductor)" if scenario and scenario.compile else "eager",
             **_device_facts(self.device),
         }
+        try:
+            # Always a copy (see TorchPrepared._setup), so the caller's CPU float32 module stays where it was.
+            self._setup(module, input_shape, dtype, seed, scenario)
+        except BaseException:
+            # An OOM while copying or a failed compile: measure() never gets a Prepared to close.
+            self.close()
+            raise
 
-    def run_once(self) -> Any:
-        """One forward, synchronised."""
-        with torch.inference_mode():
-            out = self.module(self.x)
-        torch.cuda.synchronize(self.device)
-        return out
-
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
-        return functools.partial(self.module, self.x), functools.partial(torch.cuda.synchronize, self.device)
+    def _sync(self) -> Sync | None:
+        return functools.partial(torch.cuda.synchronize, self.device)
 
     def peak_memory(self) -> PeakMemory:
-        """Caching-allocator peak of one warmed-up forward (the timing warm-up made the workspaces)."""
-        with torch.inference_mode():
-            self.module(self.x)
-            return cuda_peak(functools.partial(self.module, self.x), self.device)
+        """Caching-allocator peak of one warmed-up step (the timing warm-up made the workspaces)."""
+        mem = self._profiled_step(functools.partial(cuda_peak, device=self.device))
+        if self.train:
+            mem = dataclasses.replace(mem, method=CUDA_TRAIN_PEAK_METHOD)
+        return mem
 
     def close(self) -> None:
         """Restore cudnn.benchmark and threads; drop the GPU copy and return its cached blocks."""
         torch.backends.cudnn.benchmark = self._prev_benchmark
         torch.set_num_threads(self._prev_threads)
-        self.__dict__.pop("module", None)
-        self.__dict__.pop("x", None)
+        self._restore_module()
         torch.cuda.empty_cache()
 
 
@@ -102,8 +102,11 @@ class CudaBackend(Backend):
     """PyTorch eager on the current CUDA device."""
 
     name = "cuda"
-    description = "PyTorch eager on a CUDA GPU (cudnn.benchmark, synchronised timing, fp32/fp16/bf16)"
+    description = "PyTorch on a CUDA GPU (cudnn.benchmark, synchronised timing, fp32/fp16/bf16, train, compile)"
     dtypes = tuple(DTYPES)
+    modes = MODES
+    compiles = True
+    channels_last = True
 
     def available(self) -> tuple[bool, str]:
         """True with the GPU's name, or False with why there is no usable GPU."""
@@ -120,9 +123,10 @@ class CudaBackend(Backend):
         dtype: str = "float32",
         threads: int = 1,
         seed: int = 0,
+        scenario: Scenario | None = None,
     ) -> Prepared:
-        """Copy `module` to the GPU in `dtype`; an OOM here comes back to measure() as status "oom"."""
-        return CudaPrepared(module, input_shape, dtype, threads, seed)
+        """Copy `module` to the GPU for the scenario; an OOM here comes back to measure() as status "oom"."""
+        return CudaPrepared(module, input_shape, dtype, threads, seed, scenario)
 
     def cleanup_after_failure(self) -> None:
         """Return cached blocks after an OOM so the next case starts from a clean allocator."""

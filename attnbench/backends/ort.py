@@ -41,6 +41,7 @@ from attnbench.backends.base import (
     Backend,
     CaseFailed,
     Prepared,
+    Scenario,
     make_input,
 )
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
@@ -545,6 +546,11 @@ class OrtCpuBackend(Backend):
     name = "ort"
     description = "ONNX Runtime CPUExecutionProvider (dynamo export, parity-checked, explicit intra-op threads)"
     dtypes = ("float32",)
+    why_not = {  # noqa: RUF012 (a ClassVar in Backend)
+        "train": "ONNX Runtime runs inference here: no training (no backward graph is exported)",
+        "compile": "ONNX Runtime runs the exported graph: torch.compile applies to the PyTorch backends",
+        "channels_last": "ONNX Runtime chooses its own layouts: channels_last applies to the PyTorch backends",
+    }
     provider = "CPUExecutionProvider"
     _prepared_cls: type[OrtPrepared] = OrtPrepared
 
@@ -566,8 +572,9 @@ class OrtCpuBackend(Backend):
         dtype: str = "float32",
         threads: int = 1,
         seed: int = 0,
+        scenario: Scenario | None = None,
     ) -> Prepared:
-        """Export, open a session, verify parity; failures raise CaseFailed with a status."""
+        """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
         return self._prepared_cls(module, input_shape, threads, seed, self.provider, self.name)
 
 
