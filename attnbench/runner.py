@@ -359,10 +359,11 @@ def _measure(
 def _with_system_state(
     module: torch.nn.Module, case: Case, options: RunOptions, worker: SystemAllocatorWorker
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A CPU case timed in both allocator states; the case's `allocator` picks which one is the headline.
+    """A CPU case measured in both allocator states; the case's `allocator` picks which one is the headline.
 
-    The pinned state is this process; the system state is the worker (see attnbench.sysalloc). The state
-    that is not the headline is timed with a shorter budget (_secondary_budget).
+    The pinned state is this process; the system state is the worker (see attnbench.sysalloc). With the
+    pinned headline, the worker first counts the system state's page faults over a few calls, and times it
+    (with the shorter _secondary_budget) only where those extra faults could make a call 10% slower.
     """
     system_headline = case.allocator == "system"
     headline, secondary = _budget(options), _secondary_budget(options)
@@ -371,14 +372,24 @@ def _with_system_state(
         return values, extra
     started, startup = time.perf_counter(), worker.startup_s
     try:
-        answer = worker.measure(case, headline if system_headline else secondary, options.seed)
+        if system_headline:
+            answer = worker.measure(case, headline, options.seed)
+        else:
+            answer = worker.measure(case, FAULT_PROBE_BUDGET, options.seed, warmup_s=0.0, warmup_calls=2)
+            probe = answer.get("timing") or {}
+            extra["system_allocator_probe_calls"] = probe.get("n_calls")
+            if answer.get("status") == R.OK and _faults_could_slow(values, probe):
+                extra["system_allocator_max_run_time"] = secondary.get("max_run_time")
+                # A slow call spends the short budget within the probe's 6 blocks: the probe is that timing.
+                # A fast one goes on, warm already.
+                if probe["median_s"] * probe["n_calls"] < secondary["max_run_time"]:
+                    answer = worker.measure(case, secondary, options.seed, warmup_s=0.0, warmup_calls=1)
     except WorkerError as exc:
         answer = {"status": R.FAILED, "reason": str(exc), "timing": None}
     # What the system state cost this row, without the worker's one start per sweep (recorded apart).
     extra["system_allocator_s"] = time.perf_counter() - started - (worker.startup_s - startup)
     if worker.startup_s > startup:
         extra["system_worker_start_s"] = worker.startup_s - startup
-    extra["system_allocator_max_run_time"] = (headline if system_headline else secondary).get("max_run_time")
     timing = answer.get("timing")
     if answer.get("status") != R.OK or not timing:
         why = f"system allocator state: {answer.get('status')}: {answer.get('reason')}"
@@ -387,7 +398,23 @@ def _with_system_state(
         extra["system_allocator_note"] = why
         return values, extra
     extra["system_allocator"] = answer.get("allocator")
+    if "system_allocator_max_run_time" not in extra and not system_headline:
+        # Faults counted, not timed: too few extra faults to cost 10% of a call, so no latency to show.
+        values["other_allocator_faults_per_call"] = timing.get("minor_faults_per_call")
+        values["system_allocator_slower"] = False
+        return values, extra
     return _combine_states(values, extra, _timing_values(timing, case.batch), system_headline)
+
+
+#: The worker's fault count: 2 warm-up calls, then the fewest timed blocks (6, of ~20 ms or one call).
+FAULT_PROBE_BUDGET = {"min_run_time": 0.0, "max_run_time": 1e-9, "precision": None}
+
+
+def _faults_could_slow(pinned: Mapping[str, Any], system: Mapping[str, Any]) -> bool:
+    """Whether the system state's extra minor faults could cost 10% of the pinned median (each at most
+    FAULT_COST_BOUND_S): the only way it is slower, so the only case worth timing."""
+    extra_faults = (system.get("minor_faults_per_call") or 0.0) - (pinned.get("minor_faults_per_call") or 0.0)
+    return extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
 
 
 def _combine_states(
@@ -410,8 +437,7 @@ def _combine_states(
         # allocator causes has a mechanism, page faults on every call, and slows the fastest call too: a row is
         # marked slower only when the median and the fastest call both are, and the extra faults could cost that.
         min_ratio = system["latency_min_s"] / pinned["latency_min_s"]
-        extra_faults = (system["minor_faults_per_call"] or 0.0) - (pinned["minor_faults_per_call"] or 0.0)
-        explainable = extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
+        explainable = _faults_could_slow(pinned, system)
         extra["system_allocator_min_ratio"] = min_ratio
         values["system_allocator_slower"] = (
             min(values["system_allocator_slowdown"], min_ratio) > SLOWDOWN_MARK and explainable
