@@ -32,6 +32,7 @@ from attnbench.errors import AttnbenchError, BaselineError, UsageError
 from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
 from attnbench.tables import PIPE_WIDTH
+from attnbench.timing import DEFAULT_MAX_RUN_TIME, DEFAULT_MIN_RUN_TIME, DEFAULT_PRECISION
 
 if TYPE_CHECKING:
     from attnbench.runner import RunOptions, RunOutcome
@@ -64,8 +65,6 @@ COMPARE_BACKENDS = ("cpu", "ort")
 PROFILE_RES = ("56",)
 #: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
 BREAKDOWN_DEPTH = 3
-#: Seconds of timed calls per case: measurement.md's blocked_autorange(min_run_time=1.0) for stable medians.
-CLI_MIN_RUN_TIME = 1.0
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
 #: Exit codes for a run stopped by Ctrl-C or SIGTERM (128 + the signal, as shells report it).
 EXIT_INTERRUPTED = 130
@@ -237,11 +236,23 @@ LayoutOpt = Annotated[
         "Zoo modules keep their own.",
     ),
 ]
-MetricsOpt = Annotated[str, typer.Option("--metrics", help="Comma list of params,macs,memory,latency.")]
+MetricsOpt = Annotated[
+    str, typer.Option("--metrics", help="Comma list of params,macs,memory,latency,instructions (needs valgrind).")
+]
 CountersOpt = Annotated[str, typer.Option("--counters", help="Comma list of attnbench,fvcore,thop.")]
 OutputOpt = Annotated[list[Path] | None, typer.Option("--output", "-o", help="Write .csv, .md or .json; repeat.")]
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for scaling plots (PNG).")]
-MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Seconds of timed calls per case.")]
+MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Floor: time every case at least this many seconds.")]
+MaxRunOpt = Annotated[
+    float,
+    typer.Option("--max-run-time", help="Budget: stop timing a case after this many seconds if still imprecise."),
+]
+PrecisionOpt = Annotated[
+    float,
+    typer.Option(
+        "--precision", help="Stop timing a case once the 95% CI on its median is within +-this fraction (0.01 = 1%)."
+    ),
+]
 TimeLimitOpt = Annotated[float | None, typer.Option("--time-limit", help="Per-case time limit in seconds.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
 SortOpt = Annotated[
@@ -497,6 +508,24 @@ def _sweep(
 
 
 @dataclass(frozen=True)
+class Timing:
+    """How long each case is timed: until its median is known to `precision`, within a floor and a budget."""
+
+    min_run_time: float = DEFAULT_MIN_RUN_TIME
+    max_run_time: float = DEFAULT_MAX_RUN_TIME
+    precision: float = DEFAULT_PRECISION
+
+    def check(self) -> None:
+        """Refuse values no timing could use."""
+        if self.min_run_time < 0:
+            raise UsageError("--min-run-time must be >= 0")
+        if self.max_run_time <= 0:
+            raise UsageError("--max-run-time must be > 0")
+        if not 0 < self.precision < 1:
+            raise UsageError("--precision must be a fraction in (0, 1), e.g. 0.01 for +-1%")
+
+
+@dataclass(frozen=True)
 class Scenario:
     """The scenario options of a measuring command, as typed."""
 
@@ -509,24 +538,32 @@ class Scenario:
 def _options(
     metrics: str,
     counters: str,
-    min_run_time: float,
+    timing: Timing,
     time_limit: float | None,
     force: bool,
     label: str | None = None,
+    extra_metrics: Sequence[str] = (),
 ) -> RunOptions:
-    """RunOptions from the options' strings, refusing bad values."""
+    """RunOptions from the options' strings, refusing bad values (and a missing valgrind, for instructions)."""
     from attnbench.runner import COUNTERS, METRICS, RunOptions
 
     if label is not None and not label.strip():
         raise UsageError("--label must not be empty")
-    if min_run_time <= 0:
-        raise UsageError("--min-run-time must be > 0")
+    timing.check()
     if time_limit is not None and time_limit <= 0:
         raise UsageError("--time-limit must be > 0")
+    names = parse_list(metrics, METRICS, "--metrics")
+    names += tuple(m for m in extra_metrics if m not in names)
+    if "instructions" in names:
+        from attnbench.instructions import check_available
+
+        check_available()
     return RunOptions(
-        metrics=parse_list(metrics, METRICS, "--metrics"),
+        metrics=names,
         counters=parse_list(counters, COUNTERS, "--counters"),
-        min_run_time=min_run_time,
+        min_run_time=timing.min_run_time,
+        max_run_time=timing.max_run_time,
+        precision=timing.precision,
         time_limit_s=time_limit,
         force=force,
         machine=" ".join(label.split()) if label is not None else None,
@@ -578,6 +615,8 @@ class GateOptions:
     baseline: Path
     tolerance: float | None = None
     force_latency: bool = False
+    metric: str = "wall"  # "wall" (latency) or "instructions" (work, immune to load)
+    strict: bool = False  # fail latency regressions measured on a busy machine too
 
 
 def _measure_and_report(sweep: Sweep, options: RunOptions, outputs: Outputs, gate: GateOptions | None = None) -> None:
@@ -612,6 +651,10 @@ def _run_and_report(
     env["machine"] = options.machine or machine_label(env)
     options = dataclasses.replace(options, machine=env["machine"])
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
+    if gate is not None and base is not None and gate.metric == "instructions":
+        from attnbench.gate import check_instruction_baseline
+
+        check_instruction_baseline(base, env, gate.baseline)  # before minutes are spent measuring
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
         if not cases:
@@ -624,6 +667,7 @@ def _run_and_report(
         report.write(rows, env, outputs.files, outputs.title, outputs.sort)
 
     outcome = _run_with_progress(cases, options, on_result, outputs.quiet)
+    rows[:] = outcome.results  # the instruction pass, if any, filled in counts after the rows streamed
     report.write(rows, env, outputs.files, outputs.title, outputs.sort)
     if outputs.plots is not None and rows:
         from attnbench.plots import plot_scaling
@@ -673,11 +717,23 @@ def _empty_shard(sweep: Sweep, env: dict[str, Any], outputs: Outputs) -> None:
 def _run_with_progress(
     cases: list[R.Case], options: RunOptions, on_result: Callable[[R.Result], None], quiet: bool
 ) -> RunOutcome:
-    """Run the cases with a progress bar on stderr naming the step under way."""
+    """Run the cases with progress on stderr: a bar on a terminal, one plain line per finished case elsewhere."""
     from attnbench.runner import run
 
     # One step per measured case, or per geometry when only counting.
     steps = cases if options.measures else list({(_geometry_text(c), c.mode): c for c in cases}.values())
+    on_status = None if quiet else _status_line
+    if not quiet and not err.is_terminal:
+        # A CI log: no bar (it would be redrawn into the log or hidden), but a line as each case finishes.
+        done = 0
+
+        def on_line(row: R.Result) -> None:
+            nonlocal done
+            done += 1
+            on_result(row)
+            print(f"attnbench: {progress_line(row, done, len(steps))}", file=sys.stderr, flush=True)
+
+        return run(cases, options, on_result=on_line, on_status=on_status)
 
     def describe(case: R.Case) -> str:
         return _geometry_text(case) + (f" {case.backend}" if options.measures else "")
@@ -702,7 +758,20 @@ def _run_with_progress(
             done += 1
             progress.update(task, advance=1, description=describe(steps[min(done, len(steps) - 1)]))
 
-        return run(cases, options, on_result=on_result, on_progress=on_progress)
+        return run(cases, options, on_result=on_result, on_progress=on_progress, on_status=on_status)
+
+
+def progress_line(row: R.Result, done: int, total: int) -> str:
+    """One finished case for a log: '[3/58] sk C=64 28x28 B=1 cpu: ok in 1.2 s'."""
+    from attnbench.report import case_text
+
+    seconds = f" in {row.seconds:.1f} s" if row.seconds is not None else ""
+    return f"[{done}/{total}] {case_text(row)}: {row.status}{seconds}"
+
+
+def _status_line(message: str) -> None:
+    # Plain print: a log gets the line whole and at once.
+    print(f"attnbench: {message}", file=sys.stderr, flush=True)
 
 
 def _geometry_text(case: R.Case) -> str:
@@ -726,7 +795,9 @@ def _gate(
         base,
         tolerance=gate.tolerance,
         force_latency=gate.force_latency,
-        remeasure=lambda case: run([case], options).results,
+        remeasure=lambda case: run([case], options.without_instructions()).results,
+        metric=gate.metric,
+        strict=gate.strict,
     )
     if verdict.compared_cases == 0:
         # A gate that compared nothing must not pass: the run's settings differ from the baseline's.
@@ -798,7 +869,9 @@ def profile_cmd(
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    min_run_time: MinRunOpt = CLI_MIN_RUN_TIME,
+    min_run_time: MinRunOpt = DEFAULT_MIN_RUN_TIME,
+    max_run_time: MaxRunOpt = DEFAULT_MAX_RUN_TIME,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
     sort: SortOpt = None,
@@ -834,7 +907,8 @@ def profile_cmd(
         raise UsageError(f"--depth {depth}: " + ("must be >= 0" if breakdown else "only with --breakdown"))
     levels = BREAKDOWN_DEPTH if depth is None else depth
     outputs = Outputs(tuple(output or ()), plots, "attnbench profile", sort, False, quiet, breakdown, levels)
-    _measure_and_report(sweep, _options(metrics, counters, min_run_time, time_limit, force, label), outputs)
+    timing = Timing(min_run_time, max_run_time, precision)
+    _measure_and_report(sweep, _options(metrics, counters, timing, time_limit, force, label), outputs)
 
 
 @app.command("compare")
@@ -857,7 +931,9 @@ def compare_cmd(
     counters: CountersOpt = "attnbench,fvcore,thop",
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    min_run_time: MinRunOpt = CLI_MIN_RUN_TIME,
+    min_run_time: MinRunOpt = DEFAULT_MIN_RUN_TIME,
+    max_run_time: MaxRunOpt = DEFAULT_MAX_RUN_TIME,
+    precision: PrecisionOpt = DEFAULT_PRECISION,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
     sort: SortOpt = "macs",
@@ -870,6 +946,17 @@ def compare_cmd(
     ] = None,
     force_latency: Annotated[
         bool, typer.Option("--force-latency", help="Compare latency with a baseline from other hardware.")
+    ] = False,
+    gate_metric: Annotated[
+        str,
+        typer.Option(
+            "--gate-metric",
+            help="wall: latency; instructions: Callgrind instructions per forward (needs valgrind; immune to "
+            "load). With -o, instructions also writes them into the baseline.",
+        ),
+    ] = "wall",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Wall gate: fail latency regressions measured on a busy machine too.")
     ] = False,
 ) -> None:
     """Compare modules side by side (defaults: C=64 at 14, 28, 56 on cpu and ort), best per column in bold."""
@@ -889,8 +976,13 @@ def compare_cmd(
     outputs = Outputs(tuple(output or ()), plots, "attnbench compare", sort, True, quiet)
     if tolerance is not None and not 0 <= tolerance < 10:
         raise UsageError("--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%")
-    gate = GateOptions(baseline, tolerance, force_latency) if baseline is not None else None
-    options = _options(metrics, counters, min_run_time, time_limit, force, label)
+    if gate_metric not in ("wall", "instructions"):
+        raise UsageError(f"--gate-metric {gate_metric!r}: allowed: wall, instructions")
+    gate = GateOptions(baseline, tolerance, force_latency, gate_metric, strict) if baseline is not None else None
+    # Gating on instructions, or writing a baseline for it, needs the counts in this run's rows.
+    extra = ("instructions",) if gate_metric == "instructions" else ()
+    timing = Timing(min_run_time, max_run_time, precision)
+    options = _options(metrics, counters, timing, time_limit, force, label, extra)
     _measure_and_report(sweep, options, outputs, gate)
 
 

@@ -174,6 +174,11 @@ def environment(threads: int = 1, peaks: Iterable[PeakKey] = ()) -> dict[str, An
     record = static_environment()
     record["threads"] = threads
     record["torch_default_threads"] = torch.get_num_threads()
+    # What instruction counts depend on besides the CPU model and versions above (attnbench.instructions).
+    from attnbench.instructions import isa_facts, valgrind_version
+
+    record["cpu_isa"] = isa_facts()
+    record["valgrind"] = valgrind_version()
     record.update(gpu_info())
     record["allocator"] = pin_allocator()
     record["available_backends"] = available_backends()

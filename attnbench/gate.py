@@ -1,4 +1,13 @@
-"""The regression gate: compare a run with a committed baseline; counts exactly, latency noise-aware."""
+"""The regression gate: compare a run with a committed baseline; counts exactly, then work or wall time.
+
+Two gate metrics:
+- "instructions" (noise-immune): Callgrind instructions per forward, within INSTRUCTIONS_TOLERANCE. Counts
+  from another CPU, torch, Python, valgrind or allocator are not comparable: such a baseline is refused.
+- "wall": median latency, tolerance by case length, a suspected regression re-measured. A regression seen
+  only in timings taken while other processes used the CPU is "inconclusive (machine busy)" and does not
+  fail the gate, unless `strict`.
+Counts (params, MACs) and cases that stopped working fail the gate under either metric.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +33,12 @@ TOLERANCE_SLOW = 0.10
 REMEASURES = 2
 #: Environment keys that must match for latency to be comparable.
 HARDWARE_KEYS = ("cpu_model", "logical_cores", "gpu", "torch", "onnxruntime", "allocator")
+GATE_METRICS = ("wall", "instructions")
+#: Instruction counts repeat exactly on one machine (results/gate_stability.md); 1% leaves room for
+#: allocator and Python-level jitter while a real change of work shows as several percent.
+INSTRUCTIONS_TOLERANCE = 0.01
+#: Change kinds that do not fail the gate unless it is strict: a latency regression seen only while busy.
+BUSY = "latency-busy"
 
 
 @dataclass(frozen=True)
@@ -31,7 +46,7 @@ class Change:
     """One difference between the run and the baseline."""
 
     case: str  # which case, as text
-    kind: str  # "count", "latency", "status", "missing", "new", "latency-ok", "source"
+    kind: str  # "count", "instructions", "latency", "latency-busy", "status", "missing", "new", "latency-ok", "source"
     detail: str
     failing: bool
 
@@ -44,11 +59,19 @@ class Verdict:
     latency_compared: bool = True
     latency_note: str = ""
     compared_cases: int = 0
+    metric: str = "wall"
+    #: Rows whose instruction counts were compared (metric "instructions").
+    compared_instructions: int = 0
 
     @property
     def passed(self) -> bool:
         """True when no change fails the gate."""
         return not any(c.failing for c in self.changes)
+
+    @property
+    def inconclusive(self) -> bool:
+        """True when the gate passed only because latency regressions were measured on a busy machine."""
+        return self.passed and any(c.kind == BUSY for c in self.changes)
 
 
 def load_baseline(path: str | Path) -> LoadedResults:
@@ -108,6 +131,34 @@ def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
     return out
 
 
+def comparable_instructions(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether instruction counts from `base_env` can be compared with `env`; the reason when not."""
+    from attnbench.instructions import INSTRUCTION_ENV_KEYS
+
+    if not base_env:
+        return False, "the baseline has no environment record (a CSV's .meta.json sidecar is missing)"
+    diffs = [
+        f"{k}: baseline {base_env.get(k)!r} vs here {env.get(k)!r}"
+        for k in INSTRUCTION_ENV_KEYS
+        if _canonical(base_env.get(k)) != _canonical(env.get(k))
+    ]
+    if diffs:
+        return False, "instruction counts depend on the CPU and versions, and these differ (" + "; ".join(diffs) + ")"
+    return True, ""
+
+
+def check_instruction_baseline(baseline: LoadedResults, env: Mapping[str, Any], path: str | Path = "") -> None:
+    """Refuse (BaselineError) a baseline whose instruction counts cannot gate this run, saying why."""
+    where = f"{path}: " if path else ""
+    if not any(r.instructions is not None for r in baseline.results):
+        raise BaselineError(
+            f"{where}holds no instruction counts; write it with `compare ... --gate-metric instructions -o FILE`"
+        )
+    ok, why = comparable_instructions(baseline.env, env)
+    if not ok:
+        raise BaselineError(f"{where}cannot gate on instructions: {why}; regenerate the baseline on this machine")
+
+
 def compare_to_baseline(
     rows: Sequence[Result],
     baseline: LoadedResults | str | Path | Sequence[Result],
@@ -115,21 +166,31 @@ def compare_to_baseline(
     force_latency: bool = False,
     remeasure: Callable[[Case], Sequence[Result]] | None = None,
     env: Mapping[str, Any] | None = None,
+    metric: str = "wall",
+    strict: bool = False,
 ) -> Verdict:
-    """Compare `rows` with the baseline: count changes, cases that now fail and latency regressions fail it.
+    """Compare `rows` with the baseline: count changes, cases that now fail and work or latency regressions fail it.
 
     `baseline` is a loaded report, a report's path, or rows (from attnbench.profile(); their environment is
-    taken as this machine's).
+    taken as this machine's). `metric` "instructions" gates on instruction counts (the baseline must hold
+    comparable ones, else BaselineError) and leaves latency alone; "wall" gates on latency, where a
+    regression measured only on a busy machine is inconclusive unless `strict`.
     """
+    if metric not in GATE_METRICS:
+        raise ValueError(f"gate metric {metric!r}: allowed: {', '.join(GATE_METRICS)}")
     if env is None:
         from attnbench.env import environment
 
         env = environment(threads=rows[0].threads if rows else 1)
     baseline = _as_loaded(baseline, env)
-    verdict = Verdict()
+    verdict = Verdict(metric=metric)
+    if metric == "instructions":
+        check_instruction_baseline(baseline, env)
     same_hw, why = comparable_hardware(baseline.env, env)
-    verdict.latency_compared = same_hw or force_latency
-    if not same_hw:
+    verdict.latency_compared = metric == "wall" and (same_hw or force_latency)
+    if metric == "instructions":
+        verdict.latency_note = "latency not gated (--gate-metric instructions gates the work measure)"
+    elif not same_hw:
         verdict.latency_note = why + (
             "; compared anyway (--force-latency)"
             if force_latency
@@ -156,8 +217,11 @@ def compare_to_baseline(
             continue
         if then.status == R.OK and now.status != R.OK:
             verdict.changes.append(Change(_case_text(now), "status", f"was ok, now {now.status}: {now.reason}", True))
+        elif metric == "instructions" and then.instructions is not None:
+            verdict.compared_instructions += 1
+            verdict.changes.extend(_instructions(now, then, tolerance))
         elif verdict.latency_compared and then.latency_median_s and now.latency_median_s:
-            verdict.changes.extend(_latency(now, then, tolerance, remeasure))
+            verdict.changes.extend(_latency(now, then, tolerance, remeasure, strict))
     return verdict
 
 
@@ -180,16 +244,34 @@ def _source_changes(rows: Sequence[Result], baseline: Sequence[Result]) -> list[
     ]
 
 
+def _instructions(now: Result, then: Result, tolerance: float | None) -> list[Change]:
+    """A change of work beyond the tolerance fails (more) or is reported (less); a missing count fails."""
+    base = int(then.instructions)  # type: ignore[arg-type]
+    if now.instructions is None:
+        why = json.loads(now.extra).get("instructions_error", "") if now.extra else ""
+        return [Change(_case_text(now), "instructions", f"not counted in this run{': ' + why if why else ''}", True)]
+    tol = INSTRUCTIONS_TOLERANCE if tolerance is None else tolerance
+    change = now.instructions / base - 1 if base else 0.0
+    detail = f"instructions {fmt.si(base)} -> {fmt.si(now.instructions)} per call ({change:+.2%}, limit {tol:.0%})"
+    if change > tol:
+        return [Change(_case_text(now), "instructions", detail, True)]
+    if change < -tol:
+        return [Change(_case_text(now), "instructions-less", detail + "; update the baseline to keep it", False)]
+    return []
+
+
 def _latency(
     now: Result,
     then: Result,
     tolerance: float | None,
     remeasure: Callable[[Case], Sequence[Result]] | None,
+    strict: bool = False,
 ) -> list[Change]:
     base_s = float(then.latency_median_s)  # type: ignore[arg-type]
     tol = default_tolerance(base_s) if tolerance is None else tolerance
     limit = max(tol, _spread(now), _spread(then))
     best = float(now.latency_median_s)  # type: ignore[arg-type]
+    clean = not now.latency_contended  # some measurement was taken with the machine to itself
     tries = 0
     # A suspected regression is measured again: only a slowdown that survives re-measurement fails.
     while best / base_s - 1 > limit and remeasure is not None and tries < REMEASURES:
@@ -199,12 +281,17 @@ def _latency(
         again = [r for r in remeasure(case) if r.latency_median_s]
         if again:
             best = min(best, float(again[0].latency_median_s))  # type: ignore[arg-type]
+            clean = clean or not again[0].latency_contended
     change = best / base_s - 1
     detail = (
         f"latency {fmt.seconds(base_s)} -> {fmt.seconds(best)} ({change:+.1%}, limit {limit:.0%}"
         + (f", after {tries} re-measurement(s)" if tries else "")
         + ")"
     )
+    if change > limit and not clean:
+        # Every measurement that shows the slowdown shared the CPU with other processes: no evidence either way.
+        detail += "; inconclusive (machine busy): other processes used the CPU during every measurement"
+        return [Change(_case_text(now), BUSY, detail + ("; --strict: fails" if strict else ""), strict)]
     if change > limit:
         return [Change(_case_text(now), "latency", detail, True)]
     if tries:

@@ -23,7 +23,15 @@ from attnbench.backends import get_backend
 from attnbench.backends.base import MODES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED, CaseFailed, Scenario, torch_dtype
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
-from attnbench.timing import DEFAULT_MIN_RUN_TIME, WARMUP_MIN_CALLS, WARMUP_MIN_S, Clock, TimingStats
+from attnbench.timing import (
+    DEFAULT_MAX_RUN_TIME,
+    DEFAULT_MIN_RUN_TIME,
+    DEFAULT_PRECISION,
+    WARMUP_MIN_CALLS,
+    WARMUP_MIN_S,
+    Clock,
+    TimingStats,
+)
 
 #: Default intra-op thread count: 1 is what a shared 2-core CI machine measures reproducibly.
 DEFAULT_THREADS = 1
@@ -73,7 +81,13 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def _check_args(
-    module: nn.Module, input_shape: Sequence[int], threads: int, min_run_time: float, mode: str
+    module: nn.Module,
+    input_shape: Sequence[int],
+    threads: int,
+    min_run_time: float,
+    mode: str,
+    precision: float | None = None,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> tuple[int, ...]:
     name = type(module).__name__
     if mode not in MODES:
@@ -83,8 +97,12 @@ def _check_args(
         raise InvalidCaseError(name, "input_shape", f"must be positive ints, got {input_shape!r}")
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise InvalidCaseError(name, "threads", f"must be an int >= 1, got {threads!r}")
-    if not min_run_time > 0:
-        raise InvalidCaseError(name, "min_run_time", f"must be > 0 seconds, got {min_run_time!r}")
+    if not min_run_time >= 0:
+        raise InvalidCaseError(name, "min_run_time", f"must be >= 0 seconds, got {min_run_time!r}")
+    if not max_run_time > 0:
+        raise InvalidCaseError(name, "max_run_time", f"must be > 0 seconds, got {max_run_time!r}")
+    if precision is not None and not 0 < precision < 1:
+        raise InvalidCaseError(name, "precision", f"must be a fraction in (0, 1) or None, got {precision!r}")
     return shape
 
 
@@ -101,6 +119,8 @@ def measure(
     seed: int = 0,
     warmup_calls: int = WARMUP_MIN_CALLS,
     latency: bool = True,
+    precision: float | None = DEFAULT_PRECISION,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
     mode: str = "infer",
     channels_last: bool = False,
     compile: bool = False,
@@ -108,11 +128,13 @@ def measure(
     """Time one step of `module` on `input_shape` (and read its peak memory) on `backend`.
 
     A step is a forward (`mode="infer"`) or a forward + backward (`mode="train"`). `warmup` is the minimum
-    warm-up in seconds (and at least `warmup_calls` calls); `min_run_time` the timed budget; `clock`
-    replaces time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine cannot
-    run; a combination the backend cannot run is status "skipped", other failures a status with a reason.
+    warm-up in seconds (and at least `warmup_calls` calls). Timing then stops once the 95% CI on the median
+    is within +-`precision` of it, after at least `min_run_time` timed seconds, or when `max_run_time` timed
+    seconds are spent (`precision=None`: exactly the `min_run_time` budget). `clock` replaces
+    time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine cannot run; a
+    combination the backend cannot run is status "skipped", other failures a status with a reason.
     """
-    shape = _check_args(module, input_shape, threads, min_run_time, mode)
+    shape = _check_args(module, input_shape, threads, min_run_time, mode, precision, max_run_time)
     scenario = Scenario(mode, channels_last, compile)
     torch_dtype(dtype, type(module).__name__)  # an unknown dtype name is a usage error, not a status
     allocator = pin_allocator()
@@ -159,7 +181,9 @@ def measure(
     prepare_s = time.perf_counter() - t0
     try:
         with prepared:
-            timing = prepared.time(min_run_time, warmup, warmup_calls, clock) if latency else None
+            timing = (
+                prepared.time(min_run_time, warmup, warmup_calls, clock, precision, max_run_time) if latency else None
+            )
             t_mem = time.perf_counter()
             mem = prepared.peak_memory() if memory else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem

@@ -20,6 +20,7 @@ from rich.text import Text
 from attnbench import fmt
 from attnbench import results as R
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
+from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
@@ -104,6 +105,8 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
             row[f"other_alloc_{b}_s"] = r["other_allocator_latency_s"]
             row[f"alloc_slower_{b}"] = r["system_allocator_slower"]
             row[f"compile_{b}_s"] = r["compile_s"]
+            if _present(r["instructions"]):
+                row[f"instr_{b}"] = r["instructions"]
             if b == "ort":
                 row["parity_max_abs"] = r["parity_max_abs"]
             elif r["compile"]:
@@ -180,6 +183,7 @@ P_MACS = 12
 P_OTHER_LATENCY = 20
 P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
 P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
+P_INSTRUCTIONS = 26  # instructions per call: asked for explicitly (a gate on work), so kept before memory
 P_MEMORY = 30
 P_OTHER_ALLOC = 32  # the latency in the other allocator state, where it is > 10% slower
 P_FLOPS = 40
@@ -263,6 +267,10 @@ def _columns(
     for i, b in enumerate(backends):
         if _has(table, f"latency_{b}_s"):
             cols.append(_latency_column(table, b, priority(f"latency_{b}_s", P_OTHER_LATENCY + i)))
+    for i, b in enumerate(backends):
+        if _has(table, f"instr_{b}"):
+            cell = lambda r, b=b: fmt.si(r.get(f"instr_{b}"))  # noqa: E731
+            cols.append(Column(f"{b} instr/call", cell, P_INSTRUCTIONS + i, key=f"instr_{b}"))
     cols += _scenario_columns(table, backends)
     cols += _roofline_columns(table, backends, roofs or {})
     if _has(table, "parity_max_abs"):
@@ -584,9 +592,16 @@ def markdown(
         # The scenario fields that do not vary are not columns: the line under the table says them.
         lines += [scenario_text(table), ""]
         lines.append(
-            "Latency: median per call over timed blocks, ± interquartile range; `~` marks a noisy "
-            "timing (IQR/median > 10%), `!` one taken while other processes used more than 5% of a core. "
-            "Mem: activations and temporaries allocated during one forward, or in train mode during one "
+            "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
+            "confidence interval on the median is within the asked precision (±1% by default) or its time "
+            "budget is spent. `~` marks a noisy timing (IQR/median > 10%, or the precision not reached), "
+            "`!` one taken while other processes used more than 5% of a core. "
+            + (
+                f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
+                if any(_present(r.instructions) for r in results)
+                else ""
+            )
+            + "Mem: activations and temporaries allocated during one forward, or in train mode during one "
             "forward + backward (gradients included); weights and input excluded. "
             "`under`/`over`: the counter differs from "
             f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
@@ -856,7 +871,8 @@ def case_text(row: Result) -> str:
 
 
 def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
-    """Print what changed against the baseline and the gate's outcome (FAILED too when cases of the run failed)."""
+    """Print what changed against the baseline and the gate's outcome: passed, inconclusive (machine busy) or failed
+    (also when cases of the run failed)."""
     if verdict.latency_note:
         console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
     if verdict.changes:
@@ -866,11 +882,24 @@ def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None
         for c in verdict.changes:
             table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
         console.print(table)
+    failing = sum(c.failing for c in verdict.changes)
+    compared = f"{verdict.compared_cases} case(s) compared"
+    if verdict.metric == "instructions":
+        compared += f", instructions of {verdict.compared_instructions} row(s)"
+    if verdict.inconclusive and not failed_cases:
+        busy = sum(c.kind == "latency-busy" for c in verdict.changes)
+        console.print(
+            f"gate: [yellow]INCONCLUSIVE (machine busy)[/yellow]: {compared}; {busy} latency regression(s) seen "
+            "only while other processes used the CPU, not failed (--strict fails them; --gate-metric "
+            "instructions is immune to load)",
+            highlight=False,
+        )
+        return
     outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
     console.print(
-        f"gate: {outcome}: {verdict.compared_cases} case(s) compared, "
-        f"{sum(c.failing for c in verdict.changes)} failing change(s)"
-        + (f", {failed_cases} case(s) of this run failed" if failed_cases else "")
+        f"gate: {outcome}: {compared}, {failing} failing change(s)"
+        + (f", {failed_cases} case(s) of this run failed" if failed_cases else ""),
+        highlight=False,
     )
 
 

@@ -121,8 +121,9 @@ class Result:
     latency_p10_s: float | None = None
     latency_min_s: float | None = None
     latency_calls: int | None = None
-    latency_noisy: bool | None = None
+    latency_noisy: bool | None = None  # IQR/median > 10%, or the median not known to the asked precision in budget
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
+    latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
     minor_faults_per_call: float | None = None  # in the headline allocator state (`allocator`)
     #: The same call in the other allocator state (system when the headline is pinned, and the reverse), cpu only.
@@ -133,6 +134,7 @@ class Result:
     #: True when the system state is > 10% slower in both the median and the fastest call (marked in tables).
     system_allocator_slower: bool | None = None
     compile_s: float | None = None  # torch.compile: the first (compiling) call's wall time, apart from latency
+    instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
     reserved_mem_bytes: int | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -35,15 +36,22 @@ from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
 from attnbench.sysalloc import (
     FAULT_COST_BOUND_S,
-    SECONDARY_MIN_RUN_TIME,
+    SECONDARY_MAX_RUN_TIME,
+    SECONDARY_PRECISION,
     SLOWDOWN_MARK,
     SystemAllocatorWorker,
     WorkerError,
 )
-from attnbench.timing import CONTENTION_THRESHOLD, DEFAULT_MIN_RUN_TIME
+from attnbench.timing import CONTENTION_THRESHOLD, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION
 
-#: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured.
-METRICS = ("params", "macs", "memory", "latency")
+if TYPE_CHECKING:
+    from attnbench.instructions import InstructionBatch
+
+#: Every metric the runner knows; `params` and `macs` are counted, `memory` and `latency` measured, and
+#: `instructions` counted under valgrind after the sweep (all cases in one process; see attnbench.instructions).
+METRICS = ("params", "macs", "memory", "latency", "instructions")
+#: What a run measures unless told otherwise: instruction counts cost a valgrind pass, so they are asked for.
+DEFAULT_METRICS = ("params", "macs", "memory", "latency")
 COUNTERS = ("attnbench", "fvcore", "thop")
 #: The memory guard refuses a case whose estimate, times this margin, exceeds the free memory.
 GUARD_MARGIN = 1.5
@@ -56,9 +64,11 @@ DEFAULT_SEED = 0
 class RunOptions:
     """How to measure: which metrics and counters, timing budget, guards."""
 
-    metrics: tuple[str, ...] = METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     counters: tuple[str, ...] = COUNTERS
-    min_run_time: float | None = None  # None: the timing module's default
+    min_run_time: float | None = None  # floor on timed seconds per case; None: the timing module's default
+    max_run_time: float | None = None  # budget of timed seconds per case; None: the timing module's default
+    precision: float | None = DEFAULT_PRECISION  # stop once the 95% CI on the median is within +-this; None: fixed
     time_limit_s: float | None = None  # per case (one backend of one geometry); None: no limit
     force: bool = False  # run cases the memory guard would refuse
     seed: int = DEFAULT_SEED
@@ -67,8 +77,12 @@ class RunOptions:
 
     @property
     def measures(self) -> bool:
-        """True when a backend has to run the module (latency or memory asked for)."""
-        return "latency" in self.metrics or "memory" in self.metrics
+        """True when a backend has to run the module (latency, memory or instructions asked for)."""
+        return any(m in self.metrics for m in ("latency", "memory", "instructions"))
+
+    def without_instructions(self) -> RunOptions:
+        """The same options minus the valgrind pass (to re-measure one case's latency)."""
+        return dataclasses.replace(self, metrics=tuple(m for m in self.metrics if m != "instructions"))
 
 
 @dataclass
@@ -274,7 +288,7 @@ def _count(
 def _timing_values(timing: Any, batch: int) -> dict[str, Any]:
     """The latency columns of a row from TimingStats (or the same fields as a dict, from the worker)."""
     get = timing.get if isinstance(timing, dict) else lambda name: getattr(timing, name)
-    median = get("median_s")
+    median, ci = get("median_s"), get("median_ci_rel")
     return {
         "latency_median_s": median,
         "latency_iqr_s": get("iqr_s"),
@@ -285,11 +299,29 @@ def _timing_values(timing: Any, batch: int) -> dict[str, Any]:
         "latency_contended": (get("other_cpu_cores") or 0.0) > CONTENTION_THRESHOLD,
         "throughput_per_s": batch / median if median and median > 0 else None,
         "minor_faults_per_call": get("minor_faults_per_call"),
+        "latency_ci_rel": ci if ci is not None and math.isfinite(ci) else None,
     }
 
 
+def _budget(options: RunOptions) -> dict[str, Any]:
+    """The timing budget of a row's headline measurement (measure()'s keyword arguments)."""
+    budget: dict[str, Any] = {"precision": options.precision}
+    if options.min_run_time is not None:
+        budget["min_run_time"] = options.min_run_time
+    if options.max_run_time is not None:
+        budget["max_run_time"] = options.max_run_time
+    return budget
+
+
+def _secondary_budget(options: RunOptions) -> dict[str, Any]:
+    """The budget of the other allocator state: it only has to show a gap above 10%, so no floor, a short cap."""
+    full = options.max_run_time if options.max_run_time is not None else DEFAULT_MAX_RUN_TIME
+    precision = None if options.precision is None else max(options.precision, SECONDARY_PRECISION)
+    return {"min_run_time": 0.0, "max_run_time": min(full, SECONDARY_MAX_RUN_TIME), "precision": precision}
+
+
 def _measure(
-    module: torch.nn.Module, case: Case, options: RunOptions, min_run_time: float | None = None
+    module: torch.nn.Module, case: Case, options: RunOptions, budget: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Measure one case in this (pinned) process: (row values, extra)."""
     from attnbench.measurement import measure
@@ -302,9 +334,7 @@ def _measure(
         "channels_last": case.channels_last,
         "compile": case.compile,
     }
-    budget = min_run_time if min_run_time is not None else options.min_run_time
-    if budget is not None:
-        kwargs["min_run_time"] = budget
+    kwargs.update(budget or _budget(options))
     m = measure(module, case.input_shape, backend=case.backend, threads=case.threads, dtype=case.dtype, **kwargs)
     values: dict[str, Any] = {"status": m.status, "reason": m.reason, "compile_s": m.compile_s}
     if m.timing is not None and "latency" in options.metrics:
@@ -321,33 +351,45 @@ def _measure(
         # Seconds inside the timing protocol (warm-up + timed blocks): the rest of a row's time is overhead.
         extra["timing_loop_s"] = m.timing.warmup_s + m.timing.mean_s * m.timing.n_calls
         extra["other_cpu_cores"] = m.timing.other_cpu_cores
+        extra["precision_target"] = m.timing.precision_target
+        extra["timing_blocks"] = m.timing.n_blocks
     return values, extra
 
 
 def _with_system_state(
     module: torch.nn.Module, case: Case, options: RunOptions, worker: SystemAllocatorWorker
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A CPU case timed in both allocator states; the case's `allocator` picks which one is the headline.
+    """A CPU case measured in both allocator states; the case's `allocator` picks which one is the headline.
 
-    The pinned state is this process; the system state is the worker (see attnbench.sysalloc). The state
-    that is not the headline is timed with a shorter budget: it only has to show a gap above 10%.
+    The pinned state is this process; the system state is the worker (see attnbench.sysalloc). With the
+    pinned headline, the worker first counts the system state's page faults over a few calls, and times it
+    (with the shorter _secondary_budget) only where those extra faults could make a call 10% slower.
     """
-    full = options.min_run_time if options.min_run_time is not None else DEFAULT_MIN_RUN_TIME
-    short = min(full, SECONDARY_MIN_RUN_TIME)
     system_headline = case.allocator == "system"
-    values, extra = _measure(module, case, options, short if system_headline else full)
+    headline, secondary = _budget(options), _secondary_budget(options)
+    values, extra = _measure(module, case, options, secondary if system_headline else headline)
     if values["status"] != R.OK or values.get("latency_median_s") is None:
         return values, extra
     started, startup = time.perf_counter(), worker.startup_s
     try:
-        answer = worker.measure(case, full if system_headline else short, options.seed)
+        if system_headline:
+            answer = worker.measure(case, headline, options.seed)
+        else:
+            answer = worker.measure(case, FAULT_PROBE_BUDGET, options.seed, warmup_s=0.0, warmup_calls=2)
+            probe = answer.get("timing") or {}
+            extra["system_allocator_probe_calls"] = probe.get("n_calls")
+            if answer.get("status") == R.OK and _faults_could_slow(values, probe):
+                extra["system_allocator_max_run_time"] = secondary.get("max_run_time")
+                # A slow call spends the short budget within the probe's 6 blocks: the probe is that timing.
+                # A fast one goes on, warm already.
+                if probe["median_s"] * probe["n_calls"] < secondary["max_run_time"]:
+                    answer = worker.measure(case, secondary, options.seed, warmup_s=0.0, warmup_calls=1)
     except WorkerError as exc:
         answer = {"status": R.FAILED, "reason": str(exc), "timing": None}
     # What the system state cost this row, without the worker's one start per sweep (recorded apart).
     extra["system_allocator_s"] = time.perf_counter() - started - (worker.startup_s - startup)
     if worker.startup_s > startup:
         extra["system_worker_start_s"] = worker.startup_s - startup
-    extra["system_allocator_min_run_time"] = full if system_headline else short
     timing = answer.get("timing")
     if answer.get("status") != R.OK or not timing:
         why = f"system allocator state: {answer.get('status')}: {answer.get('reason')}"
@@ -356,7 +398,23 @@ def _with_system_state(
         extra["system_allocator_note"] = why
         return values, extra
     extra["system_allocator"] = answer.get("allocator")
+    if "system_allocator_max_run_time" not in extra and not system_headline:
+        # Faults counted, not timed: too few extra faults to cost 10% of a call, so no latency to show.
+        values["other_allocator_faults_per_call"] = timing.get("minor_faults_per_call")
+        values["system_allocator_slower"] = False
+        return values, extra
     return _combine_states(values, extra, _timing_values(timing, case.batch), system_headline)
+
+
+#: The worker's fault count: 2 warm-up calls, then the fewest timed blocks (6, of ~20 ms or one call).
+FAULT_PROBE_BUDGET = {"min_run_time": 0.0, "max_run_time": 1e-9, "precision": None}
+
+
+def _faults_could_slow(pinned: Mapping[str, Any], system: Mapping[str, Any]) -> bool:
+    """Whether the system state's extra minor faults could cost 10% of the pinned median (each at most
+    FAULT_COST_BOUND_S): the only way it is slower, so the only case worth timing."""
+    extra_faults = (system.get("minor_faults_per_call") or 0.0) - (pinned.get("minor_faults_per_call") or 0.0)
+    return extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
 
 
 def _combine_states(
@@ -379,8 +437,7 @@ def _combine_states(
         # allocator causes has a mechanism, page faults on every call, and slows the fastest call too: a row is
         # marked slower only when the median and the fastest call both are, and the extra faults could cost that.
         min_ratio = system["latency_min_s"] / pinned["latency_min_s"]
-        extra_faults = (system["minor_faults_per_call"] or 0.0) - (pinned["minor_faults_per_call"] or 0.0)
-        explainable = extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
+        explainable = _faults_could_slow(pinned, system)
         extra["system_allocator_min_ratio"] = min_ratio
         values["system_allocator_slower"] = (
             min(values["system_allocator_slowdown"], min_ratio) > SLOWDOWN_MARK and explainable
@@ -421,14 +478,25 @@ def run(
     options: RunOptions | None = None,
     on_result: Callable[[Result], None] | None = None,
     on_progress: Callable[[Case], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> RunOutcome:
-    """Measure every case; each failure is a row, Ctrl-C stops with what was finished."""
+    """Measure every case; each failure is a row, Ctrl-C stops with what was finished.
+
+    With "instructions" in the metrics, valgrind must be installed (else ValgrindUnavailableError before
+    anything runs); the modules of eligible cases are queued as they are built and counted after the sweep
+    in one valgrind process, and their rows in the outcome then carry `instructions`. `on_status` hears
+    about that pass (it takes minutes).
+    """
     from attnbench.env import machine_label
+    from attnbench.instructions import InstructionBatch, check_available
 
     options = options or RunOptions()
     outcome = RunOutcome()
     cases = list(cases)
     machine = options.machine if options.machine is not None else machine_label()
+    counting = "instructions" in options.metrics
+    if counting:
+        check_available()
 
     def emit(row: Result) -> None:
         # Every row names the machine that measured it, so merged reports keep runs apart.
@@ -440,15 +508,64 @@ def run(
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for case in cases:
         groups.setdefault(_geometry(case), []).append(case)
-    # One system-allocator worker for the whole sweep, started at its first timed CPU case.
-    with SystemAllocatorWorker() as worker:
+    # One system-allocator worker for the whole sweep, started at its first timed CPU case; the modules of
+    # cases whose instructions are counted are queued as they are built, for one valgrind pass at the end.
+    with SystemAllocatorWorker() as worker, InstructionBatch() as batch:
+        queued: list[int] = []  # outcome row index of each queued module, in queue order
+
+        def queue(module: torch.nn.Module, case: Case) -> None:
+            if counting and instructions_eligible(case):
+                batch.add(module, case.input_shape, options.seed)
+                queued.append(len(outcome.results) - 1)
+
         try:
             for group in groups.values():
-                _run_geometry(group, options, emit, on_progress, worker)
+                _run_geometry(group, options, emit, on_progress, worker, queue)
+            if queued:
+                _count_instructions(outcome, batch, queued, options, on_status)
         except KeyboardInterrupt:
             outcome.interrupted = True
         outcome.system_worker_startup_s = worker.startup_s
     return outcome
+
+
+def instructions_eligible(case: Case) -> bool:
+    """Cases whose instructions are counted: PyTorch eager on the CPU, float32 inference at 1 thread, default
+    memory format and allocator (the valgrind worker runs exactly that)."""
+    return (
+        case.backend == "cpu"
+        and case.threads == 1
+        and case.dtype == R.DEFAULT_DTYPE
+        and case.mode == R.DEFAULT_MODE
+        and not case.compile
+        and not case.channels_last
+        and case.allocator == R.DEFAULT_ALLOCATOR
+    )
+
+
+def _count_instructions(
+    outcome: RunOutcome,
+    batch: InstructionBatch,
+    queued: list[int],
+    options: RunOptions,
+    on_status: Callable[[str], None] | None,
+) -> None:
+    """Run the one valgrind pass and put each count into its row (a failed count is noted in `extra`)."""
+    started = time.perf_counter()
+    if on_status:
+        on_status(f"counting instructions of {len(queued)} case(s) under valgrind (one process)")
+    limit = options.time_limit_s * len(queued) if options.time_limit_s else None
+    counts = batch.run(timeout_s=limit)
+    for index, count in zip(queued, counts, strict=True):
+        row = outcome.results[index]
+        if count.ok:
+            outcome.results[index] = dataclasses.replace(row, instructions=count.instructions)
+        else:
+            extra = json.loads(row.extra) if row.extra else {}
+            extra["instructions_error"] = count.reason
+            outcome.results[index] = dataclasses.replace(row, extra=json.dumps(extra, sort_keys=True, default=str))
+    if on_status:
+        on_status(f"counted instructions in {time.perf_counter() - started:.1f} s")
 
 
 def _run_geometry(
@@ -457,6 +574,7 @@ def _run_geometry(
     emit: Callable[[Result], None],
     on_progress: Callable[[Case], None] | None,
     worker: SystemAllocatorWorker,
+    queue: Callable[[torch.nn.Module, Case], None] | None = None,
 ) -> None:
     """Count once per mode, build once, then measure every case of one geometry (each failure a row)."""
     first = group[0]
@@ -520,7 +638,10 @@ def _run_geometry(
         fail(cases, exc, counted[cases[0].mode].values)
         return
     for case in cases:
-        done(case, _run_case(module, case, spec, counted[case.mode], options, worker))
+        row = _run_case(module, case, spec, counted[case.mode], options, worker)
+        done(case, row)
+        if queue is not None and row.status == R.OK:
+            queue(module, case)
 
 
 #: Why a scenario field does not apply to a case (a skipped row with this reason).

@@ -1,12 +1,20 @@
-"""Latency: one timing protocol for every backend (warm-up, blocked runs, median/IQR/p10, noise flag).
+"""Latency: one timing protocol for every backend (warm-up, adaptive blocked runs, median and its CI, noise flag).
 
-Modelled on torch.utils.benchmark's blocked_autorange: after an explicit warm-up of at least
-WARMUP_MIN_CALLS calls *and* WARMUP_MIN_S seconds, the callable runs in blocks of `calls_per_block`
-calls, each block lasting about `block_target_s`, until at least `min_run_time` seconds and MIN_BLOCKS
-blocks are spent. Each block is timed once with an injectable clock (default time.perf_counter), so the
-clock's own cost is amortised over the block; per-call time = block time / calls per block. Statistics are
-taken over the per-block per-call times. An accelerator backend passes a `sync` hook, called before each
-clock read, so that the host clock never reads while work is still queued.
+After an explicit warm-up of at least WARMUP_MIN_CALLS calls *and* WARMUP_MIN_S seconds, the callable
+runs in blocks of `calls_per_block` calls, each block lasting about `block_target_s`. Each block is timed
+once with an injectable clock (default time.perf_counter), so the clock's own cost is amortised over the
+block; per-call time = block time / calls per block. Statistics are taken over the per-block per-call times.
+
+Adaptive stop (the idea of torch.utils.benchmark's adaptive_autorange, with a different criterion): after
+each block, the distribution-free 95% confidence interval on the median is read off two order statistics
+of the block times (ranks from the Binomial(n, 1/2) distribution, no normality assumed). Timing stops as
+soon as that interval lies within +-`precision` of the median, once at least MIN_BLOCKS blocks and
+`min_run_time` seconds (a floor) are spent; otherwise it stops when `max_run_time` seconds of timed calls
+are spent, and the result says the target was missed (and counts as noisy). `precision=None` restores a
+fixed budget: blocks until `min_run_time` and MIN_BLOCKS, as blocked_autorange does.
+
+An accelerator backend passes a `sync` hook, called before each clock read, so that the host clock never
+reads while work is still queued.
 
 Threads are not touched here: backends set them (1 intra-op thread unless asked) and record them.
 """
@@ -14,6 +22,7 @@ Threads are not touched here: backends set them (1 intra-op thread unless asked)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import math
 import os
@@ -24,12 +33,21 @@ from typing import Any
 #: Warm-up runs until both of these hold (measurement.md: the conv-heavy module needed ~30 calls to settle).
 WARMUP_MIN_CALLS = 10
 WARMUP_MIN_S = 0.25
-#: Default total timed budget per case: small enough for CI and `compare --quick`; raise for publication.
-DEFAULT_MIN_RUN_TIME = 0.5
+#: Adaptive stop: the 95% CI on the median within +-1% of the median (a relative half-width of 0.01).
+DEFAULT_PRECISION = 0.01
+#: Coverage of that confidence interval.
+CONFIDENCE = 0.95
+#: Floor on the timed seconds per case; a case whose median is known sooner still runs this long.
+DEFAULT_MIN_RUN_TIME = 0.0
+#: Budget of timed seconds per case: timing stops here even if the precision was not reached (and says so).
+#: results/timing_defaults.md: on the shared 2-core VM, longer budgets mostly turned "flagged noisy" into
+#: "precise but off", as the machine's slow and fast phases last seconds; 0.5 s kept compare --all fast.
+DEFAULT_MAX_RUN_TIME = 0.5
 #: A block lasts at least this long, so clock resolution and overhead vanish in the per-call figure.
 BLOCK_TARGET_S = 0.02
-#: Fewest blocks taken, so that the median and IQR rest on more than one sample even for slow modules.
-MIN_BLOCKS = 5
+#: Fewest blocks taken: 6 is the smallest count whose extreme order statistics bound the median with 95%
+#: confidence (1 - 2 / 2**6 = 96.9%), so even a slow module gets a confidence interval.
+MIN_BLOCKS = 6
 #: IQR / median above this flags the run as noisy (torch.utils.benchmark uses the same 10%).
 NOISE_THRESHOLD = 0.10
 #: Other processes using more than this many cores during timing flag the run as contended.
@@ -54,7 +72,6 @@ class TimingStats:
     mean_s: float
     n_calls: int
     n_blocks: int
-    noisy: bool
     warmup_calls: int
     warmup_s: float
     calls_per_block: int = 1
@@ -63,11 +80,29 @@ class TimingStats:
     minor_faults_per_call: float | None = None
     #: CPU other processes used during the timed blocks, in cores (0.05 = 5% of one core); None if unknown.
     other_cpu_cores: float | None = None
+    #: Achieved precision: half-width of the 95% CI on the median over the median (the larger side); inf when
+    #: there are too few blocks for a 95% interval.
+    median_ci_rel: float = math.inf
+    #: The precision asked for (None: a fixed budget, no target).
+    precision_target: float | None = None
+
+    @property
+    def precision_met(self) -> bool | None:
+        """Whether the median is known to the asked precision; None when none was asked for."""
+        if self.precision_target is None:
+            return None
+        return self.median_ci_rel <= self.precision_target
 
     @property
     def contended(self) -> bool:
         """True when other processes used more than CONTENTION_THRESHOLD of a core while timing."""
         return self.other_cpu_cores is not None and self.other_cpu_cores > CONTENTION_THRESHOLD
+
+    @property
+    def noisy(self) -> bool:
+        """True when IQR / median > NOISE_THRESHOLD, or the precision target was missed within the budget."""
+        spread = self.median_s > 0 and self.iqr_s / self.median_s > NOISE_THRESHOLD
+        return spread or self.precision_met is False
 
     @property
     def iqr_over_median(self) -> float:
@@ -92,6 +127,9 @@ class TimingStats:
             "minor_faults_per_call": self.minor_faults_per_call,
             "other_cpu_cores": self.other_cpu_cores,
             "contended": self.contended,
+            "median_ci_rel": self.median_ci_rel,
+            "precision_target": self.precision_target,
+            "precision_met": self.precision_met,
         }
 
 
@@ -143,11 +181,41 @@ def quantile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+@functools.lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] | None:
+    """0-based ranks (lo, hi) of the sorted sample that bound its median with >= `confidence`; None if n is too small.
+
+    The number of samples below the true median is Binomial(n, 1/2), whatever the distribution: with k the
+    largest count such that P(X < k) <= (1 - confidence) / 2, the interval [x_(k), x_(n-k+1)] (1-based)
+    covers the median with at least `confidence`. Exact integer arithmetic, cached per n.
+    """
+    tail = (1 - confidence) / 2
+    total = 1 << n
+    below = 0  # sum of comb(n, i) for i < k: P(X < k) * 2**n
+    k = 0
+    while k <= n // 2 and (below + math.comb(n, k)) / total <= tail:
+        below += math.comb(n, k)
+        k += 1
+    if k == 0:
+        return None
+    return k - 1, n - k
+
+
+def median_ci_rel(sorted_values: Sequence[float], median: float, confidence: float = CONFIDENCE) -> float:
+    """Half-width of the distribution-free CI on the median over the median (larger side); inf if undefined."""
+    ranks = median_ci_ranks(len(sorted_values), confidence)
+    if ranks is None or median <= 0:
+        return math.inf
+    lo, hi = ranks
+    return max(median - sorted_values[lo], sorted_values[hi] - median) / median
+
+
 def summarize(
     per_call_times: Sequence[float],
     calls_per_block: int = 1,
     warmup_calls: int = 0,
     warmup_s: float = 0.0,
+    precision_target: float | None = None,
 ) -> TimingStats:
     """Statistics over per-block per-call times (one value per block)."""
     values = sorted(per_call_times)
@@ -161,11 +229,12 @@ def summarize(
         mean_s=sum(values) / len(values),
         n_calls=len(values) * calls_per_block,
         n_blocks=len(values),
-        noisy=median > 0 and iqr / median > NOISE_THRESHOLD,
         warmup_calls=warmup_calls,
         warmup_s=warmup_s,
         calls_per_block=calls_per_block,
         times_s=tuple(per_call_times),
+        median_ci_rel=median_ci_rel(values, median),
+        precision_target=precision_target,
     )
 
 
@@ -201,6 +270,23 @@ def calls_for_block(per_call_s: float, block_target_s: float = BLOCK_TARGET_S) -
     return max(1, math.ceil(block_target_s / per_call_s))
 
 
+def should_stop(
+    per_call: Sequence[float],
+    total_s: float,
+    min_run_time: float,
+    max_run_time: float,
+    precision: float | None,
+    min_blocks: int = MIN_BLOCKS,
+) -> bool:
+    """The stop rule after each block: floor and block count first, then precision reached or budget spent."""
+    if len(per_call) < min_blocks or total_s < min_run_time:
+        return False
+    if precision is None or total_s >= max_run_time:
+        return True
+    values = sorted(per_call)
+    return median_ci_rel(values, quantile(values, 0.5)) <= precision
+
+
 def time_blocks(
     fn: Callable[[], Any],
     calls_per_block: int,
@@ -208,15 +294,17 @@ def time_blocks(
     min_blocks: int = MIN_BLOCKS,
     clock: Clock = time.perf_counter,
     sync: Sync = _no_sync,
+    precision: float | None = DEFAULT_PRECISION,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> list[float]:
-    """Time blocks of `calls_per_block` calls (>= min_run_time s, >= min_blocks blocks); per-call times."""
+    """Time blocks of `calls_per_block` calls until should_stop() says so; per-call time of each block."""
     per_call: list[float] = []
     total = 0.0
     # Like timeit, keep the cyclic GC out of the timed region: a collection lands in one block at random.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while total < min_run_time or len(per_call) < min_blocks:
+        while not should_stop(per_call, total, min_run_time, max_run_time, precision, min_blocks):
             sync()
             t0 = clock()
             for _ in range(calls_per_block):
@@ -240,15 +328,20 @@ def time_callable(
     min_blocks: int = MIN_BLOCKS,
     clock: Clock | None = None,
     sync: Sync | None = None,
+    precision: float | None = DEFAULT_PRECISION,
+    max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> TimingStats:
-    """Warm up `fn`, then time it in blocks; the one timing protocol every backend uses."""
+    """Warm up `fn`, then time it in blocks until its median is known to `precision` (or the budget is spent).
+
+    The one timing protocol every backend uses; see the module docstring for the stop rule.
+    """
     clock = clock or time.perf_counter
     sync = sync or _no_sync
     n_warm, warm_elapsed, per_call_estimate = warm_up(fn, warmup_calls, warmup_s, clock, sync)
     cpb = calls_for_block(per_call_estimate, block_target_s)
     probe = SystemProbe()
     probe.start()
-    times = time_blocks(fn, cpb, min_run_time, min_blocks, clock, sync)
+    times = time_blocks(fn, cpb, min_run_time, min_blocks, clock, sync, precision, max_run_time)
     faults, other = probe.stop(len(times) * cpb)
-    stats = summarize(times, cpb, n_warm, warm_elapsed)
+    stats = summarize(times, cpb, n_warm, warm_elapsed, precision)
     return dataclasses.replace(stats, minor_faults_per_call=faults, other_cpu_cores=other)

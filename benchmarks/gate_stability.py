@@ -1,155 +1,258 @@
-"""Does the regression gate pass an unchanged checkout every time and catch deliberate changes every time?
+"""Does the CI gate pass unchanged code and catch a change of work while other processes load the machine?
 
-1. A baseline is written with the CI command (`attnbench compare --all` at C=64, 16x16 and 32x32, cpu, ort).
-2. The gate runs N times against it on the unchanged checkout (each run a fresh process): it must pass.
-3. Deliberate changes, each in a fresh process that patches one module before calling the CLI:
-   - "extra-layer": lka gets one more 1x1 conv (params and MACs change): the gate must fail;
-   - "slow30": the slowest case's module sleeps 30% of its baseline median in every forward: must fail.
-Writes results/gate_stability.md and .json.
+For the whole benchmark, COMPETITORS CPU-bound processes (`yes > /dev/null`) compete for the cores, as on a
+shared CI runner. Each gate run is a fresh process running the CI command of .ci/run:
+1. a baseline, written once with `--gate-metric instructions -o BASE` (instruction counts beside timings);
+2. N runs of unchanged code gated on instructions (`--baseline BASE --gate-metric instructions`): must pass;
+3. N runs with one module changed to do ~25% more elementwise work at equal params and MACs
+   (benchmarks/gate_variants.py): must fail, naming the module;
+4. for contrast, M runs of unchanged code gated on wall time against the same baseline: today's gate,
+   which now says "inconclusive (machine busy)" instead of failing when the timings were contended;
+5. sensitivity: in one valgrind process, every zoo module with elementwise work, original and changed,
+   at 16x16 and 32x32 (and the original again): how many more instructions 25% more elementwise work is,
+   against how much a repeated count moves.
+Writes results/gate_stability.md and .json. Run: nohup python benchmarks/gate_stability.py &
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# Exactly the gate of .ci/run (cpu and ort, 0.2 s timed per case).
-CI_ARGS = [
-    "compare",
-    "--all",
-    "--dim",
-    "64",
-    "--res",
-    "16",
-    "--res",
-    "32",
-    "--backend",
-    "cpu",
-    "--backend",
-    "ort",
-    "--min-run-time",
-    "0.2",
-    "--quiet",
-]
+from machine_load import busy_cores  # noqa: E402
+
+#: The gate of .ci/run without its ORT rows (instructions are counted on cpu rows; ORT export would add a
+#: minute per run under this load), its baseline and its outputs.
+CI_ARGS = ["compare", "--all", "--dim", "64", "--res", "16", "--res", "32", "--backend", "cpu", "--max-run-time", "0.5"]
+CI_ARGS += ["--quiet"]
+COMPETITORS = 2
+TARGET = "mhsa"
 
 
-def child(mode: str, target: str, delay: float, argv: list[str]) -> int:
-    """Patch the zoo as `mode` says, then run the CLI in this process."""
-    import torch
-
-    from attnbench import registry
+def child(mode: str, target: str, argv: list[str]) -> int:
+    """Change the zoo as `mode` says, then run the CLI in this process."""
     from attnbench.cli import main
 
-    spec = registry.get_spec(target)
-    if mode == "extra-layer":
+    if mode == "more-elementwise":
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from gate_variants import more_elementwise
 
-        def build_more(dim, res, **kw):  # type: ignore[no-untyped-def]
-            return torch.nn.Sequential(spec.builder(dim, res, **kw), torch.nn.Conv2d(dim, dim, 1))
-
-        registry._REGISTRY[target] = type(spec)(**{**spec.__dict__, "builder": build_more})
-    elif mode == "slow30":
-
-        class Slow(torch.nn.Module):
-            def __init__(self, inner: torch.nn.Module) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(self, x: torch.Tensor) -> torch.Tensor:
-                time.sleep(delay)
-                return self.inner(x)
-
-        def build_slow(dim, res, **kw):  # type: ignore[no-untyped-def]
-            return Slow(spec.builder(dim, res, **kw))
-
-        registry._REGISTRY[target] = type(spec)(**{**spec.__dict__, "builder": build_slow})
+        more_elementwise(target)
     return main(argv)
 
 
-def run_gate(mode: str, baseline: Path, target: str = "lka", delay: float = 0.0) -> tuple[int, float]:
-    """One gate run in a fresh process; its exit code and wall time."""
+def gate_run(mode: str, baseline: Path, metric: str, target: str = TARGET) -> dict[str, Any]:
+    """One gate run in a fresh process: exit code, wall time, the gate's last line and the failing cases."""
     started = time.perf_counter()
-    cmd = [
-        sys.executable,
-        __file__,
-        "--child",
-        mode,
-        "--target",
-        target,
-        "--delay",
-        str(delay),
-        "--",
-        *CI_ARGS,
-        "--baseline",
-        str(baseline),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    cmd = [sys.executable, __file__, "--child", mode, "--target", target, "--", *CI_ARGS]
+    cmd += ["--baseline", str(baseline), "--gate-metric", metric]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode not in (0, 1):
         raise RuntimeError(f"gate run crashed ({done.returncode}): {done.stderr[-2000:]}")
-    return done.returncode, time.perf_counter() - started
+    lines = done.stdout.splitlines()
+    verdict = next((ln for ln in reversed(lines) if ln.startswith("gate:")), "")
+    failing = sorted({ln.split()[1] for ln in lines if ln.startswith("│") and "│ yes" in ln and len(ln.split()) > 1})
+    return {
+        "code": done.returncode,
+        "wall_s": time.perf_counter() - started,
+        "verdict": verdict,
+        "failing_modules": failing,
+        "changes": [ln for ln in lines if ln.startswith("│")][:12],
+    }
+
+
+def sensitivity() -> list[dict[str, Any]]:
+    """Instructions of each module against its 25%-more-elementwise version, and of a repeated count."""
+    import torch
+    from gate_variants import MoreElementwise, passes_for
+
+    import attnbench
+    from attnbench.errors import InvalidCaseError
+    from attnbench.instructions import InstructionBatch
+    from attnbench.registry import get_spec
+
+    plan: list[dict[str, Any]] = []
+    with InstructionBatch() as batch:
+        for name in attnbench.list_modules():
+            for side in (16, 32):
+                try:
+                    _, setting = attnbench.validate(name, 64, side)
+                except InvalidCaseError:
+                    continue
+                passes, work, added = passes_for(get_spec(name).builder, 64, (side, side), **setting.kwargs)
+                if added > work:  # next to no elementwise work: 25% of it is less than one pass
+                    continue
+                torch.manual_seed(0)
+                module = attnbench.build(name, 64, side).eval()
+                shape = (1, 64, side, side)
+                for m in (module, MoreElementwise(module, passes).eval(), module):
+                    batch.add(m, shape)
+                plan.append({"module": name, "res": side, "passes": passes, "added_fraction": added / work})
+        counts = batch.run()
+    for i, row in enumerate(plan):
+        orig, more, again = (c.instructions for c in counts[3 * i : 3 * i + 3])
+        row.update(orig=orig, changed=more, repeat=again)
+    return plan
 
 
 def main() -> None:
-    """Baseline, N unchanged runs, deliberate changes; write the record."""
+    """Baseline, unchanged and changed runs under load; write the record."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--changed-runs", type=int, default=5)
+    parser.add_argument("--changed-runs", type=int, default=20)
+    parser.add_argument("--wall-runs", type=int, default=5)
+    parser.add_argument("--target", default=TARGET)
+    parser.add_argument("--markdown-only", action="store_true", help="Re-render the .md from the .json.")
     args = parser.parse_args()
+    if args.markdown_only:
+        write_markdown(json.loads((ROOT / "results" / "gate_stability.json").read_text()))
+        return
     from attnbench import results as R
     from attnbench.env import environment
+    from attnbench.registry import get_spec, validate
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gate_variants import passes_for
 
     tmp = Path(tempfile.mkdtemp())
     baseline = tmp / "baseline.csv"
-    subprocess.run(["attnbench", *CI_ARGS, "-o", str(baseline)], check=True, cwd=ROOT, capture_output=True)
-    rows = [r for r in R.load(baseline).results if r.ok and r.latency_median_s]
-    slowest = max(rows, key=lambda r: r.latency_median_s or 0.0)
-    delay = 0.3 * float(slowest.latency_median_s)  # type: ignore[arg-type]
-    unchanged = [run_gate("plain", baseline) for _ in range(args.runs)]
-    extra = [run_gate("extra-layer", baseline, "lka") for _ in range(args.changed_runs)]
-    slow = [run_gate("slow30", baseline, slowest.module, delay) for _ in range(args.changed_runs)]
-    env = environment()
+    load_idle = busy_cores()
+    yes = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(COMPETITORS)]
+    try:
+        load_busy = busy_cores()
+        started = time.perf_counter()
+        base_cmd = [sys.executable, "-m", "attnbench.cli", *CI_ARGS, "--gate-metric", "instructions", "-o"]
+        subprocess.run([*base_cmd, str(baseline)], check=True, cwd=ROOT, capture_output=True)
+        baseline_s = time.perf_counter() - started
+        results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "changed": [], "wall": []}
+        for i in range(max(args.runs, args.changed_runs)):
+            # Interleaved, so that both kinds of run see the same phases of the machine's load.
+            if i < args.runs:
+                results["unchanged"].append(gate_run("plain", baseline, "instructions"))
+            if i < args.changed_runs:
+                results["changed"].append(gate_run("more-elementwise", baseline, "instructions", args.target))
+            print(f"round {i + 1}: {results['unchanged'][-1]['verdict']} | {results['changed'][-1]['verdict']}")
+        for _ in range(args.wall_runs):
+            results["wall"].append(gate_run("plain", baseline, "wall"))
+        sens = sensitivity()
+        load_end = busy_cores()
+    finally:
+        for proc in yes:
+            proc.kill()
+    rows = R.load(baseline).results
+    counts = {f"{r.module} {r.height}x{r.width}": r.instructions for r in rows}
+    added = []
+    for side in (16, 32):
+        _, setting = validate(args.target, 64, side)
+        passes, work, extra = passes_for(get_spec(args.target).builder, 64, (side, side), **setting.kwargs)
+        added.append({"res": side, "passes": passes, "elementwise_ops": work, "added_ops": extra})
     record = {
         "ci_args": CI_ARGS,
-        "unchanged_passed": sum(code == 0 for code, _ in unchanged),
-        "unchanged_runs": len(unchanged),
-        "extra_layer_failed": sum(code == 1 for code, _ in extra),
-        "extra_layer_runs": len(extra),
-        "slow30_module": slowest.module,
-        "slow30_case": f"{slowest.height}x{slowest.width}",
-        "slow30_baseline_median_s": slowest.latency_median_s,
-        "slow30_failed": sum(code == 1 for code, _ in slow),
-        "slow30_runs": len(slow),
-        "mean_run_s": sum(t for _, t in unchanged) / max(1, len(unchanged)),
-        "env": env,
+        "competitors": COMPETITORS,
+        "busy_cores_before": load_idle,
+        "busy_cores_with_competitors": load_busy,
+        "busy_cores_at_end": load_end,
+        "baseline_s": baseline_s,
+        "baseline_instructions": counts,
+        "target": args.target,
+        "target_change": added,
+        "results": results,
+        "sensitivity": sens,
+        "env": environment(),
     }
-    (ROOT / "results" / "gate_stability.json").write_text(json.dumps(record, indent=2, default=str))
+    (ROOT / "results" / "gate_stability.json").write_text(json.dumps(record, indent=1, default=str))
+    write_markdown(record)
+
+
+def _summary(runs: list[dict[str, Any]]) -> tuple[int, int, float]:
+    passed = sum(r["code"] == 0 for r in runs)
+    return passed, len(runs) - passed, statistics.mean(r["wall_s"] for r in runs) if runs else 0.0
+
+
+def write_markdown(record: dict[str, Any]) -> None:
+    """results/gate_stability.md from the record."""
+    env = record["env"]
+    res = record["results"]
+    up, uf, uwall = _summary(res["unchanged"])
+    cp, cf, cwall = _summary(res["changed"])
+    wp, wf, wwall = _summary(res["wall"])
+    named = sum(record["target"] in r["failing_modules"] for r in res["changed"] if r["code"] == 1)
+    inconclusive = sum("INCONCLUSIVE" in r["verdict"] for r in res["wall"])
+    target = record["target"]
+    change = "; ".join(
+        f"{c['res']}x{c['res']}: {c['passes']} passes over the output = {c['added_ops']:,} element-ops on top of "
+        f"{c['elementwise_ops']:,} ({c['added_ops'] / c['elementwise_ops']:+.0%})"
+        for c in record["target_change"]
+    )
     lines = [
-        "# Regression gate: stability on an unchanged checkout, sensitivity to deliberate changes",
+        "# Regression gate under load: instruction counts against wall time",
         "",
-        f"Measured {env.get('date_utc', '')} on {env.get('cpu_model')} ({env.get('logical_cores')} logical "
-        f"cores), torch {env.get('torch')}; `python benchmarks/gate_stability.py`. Each gate run is a fresh "
-        f"process: `attnbench {' '.join(CI_ARGS)} --baseline BASELINE` against a baseline written once by the "
-        "same command.",
+        f"Measured {env.get('date_utc', '')} on {env.get('cpu_model')} ({env.get('logical_cores')} logical cores, "
+        f"shared with other work), torch {env.get('torch')}, python {env.get('python')}, valgrind "
+        f"{env.get('valgrind')}; `python benchmarks/gate_stability.py`. For the whole run {record['competitors']} "
+        "CPU-bound processes (`yes > /dev/null`) competed for the cores. Busy cores (machine-wide, /proc/stat): "
+        f"{record['busy_cores_before']:.2f} before they started, {record['busy_cores_with_competitors']:.2f} with "
+        f"them, {record['busy_cores_at_end']:.2f} at the end.",
         "",
-        "| scenario | runs | expected | result |",
-        "|---|---:|---|---:|",
-        f"| unchanged checkout | {record['unchanged_runs']} | pass | **{record['unchanged_passed']} passed** |",
-        f"| lka + one more 1x1 conv (params and MACs change) | {record['extra_layer_runs']} | fail | "
-        f"**{record['extra_layer_failed']} failed** |",
-        f"| {slowest.module} made 30% slower (sleep of {delay * 1e3:.2f} ms = 30% of its "
-        f"{slowest.height}x{slowest.width} baseline median per call) | {record['slow30_runs']} | fail | "
-        f"**{record['slow30_failed']} failed** |",
+        f"Each gate run is a fresh process: `attnbench {' '.join(record['ci_args'])} --baseline BASE "
+        "--gate-metric instructions|wall`, against a baseline written once (under the same load) with "
+        "`--gate-metric instructions -o BASE` (instruction counts beside the timings). Unchanged and changed runs "
+        "alternate.",
         "",
-        f"Mean wall time of one gate run: {record['mean_run_s']:.1f} s.",
+        "| scenario | gate | runs | expected | passed | failed | mean wall per run |",
+        "|---|---|---:|---|---:|---:|---:|",
+        f"| unchanged code | instructions | {up + uf} | pass | **{up}** | {uf} | {uwall:.0f} s |",
+        f"| {target} does ~25% more elementwise work (equal params and MACs) | instructions | {cp + cf} | fail | "
+        f"{cp} | **{cf}** ({named} naming {target}) | {cwall:.0f} s |",
+        f"| unchanged code | wall | {wp + wf} | pass or inconclusive | **{wp}** ({inconclusive} inconclusive "
+        f"(machine busy)) | {wf} | {wwall:.0f} s |",
+        "",
+        f"The change: `{target}` followed by scalar multiplications of its output by 1.0, sized from attnbench's "
+        f"count of its elementwise arithmetic: {change}. Params and MACs are unchanged (a scalar multiplication "
+        "is not a MAC), so only the work measure can see it.",
+        "",
+        "Instruction counts per forward in the baseline (instructions, SSE4 kernels under Callgrind):",
+        "",
+        "| case | instructions |",
+        "|---|---:|",
+        *[f"| {k} | {v:,} |" for k, v in record["baseline_instructions"].items() if v is not None],
         "",
     ]
+    lines += [
+        "## Sensitivity: what 25% more elementwise work is in instructions, module by module",
+        "",
+        "Counted in one valgrind process (under the same load): the module, its changed version, the module "
+        "again. The gate's default tolerance is 1% (`--tolerance` sets another).",
+        "",
+        "| module | H x W | passes | elementwise ops added | instructions | changed | change | repeat |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["sensitivity"]:
+        change, repeat = r["changed"] / r["orig"] - 1, r["repeat"] / r["orig"] - 1
+        lines.append(
+            f"| {r['module']} | {r['res']}x{r['res']} | {r['passes']} | {r['added_fraction']:+.0%} | "
+            f"{r['orig']:,} | {r['changed']:,} | {change:+.2%} | {repeat:+.3%} |"
+        )
+    lines.append("")
+    example = next((r for r in res["changed"] if r["code"] == 1), None)
+    if example:
+        lines += ["A failing run's changes:", "", "```", *example["changes"], example["verdict"], "```", ""]
+    busy = next((r for r in res["wall"] if "INCONCLUSIVE" in r["verdict"]), None)
+    if busy:
+        lines += ["A wall-time gate run under the same load:", "", "```", *busy["changes"], busy["verdict"], "```", ""]
     (ROOT / "results" / "gate_stability.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
@@ -159,7 +262,6 @@ if __name__ == "__main__":
         ap = argparse.ArgumentParser()
         ap.add_argument("--child")
         ap.add_argument("--target")
-        ap.add_argument("--delay", type=float)
         ns, rest = ap.parse_known_args()
-        sys.exit(child(ns.child, ns.target, ns.delay, [a for a in rest if a != "--"]))
+        sys.exit(child(ns.child, ns.target, [a for a in rest if a != "--"]))
     main()

@@ -29,6 +29,14 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_exports() -> None:
+    # ONNX graphs are shared process-wide; each test starts without another test's graphs.
+    from attnbench.backends.export_cache import EXPORTS
+
+    EXPORTS.clear()
+
+
 def examples() -> list[tuple[str, int, Example]]:
     """(module, index, example) for every valid example of every registered module."""
     return [(name, i, ex) for name in attnbench.list_modules() for i, ex in enumerate(get_spec(name).examples)]

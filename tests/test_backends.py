@@ -11,6 +11,7 @@ from attnbench.backends import UnknownBackendError, get_backend, list_backends
 from attnbench.backends.base import make_input
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.measurement import Measurement, measure
+from attnbench.timing import MIN_BLOCKS
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -105,8 +106,10 @@ def test_measure_with_injected_clock_is_deterministic() -> None:
     m = measure(nn.Linear(8, 8), (4, 8), min_run_time=0.05, warmup=0.25, clock=SteppingClock(0.01), memory=False)
     t = m.timing
     assert t is not None
-    assert t.calls_per_block == 2 and t.n_blocks == 5
+    # Every block equal: the median is known at once, so the floor (0.05 s = 5 blocks) and MIN_BLOCKS (6) rule.
+    assert t.calls_per_block == 2 and t.n_blocks == MIN_BLOCKS
     assert t.median_s == pytest.approx(0.005) and t.iqr_s == pytest.approx(0.0) and not t.noisy
+    assert t.precision_met is True and t.median_ci_rel == pytest.approx(0.0, abs=1e-9)
 
 
 def test_public_alias_stays_callable() -> None:
@@ -121,6 +124,12 @@ def test_bad_arguments_raise() -> None:
         measure(nn.Identity(), (1, 4), threads=0)
     with pytest.raises(InvalidCaseError, match="input_shape"):
         measure(nn.Identity(), (1, 0))
+    with pytest.raises(InvalidCaseError, match="precision"):
+        measure(nn.Identity(), (1, 4), precision=0.0)
+    with pytest.raises(InvalidCaseError, match="max_run_time"):
+        measure(nn.Identity(), (1, 4), max_run_time=0.0)
+    with pytest.raises(InvalidCaseError, match="min_run_time"):
+        measure(nn.Identity(), (1, 4), min_run_time=-1.0)
 
 
 def test_cpu_bfloat16_leaves_the_module_float32() -> None:
@@ -139,7 +148,10 @@ def test_ort_parity_conv_matmul() -> None:
     assert m.parity_max_abs is not None and m.parity_max_abs <= 1e-4
     assert m.parity_checked_shapes == ((1, 8, 12, 10), (2, 8, 12, 10))
     assert m.exporter == "dynamo" and m.extra["dynamic_batch"] is True
-    assert m.extra["onnx_input_dims"][0] == "batch" and m.extra["onnx_input_dims"][1:] == [8, 12, 10]
+    # Batch, H and W symbolic (one graph for every resolution), channels fixed by the weights.
+    dims = m.extra["onnx_input_dims"]
+    assert [isinstance(d, str) for d in dims] == [True, False, True, True] and dims[1] == 8
+    assert m.extra["onnx_graph"] == "exported" and m.extra["onnx_dynamic_spatial"] is True
     assert m.extra["ort_intra_op_num_threads"] == 1
     assert m.timing is not None and m.timing.warmup_calls >= 10 and m.timing.median_s > 0
     assert m.peak_bytes is None and "not measured" in m.peak_method
@@ -152,6 +164,9 @@ def test_ort_fixed_batch_is_reexported_and_checked_at_that_batch() -> None:
     assert m.ok, m.reason
     assert m.extra["dynamic_batch"] is False and m.extra["onnx_input_dims"][0] == 1
     assert m.parity_checked_shapes == ((1, 4, 3, 3),)
+    # The dynamic H, W graph baked the batch (a symbolic name over a fixed Reshape): caught at batch 1.
+    assert m.extra["onnx_graph"] == "exported per resolution"
+    assert "dynamic H, W export: parity_failed" in m.extra["onnx_per_resolution_reason"]
 
 
 @pytest.mark.onnx

@@ -192,3 +192,45 @@ def test_gate_that_compares_nothing_fails(tmp_path: Path, capsys: pytest.Capture
         "--quiet",
     )
     assert code == 0 and "1 case(s) compared" in out, err
+
+
+def test_a_log_gets_one_line_per_finished_case(capsys: pytest.CaptureFixture[str]) -> None:
+    # capsys's stderr is not a terminal, as in CI: no bar, one plain line per case as it finishes.
+    code, _, err = run(
+        capsys, *"profile lka --dim 16 --res 8 --res 12 --metrics params,latency --max-run-time 0.02".split()
+    )
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("attnbench: [")]
+    assert len(lines) == 2
+    assert lines[0].startswith("attnbench: [1/2] lka C=16 8x8 B=1 cpu: ok in ") and lines[0].endswith(" s")
+    assert lines[1].startswith("attnbench: [2/2] lka C=16 12x12 B=1 cpu: ok in ")
+    code, _, err = run(capsys, *"profile lka --dim 16 --res 8 --metrics params,latency --max-run-time 0.02 -q".split())
+    assert code == 0 and "attnbench: [" not in err
+
+
+def test_instruction_gate_end_to_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnbench import instructions
+
+    counts = {"now": 1_000_000}
+
+    def fake_run(self: instructions.InstructionBatch, **_: object) -> list[instructions.InstructionCount]:
+        return [instructions.InstructionCount(counts["now"]) for _ in range(len(self))]
+
+    monkeypatch.setattr(instructions, "check_available", lambda: "3.19.0")
+    monkeypatch.setattr(instructions.InstructionBatch, "run", fake_run)
+    base = tmp_path / "base.csv"
+    args = "compare lka --dim 16 --res 8 --backend cpu --metrics params,macs --gate-metric instructions -q".split()
+    assert run(capsys, *args, "-o", str(base))[0] == 0
+    (written,) = R.load(base).results
+    assert written.instructions == 1_000_000 and written.latency_median_s is None
+    assert run(capsys, *args, "--baseline", str(base))[0] == 0
+    counts["now"] = 1_250_000
+    code, out, _ = run(capsys, *args, "--baseline", str(base))
+    assert code == 1 and "gate: FAILED" in out and "+25.00%" in out and "lka C=16 8x8" in out
+    # A wall-time baseline (no counts) cannot gate on instructions: refused before measuring.
+    wall = tmp_path / "wall.csv"
+    run(capsys, *"compare lka --dim 16 --res 8 --backend cpu --metrics params -q -o".split(), str(wall))
+    code, _, err = run(capsys, *args, "--baseline", str(wall))
+    assert code == 2 and "holds no instruction counts" in err

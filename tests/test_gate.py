@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
+import pytest
+from rich.console import Console
+
 from attnbench import gate
+from attnbench.errors import BaselineError
+from attnbench.report import show_gate
 from attnbench.results import Case, LoadedResults, Result
 
 ENV = {
@@ -14,6 +20,9 @@ ENV = {
     "torch": "2.13.0",
     "onnxruntime": "1.31",
     "allocator": "glibc",
+    "cpu_isa": "avx,avx2,fma",
+    "python": "3.11.7",
+    "valgrind": "3.19.0",
 }
 
 
@@ -24,6 +33,8 @@ def row(
     macs: int = 1000,
     params: int = 10,
     status: str = "ok",
+    instructions: int | None = None,
+    contended: bool = False,
 ) -> Result:
     return Result.for_case(
         Case(module, 64, 28, 28),
@@ -32,6 +43,8 @@ def row(
         latency_median_s=median,
         latency_iqr_s=iqr,
         status=status,
+        instructions=instructions,
+        latency_contended=contended,
     )
 
 
@@ -138,3 +151,83 @@ def test_latency_change_is_printed_in_its_own_unit() -> None:
     verdict = gate.compare_to_baseline([row(median=12.0, iqr=0.01)], base(row(median=10.2, iqr=0.01)), env=ENV)
     (change,) = [c for c in verdict.changes if c.kind == "latency"]
     assert change.detail.startswith("latency 10.2 s -> 12 s (+17.6%")
+
+
+# ---------------------------------------------------------------- the work measure
+
+
+def test_instructions_gate_fails_more_work_and_names_the_case() -> None:
+    verdict = gate.compare_to_baseline(
+        [row("sk", instructions=1_250_000), row("lka", instructions=1_004_000, median=9.0)],
+        base(row("sk", instructions=1_000_000), row("lka", instructions=1_000_000)),
+        env=ENV,
+        metric="instructions",
+    )
+    assert not verdict.passed and verdict.compared_instructions == 2
+    (change,) = verdict.changes  # lka: +0.4% is inside 1%; its 180x latency is not gated on instructions
+    assert change.kind == "instructions" and change.case.startswith("sk ") and "+25.00%" in change.detail
+    assert not verdict.latency_compared and "latency not gated" in verdict.latency_note
+
+
+def test_instructions_gate_reports_less_work_without_failing() -> None:
+    verdict = gate.compare_to_baseline(
+        [row(instructions=900)], base(row(instructions=1000)), env=ENV, metric="instructions"
+    )
+    assert verdict.passed and [c.kind for c in verdict.changes] == ["instructions-less"]
+
+
+def test_instructions_gate_fails_a_row_that_was_not_counted() -> None:
+    now = row(instructions=None)
+    verdict = gate.compare_to_baseline([now], base(row(instructions=1000)), env=ENV, metric="instructions")
+    assert not verdict.passed and "not counted" in verdict.changes[0].detail
+
+
+@pytest.mark.parametrize("key", ["cpu_model", "torch", "python", "valgrind", "cpu_isa", "allocator"])
+def test_instructions_from_another_machine_or_version_are_refused(key: str) -> None:
+    other = {**ENV, key: "something else"}
+    with pytest.raises(BaselineError, match=f"instruction counts depend on the CPU and versions.*{key}"):
+        gate.compare_to_baseline(
+            [row(instructions=1)], base(row(instructions=1), env=other), env=ENV, metric="instructions"
+        )
+
+
+def test_instructions_gate_needs_counts_and_an_environment() -> None:
+    with pytest.raises(BaselineError, match="holds no instruction counts"):
+        gate.check_instruction_baseline(base(row()), ENV, "b.csv")
+    with pytest.raises(BaselineError, match="no environment record"):
+        gate.check_instruction_baseline(LoadedResults([row(instructions=5)], {}), ENV)
+
+
+# ---------------------------------------------------------------- wall time on a busy machine
+
+
+def test_regression_seen_only_while_busy_is_inconclusive() -> None:
+    busy = row(median=0.1, contended=True)
+    verdict = gate.compare_to_baseline([busy], base(row()), env=ENV, remeasure=lambda case: [busy])
+    assert verdict.passed and verdict.inconclusive
+    (change,) = verdict.changes
+    assert change.kind == gate.BUSY and not change.failing and "inconclusive (machine busy)" in change.detail
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(verdict, console)
+    assert "gate: INCONCLUSIVE (machine busy)" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_strict_fails_a_busy_regression() -> None:
+    busy = row(median=0.1, contended=True)
+    verdict = gate.compare_to_baseline([busy], base(row()), env=ENV, remeasure=lambda case: [busy], strict=True)
+    assert not verdict.passed and not verdict.inconclusive and verdict.changes[0].failing
+
+
+def test_a_quiet_remeasurement_that_is_still_slow_fails() -> None:
+    verdict = gate.compare_to_baseline(
+        [row(median=0.1, contended=True)], base(row()), env=ENV, remeasure=lambda case: [row(median=0.1)]
+    )
+    assert not verdict.passed and verdict.changes[0].kind == "latency"
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(verdict, console)
+    assert "gate: FAILED" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_unknown_gate_metric_is_refused() -> None:
+    with pytest.raises(ValueError, match="allowed: wall, instructions"):
+        gate.compare_to_baseline([row()], base(row()), env=ENV, metric="cycles")

@@ -29,4 +29,5 @@ def test_readme_gate_example_matches_ci_settings() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     settings = "--dim 64 --res 16 --res 32 --backend cpu --backend ort"
     assert settings in ci and settings in " ".join(README.split())
-    assert "--min-run-time 0.2" in ci and "--min-run-time 0.2" in README
+    gate = "--max-run-time 0.5 --gate-metric instructions --baseline results/ci-baseline.csv"
+    assert gate in " ".join(ci.replace("\\\n", " ").split()) and gate in " ".join(README.split())

@@ -1,4 +1,4 @@
-"""The timing protocol against a fake clock: exact statistics, warm-up rules, block sizing, noise flag."""
+"""The timing protocol against a fake clock: exact statistics, warm-up rules, block sizing, adaptive stop, noise."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import math
 import pytest
 
 from attnbench import timing
-from attnbench.timing import TimingStats, calls_for_block, quantile, summarize, time_callable, warm_up
+from attnbench.timing import (
+    TimingStats,
+    calls_for_block,
+    median_ci_ranks,
+    median_ci_rel,
+    quantile,
+    should_stop,
+    summarize,
+    time_callable,
+    warm_up,
+)
 
 
 class FakeClock:
@@ -96,7 +106,14 @@ def test_time_callable_exact_blocks() -> None:
     per_call = [0.25] * 4 + [1.0] * 2 + [2.0] * 2 + [3.0] * 2 + [4.0] * 2 + [10.0] * 2 + [99.0]
     work = Workload(clock, per_call)
     stats = time_callable(
-        work, min_run_time=30.0, warmup_s=1.0, warmup_calls=2, block_target_s=0.5, min_blocks=5, clock=clock
+        work,
+        min_run_time=30.0,
+        warmup_s=1.0,
+        warmup_calls=2,
+        block_target_s=0.5,
+        min_blocks=5,
+        clock=clock,
+        precision=None,
     )
     assert isinstance(stats, TimingStats)
     assert stats.warmup_calls == 4 and stats.warmup_s == 1.0
@@ -111,7 +128,13 @@ def test_time_callable_exact_blocks() -> None:
 def test_min_blocks_hold_when_budget_is_spent() -> None:
     clock = FakeClock()
     stats = time_callable(
-        Workload(clock, [1.0]), min_run_time=0.001, warmup_s=0, warmup_calls=1, min_blocks=7, clock=clock
+        Workload(clock, [1.0]),
+        min_run_time=0.001,
+        warmup_s=0,
+        warmup_calls=1,
+        min_blocks=7,
+        clock=clock,
+        precision=None,
     )
     assert stats.n_blocks == 7 and stats.calls_per_block == 1
     assert stats.median_s == 1.0 and stats.iqr_s == 0.0 and not stats.noisy
@@ -120,7 +143,13 @@ def test_min_blocks_hold_when_budget_is_spent() -> None:
 def test_run_time_budget_sets_block_count() -> None:
     clock = FakeClock()
     stats = time_callable(
-        Workload(clock, [0.125]), min_run_time=4.0, warmup_s=1.0, block_target_s=0.5, min_blocks=1, clock=clock
+        Workload(clock, [0.125]),
+        min_run_time=4.0,
+        warmup_s=1.0,
+        block_target_s=0.5,
+        min_blocks=1,
+        clock=clock,
+        precision=None,
     )
     assert stats.calls_per_block == 4
     assert stats.n_blocks == 8  # 8 blocks of 0.5 s reach the 4 s budget
@@ -139,7 +168,9 @@ def test_sync_hook_brackets_every_block() -> None:
     def sync() -> None:
         events.append("sync")
 
-    stats = time_callable(fn, min_run_time=0.001, warmup_s=0, warmup_calls=2, min_blocks=3, clock=clock, sync=sync)
+    stats = time_callable(
+        fn, min_run_time=0.001, warmup_s=0, warmup_calls=2, min_blocks=3, clock=clock, sync=sync, precision=None
+    )
     # Warm-up: a sync before starting and after each call; each block: sync, calls, sync.
     assert events[:5] == ["sync", "call", "sync", "call", "sync"]
     timed = events[5:]
@@ -148,12 +179,114 @@ def test_sync_hook_brackets_every_block() -> None:
 
 def test_default_budget_is_small_and_named() -> None:
     assert timing.WARMUP_MIN_CALLS >= 10 and timing.WARMUP_MIN_S > 0
-    assert 0 < timing.DEFAULT_MIN_RUN_TIME <= 1.0
+    assert 0 <= timing.DEFAULT_MIN_RUN_TIME < timing.DEFAULT_MAX_RUN_TIME <= 5.0
+    assert 0 < timing.DEFAULT_PRECISION <= 0.02
     assert math.isclose(timing.NOISE_THRESHOLD, 0.10)
+    # The fewest blocks must be enough for a 95% interval on the median.
+    assert median_ci_ranks(timing.MIN_BLOCKS) is not None
 
 
 def test_as_dict_has_summary_fields() -> None:
     d = summarize([1.0, 2.0]).as_dict()
-    for key in ("median_s", "iqr_s", "p10_s", "min_s", "mean_s", "n_calls", "n_blocks", "noisy", "warmup_calls"):
+    keys = ("median_s", "iqr_s", "p10_s", "min_s", "mean_s", "n_calls", "n_blocks", "noisy", "warmup_calls")
+    for key in (*keys, "median_ci_rel", "precision_target", "precision_met"):
         assert key in d
     assert "times_s" not in d
+
+
+# ---------------------------------------------------------------- the adaptive stop
+
+
+def test_median_ci_ranks_match_binomial_tables() -> None:
+    # P(Bin(5, 1/2) = 0) = 1/32 > 2.5%: five samples cannot bound the median with 95% confidence.
+    assert median_ci_ranks(5) is None
+    # n = 6: the extremes, coverage 1 - 2/64 = 96.9%.
+    assert median_ci_ranks(6) == (0, 5)
+    # n = 10: P(X <= 1) = 11/1024 <= 2.5% < P(X <= 2) = 56/1024, so x_(2)..x_(9) (1-based).
+    assert median_ci_ranks(10) == (1, 8)
+    # n = 20: x_(6)..x_(15), the textbook interval.
+    assert median_ci_ranks(20) == (5, 14)
+    # A lower confidence narrows it: n = 10 at 80% -> P(X <= 2) = 5.5% <= 10% < P(X <= 3) = 17.2%.
+    assert median_ci_ranks(10, 0.80) == (2, 7)
+
+
+def test_median_ci_rel_takes_the_wider_side() -> None:
+    values = sorted([0.98, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.01, 1.015, 1.03])
+    # Ranks (1, 8): 0.99 and 1.015 around a median of 1.0 -> the upper side, 1.5%.
+    assert median_ci_rel(values, 1.0) == pytest.approx(0.015)
+    assert median_ci_rel(values[:5], 1.0) == math.inf  # too few for a 95% interval
+
+
+def test_should_stop_rules() -> None:
+    stable = [1.0] * 6
+    assert not should_stop(stable[:5], 5.0, 0.0, 10.0, 0.01)  # fewer than MIN_BLOCKS
+    assert should_stop(stable, 6.0, 0.0, 10.0, 0.01)  # precise: stop
+    assert not should_stop(stable, 6.0, 7.0, 10.0, 0.01)  # below the floor
+    noisy = [1.0, 2.0] * 3
+    assert not should_stop(noisy, 9.0, 0.0, 10.0, 0.01)  # imprecise, budget left
+    assert should_stop(noisy, 10.0, 0.0, 10.0, 0.01)  # budget spent
+    assert should_stop(noisy, 9.0, 0.0, 10.0, None)  # fixed budget: floor and blocks only
+
+
+def test_adaptive_stops_early_on_stable_data() -> None:
+    clock = FakeClock()
+    work = Workload(clock, [0.0625])  # binary-exact, so block sums are exact
+    stats = time_callable(
+        work, min_run_time=0.0, max_run_time=100.0, warmup_s=0, warmup_calls=1, block_target_s=0.5, clock=clock
+    )
+    # 8 calls per block; identical blocks are precise at once, so the fewest blocks are taken.
+    assert stats.calls_per_block == 8 and stats.n_blocks == timing.MIN_BLOCKS
+    assert stats.median_ci_rel == 0.0 and stats.precision_met is True and not stats.noisy
+    assert stats.precision_target == timing.DEFAULT_PRECISION
+    assert work.calls == 1 + 8 * timing.MIN_BLOCKS
+
+
+def test_adaptive_runs_to_the_budget_on_noisy_data() -> None:
+    clock = FakeClock()
+    # Calls alternate 1 s and 2 s, one call per block: the median is never known to 1%.
+    work = Workload(clock, [1.0, 2.0] * 1000)
+    stats = time_callable(
+        work, min_run_time=0.0, max_run_time=30.0, warmup_s=0, warmup_calls=2, block_target_s=0.5, clock=clock
+    )
+    assert stats.calls_per_block == 1
+    timed = sum(t * stats.calls_per_block for t in stats.times_s)
+    # Stops at the first block that reaches the budget: 20 blocks of 1 + 2 s = 30 s.
+    assert timed == 30.0 and stats.n_blocks == 20
+    assert stats.precision_met is False and stats.noisy and stats.median_ci_rel > 0.01
+
+
+def test_adaptive_stops_once_the_interval_narrows() -> None:
+    clock = FakeClock()
+    # Six scattered blocks, then steady 1.0 s blocks: the interval on the median shrinks as they pile up.
+    work = Workload(clock, [1.0, 0.5, 1.5, 0.7, 1.3, 0.9, 1.0])
+    stats = time_callable(
+        work, min_run_time=0.0, max_run_time=1000.0, warmup_s=0, warmup_calls=1, block_target_s=0.1, clock=clock
+    )
+    times = sorted(stats.times_s)
+    lo, hi = median_ci_ranks(len(times))  # type: ignore[misc]
+    assert times[lo] == times[hi] == 1.0 and stats.precision_met is True
+    # One block fewer and the interval would still reach a scattered block.
+    shorter = sorted(stats.times_s[:-1])
+    assert median_ci_rel(shorter, quantile(shorter, 0.5)) > 0.01
+
+
+def test_adaptive_honours_the_floor() -> None:
+    clock = FakeClock()
+    stats = time_callable(
+        Workload(clock, [0.25]),
+        min_run_time=5.0,
+        max_run_time=10.0,
+        warmup_s=0,
+        warmup_calls=1,
+        block_target_s=0.5,
+        clock=clock,
+    )
+    # Precise after 6 blocks (3 s), but the 5 s floor holds: 10 blocks of 0.5 s.
+    assert stats.calls_per_block == 2 and stats.n_blocks == 10 and stats.precision_met is True
+
+
+def test_floor_above_the_budget_wins() -> None:
+    clock = FakeClock()
+    work = Workload(clock, [1.0, 2.0] * 100)
+    stats = time_callable(work, min_run_time=12.0, max_run_time=3.0, warmup_s=0, warmup_calls=2, clock=clock)
+    assert sum(stats.times_s) == 12.0 and stats.precision_met is False

@@ -13,7 +13,9 @@ from torch import nn
 from attnbench.errors import InvalidCaseError
 from attnbench.memory import PeakMemory
 from attnbench.timing import (
+    DEFAULT_MAX_RUN_TIME,
     DEFAULT_MIN_RUN_TIME,
+    DEFAULT_PRECISION,
     WARMUP_MIN_CALLS,
     WARMUP_MIN_S,
     Clock,
@@ -116,8 +118,10 @@ class Prepared(ABC):
         warmup_s: float = WARMUP_MIN_S,
         warmup_calls: int = WARMUP_MIN_CALLS,
         clock: Clock | None = None,
+        precision: float | None = DEFAULT_PRECISION,
+        max_run_time: float = DEFAULT_MAX_RUN_TIME,
     ) -> TimingStats:
-        """Latency of one forward with the shared protocol (warm-up, then blocks)."""
+        """Latency of one forward with the shared protocol (warm-up, then blocks until the median is known)."""
         fn, sync = self._timed_callable()
         with self._timing_context():
             return time_callable(
@@ -127,6 +131,8 @@ class Prepared(ABC):
                 warmup_calls=warmup_calls,
                 clock=clock,
                 sync=sync,
+                precision=precision,
+                max_run_time=max_run_time,
             )
 
     @abstractmethod

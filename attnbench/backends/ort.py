@@ -1,8 +1,15 @@
-"""ONNX Runtime: export (dynamo first, legacy fallback), verify against PyTorch, then time a session.
+"""ONNX Runtime: export once per module setting (dynamo first, legacy fallback), verify, then time a session.
 
-Export: torch.onnx.export(dynamo=True) with a dynamic batch dimension, falling back to dynamo=False (the
+Export: torch.onnx.export(dynamo=True) with dynamic batch, H and W, falling back to dynamo=False (the
 TorchScript exporter); which one produced the graph is recorded. The graph is exported from an example of
-batch >= 2, because torch.export specialises a dimension of size 1 to a constant.
+batch >= 2, because torch.export specialises a dimension of size 1 to a constant; H and W are left to the
+exporter (Dim.AUTO), which keeps them symbolic unless the module's code fixes them.
+Export once: a graph whose batch, H and W came out symbolic is kept (export_cache.EXPORTS, keyed by a
+fingerprint of the module's classes, attributes and weights) and reused for the other resolutions of the
+same module setting in this process. Parity is still checked at every resolution; where the shared graph
+fails there (an exporter can report a dim symbolic and still bake the traced size into a Reshape), that
+resolution and the setting's later ones are exported per resolution, and the row says why
+(extra: onnx_graph, onnx_per_resolution_reason).
 Verification (measurement.md, "ONNX export"): the session's output is compared with PyTorch's on the same
 input (max abs diff <= PARITY_ATOL, and <= PARITY_RTOL x max|output| for outputs below 1); when the batch
 axis came out symbolic (dim_param), a second batch size is run and compared too, because an exporter can
@@ -37,9 +44,12 @@ from attnbench.backends.base import (
     Scenario,
     make_input,
 )
+from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.memory import PeakMemory
 from attnbench.timing import (
+    DEFAULT_MAX_RUN_TIME,
     DEFAULT_MIN_RUN_TIME,
+    DEFAULT_PRECISION,
     WARMUP_MIN_CALLS,
     WARMUP_MIN_S,
     Clock,
@@ -54,6 +64,8 @@ PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-4
 #: measurement.md: the first ORT run was 1.1-6.6x the steady state; onnxruntime_perf_test drops it too.
 ORT_WARMUP_MIN_CALLS = 10
+#: Weights above this go to an external data file (protobuf's limit is 2 GiB per file).
+EXTERNAL_DATA_BYTES = 2**30
 INPUT_NAME = "x"
 OUTPUT_NAME = "y"
 #: Why ORT rows carry no peak memory.
@@ -130,14 +142,23 @@ def parity_limit(scale: float) -> float:
     return min(PARITY_ATOL, PARITY_RTOL * scale) if 0 < scale < 1 else PARITY_ATOL
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool = True) -> dict[str, Any]:
-    """Export `module` to `path` (dynamo, else legacy), asking for a dynamic batch axis; return what happened.
+def export_onnx(
+    module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool = True, spatial: bool = False
+) -> dict[str, Any]:
+    """Export `module` to `path`, asking for a dynamic batch (`spatial`: batch, H and W); return what happened.
 
-    Raises CaseFailed(export_failed) with both exporters' errors and the captured console tail.
+    The batch-only export tries dynamo, then legacy. The spatial export is dynamo only, with every dim
+    Dim.AUTO: a module whose code fixes a size exports with that size (or with a symbolic name over a baked
+    size, which only a run at another shape reveals) instead of failing; the caller verifies and falls back
+    to the batch-only export. Raises CaseFailed(export_failed) with the exporters' errors and console tail.
     """
     _reuse_torchlib_registry()
     errors: list[str] = []
     info: dict[str, Any] = {}
+    auto = torch.export.Dim.AUTO
+    dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
+    # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     attempts: list[tuple[str, Callable[[], Any]]] = [
         (
             "dynamo",
@@ -149,7 +170,8 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic: b
                 dynamo=True,
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None,
+                dynamic_shapes=(dynamo_dims,) if dynamic else None,
+                external_data=weight_bytes > EXTERNAL_DATA_BYTES,
                 verbose=False,
             ),
         ),
@@ -166,7 +188,7 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, dynamic: b
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
             ),
         ),
-    ]
+    ][: 1 if spatial else 2]
     for exporter, run in attempts:
         t0 = time.perf_counter()
         # The dynamo exporter prints progress lines and the legacy one a deprecation warning: keep them in
@@ -222,7 +244,7 @@ def session_options(threads: int) -> Any:
 
 
 class OrtPrepared(Prepared):
-    """An exported, verified ONNX Runtime session over one input."""
+    """A verified ONNX Runtime session over one input, from a graph exported once per module setting."""
 
     backend = "ort"
 
@@ -246,63 +268,158 @@ class OrtPrepared(Prepared):
         module.eval()
         try:
             shape = tuple(input_shape)
-            batch = shape[0]
-            alt_batch = 2 if batch == 1 else 1
+            alt_batch = 2 if shape[0] == 1 else 1
             x = make_input(shape, torch.float32, seed)
             x_alt = make_input((alt_batch, *shape[1:]), torch.float32, seed + 1)
-            example = x if batch >= 2 else x_alt
             with torch.inference_mode():
                 ref = module(x).numpy()
                 ref_alt = module(x_alt).numpy()
-            with tempfile.TemporaryDirectory(prefix="attnbench-onnx-") as tmp:
-                path = Path(tmp) / "model.onnx"
-                info = export_onnx(module, example, path)
-                dims = input_dims(path)
-                if isinstance(dims[0], int) and dims[0] != batch:
-                    # The exporter fixed the batch to the example's: export again at the measured shape.
-                    first = {f"dynamic_attempt_{k}": v for k, v in info.items() if k != "export_s"}
-                    info = {
-                        **first,
-                        **export_onnx(module, x, path, dynamic=False),
-                        "static_reexport_reason": f"dynamic batch requested, exporter fixed it to {dims[0]}",
-                    }
-                    dims = input_dims(path)
-                self.exporter = info["exporter"]
-                self.extra.update(info)
-                self.extra.update(
-                    onnx_opset=_opset(path),
-                    onnx_input_dims=dims,
-                    dynamic_batch=isinstance(dims[0], str),
-                    ort_provider=provider,
-                    ort_intra_op_num_threads=threads,
-                    ort_inter_op_num_threads=1,
-                    ort_graph_optimization_level="ORT_ENABLE_ALL",
-                    ort_execution_mode="ORT_SEQUENTIAL",
-                    onnxruntime_version=ort.__version__,
-                )
-                try:
-                    with captured():
-                        # The CUDA EP hands the nodes it lacks to the CPU EP, as ORT deployments do.
-                        providers = (
-                            [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-                        )
-                        self.session = ort.InferenceSession(
-                            str(path), sess_options=session_options(threads), providers=providers
-                        )
-                except Exception as exc:
-                    raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=self.exporter) from None
-                # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
-                if self.session.get_providers()[0] != provider:
-                    raise CaseFailed(
-                        STATUS_SESSION_FAILED,
-                        f"{provider} did not start (session runs on {self.session.get_providers()})",
-                        exporter=self.exporter,
-                    )
+            self.extra.update(
+                ort_provider=provider,
+                ort_intra_op_num_threads=threads,
+                ort_inter_op_num_threads=1,
+                ort_graph_optimization_level="ORT_ENABLE_ALL",
+                ort_execution_mode="ORT_SEQUENTIAL",
+                onnxruntime_version=ort.__version__,
+            )
             self.x = x
-            self._check_parity(x, ref, x_alt, ref_alt, dims)
+            key = module_fingerprint(module)
+            self.extra["onnx_graph_key"] = key[:12]
+            shared = EXPORTS.get(key)
+            if shared is not None and shared.dims[1] == shape[1]:
+                try:
+                    self._use(shared, "reused", self._open(shared.model))
+                    self._check_parity(x, ref, x_alt, ref_alt, list(shared.dims))
+                except CaseFailed as exc:
+                    # The graph holds where it was exported but not here: this setting goes per resolution.
+                    at, here = ("x".join(map(str, s[2:])) for s in (shared.exported_at, shape))
+                    EXPORTS.refuse(key, f"the graph exported at {at} failed at {here} ({exc.status}: {exc.reason})")
+                    self._reset_parity()
+                    shared = None
+            else:
+                shared = None
+            if shared is None:
+                self._export_here(module, key, x, x_alt, ref, ref_alt)
             self._bind(x)
         finally:
             module.train(was_training)
+
+    def _export_here(
+        self,
+        module: nn.Module,
+        key: str,
+        x: torch.Tensor,
+        x_alt: torch.Tensor,
+        ref: np.ndarray,
+        ref_alt: np.ndarray,
+    ) -> None:
+        """Export at this resolution and verify: one graph for every resolution if possible, else this one's."""
+        example = x if x.shape[0] >= 2 else x_alt
+        why_not = EXPORTS.refused(key)
+        if why_not is None and x.dim() != 4:
+            why_not = f"input {tuple(x.shape)} has no H, W to leave dynamic"
+        if why_not is None:
+            started = time.perf_counter()
+            try:
+                graph, session = self._export(module, x, example, spatial=True)
+                if not graph.spatial_dynamic:
+                    raise CaseFailed(STATUS_EXPORT_FAILED, f"the exporter fixed the input dims to {list(graph.dims)}")
+                self._use(graph, "exported", session)
+                self._check_parity(x, ref, x_alt, ref_alt, list(graph.dims))
+            except CaseFailed as exc:
+                why_not = f"dynamic H, W export: {exc.status}: {exc.reason}"
+                EXPORTS.refuse(key, why_not)
+                self._reset_parity()
+                # Seconds the failed attempt cost, so that export time is accounted for in full.
+                self.extra["export_spatial_attempt_s"] = time.perf_counter() - started
+            else:
+                self.extra["onnx_graph_cached"] = EXPORTS.put(key, graph)
+                return
+        # As in attnbench 0.1: a dynamic batch only, for this resolution.
+        graph, session = self._export(module, x, example, spatial=False)
+        self._use(graph, "exported per resolution", session)
+        self.extra["onnx_per_resolution_reason"] = why_not
+        self._check_parity(x, ref, x_alt, ref_alt, list(graph.dims))
+
+    def _export(self, module: nn.Module, x: torch.Tensor, example: torch.Tensor, spatial: bool) -> tuple[Graph, Any]:
+        """Export to a temporary directory (removed on every exit path) and open a session on the file."""
+        batch = x.shape[0]
+        with tempfile.TemporaryDirectory(prefix="attnbench-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            info = export_onnx(module, example, path, spatial=spatial)
+            dims = input_dims(path)
+            if not spatial and isinstance(dims[0], int) and dims[0] != batch:
+                # The exporter fixed the batch to the example's: export again at the measured shape.
+                first = {f"dynamic_attempt_{k}": v for k, v in info.items() if k != "export_s"}
+                again = export_onnx(module, x, path, dynamic=False)
+                again["export_s"] += info["export_s"]
+                info = {
+                    **first,
+                    **again,
+                    "static_reexport_reason": f"dynamic batch requested, exporter fixed it to {dims[0]}",
+                }
+                dims = input_dims(path)
+            # Weights in external files (graphs over 2 GB) would not travel as bytes: such a graph is not kept.
+            single_file = [p.name for p in Path(tmp).iterdir()] == [path.name]
+            graph = Graph(
+                model=path.read_bytes() if single_file else b"",
+                exporter=info["exporter"],
+                dims=tuple(dims),
+                opset=_opset(path),
+                info=info,
+                exported_at=tuple(x.shape),
+            )
+            session = self._open(str(path), graph.exporter)
+        return graph, session
+
+    def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
+        """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
+        import onnxruntime as ort
+
+        exporter = exporter or self.exporter
+        try:
+            with captured():
+                # The CUDA EP hands the nodes it lacks to the CPU EP, as ORT deployments do.
+                providers = (
+                    [self.provider]
+                    if self.provider == "CPUExecutionProvider"
+                    else [self.provider, "CPUExecutionProvider"]
+                )
+                session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=providers)
+        except Exception as exc:
+            raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=exporter) from None
+        # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
+        if session.get_providers()[0] != self.provider:
+            raise CaseFailed(
+                STATUS_SESSION_FAILED,
+                f"{self.provider} did not start (session runs on {session.get_providers()})",
+                exporter=exporter,
+            )
+        return session
+
+    def _use(self, graph: Graph, mode: str, session: Any) -> None:
+        """Make `graph` (opened as `session`) this case's graph and record where it came from."""
+        self.session = session
+        self.exporter = graph.exporter
+        for stale in ("export_s", "export_fallback_reason", "static_reexport_reason", "onnx_graph_cached"):
+            self.extra.pop(stale, None)
+        if mode != "reused":  # the export's seconds belong to the row that exported the graph
+            self.extra.update(graph.info)
+        self.extra.update(
+            onnx_graph=mode,
+            onnx_graph_exported_at=list(graph.exported_at),
+            onnx_opset=graph.opset,
+            onnx_input_dims=list(graph.dims),
+            dynamic_batch=isinstance(graph.dims[0], str),
+            onnx_dynamic_spatial=graph.spatial_dynamic,
+        )
+
+    def _reset_parity(self) -> None:
+        """Forget a failed check's figures before the case is verified again on another graph."""
+        self.parity_max_abs = None
+        self.parity_checked_shapes = ()
+        for name in ("parity_ref_max_abs", "parity_limit", "dynamic_batch_note"):
+            self.extra.pop(name, None)
 
     def _run_numpy(self, x: torch.Tensor) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
@@ -321,7 +438,10 @@ class OrtPrepared(Prepared):
         for xi, refi in checks:
             details = {"exporter": self.exporter, "parity_checked_shapes": tuple(checked), "extra": self.extra}
             try:
-                out = self._run_numpy(xi)
+                # A graph that baked a traced size fails here by design (then another export is tried): ORT's
+                # own error line about it is not for the terminal.
+                with captured():
+                    out = self._run_numpy(xi)
             except Exception as exc:
                 raise CaseFailed(
                     STATUS_PARITY_FAILED,
@@ -380,9 +500,12 @@ class OrtPrepared(Prepared):
         warmup_s: float = WARMUP_MIN_S,
         warmup_calls: int = WARMUP_MIN_CALLS,
         clock: Clock | None = None,
+        precision: float | None = DEFAULT_PRECISION,
+        max_run_time: float = DEFAULT_MAX_RUN_TIME,
     ) -> TimingStats:
         """The shared protocol with at least ORT_WARMUP_MIN_CALLS warm-up runs."""
-        return super().time(min_run_time, warmup_s, max(warmup_calls, ORT_WARMUP_MIN_CALLS), clock)
+        warmup_calls = max(warmup_calls, ORT_WARMUP_MIN_CALLS)
+        return super().time(min_run_time, warmup_s, warmup_calls, clock, precision, max_run_time)
 
     def peak_memory(self) -> PeakMemory:
         """Not measured for ORT; the method string says why."""
