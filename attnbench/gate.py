@@ -87,13 +87,18 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether latency from `base_env` can be compared with `env`; the reason when not."""
-    diffs = [
+def _env_diffs(base_env: Mapping[str, Any], env: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Each of `keys` whose value differs between the two environment records, with both values."""
+    return [
         f"{k}: baseline {base_env.get(k)!r} vs here {env.get(k)!r}"
-        for k in HARDWARE_KEYS
+        for k in keys
         if _canonical(base_env.get(k)) != _canonical(env.get(k))
     ]
+
+
+def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether latency from `base_env` can be compared with `env`; the reason when not."""
+    diffs = _env_diffs(base_env, env, HARDWARE_KEYS)
     if diffs:
         return False, "baseline is from other hardware or versions (" + "; ".join(diffs) + ")"
     return True, ""
@@ -137,11 +142,7 @@ def comparable_instructions(base_env: Mapping[str, Any], env: Mapping[str, Any])
 
     if not base_env:
         return False, "the baseline has no environment record (a CSV's .meta.json sidecar is missing)"
-    diffs = [
-        f"{k}: baseline {base_env.get(k)!r} vs here {env.get(k)!r}"
-        for k in INSTRUCTION_ENV_KEYS
-        if _canonical(base_env.get(k)) != _canonical(env.get(k))
-    ]
+    diffs = _env_diffs(base_env, env, INSTRUCTION_ENV_KEYS)
     if diffs:
         return False, "instruction counts depend on the CPU and versions, and these differ (" + "; ".join(diffs) + ")"
     return True, ""
