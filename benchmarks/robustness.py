@@ -186,7 +186,7 @@ def _meta_estimate(name: str, res: int) -> tuple[int, int, int | None]:
     case = R.Case(name, GUARD_DIM, res, res)
     with torch.device("meta"):
         module = attnbench.build(name, GUARD_DIM, res).eval()
-    counted = runner._count(module, case, setting, spec, runner.RunOptions(metrics=("memory",)))
+    counted = runner._count(module, case, setting, spec, runner.RunOptions(metrics=("memory",)), case.mode)
     weights = 4 * spec.params_formula(setting)
     activations = (
         None
