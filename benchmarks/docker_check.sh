@@ -38,8 +38,8 @@ PODMAN=(podman --runtime runc --cgroup-manager=cgroupfs)
 # The default nproc limit (32768) is above what such a VM lets a container set; host networking avoids
 # needing a bridge (and its iptables) for pip and apt.
 LIMITS=(--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --network host)
-# A small setting of the main job: every module once, both CPU backends, 0.1 s timed per case.
-COMPARE=(compare --all --dim 64 --res 16 --backend cpu --backend ort --min-run-time 0.1 --quiet)
+# A small setting of the main job: every module once, both CPU backends, at most 0.1 s timed per case.
+COMPARE=(compare --all --dim 64 --res 16 --backend cpu --backend ort --max-run-time 0.1 --quiet)
 
 record=""
 refresh_base=0
