@@ -279,10 +279,26 @@ def write_markdown(record: dict[str, Any]) -> None:
     lines.append("")
     example = next((r for r in res["changed"] if r["code"] == 1), None)
     if example:
-        lines += ["A failing run's changes:", "", "```", *example["changes"], example["verdict"], "```", ""]
+        lines += [
+            "A failing run's table (the last column: instructions per call) and verdict:",
+            "",
+            "```",
+            *example["changes"],
+            example["verdict"],
+            "```",
+            "",
+        ]
     busy = next((r for r in res["wall"] if "INCONCLUSIVE" in r["verdict"]), None)
     if busy:
-        lines += ["A wall-time gate run under the same load:", "", "```", *busy["changes"], busy["verdict"], "```", ""]
+        lines += [
+            "A wall-time gate run under the same load, its table and verdict:",
+            "",
+            "```",
+            *busy["changes"],
+            busy["verdict"],
+            "```",
+            "",
+        ]
     (ROOT / "results" / "gate_stability.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
