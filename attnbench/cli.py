@@ -245,7 +245,10 @@ PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for sc
 MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Floor: time every case at least this many seconds.")]
 MaxRunOpt = Annotated[
     float,
-    typer.Option("--max-run-time", help="Budget: stop timing a case after this many seconds if still imprecise."),
+    typer.Option(
+        "--max-run-time",
+        help="Budget: stop timing a case after this many seconds, or sooner once the precision is out of its reach.",
+    ),
 ]
 PrecisionOpt = Annotated[
     float,

@@ -593,8 +593,9 @@ def markdown(
         lines += [scenario_text(table), ""]
         lines.append(
             "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
-            "confidence interval on the median is within the asked precision (±1% by default) or its time "
-            "budget is spent. `~` marks a noisy timing (IQR/median > 10%, or the precision not reached), "
+            "confidence interval on the median is within the asked precision (±1% by default), or its time "
+            "budget is spent, or the interval's width says the budget cannot reach that precision. `~` marks "
+            "a noisy timing (IQR/median > 10%, or the precision not reached), "
             "`!` one taken while other processes used more than 5% of a core. "
             + (
                 f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "

@@ -353,6 +353,7 @@ def _measure(
         extra["other_cpu_cores"] = m.timing.other_cpu_cores
         extra["precision_target"] = m.timing.precision_target
         extra["timing_blocks"] = m.timing.n_blocks
+        extra["timing_stop"] = m.timing.stop
     return values, extra
 
 

@@ -15,6 +15,7 @@ Writes results/timing_defaults.md and .json. Run: python benchmarks/timing_defau
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -38,11 +39,13 @@ from attnbench.memory import pin_allocator  # noqa: E402
 from attnbench.timing import (  # noqa: E402
     DEFAULT_MAX_RUN_TIME,
     DEFAULT_PRECISION,
+    FUTILITY_AFTER_S,
     MIN_BLOCKS,
     NOISE_THRESHOLD,
+    STOP_FUTILE,
     SystemProbe,
     quantile,
-    should_stop,
+    stop_reason,
     summarize,
     warm_up,
 )
@@ -79,12 +82,15 @@ def long_run(prepared: Any) -> dict[str, Any]:
     }
 
 
-def replay(blocks: list[float], cpb: int, precision: float, budget: float) -> tuple[int, float, Any]:
-    """Where the adaptive rule stops on these blocks: (blocks used, timed seconds, stats)."""
+def replay(
+    blocks: list[float], cpb: int, precision: float, budget: float, futility: bool = True
+) -> tuple[int, float, Any]:
+    """Where the adaptive rule (with or without its futility stop) stops on these blocks: (blocks, seconds, stats)."""
     total = 0.0
     for n in range(1, len(blocks) + 1):
         total += blocks[n - 1] * cpb
-        if should_stop(blocks[:n], total, 0.0, budget, precision, MIN_BLOCKS):
+        reason = stop_reason(blocks[:n], total, 0.0, budget, precision, MIN_BLOCKS)
+        if reason is not None and (futility or reason != STOP_FUTILE):
             break
     used = blocks[:n]
     return n, total, summarize(used, cpb, precision_target=precision)
@@ -131,36 +137,36 @@ def measure_all(limit: int | None) -> list[dict[str, Any]]:
 def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every (precision, budget) setting replayed on every case."""
     grid = []
-    for precision in PRECISIONS:
-        for budget in BUDGETS:
-            timed = agree = flagged = miss = judged = 0.0
-            worst = 0.0
-            for r in rows:
-                _, seconds, stats = replay(r["blocks"], r["calls_per_block"], precision, budget)
-                timed += seconds + r["warmup_s"]
-                if r["ref_median_s"] <= JUDGED_ABOVE_S:
-                    continue
-                judged += 1
-                dev = abs(stats.median_s / r["ref_median_s"] - 1)
-                if dev <= AGREEMENT:
-                    agree += 1
-                elif stats.noisy:
-                    flagged += 1
-                else:
-                    miss += 1
-                    worst = max(worst, dev)
-            grid.append(
-                {
-                    "precision": precision,
-                    "budget_s": budget,
-                    "timing_s": timed,
-                    "judged": judged,
-                    "agree": agree,
-                    "flagged": flagged,
-                    "miss": miss,
-                    "worst_miss": worst,
-                }
-            )
+    for precision, budget, futility in itertools.product(PRECISIONS, BUDGETS, (False, True)):
+        timed = agree = flagged = miss = judged = 0.0
+        worst = 0.0
+        for r in rows:
+            _, seconds, stats = replay(r["blocks"], r["calls_per_block"], precision, budget, futility)
+            timed += seconds + r["warmup_s"]
+            if r["ref_median_s"] <= JUDGED_ABOVE_S:
+                continue
+            judged += 1
+            dev = abs(stats.median_s / r["ref_median_s"] - 1)
+            if dev <= AGREEMENT:
+                agree += 1
+            elif stats.noisy:
+                flagged += 1
+            else:
+                miss += 1
+                worst = max(worst, dev)
+        grid.append(
+            {
+                "precision": precision,
+                "budget_s": budget,
+                "futility": futility,
+                "timing_s": timed,
+                "judged": judged,
+                "agree": agree,
+                "flagged": flagged,
+                "miss": miss,
+                "worst_miss": worst,
+            }
+        )
     return grid
 
 
@@ -182,29 +188,42 @@ def write_markdown(data: dict[str, Any]) -> None:
         f"{FIXED_S:g} s of blocks (all kept), and a {REFERENCE_S:g} s `Timer.blocked_autorange` reference after the "
         "same warm-up, on the same module or session, their order alternating. Each setting below is the adaptive "
         "rule replayed on those blocks (stop once the 95% CI on the median is within +-precision, at least "
-        f"{MIN_BLOCKS} blocks; else at the budget). Judged: cases whose reference is above 1 ms; a case agrees "
+        f"{MIN_BLOCKS} blocks; else at the budget; with the futility stop on, also as soon as, from "
+        f"{FUTILITY_AFTER_S:g} s of timed calls on, the interval's width projected as 1/sqrt(blocks) says the "
+        "precision would take longer than the budget). Judged: cases whose reference is above 1 ms; a case agrees "
         f"when its median is within {AGREEMENT:.0%} of the reference, is flagged when it does not but is marked "
         f"noisy (precision not reached, or IQR/median > {NOISE_THRESHOLD:.0%}), and misses otherwise.",
         "",
-        "| precision | budget [s] | timing loops, all cases [s] | judged | agree | flagged noisy | miss | worst miss |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| precision | budget [s] | futility stop | timing loops, all cases [s] | judged | agree | flagged noisy "
+        "| miss | worst miss |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for g in data["grid"]:
-        chosen = g["precision"] == DEFAULT_PRECISION and g["budget_s"] == DEFAULT_MAX_RUN_TIME
+        futile = g.get("futility", False)
+        chosen = g["precision"] == DEFAULT_PRECISION and g["budget_s"] == DEFAULT_MAX_RUN_TIME and futile
         mark, note = ("**", "** (default)") if chosen else ("", "")
         worst = _pct(g["worst_miss"]) if g["miss"] else "-"
         lines.append(
-            f"| {mark}±{g['precision']:.1%} | {g['budget_s']:g}{note} | {g['timing_s']:.1f} | {g['judged']:.0f} | "
+            f"| {mark}±{g['precision']:.1%} | {g['budget_s']:g}{note} | {'on' if futile else 'off'} | "
+            f"{g['timing_s']:.1f} | {g['judged']:.0f} | "
             f"{g['agree']:.0f} | {g['flagged']:.0f} | {g['miss']:.0f} | {worst} |"
         )
     fixed = sum(FIXED_S + r["warmup_s"] for r in data["rows"])
+    warm = sum(r["warmup_s"] for r in data["rows"])
+    default = (DEFAULT_PRECISION, DEFAULT_MAX_RUN_TIME)
+    at_default = [g for g in data["grid"] if (g["precision"], g["budget_s"]) == default]
+    off, on = sorted(at_default, key=lambda g: g.get("futility", False))
     lines += [
         "",
-        f"Defaults chosen from this table: ±{DEFAULT_PRECISION:.0%} and {DEFAULT_MAX_RUN_TIME:g} s. On this shared "
-        "machine a longer budget rarely bought agreement: the median of a case then reaches ±1% within one of the "
-        "machine's fast or slow phases (seconds long) and stops unflagged, while the reference, taken seconds "
-        "apart, sits in another phase. A short budget leaves such cases flagged noisy, and keeps "
-        "`compare --all` fast. Where the machine is quiet, precise cases stop after "
+        f"Defaults chosen from this table: ±{DEFAULT_PRECISION:.0%}, {DEFAULT_MAX_RUN_TIME:g} s and the futility "
+        "stop. On this shared machine a longer budget rarely bought agreement: the median of a case then reaches "
+        "±1% within one of the machine's fast or slow phases (seconds long) and stops unflagged, while the "
+        "reference, taken seconds apart, sits in another phase. A short budget leaves such cases flagged noisy. "
+        "The futility stop gives up, flagged, on the cases the budget would not have made precise anyway: it "
+        f"took the timing loops from {off['timing_s']:.0f} s to {on['timing_s']:.0f} s (without the warm-ups: from "
+        f"{off['timing_s'] - warm:.0f} s to {on['timing_s'] - warm:.0f} s) and left {on['miss']:.0f} unflagged "
+        f"misses instead of {off['miss']:.0f}; {off['agree'] - on['agree']:.0f} cases that the full budget "
+        "happened to bring within 3% are flagged instead. Where the machine is quiet, precise cases stop after "
         f"{MIN_BLOCKS} blocks of 20 ms whatever the budget.",
         "",
         f"For scale: the recorded runs themselves ({FIXED_S:g} s of blocks per case) took {fixed:.0f} s of timing "

@@ -14,6 +14,7 @@ from attnbench.timing import (
     median_ci_rel,
     quantile,
     should_stop,
+    stop_reason,
     summarize,
     time_callable,
     warm_up,
@@ -223,9 +224,25 @@ def test_should_stop_rules() -> None:
     assert should_stop(stable, 6.0, 0.0, 10.0, 0.01)  # precise: stop
     assert not should_stop(stable, 6.0, 7.0, 10.0, 0.01)  # below the floor
     noisy = [1.0, 2.0] * 3
-    assert not should_stop(noisy, 9.0, 0.0, 10.0, 0.01)  # imprecise, budget left
     assert should_stop(noisy, 10.0, 0.0, 10.0, 0.01)  # budget spent
     assert should_stop(noisy, 9.0, 0.0, 10.0, None)  # fixed budget: floor and blocks only
+
+
+def test_stop_reasons_and_the_futility_projection() -> None:
+    stable, noisy = [1.0] * 6, [1.0, 2.0] * 3
+    assert stop_reason(stable[:5], 5.0, 0.0, 10.0, 0.01) is None
+    assert stop_reason(stable, 6.0, 0.0, 10.0, 0.01) == timing.STOP_PRECISION
+    assert stop_reason(noisy, 10.0, 0.0, 10.0, 0.01) == timing.STOP_BUDGET
+    assert stop_reason(noisy, 9.0, 0.0, 10.0, None) == timing.STOP_FIXED
+    # Half-width 0.5 / 1.5 = 33%: 1% would take ~1100x the time spent, far past the budget.
+    assert stop_reason(noisy, 9.0, 0.0, 10.0, 0.01) == timing.STOP_FUTILE
+    # ...but not before FUTILITY_AFTER_S of timed calls: too early to judge.
+    assert stop_reason(noisy, timing.FUTILITY_AFTER_S / 2, 0.0, 10.0, 0.01) is None
+    # Half-width 1.2% (ranks 0 and 5 of six around a median of 1.0): 1% takes about 1.44x the time spent.
+    close = [0.988, 1.0, 1.0, 1.0, 1.0, 1.012]
+    assert median_ci_rel(sorted(close), 1.0) == pytest.approx(0.012)
+    assert stop_reason(close, 1.0, 0.0, 10.0, 0.01) is None  # 1.44 s projected: within the budget, go on
+    assert stop_reason(close, 8.0, 0.0, 10.0, 0.01) == timing.STOP_FUTILE  # 11.5 s projected: give up
 
 
 def test_adaptive_stops_early_on_stable_data() -> None:
@@ -241,7 +258,7 @@ def test_adaptive_stops_early_on_stable_data() -> None:
     assert work.calls == 1 + 8 * timing.MIN_BLOCKS
 
 
-def test_adaptive_runs_to_the_budget_on_noisy_data() -> None:
+def test_adaptive_gives_up_early_on_hopeless_data() -> None:
     clock = FakeClock()
     # Calls alternate 1 s and 2 s, one call per block: the median is never known to 1%.
     work = Workload(clock, [1.0, 2.0] * 1000)
@@ -250,21 +267,31 @@ def test_adaptive_runs_to_the_budget_on_noisy_data() -> None:
     )
     assert stats.calls_per_block == 1
     timed = sum(t * stats.calls_per_block for t in stats.times_s)
-    # Stops at the first block that reaches the budget: 20 blocks of 1 + 2 s = 30 s.
-    assert timed == 30.0 and stats.n_blocks == 20
+    # The first judgement (6 blocks, 9 s) projects far past the 30 s budget: stop there, flagged.
+    assert timed == 9.0 and stats.n_blocks == timing.MIN_BLOCKS and stats.stop == timing.STOP_FUTILE
     assert stats.precision_met is False and stats.noisy and stats.median_ci_rel > 0.01
+
+
+def test_adaptive_stops_at_the_budget_when_blocks_are_long() -> None:
+    clock = FakeClock()
+    # 0.4 s calls and a 1 s budget: the six blocks the interval needs overrun it; the budget is the reason.
+    stats = time_callable(
+        Workload(clock, [0.4, 0.6] * 100), max_run_time=1.0, warmup_s=0, warmup_calls=2, block_target_s=0.1, clock=clock
+    )
+    assert stats.n_blocks == timing.MIN_BLOCKS and stats.stop == timing.STOP_BUDGET and stats.noisy
 
 
 def test_adaptive_stops_once_the_interval_narrows() -> None:
     clock = FakeClock()
-    # Six scattered blocks, then steady 1.0 s blocks: the interval on the median shrinks as they pile up.
-    work = Workload(clock, [1.0, 0.5, 1.5, 0.7, 1.3, 0.9, 1.0])
+    # Six scattered blocks (a 4% half-width: within reach of the budget), then steady 1.0 s blocks: the
+    # interval on the median shrinks as they pile up.
+    work = Workload(clock, [1.0, 0.97, 1.03, 0.98, 1.02, 0.975, 1.0])
     stats = time_callable(
         work, min_run_time=0.0, max_run_time=1000.0, warmup_s=0, warmup_calls=1, block_target_s=0.1, clock=clock
     )
     times = sorted(stats.times_s)
     lo, hi = median_ci_ranks(len(times))  # type: ignore[misc]
-    assert times[lo] == times[hi] == 1.0 and stats.precision_met is True
+    assert times[lo] == times[hi] == 1.0 and stats.precision_met is True and stats.stop == timing.STOP_PRECISION
     # One block fewer and the interval would still reach a scattered block.
     shorter = sorted(stats.times_s[:-1])
     assert median_ci_rel(shorter, quantile(shorter, 0.5)) > 0.01
@@ -289,4 +316,4 @@ def test_floor_above_the_budget_wins() -> None:
     clock = FakeClock()
     work = Workload(clock, [1.0, 2.0] * 100)
     stats = time_callable(work, min_run_time=12.0, max_run_time=3.0, warmup_s=0, warmup_calls=2, clock=clock)
-    assert sum(stats.times_s) == 12.0 and stats.precision_met is False
+    assert sum(stats.times_s) == 12.0 and stats.precision_met is False and stats.stop == timing.STOP_BUDGET
