@@ -194,7 +194,9 @@ def test_profile_label_overrides_the_machine(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_old_files_take_their_label_from_their_environment() -> None:
-    legacy = R.load(ROOT / "results" / "compare-cpu.csv")  # schema 1: no machine column
+    # attnbench 0.1's reference run (results/compare-cpu.csv of 2026-11-22), kept as written: schema 1, no
+    # machine column.
+    legacy = R.load(ROOT / "tests" / "fixtures" / "schema1-compare-cpu.csv")
     rows = merge.merge([legacy]).results
     assert {r.machine for r in rows} == {f"Xeon, torch {legacy.env['torch']}, ort {legacy.env['onnxruntime']}"}
 
