@@ -309,18 +309,6 @@ def stop_reason(
     return None
 
 
-def should_stop(
-    per_call: Sequence[float],
-    total_s: float,
-    min_run_time: float,
-    max_run_time: float,
-    precision: float | None,
-    min_blocks: int = MIN_BLOCKS,
-) -> bool:
-    """The stop rule after each block (stop_reason() is not None)."""
-    return stop_reason(per_call, total_s, min_run_time, max_run_time, precision, min_blocks) is not None
-
-
 def time_blocks(
     fn: Callable[[], Any],
     calls_per_block: int,

@@ -246,13 +246,16 @@ def write_markdown(data: dict[str, Any]) -> None:
     print("\n".join(lines[:30]))
 
 
-def main() -> None:
-    """Measure (or reload), replay the grid, write the report."""
+def measure_or_replay(name: str, measure: Any, judge: Any, write: Any) -> None:
+    """The recorded-then-replayed benchmarks' main: measure cases (or reload results/NAME.json), judge, write.
+
+    `measure(limit)` returns the recorded rows, `judge(rows)` the grid replayed on them, `write(data)` the report.
+    """
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None, help="Only the first N cases (a quick look).")
-    parser.add_argument("--replay", action="store_true", help="Re-judge the recorded blocks in the .json.")
+    parser.add_argument("--replay", action="store_true", help=f"Re-judge the recorded rows in results/{name}.json.")
     args = parser.parse_args()
-    out = ROOT / "results" / "timing_defaults.json"
+    out = ROOT / "results" / f"{name}.json"
     if args.replay:
         data = json.loads(out.read_text())
     else:
@@ -260,11 +263,16 @@ def main() -> None:
         torch.set_num_threads(1)
         started = time.perf_counter()
         busy = busy_cores()
-        rows = measure_all(args.limit)
+        rows = measure(args.limit)
         data = {"rows": rows, "busy_cores": busy, "wall_s": time.perf_counter() - started, "env": environment()}
     data["grid"] = judge(data["rows"])
     out.write_text(json.dumps(data, default=str))
-    write_markdown(data)
+    write(data)
+
+
+def main() -> None:
+    """Measure (or reload), replay the grid, write the report."""
+    measure_or_replay("timing_defaults", measure_all, judge, write_markdown)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ Writes results/warmup_traces.md and .json. Run: python benchmarks/warmup_traces.
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,20 +24,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine_load import busy_cores  # noqa: E402
-from timing_defaults import cases  # noqa: E402
+from timing_defaults import cases, measure_or_replay  # noqa: E402
 
 import attnbench  # noqa: E402
 from attnbench.backends import get_backend  # noqa: E402
-from attnbench.env import environment  # noqa: E402
-from attnbench.memory import pin_allocator  # noqa: E402
 from attnbench.timing import (  # noqa: E402
     BLOCK_TARGET_S,
     DEFAULT_MAX_RUN_TIME,
     DEFAULT_PRECISION,
     MIN_BLOCKS,
     quantile,
-    should_stop,
+    stop_reason,
 )
 
 TRACE_S = 2.0
@@ -120,7 +115,7 @@ def replay(calls: list[float], start: int) -> float | None:
         block = sum(rest[i : i + cpb])
         blocks.append(block / cpb)
         total += block
-        if should_stop(blocks, total, 0.0, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION, MIN_BLOCKS):
+        if stop_reason(blocks, total, 0.0, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION, MIN_BLOCKS) is not None:
             return quantile(sorted(blocks), 0.5)
     return quantile(sorted(blocks), 0.5) if len(blocks) >= MIN_BLOCKS else None
 
@@ -217,23 +212,7 @@ def write_markdown(data: dict[str, Any]) -> None:
 
 def main() -> None:
     """Measure (or reload), replay the rules, write the report."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--limit", type=int, default=None, help="Only the first N cases (a quick look).")
-    parser.add_argument("--replay", action="store_true", help="Re-judge the recorded traces in the .json.")
-    args = parser.parse_args()
-    out = ROOT / "results" / "warmup_traces.json"
-    if args.replay:
-        data = json.loads(out.read_text())
-    else:
-        pin_allocator()
-        torch.set_num_threads(1)
-        started = time.perf_counter()
-        busy = busy_cores()
-        rows = measure_all(args.limit)
-        data = {"rows": rows, "busy_cores": busy, "wall_s": time.perf_counter() - started, "env": environment()}
-    data["grid"] = judge(data["rows"])
-    out.write_text(json.dumps(data, default=str))
-    write_markdown(data)
+    measure_or_replay("warmup_traces", measure_all, judge, write_markdown)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from attnbench.timing import (
     median_ci_ranks,
     median_ci_rel,
     quantile,
-    should_stop,
     stop_reason,
     summarize,
     time_callable,
@@ -218,20 +217,11 @@ def test_median_ci_rel_takes_the_wider_side() -> None:
     assert median_ci_rel(values[:5], 1.0) == math.inf  # too few for a 95% interval
 
 
-def test_should_stop_rules() -> None:
-    stable = [1.0] * 6
-    assert not should_stop(stable[:5], 5.0, 0.0, 10.0, 0.01)  # fewer than MIN_BLOCKS
-    assert should_stop(stable, 6.0, 0.0, 10.0, 0.01)  # precise: stop
-    assert not should_stop(stable, 6.0, 7.0, 10.0, 0.01)  # below the floor
-    noisy = [1.0, 2.0] * 3
-    assert should_stop(noisy, 10.0, 0.0, 10.0, 0.01)  # budget spent
-    assert should_stop(noisy, 9.0, 0.0, 10.0, None)  # fixed budget: floor and blocks only
-
-
 def test_stop_reasons_and_the_futility_projection() -> None:
     stable, noisy = [1.0] * 6, [1.0, 2.0] * 3
     assert stop_reason(stable[:5], 5.0, 0.0, 10.0, 0.01) is None
     assert stop_reason(stable, 6.0, 0.0, 10.0, 0.01) == timing.STOP_PRECISION
+    assert stop_reason(stable, 6.0, 7.0, 10.0, 0.01) is None  # below the floor
     assert stop_reason(noisy, 10.0, 0.0, 10.0, 0.01) == timing.STOP_BUDGET
     assert stop_reason(noisy, 9.0, 0.0, 10.0, None) == timing.STOP_FIXED
     # Half-width 0.5 / 1.5 = 33%: 1% would take ~1100x the time spent, far past the budget.
