@@ -339,7 +339,7 @@ def time_blocks(
     finally:
         if gc_was_enabled:
             gc.enable()
-    return per_call, reason
+    return per_call, reason or ""
 
 
 def time_callable(
