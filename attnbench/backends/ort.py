@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from attnbench.backends.base import (
 )
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.memory import PeakMemory
+from attnbench.scratch import scratch_dir
 from attnbench.timing import (
     DEFAULT_MAX_RUN_TIME,
     DEFAULT_MIN_RUN_TIME,
@@ -344,7 +344,7 @@ class OrtPrepared(Prepared):
     def _export(self, module: nn.Module, x: torch.Tensor, example: torch.Tensor, spatial: bool) -> tuple[Graph, Any]:
         """Export to a temporary directory (removed on every exit path) and open a session on the file."""
         batch = x.shape[0]
-        with tempfile.TemporaryDirectory(prefix="attnbench-onnx-") as tmp:
+        with scratch_dir("attnbench-onnx-") as tmp:
             path = Path(tmp) / "model.onnx"
             info = export_onnx(module, example, path, spatial=spatial)
             dims = input_dims(path)
