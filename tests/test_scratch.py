@@ -25,7 +25,7 @@ def test_a_removal_cut_short_is_finished_at_exit(tmp_path: Path, monkeypatch: py
     left.mkdir()
     monkeypatch.setattr(scratch, "_LIVE", {str(left)})  # as if a signal had cut its block's removal short
     scratch._remove_leftovers()
-    assert not left.exists() and scratch._LIVE == set()
+    assert not left.exists() and not scratch._LIVE
 
 
 def test_a_signal_waits_until_the_directory_is_recorded() -> None:
