@@ -33,13 +33,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench import scratch
 from attnbench.errors import BackendUnavailableError
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ class InstructionBatch:
     """
 
     def __init__(self) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="attnbench-callgrind-"))
+        self._dir = Path(scratch.make("attnbench-callgrind-"))
         self._cases: list[dict[str, Any]] = []
         #: Seconds of the worker's phases in the last run (start, load and warm-up; instrumentation on).
         self.phases: dict[str, float] = {}
@@ -229,7 +229,7 @@ class InstructionBatch:
 
     def close(self) -> None:
         """Remove the saved modules and dumps."""
-        shutil.rmtree(self._dir, ignore_errors=True)
+        scratch.remove(str(self._dir))
 
     def __enter__(self) -> InstructionBatch:
         return self

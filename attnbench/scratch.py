@@ -1,10 +1,10 @@
 """Temporary directories that a signal cannot leak: removed on exit from their block, or at interpreter exit.
 
 tempfile.TemporaryDirectory leaves its directory behind when SIGTERM (turned into an exception by the CLI)
-lands between the mkdir and the registration of its finalizer, or in the middle of its removal: a process
-that is descheduled right after the mkdir on a loaded machine gets the signal exactly there. Here the
-directory is created and recorded with the signals held back, and every recorded directory that is still
-there at interpreter exit is removed then.
+lands between the mkdir and the registration of its finalizer, or in the middle of its removal (a bare
+mkdtemp, before its owner's cleanup is armed): a process descheduled right after the mkdir on a loaded
+machine gets the signal exactly there. Here the directory is created and recorded with the signals held
+back, and every recorded directory that is still there at interpreter exit is removed then.
 """
 
 from __future__ import annotations
@@ -34,12 +34,18 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-@contextlib.contextmanager
-def scratch_dir(prefix: str) -> Iterator[str]:
-    """A fresh temporary directory for the block, removed when it exits however it exits."""
+def make(prefix: str) -> str:
+    """A fresh temporary directory, recorded for removal at exit until remove() takes it."""
     with _signals_held():
         path = tempfile.mkdtemp(prefix=prefix)
         _LIVE.add(path)
+    return path
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[str]:
+    """A fresh temporary directory for the block, removed when it exits however it exits."""
+    path = make(prefix)
     try:
         yield path
     finally:

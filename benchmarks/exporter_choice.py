@@ -3,20 +3,21 @@
 ONNX export is the largest cost of `compare --all` after timing (results/cli_overhead.md), and torch 2.13 has
 three ways to make the graph: torch.onnx.export(dynamo=True) with its onnxscript optimizer (attnbench's
 choice), the same without the optimizer (optimize=False), and the TorchScript exporter (dynamo=False,
-deprecated). For every registered module at C=64, in one process (1 thread):
+deprecated). A faster exporter is only a win if its graph runs as fast: ORT's latency is the number a
+user ships. For every registered module at C=64, in one process (1 thread):
   * export time of each at 28x28 (batch 2, as attnbench exports; after one throwaway export of each kind, so
     no module pays an exporter's set-up), and parity with PyTorch there;
   * ORT latency of each graph at 28 and 56 (batch 1, 1 intra-op thread), the graphs' sessions timed in
     alternation (blocks of 5 calls, round robin, for ROUND_S seconds), so the machine's slow and fast
     phases fall on all of them alike; the ratio to the dynamo graph's median is what counts.
-A faster exporter is only a win if its graph runs as fast: ORT's latency is the number a user ships.
 
-Writes results/exporter_choice.md and .json. Run: python benchmarks/exporter_choice.py
+Writes results/exporter_choice.md and .json. Run: python benchmarks/exporter_choice.py [--markdown-only]
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -127,6 +128,12 @@ def measure_module(name: str, tmp: Path) -> dict[str, Any]:
     return row
 
 
+def _as_markdown(text: str) -> str:
+    """A docstring paragraph as Markdown: its `  * ` items become list items, wrapped lines are joined."""
+    text = re.sub(r"\n  \* ", "\n\n- ", text)
+    return re.sub(r"\n(?!\n|- )\s*", " ", text)
+
+
 def write_markdown(data: dict[str, Any]) -> None:
     """results/exporter_choice.md."""
     env = data["env"]
@@ -138,9 +145,9 @@ def write_markdown(data: dict[str, Any]) -> None:
         f"onnxruntime {env['onnxruntime']}, onnxscript {data['onnxscript']}; "
         f"`python benchmarks/exporter_choice.py`, {data['wall_s']:.0f} s.",
         "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
+        _as_markdown(__doc__.split("\n\n")[1].replace("ROUND_S", f"{ROUND_S:g}")),
         "",
-        "Export seconds at the first side, and each graph's ORT median over the dynamo graph's:",
+        f"Export seconds at {SIDES[0]}x{SIDES[0]}, and each graph's ORT median over the dynamo graph's:",
         "",
         "| module | "
         + " | ".join(f"export: {e} [s]" for e in EXPORTERS)
@@ -205,5 +212,10 @@ def main() -> None:
     write_markdown(data)
 
 
+def rewrite() -> None:
+    """Re-render results/exporter_choice.md from its .json (no measuring)."""
+    write_markdown(json.loads((ROOT / "results" / "exporter_choice.json").read_text()))
+
+
 if __name__ == "__main__":
-    main()
+    rewrite() if "--markdown-only" in sys.argv else main()

@@ -175,7 +175,10 @@ def write_markdown(data: dict[str, Any]) -> None:
         f"{data['busy_cores']:.2f} cores busy machine-wide at the start), torch {env['torch']}, "
         f"onnxruntime {env['onnxruntime']}; `python benchmarks/warmup_traces.py`, {data['wall_s']:.0f} s.",
         "",
-        __doc__.split("\n\n")[1].replace("\n", " "),
+        __doc__.split("\n\n")[1]
+        .replace("\n", " ")
+        .replace("TRACE_S", f"{TRACE_S:g}")
+        .replace("MIN_TRACE_CALLS", str(MIN_TRACE_CALLS)),
         "",
         "| warm-up rule | warm-up, all cases [s] | judged | > 3% off steady state | worst |",
         "|---|---:|---:|---:|---:|",
