@@ -23,15 +23,25 @@ _HELD = (signal.SIGINT, signal.SIGTERM)
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM back (main thread, where Python runs handlers; POSIX only) for the block."""
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Defer SIGINT and SIGTERM until the block ends (main thread only, where Python runs signal handlers).
+
+    A thread mask (pthread_sigmask) holds a signal back from the calling thread only: the kernel hands a
+    process-directed signal to any thread that does not block it, and torch always starts threads of its own.
+    Python, though, runs every handler in the main thread, so a handler that only notes the signal defers it
+    whichever thread the kernel chose; the noted signals are raised again, in order, once the block is over.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    pending: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in _HELD}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for sig in pending:
+            signal.raise_signal(sig)
 
 
 def make(prefix: str) -> str:
