@@ -85,7 +85,9 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _other_machine(src: Path, dst: Path, cpu: str = OTHER_CPU, date: str = "2026-01-01T00:00:00+00:00", scale=0.5) -> None:
+def _other_machine(
+    src: Path, dst: Path, cpu: str = OTHER_CPU, date: str = "2026-01-01T00:00:00+00:00", scale=0.5
+) -> None:
     """Copy a CSV report as if an older attnbench had measured it on another machine (no row labels)."""
     meta = json.loads(R.sidecar(src).read_text())
     meta["env"].update(cpu_model=cpu, date_utc=date)
@@ -126,7 +128,9 @@ def test_two_environments_merge_into_a_cross_hardware_table(
     # One time unit for both machines, picked from the values (these tiny cases run in microseconds).
     assert re.fullmatch(r"\| Module \| C \| H x W \| backend \| M1 \[(µs|ms)\] \| M2 \[\1\] \| M2÷M1 \|", table[0])
     assert len(table) == 2 + 2 and all(row.endswith("| 0.50 |") for row in table[2:])
-    assert "### M1: " in text and "### M2: Imaginary Other 9999" in text and OTHER_CPU in text  # each machine's environment
+    assert (
+        "### M1: " in text and "### M2: Imaginary Other 9999" in text and OTHER_CPU in text
+    )  # each machine's environment
     env = json.loads(js.read_text())["env"]
     assert list(env["machines"]) == [here, machine_label(R.load(tmp_path / "b.csv").env)]
     assert env["machines"][here]["cpu_model"] != OTHER_CPU and [s["rows"] for s in env["merged_from"]] == [2, 2]
@@ -252,9 +256,16 @@ def test_cpu_model_is_shortened(name: str, short: str) -> None:
 
 
 def test_gpu_machines_are_labelled_by_gpu_and_cpu() -> None:
-    env = {"gpu": "NVIDIA H100 80GB HBM3", "cpu_model": "AMD EPYC 7763 64-Core Processor", "torch": "2.13.0+cu128", "onnxruntime": "1.22.0"}
+    env = {
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "cpu_model": "AMD EPYC 7763 64-Core Processor",
+        "torch": "2.13.0+cu128",
+        "onnxruntime": "1.22.0",
+    }
     assert machine_label(env) == "H100 80GB HBM3 + EPYC 7763, torch 2.13.0+cu128, ort 1.22.0"
-    assert machine_label({"cpu_model": "AMD EPYC 7763 64-Core Processor", "torch": "2.13.0"}) == "EPYC 7763, torch 2.13.0"
+    assert (
+        machine_label({"cpu_model": "AMD EPYC 7763 64-Core Processor", "torch": "2.13.0"}) == "EPYC 7763, torch 2.13.0"
+    )
 
 
 def test_plan_order_follows_the_sweep_record_else_zoo_and_ascending_values() -> None:
