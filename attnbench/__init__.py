@@ -11,7 +11,8 @@ from attnbench.errors import (
     ModuleSpecError,
     UnknownModuleError,
 )
-from attnbench.registry import ModuleSpec, build, get_spec, list_modules, validate
+from attnbench.zoo.registry import get_spec, list_modules
+from attnbench.zoo.spec import ModuleSpec
 
 __version__ = "0.1.0"
 
@@ -43,6 +44,8 @@ __all__ = [
 
 # Counting and measuring pull in fvcore, thop and onnxruntime: import them only when asked for.
 _LAZY = {
+    "build": "attnbench.zoo.build",
+    "validate": "attnbench.zoo.build",
     "count_macs": "attnbench.counting",
     "count_params": "attnbench.counting",
     "measure": "attnbench.measurement",

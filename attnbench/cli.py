@@ -29,10 +29,11 @@ from rich.console import Console
 from attnbench import __version__
 from attnbench import results as R
 from attnbench.errors import AttnbenchError, BaselineError, UsageError
-from attnbench.registry import ModuleSpec, get_spec, list_modules
 from attnbench.sweep import Sweep
 from attnbench.tables import PIPE_WIDTH
 from attnbench.timing import DEFAULT_MAX_RUN_TIME, DEFAULT_MIN_RUN_TIME, DEFAULT_PRECISION
+from attnbench.zoo.registry import get_spec, list_modules
+from attnbench.zoo.spec import ModuleSpec
 
 if TYPE_CHECKING:
     from attnbench.runner import RunOptions, RunOutcome
@@ -290,8 +291,8 @@ def list_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown module table.")] = False,
 ) -> None:
     """Show the module zoo: name, paper, layout, default kwargs, constraints."""
-    from attnbench import catalog
     from attnbench.tables import KEY, Column, fit, fit_note, render
+    from attnbench.zoo import catalog
 
     if markdown:
         from attnbench.report import zoo_markdown
@@ -335,7 +336,7 @@ def _constraints_text(entry: dict[str, Any]) -> str:
 @app.command("info")
 def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     """Everything attnbench knows about one module: reference, kwargs, constraints, notes, formulas."""
-    from attnbench import catalog
+    from attnbench.zoo import catalog
 
     entries = {e["name"]: e for e in catalog.zoo()}
     if name not in entries:  # a user's module (file.py:Name); an unknown name is refused with suggestions
@@ -373,7 +374,7 @@ def _info_user(spec: ModuleSpec) -> None:
     """What attnbench knows about a user's module: where it is, its source hash, how it is called."""
     import inspect
 
-    from attnbench.registry import source_hash
+    from attnbench.zoo.registry import source_hash
 
     out.print(f"[bold]{spec.name}[/bold]: your own module", highlight=False)
     out.print(f"source:     {spec.reference.file or '?'} (sha256 {source_hash(spec.name) or '?'}...)", highlight=False)
@@ -822,9 +823,9 @@ def print_breakdowns(rows: Sequence[R.Result], depth: int = BREAKDOWN_DEPTH) -> 
     from rich.measure import Measurement
 
     from attnbench import fmt
-    from attnbench.adapters import TokensToImage
     from attnbench.counting import breakdown_table, count_macs, count_params
-    from attnbench.registry import build_module
+    from attnbench.zoo.adapters import TokensToImage
+    from attnbench.zoo.build import build_module
 
     seen = set()
     for row in rows:

@@ -80,7 +80,7 @@ def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """Peak bytes allocated on the CPU during one call of `fn` (call it warmed up, under inference_mode)."""
     from torch.profiler import ProfilerActivity, profile
 
-    from attnbench.backends._capture import captured
+    from attnbench.capture import captured
 
     # kineto prints profiler_start/stop lines on fd 2 from C++: keep them off the user's terminal.
     with captured(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

@@ -170,8 +170,8 @@ def plan_order(rows: Sequence[Result], machines: Sequence[str], sweep: Mapping[s
     (the record a run writes into its environment), else the zoo's, the dtypes' and backends' order and ascending
     values; so shards merged this way come out in the unsharded run's order."""
     from attnbench.backends import list_backends
-    from attnbench.registry import list_modules
     from attnbench.sweep import DTYPES
+    from attnbench.zoo.registry import list_modules
 
     sweep = sweep or {}
     defaults = {"machine": machines, "module": list_modules(), "dtype": DTYPES, "backend": list_backends()}

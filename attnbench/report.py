@@ -24,8 +24,8 @@ from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
 from attnbench.results import Result, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
-from attnbench.specs import SOURCE_HASH_DIGITS
 from attnbench.tables import KEY, Column, Fitted, fit, fit_note, render
+from attnbench.zoo.spec import SOURCE_HASH_DIGITS
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -764,7 +764,8 @@ def allocator_notes(results: Sequence[Result]) -> list[str]:
 
 def zoo_markdown() -> str:
     """The module table for the README, generated from the registry (kept in sync by a test)."""
-    from attnbench.registry import Setting, get_spec, list_modules
+    from attnbench.zoo.registry import get_spec, list_modules
+    from attnbench.zoo.spec import Setting
 
     lines = [
         "| name | module | arXiv | official code | layout | default kwargs | params at C=64 |",

@@ -40,6 +40,10 @@ COMPILE_FAILED = "compile_failed"  # torch.compile raised (the reason says where
 #: Cases refused by design (reported with their reason), as opposed to cases that failed.
 REFUSED = (INVALID, SKIPPED, GUARDED)
 
+#: What a user's module takes and returns unless told otherwise: (B, C, H, W) maps; zoo modules keep their own.
+DEFAULT_USER_LAYOUT = "image"
+USER_LAYOUTS = ("image", "tokens")
+
 #: Defaults of the scenario fields: eager float32 inference, 1 thread, pinned allocator.
 DEFAULT_MODE = "infer"
 DEFAULT_DTYPE = "float32"

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from attnbench import results as R
-from attnbench.adapters import forward_failure
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
@@ -32,7 +31,6 @@ from attnbench.errors import (
     ResourceGuardError,
 )
 from attnbench.fmt import nbytes
-from attnbench.registry import Setting, build_module, check_case, source_hash
 from attnbench.results import Case, Result
 from attnbench.sysalloc import (
     FAULT_COST_BOUND_S,
@@ -43,6 +41,10 @@ from attnbench.sysalloc import (
     WorkerError,
 )
 from attnbench.timing import CONTENTION_THRESHOLD, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION
+from attnbench.zoo.adapters import forward_failure
+from attnbench.zoo.build import build_module, check_case
+from attnbench.zoo.registry import source_hash
+from attnbench.zoo.spec import Setting
 
 if TYPE_CHECKING:
     from attnbench.instructions import InstructionBatch
@@ -803,8 +805,8 @@ def _api_modules(modules: Any) -> tuple[list[str], dict[int, str], list[str]]:
     """Module names for the sweep (objects become cached ad-hoc specs), names by object id, instance names."""
     from torch import nn
 
-    from attnbench.registry import add_spec, get_spec
-    from attnbench.specs import spec_for_object
+    from attnbench.zoo.registry import add_spec, get_spec
+    from attnbench.zoo.user import spec_for_object
 
     items = list(modules) if isinstance(modules, (list, tuple)) else [modules]
     names: list[str] = []

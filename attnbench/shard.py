@@ -56,7 +56,7 @@ def estimated_macs(case: Case) -> int | None:
     None when the module's constraints refuse the case. A module with neither a formula nor a countable
     meta build falls back to the MACs of one 1x1 convolution, B * C^2 * H * W (a documented proxy).
     """
-    from attnbench.registry import check_case
+    from attnbench.zoo.build import check_case
 
     try:
         hw = (case.height, case.width)
@@ -79,7 +79,7 @@ def _count_on_meta(case: Case) -> int:
     import torch
 
     from attnbench.counting import count_macs
-    from attnbench.registry import build_module
+    from attnbench.zoo.build import build_module
 
     with torch.device("meta"):
         module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.layout)

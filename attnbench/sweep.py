@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageError
-from attnbench.registry import USER_LAYOUTS, check_case, get_spec
-from attnbench.results import DEFAULT_ALLOCATOR, DEFAULT_DTYPE, DEFAULT_MODE, Case
+from attnbench.results import DEFAULT_ALLOCATOR, DEFAULT_DTYPE, DEFAULT_MODE, USER_LAYOUTS, Case
 from attnbench.shard import Shard, check_shard, select
+from attnbench.zoo.build import check_case
+from attnbench.zoo.registry import get_spec
 
 #: The dtypes a Case may name (a backend that cannot run one gives a skipped row, not a usage error).
 DTYPES = ("float32", "float16", "bfloat16")
@@ -28,7 +29,7 @@ Resolution = tuple[int, int]
 
 
 def frozen(value: Any) -> Any:
-    """Lists and tuples, nested too, as tuples (so a Case stays hashable); registry.validate turns them back."""
+    """Lists and tuples, nested too, as tuples (so a Case stays hashable); check_case turns them back."""
     return tuple(frozen(v) for v in value) if isinstance(value, list | tuple) else value
 
 
@@ -65,7 +66,7 @@ class Sweep:
     def __post_init__(self) -> None:
         # Module names as rows record them (a file spec relative to the current directory): pure text work,
         # so './attn.py:A' and 'attn.py:A' are one module, and module_kwargs find theirs whichever was typed.
-        from attnbench.specs import normalise  # here: specs imports torch, which `list` and `info` never need
+        from attnbench.zoo.user import normalise  # here: specs imports torch, which `list` and `info` never need
 
         modules = tuple(dict.fromkeys(normalise(m) for m in self.modules))
         object.__setattr__(self, "modules", modules)
@@ -74,7 +75,7 @@ class Sweep:
 
     def _module_of(self, key: str) -> str:
         """The module a module_kwargs key means: the module itself, or the Name of exactly one 'path:Name'."""
-        from attnbench.specs import normalise
+        from attnbench.zoo.user import normalise
 
         key = normalise(key)
         named = [m for m in self.modules if m.rpartition(":")[2] == key]

@@ -174,7 +174,7 @@ def _built(case: Case, seed: int) -> Any:
     """
     import torch
 
-    from attnbench.registry import build_module
+    from attnbench.zoo.build import build_module
 
     key = (case.module, case.dim, case.height, case.width, case.kwargs, case.layout, seed)
     if key not in _LAST_BUILT:

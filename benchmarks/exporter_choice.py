@@ -37,7 +37,7 @@ from machine_load import busy_cores  # noqa: E402
 
 import attnbench  # noqa: E402
 from attnbench.backends import ort as ort_backend  # noqa: E402
-from attnbench.backends._capture import captured  # noqa: E402
+from attnbench.capture import captured  # noqa: E402
 from attnbench.env import environment  # noqa: E402
 from attnbench.errors import InvalidCaseError  # noqa: E402
 

@@ -85,7 +85,7 @@ def sensitivity(names: list[str]) -> list[dict[str, Any]]:
     import attnbench
     from attnbench.errors import InvalidCaseError
     from attnbench.instructions import InstructionBatch
-    from attnbench.registry import get_spec
+    from attnbench.zoo.registry import get_spec
 
     plan: list[dict[str, Any]] = []
     with InstructionBatch() as batch:
@@ -136,7 +136,8 @@ def main() -> None:
         return
     from attnbench import results as R
     from attnbench.env import environment
-    from attnbench.registry import get_spec, validate
+    from attnbench.zoo.build import validate
+    from attnbench.zoo.registry import get_spec
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gate_variants import passes_for

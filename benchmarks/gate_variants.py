@@ -93,7 +93,7 @@ def passes_for(builder: Any, dim: int, res: tuple[int, int], **kwargs: Any) -> t
 
 def more_elementwise(name: str) -> None:
     """Replace zoo module `name`, in this process, by its 25%-more-elementwise-work version."""
-    from attnbench import registry
+    from attnbench.zoo import registry
 
     spec = registry.get_spec(name)
 
@@ -101,4 +101,4 @@ def more_elementwise(name: str) -> None:
         passes, _, _ = passes_for(spec.builder, dim, res, **kwargs)
         return MoreElementwise(spec.builder(dim, res, **kwargs), passes)
 
-    registry._REGISTRY[name] = type(spec)(**{**spec.__dict__, "builder": build_more})
+    registry._LOADED[name] = type(spec)(**{**spec.__dict__, "builder": build_more})

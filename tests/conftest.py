@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import attnbench
-from attnbench.catalog import CACHE_ENV
-from attnbench.registry import Example, ModuleSpec, get_spec
+from attnbench.zoo.catalog import CACHE_ENV
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.spec import Example, ModuleSpec
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,7 +24,8 @@ import attnbench
 from attnbench.counting import BACKWARD_SUFFIX, COUNTERS, count_all, count_macs
 from attnbench.counting.base import MacReport
 from attnbench.counting.dispatch import DispatchCounter
-from attnbench.registry import Setting, get_spec
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.spec import Setting
 
 DEVICES = ["meta", "cpu"]
 BWD = BACKWARD_SUFFIX

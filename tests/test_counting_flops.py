@@ -16,7 +16,8 @@ from torch import nn
 import attnbench
 from attnbench.counting import CONVENTION, count_macs
 from attnbench.counting.base import MacReport
-from attnbench.registry import Example, Setting, get_spec
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.spec import Example, Setting
 from tests.conftest import example_id, examples
 
 

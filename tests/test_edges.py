@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import attnbench
-from attnbench import catalog
 from attnbench import results as R
 from attnbench.sweep import Sweep
+from attnbench.zoo import catalog
 from tests.conftest import run_cli as run
 
 ROOT = Path(__file__).resolve().parent.parent

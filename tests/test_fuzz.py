@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import attnbench
 from attnbench.errors import InvalidCaseError
-from attnbench.registry import get_spec
+from attnbench.zoo.registry import get_spec
 
 
 def _kw_value(default: Any) -> st.SearchStrategy[Any]:

@@ -9,7 +9,8 @@ import torch
 
 import attnbench
 from attnbench.errors import InvalidCaseError
-from attnbench.registry import Example, Setting, get_spec
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.spec import Example, Setting
 from tests.conftest import example_id, examples
 
 EXPECTED = ["acmix", "ea", "mhsa", "sk", "da", "epsa", "sam", "clo", "lka", "van"]

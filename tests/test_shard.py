@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 import attnbench
-from attnbench import registry, shard
+from attnbench import shard
 from attnbench.errors import UsageError
 from attnbench.results import Case
 from attnbench.sweep import Sweep
+from attnbench.zoo import build, registry
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +94,7 @@ def test_big_resolutions_are_spread_and_estimated_cost_balanced() -> None:
 
 def test_estimated_macs_is_the_formula_for_zoo_modules() -> None:
     case = Case("mhsa", 32, 8, 16, 2)
-    spec, setting = registry.validate("mhsa", 32, (8, 16), 2)
+    spec, setting = build.validate("mhsa", 32, (8, 16), 2)
     assert shard.estimated_macs(case) == spec.macs_formula(setting)
     assert shard.estimated_macs(Case("clo", 32, 14, 14)) is None  # clo refuses 14x14 (window 4)
 
@@ -101,14 +102,14 @@ def test_estimated_macs_is_the_formula_for_zoo_modules() -> None:
 def test_estimated_macs_counts_on_meta_without_a_formula(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = registry.get_spec("lka")
     case = Case("lka", 16, 8, 8)
-    expected = spec.macs_formula(registry.validate("lka", 16, (8, 8))[1])
-    monkeypatch.setitem(registry._REGISTRY, "lka", dataclasses.replace(spec, macs_formula=None))
+    expected = spec.macs_formula(build.validate("lka", 16, (8, 8))[1])
+    monkeypatch.setitem(registry._LOADED, "lka", dataclasses.replace(spec, macs_formula=None))
     assert shard.estimated_macs(case) == expected  # the attnbench counter matches lka's formula exactly
 
     def unbuildable(*args: object, **kwargs: object) -> None:
         raise RuntimeError("needs real data")
 
-    monkeypatch.setitem(registry._REGISTRY, "lka", dataclasses.replace(spec, macs_formula=None, builder=unbuildable))
+    monkeypatch.setitem(registry._LOADED, "lka", dataclasses.replace(spec, macs_formula=None, builder=unbuildable))
     assert shard.estimated_macs(case) == 1 * 16**2 * 8 * 8  # the documented proxy: one 1x1 convolution
 
 

@@ -17,10 +17,10 @@ from attnbench import results as R
 from attnbench.cli import parse_module_kw
 from attnbench.errors import ModuleSpecError, UsageError
 from attnbench.gate import compare_to_baseline
-from attnbench.registry import get_spec
 from attnbench.runner import RunOptions
-from attnbench.specs import normalise
 from attnbench.sweep import Sweep
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.user import normalise
 from tests.conftest import run_cli
 
 #: A user's file: an image module (a depthwise gate), a token module (an MLP) and one that refuses some sides.
@@ -191,7 +191,7 @@ def test_cli_profile_of_a_file_spec_writes_normalised_identity_and_hash(
 
 
 def test_zoo_rows_carry_the_hash_of_their_module_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    import attnbench.modules.van_lka as van_lka
+    import attnbench.zoo.modules.van_lka as van_lka
 
     (row,) = attnbench.profile("lka", 16, 8, options=COUNTS)
     assert row.source_hash == hashlib.sha256(Path(van_lka.__file__).read_bytes()).hexdigest()[:12]

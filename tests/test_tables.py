@@ -140,7 +140,7 @@ def test_varying_threads_get_a_key_column() -> None:
 def test_list_never_cuts_the_default_kwargs(
     width: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attnbench import catalog
+    from attnbench.zoo import catalog
 
     monkeypatch.setenv("COLUMNS", str(width))
     code, out, _ = run_cli(capsys, "list")

@@ -31,7 +31,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.backends._capture import captured
 from attnbench.backends.base import (
     STATUS_COMPILE_FAILED,
     STATUS_PARITY_FAILED,
@@ -41,6 +40,7 @@ from attnbench.backends.base import (
     make_input,
     torch_dtype,
 )
+from attnbench.capture import captured
 from attnbench.timing import Sync
 
 #: Compiled vs eager, same dtype, both against float64 on the same weights and input: for each compared tensor,

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from attnbench.backends._capture import captured
 from attnbench.backends.base import (
     STATUS_EXPORT_FAILED,
     STATUS_PARITY_FAILED,
@@ -44,6 +43,7 @@ from attnbench.backends.base import (
     make_input,
 )
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
+from attnbench.capture import captured
 from attnbench.memory import PeakMemory
 from attnbench.scratch import scratch_dir
 from attnbench.timing import (

@@ -32,10 +32,10 @@ import math
 import torch
 from torch import nn
 
-from attnbench.constraints import odd_kernels
 from attnbench.errors import InvalidCaseError
-from attnbench.modules.mhsa import ScaledDotProductAttention
-from attnbench.registry import Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.constraints import odd_kernels
+from attnbench.zoo.modules.mhsa import ScaledDotProductAttention
+from attnbench.zoo.spec import Example, ModuleSpec, Reference, Setting
 
 
 class SimplifiedScaledDotProductAttention(nn.Module):
@@ -142,39 +142,37 @@ def _macs(s: Setting) -> int:
     return convs + pos_proj + pos_att + chn_att + chn_proj  # scaling, softmax, sum: 0 MACs
 
 
-register(
-    ModuleSpec(
-        name="da",
-        title="DA (dual attention)",
-        builder=_build,
-        layout="image",
-        defaults={"kernel_size": 3},
-        constraints=(odd_kernels("kernel_size"),),
-        reference=Reference(
-            paper="Dual Attention Network for Scene Segmentation",
-            arxiv="1809.02983",
-            repo="xmu-xiaoma666/External-Attention-pytorch",
-            file="model/attention/DANet.py",
-            cls="DAModule",
-            commit="6c229ea70980c507cfd16d8a1ab2acb236ca6d38",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        resolution_bound=True,
-        notes=(
-            "The External-Attention-pytorch DAModule (not junfu1115/DANet's PAM/CAM). Upstream ignores its "
-            "d_model, kernel_size, H, W arguments and always builds 512 channels at 7x7; this one honours "
-            "dim, kernel_size and the build resolution (identical to upstream at 512, 3, 7x7). "
-            "Resolution-bound: the channel branch's fc_o is Linear(H*W, H*W); calling it at another (H, W) "
-            "raises InvalidCaseError."
-        ),
-        kwarg_help={"kernel_size": "odd kernel of the conv in front of each branch (padding keeps the size)"},
-        examples=(
-            Example(64, (7, 7)),
-            Example(32, (8, 12), batch=2),
-            Example(48, (14, 14), {"kernel_size": 5}),
-        ),
-        bad_examples=(Example(64, (7, 7), {"kernel_size": 4}, violates="kernel_size odd"),),
-        tags=("global-attention", "channel-attention", "resolution-bound"),
-    )
+SPEC = ModuleSpec(
+    name="da",
+    title="DA (dual attention)",
+    builder=_build,
+    layout="image",
+    defaults={"kernel_size": 3},
+    constraints=(odd_kernels("kernel_size"),),
+    reference=Reference(
+        paper="Dual Attention Network for Scene Segmentation",
+        arxiv="1809.02983",
+        repo="xmu-xiaoma666/External-Attention-pytorch",
+        file="model/attention/DANet.py",
+        cls="DAModule",
+        commit="6c229ea70980c507cfd16d8a1ab2acb236ca6d38",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    resolution_bound=True,
+    notes=(
+        "The External-Attention-pytorch DAModule (not junfu1115/DANet's PAM/CAM). Upstream ignores its "
+        "d_model, kernel_size, H, W arguments and always builds 512 channels at 7x7; this one honours "
+        "dim, kernel_size and the build resolution (identical to upstream at 512, 3, 7x7). "
+        "Resolution-bound: the channel branch's fc_o is Linear(H*W, H*W); calling it at another (H, W) "
+        "raises InvalidCaseError."
+    ),
+    kwarg_help={"kernel_size": "odd kernel of the conv in front of each branch (padding keeps the size)"},
+    examples=(
+        Example(64, (7, 7)),
+        Example(32, (8, 12), batch=2),
+        Example(48, (14, 14), {"kernel_size": 5}),
+    ),
+    bad_examples=(Example(64, (7, 7), {"kernel_size": 4}, violates="kernel_size odd"),),
+    tags=("global-attention", "channel-attention", "resolution-bound"),
 )

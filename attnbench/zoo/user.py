@@ -3,7 +3,7 @@
 `Name` is an nn.Module subclass or a factory function, called as `Name(dim, **kwargs)` (the first positional
 argument is the channel count, timm's convention for attention layers). Loading a file runs its code, as
 pytest does when it collects a test file. Every way a spec can be wrong raises ModuleSpecError with one line
-that names the file (and line) and says what to do; registry.get_spec() is the only caller and caches the
+that names the file (and line) and says what to do; attnbench.zoo.registry.get_spec() is the only caller and caches the
 result, so a file is imported once per process and runner, counting and backends see a ModuleSpec like any
 zoo entry. The Python API also turns classes, factories and instances into specs (`spec_for_object`).
 """
@@ -28,13 +28,12 @@ import torch
 from torch import nn
 
 from attnbench.errors import ModuleSpecError
-from attnbench.registry import DEFAULT_USER_LAYOUT, Constraint, ModuleSpec, Reference, Setting
+from attnbench.results import DEFAULT_USER_LAYOUT
+from attnbench.zoo.spec import Constraint, ModuleSpec, Reference, Setting, file_hash
 
 #: Files are imported under this prefix plus a hash of their absolute path: private, and never a clash with
 #: an installed package or with the same file name in two directories.
 PRIVATE_PREFIX = "_attnbench_user_"
-#: Hex digits of a source file's SHA-256 shown in reports: enough to tell two versions apart at a glance.
-SOURCE_HASH_DIGITS = 12
 #: Suffix of the names given to module instances passed to the Python API (they cannot be rebuilt from text).
 INSTANCE_SUFFIX = " (instance)"
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
@@ -268,14 +267,6 @@ def _source_file(obj: Any) -> str:
 # ---------------------------------------------------------------- the ad-hoc spec
 
 
-def source_hash(path: str) -> str:
-    """First SOURCE_HASH_DIGITS hex digits of the SHA-256 of a file's bytes ('' when it cannot be read)."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:SOURCE_HASH_DIGITS]
-    except OSError:
-        return ""
-
-
 def _call_text(factory: Callable[..., Any], dim: int, kwargs: Mapping[str, Any]) -> str:
     args = ", ".join([str(dim), *(f"{k}={v!r}" for k, v in kwargs.items())])
     return f"{getattr(factory, '__name__', 'factory')}({args})"
@@ -363,7 +354,7 @@ def adhoc_spec(name: str, factory: Callable[..., Any], source: str, instance: nn
         notes="Your own module: counted and measured like the zoo, without hand formulas or constraints.",
         adhoc=True,
         source_file=source,
-        source_hash=source_hash(source) if source else "",
+        source_hash=file_hash(source) if source else "",
         factory=factory,
     )
 

@@ -30,14 +30,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.constraints import (
+from attnbench.zoo.constraints import (
     dim_divisible_by,
     min_resolution,
     odd_kernels,
     positive,
     resolution_divisible,
 )
-from attnbench.registry import Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.spec import Example, ModuleSpec, Reference, Setting
 
 
 def coordinate_grid(height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -183,60 +183,58 @@ def _macs(s: Setting) -> int:
     return qkv + pos + logits + mix + fc + dep  # q scaling and rate1/rate2 products: scalar, 0 MACs
 
 
-register(
-    ModuleSpec(
-        name="acmix",
-        title="ACmix",
-        builder=_build,
-        layout="image",
-        defaults={"kernel_att": 7, "heads": 4, "kernel_conv": 3, "stride": 1},
-        constraints=(
-            positive("heads"),
-            dim_divisible_by("heads"),
-            odd_kernels("kernel_att"),
-            odd_kernels("kernel_conv"),
-            positive("stride"),
-            resolution_divisible("stride"),
-            min_resolution(lambda s: s["kernel_att"] // 2 + 1, "reflection pad kernel_att // 2 < H, W"),
-        ),
-        reference=Reference(
-            paper="On the Integration of Self-Attention and Convolution",
-            arxiv="2111.14556",
-            repo="LeapLabTHU/ACmix",
-            file="ResNet/test_bottleneck.py",
-            cls="ACmix",
-            commit="17f02533bfee1d1a07a14825917ccf161bb79c14",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "in_planes = out_planes = dim. kernel_conv generalised to any odd size (dep_conv padding "
-            "kernel_conv // 2; upstream hard-codes 1 and so runs only kernel_conv 3, where this is "
-            "identical). dilation dropped (upstream crashes for dilation != 1). No dep_conv bias, as "
-            "upstream. The coordinate grid follows the input's device and conv_p's dtype. "
-            "Output is (B, C, H/stride, W/stride)."
-        ),
-        kwarg_help={
-            "kernel_att": "odd side of the attention window around each query (reflection-padded)",
-            "heads": "attention heads; dim must be divisible by it",
-            "kernel_conv": "odd kernel of the shift-conv path (3 = upstream; others: attnbench extension)",
-            "stride": "output stride of both paths; H and W must be divisible by it",
-        },
-        examples=(
-            Example(64, (14, 14)),
-            Example(32, (8, 12), batch=2),
-            Example(48, (16, 16), {"stride": 2, "heads": 6}),
-            Example(32, (10, 7), {"kernel_att": 5, "kernel_conv": 5}),
-        ),
-        bad_examples=(
-            Example(64, (14, 14), {"heads": 0}, violates="heads >= 1"),
-            Example(30, (14, 14), {"heads": 4}, violates="dim % heads == 0"),
-            Example(64, (14, 14), {"kernel_att": 4}, violates="kernel_att odd"),
-            Example(64, (14, 14), {"kernel_conv": 2}, violates="kernel_conv odd"),
-            Example(64, (14, 14), {"stride": 0}, violates="stride >= 1"),
-            Example(64, (15, 15), {"stride": 2}, violates="H, W % stride == 0"),
-            Example(64, (3, 3), violates="H, W >= min (reflection pad kernel_att // 2 < H, W)"),
-        ),
-        tags=("hybrid", "local-attention", "conv"),
-    )
+SPEC = ModuleSpec(
+    name="acmix",
+    title="ACmix",
+    builder=_build,
+    layout="image",
+    defaults={"kernel_att": 7, "heads": 4, "kernel_conv": 3, "stride": 1},
+    constraints=(
+        positive("heads"),
+        dim_divisible_by("heads"),
+        odd_kernels("kernel_att"),
+        odd_kernels("kernel_conv"),
+        positive("stride"),
+        resolution_divisible("stride"),
+        min_resolution(lambda s: s["kernel_att"] // 2 + 1, "reflection pad kernel_att // 2 < H, W"),
+    ),
+    reference=Reference(
+        paper="On the Integration of Self-Attention and Convolution",
+        arxiv="2111.14556",
+        repo="LeapLabTHU/ACmix",
+        file="ResNet/test_bottleneck.py",
+        cls="ACmix",
+        commit="17f02533bfee1d1a07a14825917ccf161bb79c14",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "in_planes = out_planes = dim. kernel_conv generalised to any odd size (dep_conv padding "
+        "kernel_conv // 2; upstream hard-codes 1 and so runs only kernel_conv 3, where this is "
+        "identical). dilation dropped (upstream crashes for dilation != 1). No dep_conv bias, as "
+        "upstream. The coordinate grid follows the input's device and conv_p's dtype. "
+        "Output is (B, C, H/stride, W/stride)."
+    ),
+    kwarg_help={
+        "kernel_att": "odd side of the attention window around each query (reflection-padded)",
+        "heads": "attention heads; dim must be divisible by it",
+        "kernel_conv": "odd kernel of the shift-conv path (3 = upstream; others: attnbench extension)",
+        "stride": "output stride of both paths; H and W must be divisible by it",
+    },
+    examples=(
+        Example(64, (14, 14)),
+        Example(32, (8, 12), batch=2),
+        Example(48, (16, 16), {"stride": 2, "heads": 6}),
+        Example(32, (10, 7), {"kernel_att": 5, "kernel_conv": 5}),
+    ),
+    bad_examples=(
+        Example(64, (14, 14), {"heads": 0}, violates="heads >= 1"),
+        Example(30, (14, 14), {"heads": 4}, violates="dim % heads == 0"),
+        Example(64, (14, 14), {"kernel_att": 4}, violates="kernel_att odd"),
+        Example(64, (14, 14), {"kernel_conv": 2}, violates="kernel_conv odd"),
+        Example(64, (14, 14), {"stride": 0}, violates="stride >= 1"),
+        Example(64, (15, 15), {"stride": 2}, violates="H, W % stride == 0"),
+        Example(64, (3, 3), violates="H, W >= min (reflection pad kernel_att // 2 < H, W)"),
+    ),
+    tags=("hybrid", "local-attention", "conv"),
 )

@@ -35,9 +35,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.adapters import TokensToImage
-from attnbench.constraints import dim_divisible_by, positive
-from attnbench.registry import Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.adapters import TokensToImage
+from attnbench.zoo.constraints import dim_divisible_by, positive
+from attnbench.zoo.spec import Example, ModuleSpec, Reference, Setting
 
 __all__ = ["SAM"]
 
@@ -122,53 +122,51 @@ def _build(dim: int, res: tuple[int, int] | None, **kw: object) -> nn.Module:
     return TokensToImage(SAM(dim, **kw), pass_hw=True)  # type: ignore[arg-type]
 
 
-register(
-    ModuleSpec(
-        name="sam",
-        title="Scale-Aware Modulation (SMT)",
-        builder=_build,
-        layout="tokens",
-        defaults=DEFAULTS,
-        constraints=(
-            positive("heads"),
-            positive("expand_ratio"),
-            dim_divisible_by("heads"),
-        ),
-        reference=Reference(
-            paper="Scale-Aware Modulation Meet Transformer",
-            arxiv="2307.08579",
-            repo="AFeng-x/SMT",
-            file="models/smt.py",
-            cls="Attention (ca_attention=1)",
-            commit="663e614eea9c4351cf6c50f827e4c28f638841f0",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "SMT Attention with ca_attention=1 (heads = ca_num_heads). qkv_bias defaults to True, not the "
-            "class default False, because every SMT model (smt_t/s/b/l) builds it with True; pass False for "
-            "the class default. sa_num_heads and its assert dim % sa_num_heads == 0 are dropped: they size "
-            "only the self-attention branch, which SAM does not build (dim 36 runs here; upstream's class "
-            "default 8 would refuse it). qk_scale, attn_drop, proj_drop (0) are dropped. The modulator is "
-            "not stored on the module (some upstream snapshots keep it as self.modulator). Token layout: "
-            "wrapped by TokensToImage; contains a BatchNorm (train needs B*H*W > 1). Any H, W."
-        ),
-        kwarg_help={
-            "heads": "ca_num_heads: channel groups, head i uses a depthwise (3 + 2i) x (3 + 2i) conv",
-            "expand_ratio": "proj0 widens C to expand_ratio * C before BN, GELU and proj1",
-            "qkv_bias": "bias on the v and s projections (True in every SMT model; class default False)",
-        },
-        examples=(
-            Example(dim=64, res=(8, 8)),
-            Example(dim=64, res=(8, 12), batch=2),
-            Example(dim=36, res=(7, 7)),
-            Example(dim=48, res=(6, 10), kwargs={"heads": 3, "expand_ratio": 3, "qkv_bias": False}, batch=2),
-        ),
-        bad_examples=(
-            Example(dim=64, res=(8, 8), kwargs={"heads": 0}, violates="heads >= 1"),
-            Example(dim=64, res=(8, 8), kwargs={"expand_ratio": 0}, violates="expand_ratio >= 1"),
-            Example(dim=30, res=(8, 8), violates="dim % heads == 0"),
-        ),
-        tags=("conv", "modulation", "multi-scale", "tokens"),
-    )
+SPEC = ModuleSpec(
+    name="sam",
+    title="Scale-Aware Modulation (SMT)",
+    builder=_build,
+    layout="tokens",
+    defaults=DEFAULTS,
+    constraints=(
+        positive("heads"),
+        positive("expand_ratio"),
+        dim_divisible_by("heads"),
+    ),
+    reference=Reference(
+        paper="Scale-Aware Modulation Meet Transformer",
+        arxiv="2307.08579",
+        repo="AFeng-x/SMT",
+        file="models/smt.py",
+        cls="Attention (ca_attention=1)",
+        commit="663e614eea9c4351cf6c50f827e4c28f638841f0",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "SMT Attention with ca_attention=1 (heads = ca_num_heads). qkv_bias defaults to True, not the "
+        "class default False, because every SMT model (smt_t/s/b/l) builds it with True; pass False for "
+        "the class default. sa_num_heads and its assert dim % sa_num_heads == 0 are dropped: they size "
+        "only the self-attention branch, which SAM does not build (dim 36 runs here; upstream's class "
+        "default 8 would refuse it). qk_scale, attn_drop, proj_drop (0) are dropped. The modulator is "
+        "not stored on the module (some upstream snapshots keep it as self.modulator). Token layout: "
+        "wrapped by TokensToImage; contains a BatchNorm (train needs B*H*W > 1). Any H, W."
+    ),
+    kwarg_help={
+        "heads": "ca_num_heads: channel groups, head i uses a depthwise (3 + 2i) x (3 + 2i) conv",
+        "expand_ratio": "proj0 widens C to expand_ratio * C before BN, GELU and proj1",
+        "qkv_bias": "bias on the v and s projections (True in every SMT model; class default False)",
+    },
+    examples=(
+        Example(dim=64, res=(8, 8)),
+        Example(dim=64, res=(8, 12), batch=2),
+        Example(dim=36, res=(7, 7)),
+        Example(dim=48, res=(6, 10), kwargs={"heads": 3, "expand_ratio": 3, "qkv_bias": False}, batch=2),
+    ),
+    bad_examples=(
+        Example(dim=64, res=(8, 8), kwargs={"heads": 0}, violates="heads >= 1"),
+        Example(dim=64, res=(8, 8), kwargs={"expand_ratio": 0}, violates="expand_ratio >= 1"),
+        Example(dim=30, res=(8, 8), violates="dim % heads == 0"),
+    ),
+    tags=("conv", "modulation", "multi-scale", "tokens"),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attnbench.registry import Constraint, Setting
+from attnbench.zoo.spec import Constraint, Setting
 
 
 def divisible(what: str, value: Callable[[Setting], int], by: str, divisor: Callable[[Setting], int]) -> Constraint:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attnbench.registry import Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.spec import Example, ModuleSpec, Reference, Setting
 
 __all__ = ["LKA", "VANAttention"]
 
@@ -124,54 +124,50 @@ _EXAMPLES = (
     Example(dim=3, res=(3, 3), batch=3),
 )
 
-register(
-    ModuleSpec(
-        name="lka",
-        title="Large Kernel Attention (VAN)",
-        builder=_build_lka,
-        layout="image",
-        defaults={},
-        constraints=(),
-        reference=_REFERENCE_LKA,
-        params_formula=_lka_params,
-        macs_formula=_lka_macs,
-        notes=(
-            "Same parameters and outputs as upstream LKA(dim). Upstream's u = x.clone() is kept (no value "
-            "changes; it is part of upstream's peak memory). Runs at any C >= 1 and any H, W: "
-            "all convolutions keep the size. LKA has no kwargs: kernel sizes 5 and 7 (dilation 3) are fixed "
-            "upstream."
-        ),
-        examples=_EXAMPLES,
-        bad_examples=(),
-        tags=("conv", "gating", "large-kernel"),
-    )
+LKA_SPEC = ModuleSpec(
+    name="lka",
+    title="Large Kernel Attention (VAN)",
+    builder=_build_lka,
+    layout="image",
+    defaults={},
+    constraints=(),
+    reference=_REFERENCE_LKA,
+    params_formula=_lka_params,
+    macs_formula=_lka_macs,
+    notes=(
+        "Same parameters and outputs as upstream LKA(dim). Upstream's u = x.clone() is kept (no value "
+        "changes; it is part of upstream's peak memory). Runs at any C >= 1 and any H, W: "
+        "all convolutions keep the size. LKA has no kwargs: kernel sizes 5 and 7 (dilation 3) are fixed "
+        "upstream."
+    ),
+    examples=_EXAMPLES,
+    bad_examples=(),
+    tags=("conv", "gating", "large-kernel"),
 )
 
-register(
-    ModuleSpec(
-        name="van",
-        title="VAN attention block (1x1, GELU, LKA, 1x1, residual)",
-        builder=_build_van,
-        layout="image",
-        defaults={},
-        constraints=(),
-        reference=Reference(
-            paper=_REFERENCE_LKA.paper,
-            arxiv=_REFERENCE_LKA.arxiv,
-            repo=_REFERENCE_LKA.repo,
-            file=_REFERENCE_LKA.file,
-            cls="Attention",
-            commit=_REFERENCE_LKA.commit,
-        ),
-        params_formula=_van_params,
-        macs_formula=_van_macs,
-        notes=(
-            "Same parameters, parameter names and outputs as upstream Attention(d_model) (the residual to "
-            "the input is part of the module, as upstream). Upstream's two x.clone() copies are kept "
-            "(part of upstream's peak memory). Any C >= 1 and H, W >= 1."
-        ),
-        examples=_EXAMPLES,
-        bad_examples=(),
-        tags=("conv", "gating", "large-kernel", "residual"),
-    )
+VAN_SPEC = ModuleSpec(
+    name="van",
+    title="VAN attention block (1x1, GELU, LKA, 1x1, residual)",
+    builder=_build_van,
+    layout="image",
+    defaults={},
+    constraints=(),
+    reference=Reference(
+        paper=_REFERENCE_LKA.paper,
+        arxiv=_REFERENCE_LKA.arxiv,
+        repo=_REFERENCE_LKA.repo,
+        file=_REFERENCE_LKA.file,
+        cls="Attention",
+        commit=_REFERENCE_LKA.commit,
+    ),
+    params_formula=_van_params,
+    macs_formula=_van_macs,
+    notes=(
+        "Same parameters, parameter names and outputs as upstream Attention(d_model) (the residual to "
+        "the input is part of the module, as upstream). Upstream's two x.clone() copies are kept "
+        "(part of upstream's peak memory). Any C >= 1 and H, W >= 1."
+    ),
+    examples=_EXAMPLES,
+    bad_examples=(),
+    tags=("conv", "gating", "large-kernel", "residual"),
 )

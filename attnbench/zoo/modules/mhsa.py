@@ -28,8 +28,8 @@ import math
 import torch
 from torch import nn
 
-from attnbench.adapters import TokensToImage
-from attnbench.registry import Constraint, Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.adapters import TokensToImage
+from attnbench.zoo.spec import Constraint, Example, ModuleSpec, Reference, Setting
 
 
 class ScaledDotProductAttention(nn.Module):
@@ -126,56 +126,54 @@ def _macs(s: Setting) -> int:
     return proj + scores + mix + out  # the 1/sqrt(d_k) division and softmax: 0 MACs
 
 
-register(
-    ModuleSpec(
-        name="mhsa",
-        title="Multi-head self-attention",
-        builder=_build,
-        layout="tokens",
-        defaults={"heads": 8, "d_k": None, "d_v": None, "dropout": 0.1},
-        constraints=(
-            Constraint("heads >= 1", _heads_positive),
-            _optional_width("d_k"),
-            _optional_width("d_v"),
-            Constraint("dim % heads == 0 (when d_k or d_v is None)", _dim_divisible_when_default),
-            Constraint("0 <= dropout <= 1", _dropout_range),
-        ),
-        reference=Reference(
-            paper="Attention Is All You Need",
-            arxiv="1706.03762",
-            repo="xmu-xiaoma666/External-Attention-pytorch",
-            file="model/attention/SelfAttention.py",
-            cls="ScaledDotProductAttention",
-            commit="d75848e",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "Self-attention over the H*W tokens (q = k = v = tokens) through TokensToImage. heads "
-            "defaults to 8 and d_k = d_v = dim // heads unless given (upstream has no defaults; its example "
-            "uses d_k = d_v = d_model). Explicit matmul + softmax as upstream; dropout 0.1 on the attention "
-            "weights in train mode only. Mask and multiplicative attention weights of upstream's forward "
-            "are not exposed."
-        ),
-        kwarg_help={
-            "heads": "number of attention heads (h)",
-            "d_k": "query/key width per head; None = dim // heads",
-            "d_v": "value width per head; None = dim // heads",
-            "dropout": "dropout probability on the attention weights (train mode only)",
-        },
-        examples=(
-            Example(64, (14, 14)),
-            Example(32, (8, 12), {"heads": 4}, batch=2),
-            Example(48, (7, 7), {"heads": 2, "d_k": 16, "d_v": 32}),
-            Example(30, (5, 9), {"heads": 4, "d_k": 8, "d_v": 8}),
-        ),
-        bad_examples=(
-            Example(64, (14, 14), {"heads": 0}, violates="heads >= 1"),
-            Example(64, (14, 14), {"d_k": 0}, violates="d_k is None or >= 1"),
-            Example(64, (14, 14), {"d_v": -1}, violates="d_v is None or >= 1"),
-            Example(60, (14, 14), {"heads": 8}, violates="dim % heads == 0 (when d_k or d_v is None)"),
-            Example(64, (14, 14), {"dropout": 1.5}, violates="0 <= dropout <= 1"),
-        ),
-        tags=("global-attention", "transformer"),
-    )
+SPEC = ModuleSpec(
+    name="mhsa",
+    title="Multi-head self-attention",
+    builder=_build,
+    layout="tokens",
+    defaults={"heads": 8, "d_k": None, "d_v": None, "dropout": 0.1},
+    constraints=(
+        Constraint("heads >= 1", _heads_positive),
+        _optional_width("d_k"),
+        _optional_width("d_v"),
+        Constraint("dim % heads == 0 (when d_k or d_v is None)", _dim_divisible_when_default),
+        Constraint("0 <= dropout <= 1", _dropout_range),
+    ),
+    reference=Reference(
+        paper="Attention Is All You Need",
+        arxiv="1706.03762",
+        repo="xmu-xiaoma666/External-Attention-pytorch",
+        file="model/attention/SelfAttention.py",
+        cls="ScaledDotProductAttention",
+        commit="d75848e",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "Self-attention over the H*W tokens (q = k = v = tokens) through TokensToImage. heads "
+        "defaults to 8 and d_k = d_v = dim // heads unless given (upstream has no defaults; its example "
+        "uses d_k = d_v = d_model). Explicit matmul + softmax as upstream; dropout 0.1 on the attention "
+        "weights in train mode only. Mask and multiplicative attention weights of upstream's forward "
+        "are not exposed."
+    ),
+    kwarg_help={
+        "heads": "number of attention heads (h)",
+        "d_k": "query/key width per head; None = dim // heads",
+        "d_v": "value width per head; None = dim // heads",
+        "dropout": "dropout probability on the attention weights (train mode only)",
+    },
+    examples=(
+        Example(64, (14, 14)),
+        Example(32, (8, 12), {"heads": 4}, batch=2),
+        Example(48, (7, 7), {"heads": 2, "d_k": 16, "d_v": 32}),
+        Example(30, (5, 9), {"heads": 4, "d_k": 8, "d_v": 8}),
+    ),
+    bad_examples=(
+        Example(64, (14, 14), {"heads": 0}, violates="heads >= 1"),
+        Example(64, (14, 14), {"d_k": 0}, violates="d_k is None or >= 1"),
+        Example(64, (14, 14), {"d_v": -1}, violates="d_v is None or >= 1"),
+        Example(60, (14, 14), {"heads": 8}, violates="dim % heads == 0 (when d_k or d_v is None)"),
+        Example(64, (14, 14), {"dropout": 1.5}, violates="0 <= dropout <= 1"),
+    ),
+    tags=("global-attention", "transformer"),
 )

@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.constraints import odd_kernels, positive
-from attnbench.registry import Constraint, Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.constraints import odd_kernels, positive
+from attnbench.zoo.spec import Constraint, Example, ModuleSpec, Reference, Setting
 
 __all__ = ["PSA", "SEWeight"]
 
@@ -182,68 +182,66 @@ def _build(dim: int, res: tuple[int, int] | None, **kw: object) -> nn.Module:
     return PSA(dim, **kw)  # type: ignore[arg-type]
 
 
-register(
-    ModuleSpec(
-        name="epsa",
-        title="Pyramid Squeeze Attention (EPSANet PSA module)",
-        builder=_build,
-        layout="image",
-        defaults=DEFAULTS,
-        constraints=CONSTRAINTS,
-        reference=Reference(
-            paper="EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural Network",
-            arxiv="2105.14447",
-            repo="murufeng/EPSANet",
-            file="models/epsanet.py",
-            cls="PSAModule",
-            commit="8f502931eda70e3770bbc0cb07d6d60082b27094",
+SPEC = ModuleSpec(
+    name="epsa",
+    title="Pyramid Squeeze Attention (EPSANet PSA module)",
+    builder=_build,
+    layout="image",
+    defaults=DEFAULTS,
+    constraints=CONSTRAINTS,
+    reference=Reference(
+        paper="EPSANet: An Efficient Pyramid Squeeze Attention Block on Convolutional Neural Network",
+        arxiv="2105.14447",
+        repo="murufeng/EPSANet",
+        file="models/epsanet.py",
+        cls="PSAModule",
+        commit="8f502931eda70e3770bbc0cb07d6d60082b27094",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "PSAModule(dim, dim, kernels, stride, groups) with SEWeightModule(dim/M, reduction), M = "
+        "len(kernels). Upstream hard-codes M = 4; the M-branch form reduces exactly to it at 4 kernels "
+        "(generalised, not refused). One SE block is shared by all branches; softmax across branches; "
+        "branches concatenated in upstream's reversed order (largest kernel first with the defaults). "
+        "The SE runs once on the stacked branches instead of M calls (same weights, values and MACs). "
+        "Refused although upstream builds them: dim % M != 0 (upstream would drop channels), SE hidden "
+        "width 0 (fails in upstream's forward), even kernels. With stride > 1 the output is smaller than "
+        "the input: (B, C, (H-1)//stride+1, (W-1)//stride+1). Default groups need dim % 64 == 0."
+    ),
+    kwarg_help={
+        "kernels": "kernel size of each branch (odd); the branch count M is its length",
+        "groups": "conv groups of each branch, same length as kernels",
+        "stride": "stride of every branch conv (> 1 shrinks the output)",
+        "reduction": "SE reduction: hidden width = dim / M // reduction",
+    },
+    examples=(
+        Example(dim=64, res=(8, 8)),
+        Example(dim=64, res=(12, 20), batch=2),
+        Example(dim=128, res=(7, 9), kwargs={"stride": 2}),
+        Example(dim=48, res=(10, 10), kwargs={"kernels": [3, 5, 7], "groups": [1, 2, 4], "reduction": 4}),
+        Example(dim=32, res=(6, 6), kwargs={"groups": [1, 1, 2, 4], "reduction": 8}, batch=3),
+    ),
+    bad_examples=(
+        Example(
+            dim=64,
+            res=(8, 8),
+            kwargs={"kernels": [3, 5, 7]},
+            violates="len(kernels) == len(groups)",
         ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "PSAModule(dim, dim, kernels, stride, groups) with SEWeightModule(dim/M, reduction), M = "
-            "len(kernels). Upstream hard-codes M = 4; the M-branch form reduces exactly to it at 4 kernels "
-            "(generalised, not refused). One SE block is shared by all branches; softmax across branches; "
-            "branches concatenated in upstream's reversed order (largest kernel first with the defaults). "
-            "The SE runs once on the stacked branches instead of M calls (same weights, values and MACs). "
-            "Refused although upstream builds them: dim % M != 0 (upstream would drop channels), SE hidden "
-            "width 0 (fails in upstream's forward), even kernels. With stride > 1 the output is smaller than "
-            "the input: (B, C, (H-1)//stride+1, (W-1)//stride+1). Default groups need dim % 64 == 0."
+        Example(dim=64, res=(8, 8), kwargs={"kernels": [3, 5, 7, 8]}, violates="kernels odd"),
+        Example(dim=64, res=(8, 8), kwargs={"groups": [1, 4, 8, 0]}, violates="groups >= 1"),
+        Example(dim=64, res=(8, 8), kwargs={"stride": 0}, violates="stride >= 1"),
+        Example(dim=64, res=(8, 8), kwargs={"reduction": 0}, violates="reduction >= 1"),
+        Example(dim=66, res=(8, 8), violates="dim % len(kernels) == 0"),
+        Example(dim=40, res=(8, 8), violates="dim % each group == 0"),
+        Example(dim=32, res=(8, 8), violates="dim/len(kernels) % each group == 0"),
+        Example(
+            dim=64,
+            res=(8, 8),
+            kwargs={"reduction": 32},
+            violates="dim/len(kernels) // reduction >= 1",
         ),
-        kwarg_help={
-            "kernels": "kernel size of each branch (odd); the branch count M is its length",
-            "groups": "conv groups of each branch, same length as kernels",
-            "stride": "stride of every branch conv (> 1 shrinks the output)",
-            "reduction": "SE reduction: hidden width = dim / M // reduction",
-        },
-        examples=(
-            Example(dim=64, res=(8, 8)),
-            Example(dim=64, res=(12, 20), batch=2),
-            Example(dim=128, res=(7, 9), kwargs={"stride": 2}),
-            Example(dim=48, res=(10, 10), kwargs={"kernels": [3, 5, 7], "groups": [1, 2, 4], "reduction": 4}),
-            Example(dim=32, res=(6, 6), kwargs={"groups": [1, 1, 2, 4], "reduction": 8}, batch=3),
-        ),
-        bad_examples=(
-            Example(
-                dim=64,
-                res=(8, 8),
-                kwargs={"kernels": [3, 5, 7]},
-                violates="len(kernels) == len(groups)",
-            ),
-            Example(dim=64, res=(8, 8), kwargs={"kernels": [3, 5, 7, 8]}, violates="kernels odd"),
-            Example(dim=64, res=(8, 8), kwargs={"groups": [1, 4, 8, 0]}, violates="groups >= 1"),
-            Example(dim=64, res=(8, 8), kwargs={"stride": 0}, violates="stride >= 1"),
-            Example(dim=64, res=(8, 8), kwargs={"reduction": 0}, violates="reduction >= 1"),
-            Example(dim=66, res=(8, 8), violates="dim % len(kernels) == 0"),
-            Example(dim=40, res=(8, 8), violates="dim % each group == 0"),
-            Example(dim=32, res=(8, 8), violates="dim/len(kernels) % each group == 0"),
-            Example(
-                dim=64,
-                res=(8, 8),
-                kwargs={"reduction": 32},
-                violates="dim/len(kernels) // reduction >= 1",
-            ),
-        ),
-        tags=("conv", "multi-scale", "channel-attention"),
-    )
+    ),
+    tags=("conv", "multi-scale", "channel-attention"),
 )

@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from attnbench.registry import ModuleSpec
+    from attnbench.zoo.spec import ModuleSpec
 
 #: Environment variable naming the cache directory (default: $XDG_CACHE_HOME/attnbench or ~/.cache/attnbench).
 CACHE_ENV = "ATTNBENCH_CACHE_DIR"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole attnbench package
 
 
 def describe(spec: ModuleSpec) -> dict[str, Any]:
     """Everything `list` and `info` show about one module, as JSON-ready data."""
-    from attnbench.registry import Setting
+    from attnbench.zoo.spec import Setting
 
     ref = spec.reference
     example = None
@@ -86,7 +86,7 @@ def cache_dir() -> Path:
 
 def live() -> list[dict[str, Any]]:
     """The catalog computed from the registry (imports every module file, hence torch)."""
-    from attnbench.registry import get_spec, list_modules
+    from attnbench.zoo.registry import get_spec, list_modules
 
     return [describe(get_spec(name)) for name in list_modules()]
 

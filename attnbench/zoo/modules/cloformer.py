@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnbench.constraints import dim_divisible_by, odd_kernels, positive
-from attnbench.registry import Constraint, Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.constraints import dim_divisible_by, odd_kernels, positive
+from attnbench.zoo.spec import Constraint, Example, ModuleSpec, Reference, Setting
 
 __all__ = ["AttnConv", "CloAttention", "PooledGlobalAttention"]
 
@@ -219,79 +219,77 @@ def _build(dim: int, res: tuple[int, int] | None, **kw: object) -> nn.Module:
     return CloAttention(dim, **kw)  # type: ignore[arg-type]
 
 
-register(
-    ModuleSpec(
-        name="clo",
-        title="CloAttention (CloFormer AttnConv + pooled global attention)",
-        builder=_build,
-        layout="image",
-        defaults=DEFAULTS,
-        constraints=CONSTRAINTS,
-        reference=Reference(
-            paper="Rethinking Local Perception in Lightweight Vision Transformer",
-            arxiv="2303.17803",
-            repo="qhfan/CloFormer",
-            file="classification/models/blocks.py",
-            cls="EfficientAttention",
-            commit="421921321f6ae3ba63681c6ca63bde011de92d4b",
+SPEC = ModuleSpec(
+    name="clo",
+    title="CloAttention (CloFormer AttnConv + pooled global attention)",
+    builder=_build,
+    layout="image",
+    defaults=DEFAULTS,
+    constraints=CONSTRAINTS,
+    reference=Reference(
+        paper="Rethinking Local Perception in Lightweight Vision Transformer",
+        arxiv="2303.17803",
+        repo="qhfan/CloFormer",
+        file="classification/models/blocks.py",
+        cls="EfficientAttention",
+        commit="421921321f6ae3ba63681c6ca63bde011de92d4b",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "EfficientAttention(dim, num_heads=8, group_split=[4, 4], kernel_sizes=[5], window_size=4) with "
+        "AttnMap; MemoryEfficientSwish is nn.SiLU (same function). attn_drop/proj_drop dropped. H and W "
+        "must be multiples of window_size when the global branch is on (group_split[-1] > 0); some other "
+        "shapes run upstream only because the pooling drops the remainder, and are refused here, as are "
+        "even kernels. window_size 1 gives full N x N global attention (CloFormer stage 4)."
+    ),
+    kwarg_help={
+        "heads": "num_heads: total heads; head width d = dim / heads",
+        "group_split": "heads per local branch, then heads of the global branch (0 = branch off)",
+        "kernel_sizes": "depthwise kernel of each local branch (odd), one per local branch",
+        "window_size": "average-pool window of the global branch's keys and values",
+        "qkv_bias": "bias on the q/k/v 1x1 convs and on proj",
+    },
+    examples=(
+        Example(dim=64, res=(16, 16)),
+        Example(dim=64, res=(12, 20), batch=2),
+        Example(
+            dim=32,
+            res=(8, 8),
+            kwargs={"heads": 4, "group_split": [3, 1], "kernel_sizes": [3], "window_size": 8},
         ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "EfficientAttention(dim, num_heads=8, group_split=[4, 4], kernel_sizes=[5], window_size=4) with "
-            "AttnMap; MemoryEfficientSwish is nn.SiLU (same function). attn_drop/proj_drop dropped. H and W "
-            "must be multiples of window_size when the global branch is on (group_split[-1] > 0); some other "
-            "shapes run upstream only because the pooling drops the remainder, and are refused here, as are "
-            "even kernels. window_size 1 gives full N x N global attention (CloFormer stage 4)."
+        Example(
+            dim=64,
+            res=(7, 9),
+            kwargs={"heads": 4, "group_split": [2, 2, 0], "kernel_sizes": [3, 5]},
         ),
-        kwarg_help={
-            "heads": "num_heads: total heads; head width d = dim / heads",
-            "group_split": "heads per local branch, then heads of the global branch (0 = branch off)",
-            "kernel_sizes": "depthwise kernel of each local branch (odd), one per local branch",
-            "window_size": "average-pool window of the global branch's keys and values",
-            "qkv_bias": "bias on the q/k/v 1x1 convs and on proj",
-        },
-        examples=(
-            Example(dim=64, res=(16, 16)),
-            Example(dim=64, res=(12, 20), batch=2),
-            Example(
-                dim=32,
-                res=(8, 8),
-                kwargs={"heads": 4, "group_split": [3, 1], "kernel_sizes": [3], "window_size": 8},
-            ),
-            Example(
-                dim=64,
-                res=(7, 9),
-                kwargs={"heads": 4, "group_split": [2, 2, 0], "kernel_sizes": [3, 5]},
-            ),
-            Example(
-                dim=32,
-                res=(6, 6),
-                kwargs={"heads": 4, "group_split": [0, 4], "window_size": 1},
-                batch=2,
-            ),
-            Example(dim=48, res=(8, 12), kwargs={"qkv_bias": False, "heads": 6, "group_split": [2, 4]}),
+        Example(
+            dim=32,
+            res=(6, 6),
+            kwargs={"heads": 4, "group_split": [0, 4], "window_size": 1},
+            batch=2,
         ),
-        bad_examples=(
-            Example(dim=64, res=(16, 16), kwargs={"heads": 0}, violates="heads >= 1"),
-            Example(dim=64, res=(16, 16), kwargs={"window_size": 0}, violates="window_size >= 1"),
-            Example(dim=64, res=(16, 16), kwargs={"group_split": [-1, 9]}, violates="group_split >= 0"),
-            Example(
-                dim=64,
-                res=(16, 16),
-                kwargs={"group_split": [4, 3]},
-                violates="sum(group_split) == heads",
-            ),
-            Example(
-                dim=64,
-                res=(16, 16),
-                kwargs={"group_split": [4, 2, 2]},
-                violates="len(kernel_sizes) + 1 == len(group_split)",
-            ),
-            Example(dim=64, res=(16, 16), kwargs={"kernel_sizes": [4]}, violates="kernel_sizes odd"),
-            Example(dim=60, res=(16, 16), violates="dim % heads == 0"),
-            Example(dim=64, res=(14, 14), violates="H, W % window_size == 0 (global branch on)"),
+        Example(dim=48, res=(8, 12), kwargs={"qkv_bias": False, "heads": 6, "group_split": [2, 4]}),
+    ),
+    bad_examples=(
+        Example(dim=64, res=(16, 16), kwargs={"heads": 0}, violates="heads >= 1"),
+        Example(dim=64, res=(16, 16), kwargs={"window_size": 0}, violates="window_size >= 1"),
+        Example(dim=64, res=(16, 16), kwargs={"group_split": [-1, 9]}, violates="group_split >= 0"),
+        Example(
+            dim=64,
+            res=(16, 16),
+            kwargs={"group_split": [4, 3]},
+            violates="sum(group_split) == heads",
         ),
-        tags=("attention", "conv", "global-local"),
-    )
+        Example(
+            dim=64,
+            res=(16, 16),
+            kwargs={"group_split": [4, 2, 2]},
+            violates="len(kernel_sizes) + 1 == len(group_split)",
+        ),
+        Example(dim=64, res=(16, 16), kwargs={"kernel_sizes": [4]}, violates="kernel_sizes odd"),
+        Example(dim=60, res=(16, 16), violates="dim % heads == 0"),
+        Example(dim=64, res=(14, 14), violates="H, W % window_size == 0 (global branch on)"),
+    ),
+    tags=("attention", "conv", "global-local"),
 )

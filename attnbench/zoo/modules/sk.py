@@ -22,8 +22,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from attnbench.constraints import dim_divisible_by, odd_kernels, positive
-from attnbench.registry import Constraint, Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.constraints import dim_divisible_by, odd_kernels, positive
+from attnbench.zoo.spec import Constraint, Example, ModuleSpec, Reference, Setting
 
 
 class SKAttention(nn.Module):
@@ -104,53 +104,51 @@ def _macs(s: Setting) -> int:
     return convs + fc + fcs + reweight  # BN, ReLU, sums, means, softmax: 0 MACs
 
 
-register(
-    ModuleSpec(
-        name="sk",
-        title="SK attention (selective kernel)",
-        builder=_build,
-        layout="image",
-        defaults={"kernels": [1, 3, 5, 7], "reduction": 16, "group": 1, "min_hidden": 32},
-        constraints=(
-            odd_kernels("kernels"),
-            positive("reduction"),
-            positive("group"),
-            dim_divisible_by("group"),
-            Constraint("max(min_hidden, dim // reduction) >= 1", _hidden_positive),
-        ),
-        reference=Reference(
-            paper="Selective Kernel Networks",
-            arxiv="1903.06586",
-            repo="xmu-xiaoma666/External-Attention-pytorch",
-            file="model/attention/SKAttention.py",
-            cls="SKAttention",
-            commit="d75848e",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "The External-Attention-pytorch SKAttention (dense conv-BN-ReLU branch per kernel, fc without "
-            "BN), not SKNet's two-branch grouped SK unit. L is called min_hidden. A hidden width d of 0 "
-            "(upstream builds it: Linear(C, 0), so the branch weights are the fcs biases alone) is refused."
-        ),
-        kwarg_help={
-            "kernels": "odd kernel sizes, one conv-BN-ReLU branch each",
-            "reduction": "squeeze ratio: hidden width d = max(min_hidden, dim // reduction)",
-            "group": "groups of every branch conv; dim must be divisible by it",
-            "min_hidden": "L in the paper: lower bound of the hidden width d",
-        },
-        examples=(
-            Example(64, (14, 14)),
-            Example(32, (8, 12), batch=2),
-            Example(64, (7, 7), {"kernels": [3, 5], "reduction": 8, "group": 4, "min_hidden": 16}),
-        ),
-        bad_examples=(
-            Example(64, (14, 14), {"kernels": [1, 2]}, violates="kernels odd"),
-            Example(64, (14, 14), {"reduction": 0}, violates="reduction >= 1"),
-            Example(64, (14, 14), {"group": 0}, violates="group >= 1"),
-            Example(64, (14, 14), {"group": 3}, violates="dim % group == 0"),
-            Example(8, (14, 14), {"min_hidden": 0}, violates="max(min_hidden, dim // reduction) >= 1"),
-        ),
-        tags=("channel-attention", "multi-scale"),
-    )
+SPEC = ModuleSpec(
+    name="sk",
+    title="SK attention (selective kernel)",
+    builder=_build,
+    layout="image",
+    defaults={"kernels": [1, 3, 5, 7], "reduction": 16, "group": 1, "min_hidden": 32},
+    constraints=(
+        odd_kernels("kernels"),
+        positive("reduction"),
+        positive("group"),
+        dim_divisible_by("group"),
+        Constraint("max(min_hidden, dim // reduction) >= 1", _hidden_positive),
+    ),
+    reference=Reference(
+        paper="Selective Kernel Networks",
+        arxiv="1903.06586",
+        repo="xmu-xiaoma666/External-Attention-pytorch",
+        file="model/attention/SKAttention.py",
+        cls="SKAttention",
+        commit="d75848e",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "The External-Attention-pytorch SKAttention (dense conv-BN-ReLU branch per kernel, fc without "
+        "BN), not SKNet's two-branch grouped SK unit. L is called min_hidden. A hidden width d of 0 "
+        "(upstream builds it: Linear(C, 0), so the branch weights are the fcs biases alone) is refused."
+    ),
+    kwarg_help={
+        "kernels": "odd kernel sizes, one conv-BN-ReLU branch each",
+        "reduction": "squeeze ratio: hidden width d = max(min_hidden, dim // reduction)",
+        "group": "groups of every branch conv; dim must be divisible by it",
+        "min_hidden": "L in the paper: lower bound of the hidden width d",
+    },
+    examples=(
+        Example(64, (14, 14)),
+        Example(32, (8, 12), batch=2),
+        Example(64, (7, 7), {"kernels": [3, 5], "reduction": 8, "group": 4, "min_hidden": 16}),
+    ),
+    bad_examples=(
+        Example(64, (14, 14), {"kernels": [1, 2]}, violates="kernels odd"),
+        Example(64, (14, 14), {"reduction": 0}, violates="reduction >= 1"),
+        Example(64, (14, 14), {"group": 0}, violates="group >= 1"),
+        Example(64, (14, 14), {"group": 3}, violates="dim % group == 0"),
+        Example(8, (14, 14), {"min_hidden": 0}, violates="max(min_hidden, dim // reduction) >= 1"),
+    ),
+    tags=("channel-attention", "multi-scale"),
 )

@@ -31,8 +31,8 @@ import math
 import torch
 from torch import nn
 
-from attnbench.constraints import positive
-from attnbench.registry import Example, ModuleSpec, Reference, Setting, register
+from attnbench.zoo.constraints import positive
+from attnbench.zoo.spec import Example, ModuleSpec, Reference, Setting
 
 
 class ExternalAttention(nn.Module):
@@ -95,38 +95,36 @@ def _macs(s: Setting) -> int:
     return conv1 + mk + mv + conv2  # softmax, the L1 division, BN, residual, ReLU: 0 MACs
 
 
-register(
-    ModuleSpec(
-        name="ea",
-        title="External Attention (EANet)",
-        builder=_build,
-        layout="image",
-        defaults={"k": 64},
-        constraints=(positive("k"),),
-        reference=Reference(
-            paper="Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks",
-            arxiv="2105.02358",
-            repo="MenghaoGuo/EANet",
-            file="model_torch.py",
-            cls="External_attention",
-            commit="3ae0778df95e7af6e89868e18d42a54c722cbc39",
-        ),
-        params_formula=_params,
-        macs_formula=_macs,
-        notes=(
-            "The official EANet block (conv1 -> M_k -> softmax over N -> L1 over k -> M_v -> conv+BN -> "
-            "+ input -> ReLU), not xmu's token-layout ExternalAttention. Memory size k is a keyword "
-            "(upstream hard-codes 64). SynchronizedBatchNorm2d(momentum=0.1) becomes "
-            "nn.BatchNorm2d(momentum=0.1). "
-            "linear_1.weight is tied to linear_0.weight in storage as upstream; both are counted."
-        ),
-        kwarg_help={"k": "number of external memory slots (S in the paper; upstream hard-codes 64)"},
-        examples=(
-            Example(64, (14, 14)),
-            Example(32, (8, 12), batch=2),
-            Example(48, (7, 7), {"k": 16}),
-        ),
-        bad_examples=(Example(64, (14, 14), {"k": 0}, violates="k >= 1"),),
-        tags=("external-attention", "linear-complexity"),
-    )
+SPEC = ModuleSpec(
+    name="ea",
+    title="External Attention (EANet)",
+    builder=_build,
+    layout="image",
+    defaults={"k": 64},
+    constraints=(positive("k"),),
+    reference=Reference(
+        paper="Beyond Self-attention: External Attention using Two Linear Layers for Visual Tasks",
+        arxiv="2105.02358",
+        repo="MenghaoGuo/EANet",
+        file="model_torch.py",
+        cls="External_attention",
+        commit="3ae0778df95e7af6e89868e18d42a54c722cbc39",
+    ),
+    params_formula=_params,
+    macs_formula=_macs,
+    notes=(
+        "The official EANet block (conv1 -> M_k -> softmax over N -> L1 over k -> M_v -> conv+BN -> "
+        "+ input -> ReLU), not xmu's token-layout ExternalAttention. Memory size k is a keyword "
+        "(upstream hard-codes 64). SynchronizedBatchNorm2d(momentum=0.1) becomes "
+        "nn.BatchNorm2d(momentum=0.1). "
+        "linear_1.weight is tied to linear_0.weight in storage as upstream; both are counted."
+    ),
+    kwarg_help={"k": "number of external memory slots (S in the paper; upstream hard-codes 64)"},
+    examples=(
+        Example(64, (14, 14)),
+        Example(32, (8, 12), batch=2),
+        Example(48, (7, 7), {"k": 16}),
+    ),
+    bad_examples=(Example(64, (14, 14), {"k": 0}, violates="k >= 1"),),
+    tags=("external-attention", "linear-complexity"),
 )

@@ -1,0 +1,1 @@
+"""The module zoo: specs (types), the registry table, user specs, checks and builds, catalog, modules."""
