@@ -47,7 +47,7 @@ def check_shard(shard: Shard, text: str | None = None) -> None:
 
 def geometry(case: Case) -> tuple[Any, ...]:
     """What the cases sharing one build and one counting have in common."""
-    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs, case.layout)
+    return case.geometry
 
 
 def estimated_macs(case: Case) -> int | None:
@@ -60,7 +60,7 @@ def estimated_macs(case: Case) -> int | None:
 
     try:
         hw = (case.height, case.width)
-        spec, setting = check_case(case.module, case.dim, hw, case.batch, case.kwargs_dict, case.layout)
+        spec, setting = check_case(case.module, case.dim, hw, case.batch, case.kwargs_dict, case.scenario.layout)
     except InvalidCaseError:
         return None
     formula = getattr(spec, "macs_formula", None)
@@ -82,7 +82,7 @@ def _count_on_meta(case: Case) -> int:
     from attnbench.zoo.build import build_module
 
     with torch.device("meta"):
-        module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.layout)
+        module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.scenario.layout)
     return int(count_macs(module, case.input_shape).macs)
 
 

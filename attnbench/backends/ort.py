@@ -15,12 +15,14 @@ input (max abs diff <= PARITY_ATOL, and <= PARITY_RTOL x max|output| for outputs
 axis came out symbolic (dim_param), a second batch size is run and compared too, because an exporter can
 silently bake a traced size into the graph.
 Session: intra_op_num_threads = threads (1 unless asked; ORT's default 0 takes every core),
-inter_op_num_threads = 1, ORT_ENABLE_ALL, ORT_SEQUENTIAL; warm-up >= ORT_WARMUP_MIN_CALLS runs, then the
-shared timing protocol. Failures are statuses with reasons (export_failed, session_failed, parity_failed).
+inter_op_num_threads = 1, the graph optimisation level of the scenario's ort_opt_level (ORT_ENABLE_ALL unless
+asked), ORT_SEQUENTIAL; warm-up >= ORT_WARMUP_MIN_CALLS runs, then the shared timing protocol. Failures are
+statuses with reasons (export_failed, session_failed, parity_failed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import time
@@ -39,29 +41,23 @@ from attnbench.backends.base import (
     Backend,
     CaseFailed,
     Prepared,
-    Scenario,
     make_input,
 )
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.capture import captured
 from attnbench.memory import PeakMemory
+from attnbench.results import Case, Scenario
 from attnbench.scratch import scratch_dir
-from attnbench.timing import (
-    DEFAULT_MAX_RUN_TIME,
-    DEFAULT_MIN_RUN_TIME,
-    DEFAULT_PRECISION,
-    WARMUP_MIN_CALLS,
-    WARMUP_MIN_S,
-    Clock,
-    Sync,
-    TimingStats,
-)
+from attnbench.timing import Clock, Sync, TimingBudget, TimingStats
 
 #: Largest |ORT - PyTorch| accepted; float32 graphs of these modules agree to ~1e-6.
 PARITY_ATOL = 1e-4
 #: ...and, for outputs smaller than 1, at most this fraction of the largest |output|: an absolute bound alone
 #: cannot fail for a module whose outputs are ~1e-5 (mhsa's upstream init), whatever ORT returns.
 PARITY_RTOL = 1e-4
+#: ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena: its
+#: peak is a multiple of the eager estimate at the measured batch.
+ORT_MEMORY_FACTOR = 2.0
 #: measurement.md: the first ORT run was 1.1-6.6x the steady state; onnxruntime_perf_test drops it too.
 ORT_WARMUP_MIN_CALLS = 10
 #: Weights above this go to an external data file (protobuf's limit is 2 GiB per file).
@@ -229,14 +225,23 @@ def _opset(path: Path) -> int | None:
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def session_options(threads: int) -> Any:
-    """SessionOptions with explicit threads, full graph optimisation, sequential execution, quiet logs."""
+#: --ort-opt-level -> the name of ONNX Runtime's GraphOptimizationLevel.
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(threads: int, opt_level: str = "all") -> Any:
+    """SessionOptions: explicit threads, the graph optimisation level asked for, sequential execution, quiet logs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Errors only: the session's warnings (e.g. unused initialisers) are not results.
     opts.log_severity_level = 3
@@ -249,21 +254,16 @@ class OrtPrepared(Prepared):
     backend = "ort"
 
     def __init__(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        threads: int,
-        seed: int,
-        provider: str,
-        backend_name: str,
+        self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int, backend: OrtCpuBackend
     ) -> None:
         super().__init__()
         import onnxruntime as ort
 
-        self.backend = backend_name
-        self.threads = threads
+        self.backend = backend.name
+        threads = self.threads = scenario.threads
+        self.opt_level = scenario.ort_opt_level
         self.dtype = "float32"
-        self.provider = provider
+        provider = self.provider = backend.provider
         was_training = module.training
         module.eval()
         try:
@@ -278,7 +278,7 @@ class OrtPrepared(Prepared):
                 ort_provider=provider,
                 ort_intra_op_num_threads=threads,
                 ort_inter_op_num_threads=1,
-                ort_graph_optimization_level="ORT_ENABLE_ALL",
+                ort_graph_optimization_level=OPT_LEVELS[self.opt_level],
                 ort_execution_mode="ORT_SEQUENTIAL",
                 onnxruntime_version=ort.__version__,
             )
@@ -385,7 +385,8 @@ class OrtPrepared(Prepared):
                     if self.provider == "CPUExecutionProvider"
                     else [self.provider, "CPUExecutionProvider"]
                 )
-                session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=providers)
+                options = session_options(self.threads, self.opt_level)
+                session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:
             raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=exporter) from None
         # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
@@ -494,18 +495,11 @@ class OrtPrepared(Prepared):
 
         return contextlib.nullcontext()
 
-    def time(
-        self,
-        min_run_time: float = DEFAULT_MIN_RUN_TIME,
-        warmup_s: float = WARMUP_MIN_S,
-        warmup_calls: int = WARMUP_MIN_CALLS,
-        clock: Clock | None = None,
-        precision: float | None = DEFAULT_PRECISION,
-        max_run_time: float = DEFAULT_MAX_RUN_TIME,
-    ) -> TimingStats:
+    def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
         """The shared protocol with at least ORT_WARMUP_MIN_CALLS warm-up runs."""
-        warmup_calls = max(warmup_calls, ORT_WARMUP_MIN_CALLS)
-        return super().time(min_run_time, warmup_s, warmup_calls, clock, precision, max_run_time)
+        budget = budget or TimingBudget()
+        budget = dataclasses.replace(budget, warmup_calls=max(budget.warmup_calls, ORT_WARMUP_MIN_CALLS))
+        return super().time(budget, clock)
 
     def peak_memory(self) -> PeakMemory:
         """Not measured for ORT; the method string says why."""
@@ -550,7 +544,11 @@ class OrtCpuBackend(Backend):
         "train": "ONNX Runtime runs inference here: no training (no backward graph is exported)",
         "compile": "ONNX Runtime runs the exported graph: torch.compile applies to the PyTorch backends",
         "channels_last": "ONNX Runtime chooses its own layouts: channels_last applies to the PyTorch backends",
+        "autocast": "ONNX Runtime runs the exported float32 graph: torch.autocast applies to the PyTorch backends",
     }
+    ignores = ("compile_mode",)
+    parity = "ORT"
+    marker = "s"
     provider = "CPUExecutionProvider"
     _prepared_cls: type[OrtPrepared] = OrtPrepared
 
@@ -565,17 +563,15 @@ class OrtCpuBackend(Backend):
             return False, f"onnxruntime {ort.__version__} has no {self.provider} (has {ort.get_available_providers()})"
         return True, f"onnxruntime {ort.__version__} {self.provider}, onnx {onnx.__version__}"
 
-    def prepare(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str = "float32",
-        threads: int = 1,
-        seed: int = 0,
-        scenario: Scenario | None = None,
-    ) -> Prepared:
+    def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
-        return self._prepared_cls(module, input_shape, threads, seed, self.provider, self.name)
+        return self._prepared_cls(module, input_shape, scenario, seed, self)
+
+    def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
+        """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""
+        if eager_bytes is None:
+            return None
+        return int(eager_bytes * ORT_MEMORY_FACTOR * max(1.0, 2 / case.batch))
 
 
 class OrtCudaBackend(OrtCpuBackend):
@@ -583,8 +579,17 @@ class OrtCudaBackend(OrtCpuBackend):
 
     name = "ort-cuda"
     description = "ONNX Runtime CUDAExecutionProvider with IO binding (untested without a GPU)"
+    device = "cuda"
+    memory_name = "GPU memory"
+    marker = "D"
     provider = "CUDAExecutionProvider"
     _prepared_cls = OrtCudaPrepared
+
+    def free_memory(self) -> int | None:
+        """Free memory of the GPU the session runs on (its arena allocates there, not in RAM)."""
+        from attnbench.backends.cuda import gpu_free_bytes
+
+        return gpu_free_bytes()
 
     def available(self) -> tuple[bool, str]:
         """True only with a CUDA-enabled onnxruntime build and a visible GPU."""

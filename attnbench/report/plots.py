@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnbench import fmt
+from attnbench.backends import backend_facts
 from attnbench.merge import machine_env
-from attnbench.report import SERIES_KEY, VARYING, achieved, backends_of, identity_text, summary, varying
+from attnbench.report.summary import SERIES_KEY, VARYING, achieved, backends_of, identity_text, summary, varying
 from attnbench.results import Result
-from attnbench.roofline import Peak, device_of, intensity, min_traffic_bytes, peak_for, peaks_of
+from attnbench.roofline import Peak, intensity, min_traffic_bytes, peak_for, peaks_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
 
 FIGSIZE = (7.5, 4.8)
 DPI = 110
-#: Marker of each backend in a roofline (the colour is the module).
-MARKERS = {"cpu": "o", "ort": "s", "cuda": "^", "ort-cuda": "D"}
 #: Legend labels longer than this many characters go in one column.
 LONG_LABEL = 32
 #: Line styles of the machines of a plot, in order of first appearance (a fifth machine reuses the first).
@@ -165,7 +164,7 @@ def _roofline_points(table: pd.DataFrame, backends: Sequence[str], env: Mapping[
             if x is None or y is None:
                 continue
             series = _series_label({k: r[k] for k in SERIES_KEY}, varies)
-            peak = peak_for(peaks, b, str(r["dtype"]), int(r["threads"]))
+            peak = peak_for(peaks, backend_facts(b)["device"], str(r["dtype"]), int(r["threads"]))
             points.append(_Point(series, b, str(r["machine"]), x, y, peak))
     return points
 
@@ -181,8 +180,9 @@ def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = 
     points = _roofline_points(table, backends, env or {})
     styles = machine_styles(table)
     plots = []
-    for device in dict.fromkeys(device_of(b) for b in backends):
-        mine = [p for p in points if device_of(p.backend) == device]
+    device_of = {b: backend_facts(b)["device"] for b in backends}
+    for device in dict.fromkeys(device_of.values()):
+        mine = [p for p in points if device_of[p.backend] == device]
         if mine:
             plots.append(Plot(f"roofline_{device}.png", _roofline(device, mine, styles)))
     return plots
@@ -204,7 +204,7 @@ def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) 
                         [p.intensity for p in mine],
                         [p.flops_per_s / 1e9 for p in mine],
                         color=color,
-                        marker=MARKERS.get(b, "x"),
+                        marker=backend_facts(b)["marker"],
                         linestyle=styles.get(machine, "-"),
                         linewidth=0.8,
                         alpha=0.85,
@@ -221,7 +221,7 @@ def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) 
     ax.set_title(f"roofline {device}: achieved GFLOP/s against arithmetic intensity {roof}", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     handles = [Line2D([], [], color=c, linewidth=2, label=s) for s, c in colors.items()]
-    handles += [Line2D([], [], color="0.3", marker=MARKERS.get(b, "x"), linestyle="", label=b) for b in backends]
+    handles += [Line2D([], [], color="0.3", marker=backend_facts(b)["marker"], linestyle="", label=b) for b in backends]
     handles += [Line2D([], [], color="black", linestyle=s, label=m) for m, s in styles.items()]
     ax.legend(handles=handles, fontsize=7, ncol=_legend_columns([h.get_label() for h in handles]), loc="lower right")
     fig.tight_layout()

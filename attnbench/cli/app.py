@@ -1,0 +1,163 @@
+"""The attnbench command line: the Typer app, its consoles, signals, and the one way errors are printed.
+
+Data goes to stdout, chatter to stderr. Known errors are one line on stderr and an exit code: 2 for bad input,
+1 for a run whose cases failed, 130 for Ctrl-C, 143 for SIGTERM (handled like Ctrl-C: finished rows kept,
+temporary files removed). ATTNBENCH_DEBUG=1 shows full tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+try:  # typer >= 0.20 vendors its own click; older versions use the click package
+    from typer._click.exceptions import UsageError as ClickUsageError
+    from typer.exceptions import Abort, Exit
+except ImportError:  # pragma: no cover
+    from click.exceptions import Abort, Exit
+    from click.exceptions import UsageError as ClickUsageError
+from rich.console import Console
+
+from attnbench import __version__
+from attnbench.errors import AttnbenchError
+from attnbench.report.tables import PIPE_WIDTH
+from attnbench.results import axes
+
+app = typer.Typer(
+    name="attnbench",
+    help="Build, count, time and compare vision attention modules (CPU, CUDA, ONNX Runtime).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+#: Exit codes for a run stopped by Ctrl-C or SIGTERM (128 + the signal, as shells report it).
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+DEBUG_ENV = "ATTNBENCH_DEBUG"
+
+
+def stdout_width() -> int | None:
+    """Table width: COLUMNS when set, the terminal's own width (None: rich asks it), else PIPE_WIDTH for a pipe."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    return None if sys.stdout.isatty() else PIPE_WIDTH
+
+
+class Consoles:
+    """Where a command prints: `out` for data (tables), `err` for chatter (progress, notes, warnings)."""
+
+    def __init__(self) -> None:
+        self.out = Console(width=stdout_width())
+        # One message, one line on a log: no wrapping; prose notes are wrapped by the caller at the width.
+        self.err = Console(stderr=True, soft_wrap=True, width=stdout_width())
+
+    def refresh(self) -> None:
+        """Take COLUMNS as it is now (tests and wrappers change it between calls)."""
+        self.__init__()
+
+
+consoles = Consoles()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """attnbench: build, count, time and compare vision attention modules."""
+    if version:
+        consoles.out.print(f"attnbench {__version__}")
+        raise typer.Exit(0)
+
+
+def error_line(message: str) -> None:
+    """A known error as one line on stderr (plain print: a console would wrap it at the terminal width)."""
+    print(f"attnbench: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the orderly stop Ctrl-C gets: finished rows kept, temporary files removed."""
+
+
+_stop_signal: int | None = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    global _stop_signal
+    if _stop_signal is not None:
+        return  # the first one is being handled: let the files be written and the temporaries removed
+    _stop_signal = signum
+    raise Terminated
+
+
+def stopped_by() -> tuple[str, int]:
+    """What stopped the run and its exit code: 128 + the signal, as shells report it."""
+    if _stop_signal == signal.SIGTERM:
+        return "terminated (SIGTERM)", EXIT_TERMINATED
+    return "interrupted", EXIT_INTERRUPTED
+
+
+def flags_given_alone(args: Sequence[str]) -> list[str]:
+    """The arguments with a value added to each on/off scenario option given alone (`--compile` -> `--compile
+    on`), so that `--compile` and `--compile off --compile on` both work."""
+    flags = {a.option for a in axes().values() if a.flag}
+    words = {"on", "off", "true", "false", "yes", "no", "1", "0"}
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in flags and (i + 1 == len(args) or args[i + 1].lower() not in words):
+            out.append("on")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: one-line errors on stderr; exit 2 for bad input, 1 for failed cases, 130 for Ctrl-C,
+    143 for SIGTERM."""
+    global _stop_signal
+    from attnbench.cli import commands  # noqa: F401  (registers the commands on `app`)
+
+    consoles.refresh()
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if not args:  # bare `attnbench`: the help, as a success
+        args = ["--help"]
+    if args == ["--version"]:  # answered before typer builds its parsers (a third of a second)
+        consoles.out.print(f"attnbench {__version__}", highlight=False)
+        return 0
+    _stop_signal = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
+    try:
+        return _main(flags_given_alone(args))
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args: list[str]) -> int:
+    debug = bool(os.environ.get(DEBUG_ENV))
+    try:
+        code = app(args=args, standalone_mode=False)
+    except Exit as exc:
+        return exc.exit_code
+    except (Abort, KeyboardInterrupt):
+        how, code = stopped_by()
+        consoles.err.print(f"attnbench: {how}", highlight=False)
+        return code
+    except ClickUsageError as exc:
+        error_line(exc.format_message())
+        return 2
+    except AttnbenchError as exc:
+        if debug:
+            raise
+        error_line(str(exc))
+        return exc.exit_code
+    # With standalone_mode off, click returns the code of a typer.Exit instead of raising it.
+    return code if isinstance(code, int) else 0
