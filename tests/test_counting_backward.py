@@ -565,7 +565,7 @@ FUSED_BACKWARDS = {
 
 @pytest.mark.parametrize(("kernel", "heads_first"), list(FUSED_BACKWARDS.items()))
 def test_fused_attention_backward_rules(kernel: str, heads_first: bool) -> None:
-    from attnbench.counting.dispatch import _RULES
+    from attnbench.counting.rules import MAC_RULES as _RULES
 
     op = getattr(torch.ops.aten, kernel)
     names = [a.name for a in op.default._schema.arguments[:4]]
@@ -581,7 +581,7 @@ def test_fused_attention_backward_rules(kernel: str, heads_first: bool) -> None:
 
 def test_fused_dropout_kernel_rules() -> None:
     # CUDA's fused dropout: one mask product per element forward (in training) and backward
-    from attnbench.counting.dispatch import _PRODUCTS
+    from attnbench.counting.rules import PRODUCT_RULES as _PRODUCTS
 
     x = torch.empty(3, 4, device="meta")
     aten = torch.ops.aten
