@@ -111,6 +111,25 @@ class Broken(nn.Module):
         raise RuntimeError("boom")
 
 
+class Mixed(nn.Module):
+    """A linear, an activation, an affine layer norm, a Gram product and a sigmoid: what each counter charges differs.
+
+    On (2, 5, 8): the linear 2 * 5 * 8 * 8 = 640 MACs, the product (2, 5, 8) @ (2, 8, 5) 2 * 5 * 5 * 8 = 400; the
+    norm is 80 elements.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.act = nn.GELU()
+        self.norm = nn.LayerNorm(8)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(self.act(self.fc(x)))
+        return torch.matmul(y, y.transpose(-1, -2)) + self.gate(y).sum()
+
+
 # --- fvcore's nested net (tests/test_jit_model_analysis.py): counted by attnbench and by fvcore itself ---------
 class Inner(nn.Module):
     """fvcore's NestedNetInnerModule: a 1x1 conv on (2, 5), a 10 -> 10 linear, then 3 * y + 1."""

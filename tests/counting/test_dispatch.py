@@ -22,7 +22,7 @@ from torch import nn
 
 import attnbench
 from attnbench.counting import CONVENTION, count_macs
-from attnbench.counting.dispatch import count_dispatch
+from attnbench.counting.dispatch import DispatchCounter, count_dispatch, cpu_attention_choice
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, Setting
 from tests.conftest import example_id, examples
@@ -446,6 +446,22 @@ def test_torch_custom_autograd_function() -> None:
 
 
 # --- meta and the CPU agree ----------------------------------------------------------------------------------
+def test_cpu_attention_choice_sends_meta_calls_to_the_cpu_kernel() -> None:
+    # Alone, PyTorch takes the math path on meta (two bmm). While the choice is open, a call the CPU would run on
+    # its flash kernel goes to that kernel; one it would not (with dropout) still runs the math path, mask too.
+    q = torch.empty(2, 3, 5, 8, device="meta")
+    scores = 2 * 3 * 5 * 5
+    original = F.scaled_dot_product_attention
+    with DispatchCounter() as alone:
+        F.scaled_dot_product_attention(q, q, q)
+    with cpu_attention_choice(), DispatchCounter() as chosen:
+        F.scaled_dot_product_attention(q, q, q)
+    with cpu_attention_choice(), DispatchCounter() as dropped:
+        F.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+    assert F.scaled_dot_product_attention is original
+    assert dict(alone.by_op) == {"aten.bmm": scores * 16}
+    assert dict(chosen.by_op) == {"aten._scaled_dot_product_flash_attention_for_cpu": scores * 16}
+    assert dict(dropped.by_op) == {"aten.bmm": scores * 16, "aten.mul": scores}
 
 
 class MaskedSdpa(nn.Module):

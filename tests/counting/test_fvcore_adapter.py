@@ -8,6 +8,7 @@ at 3378afe0d71dc2aa95e358bc78dc9b67cb48825a), re-derived by hand. fvcore's "flop
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import pytest
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.counting import count_all, count_macs, cross_check, flag_disagreements
-from tests.counting.helpers import NESTED_MACS, Fn, Nested, counted, square
+from attnbench.counting.fvcore_adapter import count_fvcore, quiet
+from tests.counting.helpers import NESTED_MACS, Fn, Mixed, Nested, counted, square
 
 
 def test_flops_are_twice_their_macs() -> None:
@@ -24,6 +26,34 @@ def test_flops_are_twice_their_macs() -> None:
     report = count_macs(Fn(lambda x: nn.functional.linear(x, torch.ones(6, 4)) * 2.0), (3, 4), counter="fvcore")
     assert report.ok, report.reason
     assert (report.macs, report.flops) == (72, 144)
+
+
+def test_charges_and_misses_reported() -> None:
+    # fvcore charges an affine layer norm 5 per element (80 elements): 400 on top of the linear and the product.
+    report = count_fvcore(Mixed(), (2, 5, 8))
+    assert (report.macs, report.flops) == (640 + 400 + 400, 2 * 1440)
+    assert dict(report.by_op) == {"linear": 640, "layer_norm": 400, "matmul": 400}
+    assert dict(report.flops_by_op) == {"linear": 1280, "layer_norm": 800, "matmul": 800}
+    assert dict(report.by_module) == {"fc": 640, "act": 0, "norm": 400, "gate": 0, "(self)": 400}
+    assert report.reason == "includes fvcore charges for ops attnbench does not count as MACs: layer_norm 400"
+    unsupported = {op: (u.calls, u.elements, u.category) for op, u in report.uncounted.items()}
+    ops = ("aten::gelu", "aten::sigmoid", "aten::sum", "aten::add")
+    assert unsupported == {op: (1, 0, "unsupported by fvcore") for op in ops}
+    assert count_macs(Mixed(), (2, 5, 8)).macs == 640 + 400  # attnbench: the linear and the product only
+
+
+def test_quiet_silences_fvcore_and_restores_its_log_level(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("fvcore")
+    before = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with quiet():
+            assert logger.level == logging.CRITICAL
+            print("printed while tracing")
+        assert logger.level == logging.INFO
+    finally:
+        logger.setLevel(before)
+    assert capsys.readouterr().out == ""
 
 
 def test_fvcore_lists_what_it_misses() -> None:

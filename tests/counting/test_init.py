@@ -94,8 +94,31 @@ def test_three_counters_agree_on_conv_linear() -> None:
         assert dict(r.by_module) == {"stem": 27648, "dw": 4608, "fc": 2560}, r.counter
 
 
+def test_count_all_in_the_order_asked() -> None:
+    reports = count_all(ConvLinear(), (2, 3, 8, 8), counters=("thop", "attnbench"))
+    assert [(r.counter, r.macs) for r in reports] == [("thop", 34816), ("attnbench", 34816)]
+    with pytest.raises(ValueError, match="attnbench, fvcore, thop"):
+        count_all(ConvLinear(), (2, 3, 8, 8), counters=("attnbench", "ptflops"))
+
+
+def test_cross_check_against_zero_or_no_reference() -> None:
+    reports = [MacReport("attnbench", 0), MacReport("fvcore", 0), MacReport("thop", 5)]
+    assert cross_check(reports) == {"attnbench": 1.0, "fvcore": 1.0, "thop": float("inf")}
+    assert flag_disagreements(cross_check(reports)) == {"thop": float("inf")}
+    failed = [MacReport("attnbench", None, status="failed"), MacReport("thop", 5)]
+    assert cross_check(failed) == {"attnbench": None, "thop": None}
+    assert cross_check([MacReport("thop", 5)], reference="fvcore") == {"thop": None}
+
+
+def test_flag_disagreements_tolerance() -> None:
+    ratios = {"fvcore": 0.98, "thop": 1.005, "other": None}
+    assert flag_disagreements(ratios) == {"fvcore": 0.98}
+    assert flag_disagreements(ratios, tolerance=0.001) == {"fvcore": 0.98, "thop": 1.005}
+
+
 def test_cross_check_ratios_and_flags() -> None:
-    from attnbench.counting import cross_check
+    from attnbench.counting import cross_check, flag_disagreements
+    from attnbench.counting.base import MacReport
 
     reports = [
         MacReport("attnbench", 1000),

@@ -49,3 +49,20 @@ def test_nested_params_tied_weights_go_to_first_owner() -> None:
     model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
     model[1].weight = model[0].weight
     assert dict(count_params(model).by_module_nested) == {"0": 9, "1": 0}
+
+
+class Scaled(nn.Module):
+    """A frozen parameter on the root itself, and a child with a parameter-free submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3), requires_grad=False)
+        self.proj = nn.Sequential(nn.Linear(4, 3), nn.Identity())
+
+
+def test_params_of_the_root_itself_and_frozen_ones() -> None:
+    report = count_params(Scaled())
+    assert (report.total, report.trainable, report.frozen, report.buffers) == (18, 15, 3, 0)
+    assert dict(report.by_module) == {"proj": 15, "(self)": 3}
+    assert dict(report.by_module_nested) == {"proj": 15, "proj.0": 15, "proj.1": 0}
+    assert dict(report.types) == {"": "Scaled", "proj": "Sequential", "proj.0": "Linear", "proj.1": "Identity"}

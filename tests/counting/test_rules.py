@@ -26,13 +26,44 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attnbench.counting import count_macs
+from attnbench.counting import CONVENTION, count_macs, rules
 from attnbench.counting.base import MacReport
 from attnbench.counting.dispatch import DispatchCounter
-from attnbench.counting.rules import MAC_RULES, PRODUCT_RULES
+from attnbench.counting.rules import MAC_RULES, MOVEMENT, PRODUCT_RULES, op_category
 from tests.counting.helpers import BWD, DEVICES, Fn, Gate, Mha, counted, flops_of, macs_flops, train
 
 aten = torch.ops.aten
+
+
+# --- registration and the convention ----------------------------------------------------------------------------
+def test_rules_state_the_convention() -> None:
+    assert rules.__doc__ is not None and CONVENTION in rules.__doc__
+    assert 'papers\' "FLOPs" are usually MACs' in rules.__doc__
+
+
+def test_every_rule_is_named_where_it_is_defined() -> None:
+    # One named function per family, as torch.utils.flop_counter's mm_flop, bmm_flop...
+    for rule in (*MAC_RULES.values(), *PRODUCT_RULES.values()):
+        assert rule.__name__.endswith("_macs") and getattr(rules, rule.__name__) is rule
+    assert MAC_RULES[aten.bmm] is rules.matmul_macs
+    assert MAC_RULES[aten.conv_transpose2d] is rules.conv_transpose_macs
+    assert PRODUCT_RULES[aten.addcmul_] is rules.addcmul_macs
+    assert {aten.mul, aten.mul_, aten.multiply, aten.multiply_, aten.addcmul, aten.addcmul_} == rules.SCALINGS
+    assert {aten.addcmul, aten.addcmul_} == rules.FUSED_PRODUCTS
+
+
+def test_an_operator_has_one_rule() -> None:
+    with pytest.raises(ValueError, match="already has a counting rule"):
+        rules.macs(aten.mm)(rules.outer_macs)
+    with pytest.raises(ValueError, match="already has a counting rule"):
+        rules.products(aten.bmm, scaling=True)(rules.mul_macs)
+    assert MAC_RULES[aten.mm] is rules.matmul_macs
+    assert aten.bmm not in PRODUCT_RULES and aten.bmm not in rules.SCALINGS
+
+
+def meta(*shape: int) -> torch.Tensor:
+    """An operand of the given shape on meta (a rule reads shapes only)."""
+    return torch.empty(shape, device="meta")
 
 
 # --- matrix products ------------------------------------------------------------------------------------
@@ -80,6 +111,16 @@ def test_matmul_and_conv_flops_are_twice_their_macs() -> None:
     assert report.macs == 2 * 4 * 25 * 3 * 9 + 2 * 4 * 6 * 25
     assert report.flops == 2 * report.macs
     assert dict(report.flops_by_op) == {op: 2 * n for op, n in report.by_op.items()}
+
+
+def test_product_rules_read_operands_by_position_or_name() -> None:
+    a, b, out = meta(3, 4, 5), meta(3, 5, 6), meta(3, 4, 6)
+    assert rules.matmul_macs((a, b), {}, out) == 3 * 4 * 6 * 5 == 360
+    assert rules.baddbmm_macs((meta(3, 4, 6),), {"batch1": a, "batch2": b}, out) == 360
+    # addbmm sums the batch away: a (4, 6) output, yet each of the 3 batched products happens
+    assert rules.addbmm_macs((meta(4, 6), a, b), {}, meta(4, 6)) == 360
+    assert rules.addmv_macs((meta(4), meta(4, 5), meta(5)), {}, meta(4)) == 4 * 5
+    assert rules.outer_macs((meta(4, 6), meta(4), meta(6)), {}, meta(4, 6)) == 4 * 6
 
 
 def ones(x: torch.Tensor, *shape: int) -> torch.Tensor:
@@ -324,6 +365,16 @@ def test_first_conv_of_a_frozen_input_costs_weight_gradient_only() -> None:
     assert report.by_op == {"aten.convolution": 9 * 4 * 2, f"aten.convolution_backward{BWD}": 9 * 4 * 2}
 
 
+def test_conv_backward_rule_follows_output_mask() -> None:
+    # Conv2d(4 -> 6, 3x3, padding 1, groups 2) on (2, 4, 5, 5): forward 2 * 6 * 25 outputs x 2 * 9 = 5400 MACs
+    grad, x, w = meta(2, 6, 5, 5), meta(2, 4, 5, 5), meta(6, 2, 3, 3)
+    args = (grad, x, w, [6], [1, 1], [1, 1], [1, 1], False, [0, 0], 2)
+    forward = 2 * 6 * 25 * 2 * 9
+    masks = {(True, True, True): 2 * forward, (True, False, True): forward, (False, True, False): forward}
+    for mask, expected in {**masks, (False, False, True): 0}.items():
+        assert rules.conv_backward_macs((*args, mask), {}, None) == expected, mask
+
+
 @pytest.mark.parametrize(
     ("c_in", "c_out", "groups"), [(1, 1, 1), (1, 3, 1), (3, 1, 1), (3, 7, 1), (2, 4, 2), (4, 2, 2)]
 )
@@ -425,6 +476,22 @@ def test_fused_sdpa_on_cpu_named_and_counted() -> None:
     assert report.macs == b * h * n * n * 2 * d
     # inference mode shows the composite, whichever kernel then runs
     assert dict(report.by_op) == {"aten.scaled_dot_product_attention": report.macs}
+
+
+def test_attention_forward_rules_in_both_layouts() -> None:
+    b, h, n_q, n_k, d_k, d_v = 2, 3, 5, 7, 8, 4
+    heads_first = (meta(b, h, n_q, d_k), meta(b, h, n_k, d_k), meta(b, h, n_k, d_v))
+    tokens_first = (meta(b, n_q, h, d_k), meta(b, n_k, h, d_k), meta(b, n_k, h, d_v))
+    expected = b * h * n_q * n_k * (d_k + d_v)
+    assert MAC_RULES[aten._scaled_dot_product_efficient_attention](heads_first, {}, None) == expected
+    assert MAC_RULES[aten._flash_attention_forward](tokens_first, {}, None) == expected
+
+
+def test_native_multi_head_attention_rule() -> None:
+    # (B=2, N_q=6, C=16) queries over N_k=9 keys, 4 heads: the q and output projections 2 * 6 * 16 * 16 each, k and
+    # v 2 * 9 * 16 * 16 each, then q k^T and attn v over all heads (head_dim * heads = 16): 2 * 6 * 9 * (16 + 16)
+    q, kv = meta(2, 6, 16), meta(2, 9, 16)
+    assert rules.native_mha_macs((q, kv, kv, 16, 4), {}, None) == 2 * (6 + 9 + 9 + 6) * 16 * 16 + 2 * 6 * 9 * 32
 
 
 # --- attention in a training step ------------------------------------------------------------------------
@@ -595,6 +662,20 @@ def test_fused_dropout_kernel_rules() -> None:
     assert PRODUCT_RULES[aten.native_dropout_backward]((x, x, 1.1), {}, x) == 12
 
 
+# --- sums that make a product a multiply-add ---------------------------------------------------------------------
+def test_summed_inputs() -> None:
+    x = meta(2, 3, 4)
+    assert rules.summed_inputs(aten.sum, (x, [2]), {}, meta(2, 3)) == [x]
+    assert rules.summed_inputs(aten.mean, (), {"self": x}, meta()) == [x]
+    assert rules.summed_inputs(aten.sum, (x.unsqueeze(0), [0]), {}, meta(2, 3, 4)) == []  # a dim of size 1
+    assert rules.summed_inputs(aten.amax, (x, [2]), {}, meta(2, 3)) == []  # a reduction, not a sum
+    # convolution_backward sums grad_output for grad_bias, when asked for it
+    grad = meta(2, 6, 5, 5)
+    args = (grad, meta(2, 4, 5, 5), meta(6, 2, 3, 3), [6], [1, 1], [1, 1], [1, 1], False, [0, 0], 2)
+    assert rules.summed_inputs(aten.convolution_backward, (*args, (True, True, True)), {}, None) == [grad]
+    assert rules.summed_inputs(aten.convolution_backward, (*args, (True, True, False)), {}, None) == []
+
+
 # --- what is not counted ----------------------------------------------------------------------------------
 def test_uncounted_ops_listed_with_elements() -> None:
     norm = nn.LayerNorm(5)
@@ -613,3 +694,26 @@ def test_torch_noop_counts_nothing() -> None:
     report = counted(Fn(torch.cos), (4, 5))
     assert (report.macs, report.flops) == (0, 0)
     assert report.uncounted["aten.cos"].category == "elementwise math"
+
+
+@pytest.mark.parametrize(
+    ("op", "category"),
+    [
+        (aten.gelu_backward.default, "activation"),  # a backward is categorised as its forward
+        (aten._softmax_backward_data.default, "softmax"),
+        (aten.relu_.default, "activation"),  # in-place: the trailing '_' is stripped
+        (aten.native_layer_norm.default, "norm"),
+        (aten.col2im.default, "add"),  # unfold's backward scatter-adds patches
+        (aten.addcdiv.default, "division"),
+        (aten.max_pool2d_with_indices_backward.default, "pooling"),
+        (aten.bernoulli_.float, "creation"),
+        (aten.t.default, MOVEMENT),  # an exact short name
+        (aten.index_select.default, MOVEMENT),  # a substring of a longer name
+        (aten.real.default, MOVEMENT),  # named nowhere: PyTorch says it is a view
+        (aten.digamma.default, "elementwise math"),  # named nowhere: PyTorch tags it pointwise
+        (aten.nonzero.default, "other"),
+    ],
+    ids=str,
+)
+def test_op_category(op: object, category: str) -> None:
+    assert op_category(op) == category
