@@ -64,6 +64,7 @@ def breakdown_table(*args: Any, **kwargs: Any) -> Any:
 
 
 def _counter(name: str, mode: str) -> Callable[..., MacReport]:
+    """The counting function of counter `name`, with the call signature count_macs() uses."""
     # Imported on demand: fvcore and thop are slow to import and may be missing.
     if name == "attnbench":
         from attnbench.counting.dispatch import count_dispatch
@@ -79,6 +80,7 @@ def _counter(name: str, mode: str) -> Callable[..., MacReport]:
 
 
 def _check_counter(counter: str) -> None:
+    """Refuse a counter name that is not in COUNTERS (ValueError naming the valid ones)."""
     if counter not in COUNTERS:
         raise ValueError(f"unknown counter {counter!r}: valid counters are {', '.join(COUNTERS)}")
 

@@ -45,6 +45,7 @@ def check_mode(mode: str) -> str:
 
 
 def _frozen(mapping: Mapping | None = None) -> Mapping:
+    """A read-only copy of a mapping (an empty one by default), for the fields of a frozen report."""
     return MappingProxyType(dict(mapping or {}))
 
 

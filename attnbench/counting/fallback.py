@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -84,6 +85,5 @@ def run_meta_first(
 
 
 def _timed(report: MacReport, seconds: float) -> MacReport:
-    from dataclasses import replace
-
+    """The report with the time the whole attempt took."""
     return replace(report, seconds=seconds)

@@ -48,6 +48,7 @@ def quiet() -> Iterator[None]:
 
 
 def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
+    """fvcore's count of one forward of a module copy, as a report (run by run_meta_first)."""
     from fvcore.nn import FlopCountAnalysis
 
     with quiet(), torch.no_grad():

@@ -34,6 +34,7 @@ NON_MAC_LAYERS: tuple[type[nn.Module], ...] = (
 
 
 def _rule_less_leaves(module: nn.Module) -> dict[str, UncountedOp]:
+    """Leaf module types thop has no rule for, with how many of each: what it silently counts as zero."""
     from thop.profile import register_hooks
 
     found: dict[str, int] = {}
@@ -46,6 +47,7 @@ def _rule_less_leaves(module: nn.Module) -> dict[str, UncountedOp]:
 
 
 def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
+    """thop's count of one forward of a module copy, as a report (run by run_meta_first)."""
     from thop import profile
 
     logger = logging.getLogger("thop")

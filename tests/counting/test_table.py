@@ -1,68 +1,20 @@
-"""Nested breakdown: params per submodule at every depth, and the table of params, MACs and FLOPs."""
+"""The nested breakdown (attnbench.counting.table): rows and the rich table of params, MACs and FLOPs."""
 
 from __future__ import annotations
 
 import io
 
 import pytest
-import torch
 from rich.console import Console
-from torch import nn
 
 from attnbench.counting import breakdown_table, count_macs, count_params
 from attnbench.counting.table import BreakdownRow, breakdown_rows
-
-
-class Block(nn.Module):
-    """A 1x1 conv and a ReLU."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(4, 4, 1)  # 16 + 4 params; 16 pixels x 4 x 4 = 256 MACs
-        self.act = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(x))
-
-
-class Net(nn.Module):
-    """stem -> two blocks -> pool -> head: three levels of nesting."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(3, 4, 3, padding=1)  # 108 + 4 params; 16 x 4 x 3 x 9 = 1728 MACs
-        self.blocks = nn.Sequential(Block(), Block())
-        self.head = nn.Linear(4, 2)  # 8 + 2 params; 8 MACs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
-
+from tests.counting.helpers import Net
 
 SHAPE = (1, 3, 4, 4)
+
+
 TOTAL_MACS = 1728 + 2 * 256 + 8
-
-
-def test_nested_params() -> None:
-    report = count_params(Net())
-    assert report.total == 112 + 2 * 20 + 10
-    assert dict(report.by_module_nested) == {
-        "stem": 112,
-        "blocks": 40,
-        "blocks.0": 20,
-        "blocks.0.conv": 20,
-        "blocks.0.act": 0,
-        "blocks.1": 20,
-        "blocks.1.conv": 20,
-        "blocks.1.act": 0,
-        "head": 10,
-    }
-    assert report.types[""] == "Net" and report.types["blocks.1"] == "Block" and report.types["head"] == "Linear"
-
-
-def test_nested_params_tied_weights_go_to_first_owner() -> None:
-    model = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
-    model[1].weight = model[0].weight
-    assert dict(count_params(model).by_module_nested) == {"0": 9, "1": 0}
 
 
 def test_rows_to_depth_two() -> None:
