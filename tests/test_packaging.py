@@ -44,10 +44,15 @@ def _docker_torch_version() -> str:
     return args[pin.strip("${}")] if pin.startswith("$") else pin
 
 
+def _ci_commands() -> list[str]:
+    """.ci/run's lines, each with its whitespace normalised."""
+    return [" ".join(ln.split()) for ln in CI.read_text().splitlines()]
+
+
 def _ci_install_and_test_commands() -> list[str]:
-    """The README commands .ci/run replays: the pip installs and the pytest run."""
-    commands = [" ".join(ln.split()) for ln in CI.read_text().splitlines()]
-    picked = [c for c in commands if c.startswith(("python3 -m pip install", "python3 -m pytest"))]
+    """The README commands .ci/run replays: the virtual environment, the pip installs and the pytest run."""
+    starts = ("python3 -m venv", "python3 -m pip install", "python3 -m pytest")
+    picked = [c for c in _ci_commands() if c.startswith(starts)]
     assert picked, ".ci/run has no install or test command"
     return picked
 
@@ -60,9 +65,21 @@ def _readme_code() -> str:
 
 def test_ci_runs_the_expected_commands() -> None:
     commands = _ci_install_and_test_commands()
+    venv = "python3 -m venv .venv && . .venv/bin/activate"
+    assert venv in commands
     assert "python3 -m pip install torch==2.13.0" in commands
     assert 'python3 -m pip install -e ".[dev]"' in commands
     assert any(c.startswith("python3 -m pytest -q") for c in commands)
+
+
+def test_ci_runs_everything_after_the_install_inside_the_virtual_environment() -> None:
+    """pip, pytest, attnbench and the Docker check come after the activation, and nothing deactivates it."""
+    lines = _ci_commands()
+    activated = lines.index("python3 -m venv .venv && . .venv/bin/activate")
+    for start in ("python3 -m pip install", "python3 -m pytest", "attnbench ", "benchmarks/docker_check.sh"):
+        found = [i for i, ln in enumerate(lines) if ln.startswith(start)]
+        assert found and min(found) > activated, f".ci/run runs {start!r} before activating .venv"
+    assert not any("deactivate" in ln for ln in lines if not ln.startswith("#"))
 
 
 def test_dockerfile_pins_the_same_torch_as_ci() -> None:

@@ -19,7 +19,12 @@ def test_module_table_is_generated_from_the_registry() -> None:
 
 def test_ci_runs_the_readme_commands() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
-    commands = ("python3 -m pip install torch==2.13.0", 'python3 -m pip install -e ".[dev]"', "python3 -m pytest -q")
+    commands = (
+        "python3 -m venv .venv && . .venv/bin/activate",
+        "python3 -m pip install torch==2.13.0",
+        'python3 -m pip install -e ".[dev]"',
+        "python3 -m pytest -q",
+    )
     for command in commands:
         assert command in README, command
         assert command in ci, command
