@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 CI = ROOT / ".ci" / "run"
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 TORCH_PIN = re.compile(r"torch==([0-9][0-9A-Za-z.+]*|\$\{?\w+\}?)")
 
 
@@ -57,10 +58,20 @@ def _ci_install_and_test_commands() -> list[str]:
     return picked
 
 
+def doc(page: str) -> str:
+    """The text of the manual's page docs/<page>.md."""
+    return (DOCS / f"{page}.md").read_text()
+
+
+def _code(text: str) -> str:
+    """The fenced code blocks of a Markdown text, each line's whitespace normalised."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return "\n".join(" ".join(ln.split()) for block in blocks for ln in block.splitlines())
+
+
 def _readme_code() -> str:
     assert README.exists(), "README.md is missing (pyproject's readme and the Dockerfile's COPY need it)"
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
-    return "\n".join(" ".join(ln.split()) for block in blocks for ln in block.splitlines())
+    return _code(README.read_text())
 
 
 def test_ci_runs_the_expected_commands() -> None:
@@ -93,9 +104,11 @@ def test_readme_shows_the_commands_ci_runs() -> None:
     assert not missing, f"README.md's code blocks lack: {missing}"
 
 
-def test_readme_pins_the_same_torch_as_the_dockerfile() -> None:
-    pins = {m.group(1) for m in TORCH_PIN.finditer(_readme_code())}
-    assert pins == {_docker_torch_version()}
+def test_readme_and_the_manual_pin_the_same_torch_as_the_dockerfile() -> None:
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        pins = {m.group(1) for m in TORCH_PIN.finditer(_code(page.read_text()))}
+        assert pins <= {_docker_torch_version()}, f"{page.name}: {pins}"
+    assert {m.group(1) for m in TORCH_PIN.finditer(_readme_code())} == {_docker_torch_version()}
 
 
 def test_dockerfile_installs_the_project_from_the_repo() -> None:
@@ -150,9 +163,9 @@ def test_dockerfile_states_no_healthcheck_and_help_by_default() -> None:
 
 
 def test_dockerfile_pip_configuration_comes_in_as_build_secrets() -> None:
-    """Behind a proxy or a mirror, pip's set-up is mounted for the install step only (README: Docker)."""
+    """Behind a proxy or a mirror, pip's set-up is mounted for the install step only (docs/docker.md)."""
     install = next(rest for op, rest in _dockerfile_instructions() if op == "RUN" and "pip install ." in rest)
     assert "--mount=type=secret,id=pip.conf" in install and "--mount=type=secret,id=pip-ca" in install
     assert "PIP_CONFIG_FILE=/run/secrets/pip.conf" in install and "PIP_CERT=/run/secrets/pip-ca" in install
-    readme = README.read_text()
-    assert "--secret id=pip.conf," in readme and "--secret id=pip-ca," in readme
+    page = doc("docker")
+    assert "--secret id=pip.conf," in page and "--secret id=pip-ca," in page
