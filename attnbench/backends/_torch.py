@@ -53,7 +53,7 @@ from attnbench.timing import Sync
 #: kernels, so it may round differently from eager by a few units in the last place of the dtype (measured on
 #: the zoo: results/compile_parity.md).
 COMPILE_PARITY_RTOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
-#: What the timing note of a train row says (in every row's extra and the README).
+#: What the timing note of a train row says (in every row's extra and docs/scenarios.md).
 TRAIN_STEP = "zero_grad(set_to_none=True), out = forward, out.sum().backward(); zero_grad inside the timed step"
 INFER_STEP = "forward under torch.inference_mode(), eval mode"
 DYNAMO_HINT = "Set TORCHDYNAMO_VERBOSE=1"
