@@ -241,9 +241,7 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
             run_.queued.append(len(run_.outcome.results) - 1)
 
 
-def _count_geometry(
-    first: Case, cases: list[Case], run_: _Run
-) -> tuple[ModuleSpec, dict[str, _Counted]] | None:
+def _count_geometry(first: Case, cases: list[Case], run_: _Run) -> tuple[ModuleSpec, dict[str, _Counted]] | None:
     """The spec and each mode's counts of a geometry; None (its rows failed) when it cannot even be built."""
     options = run_.options
     run_.sink.stage(first, "counting")
@@ -468,4 +466,3 @@ def _count_instructions(run_: _Run) -> None:
             extra = {**row.extra_dict, "instructions_error": count_.reason}
             outcome.results[index] = dataclasses.replace(row, extra=json.dumps(extra, sort_keys=True, default=str))
     run_.sink.status(f"counted instructions in {time.perf_counter() - started:.1f} s")
-

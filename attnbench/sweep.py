@@ -214,7 +214,6 @@ class Sweep:
         if first_invalid is not None:
             raise first_invalid
 
-
     def _layout(self) -> str:
         # The first layout asked for judges a user's constructor (a module that takes tokens is built either way).
         return next((layout for layout in self.values("layout") if layout), "")

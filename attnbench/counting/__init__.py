@@ -17,7 +17,6 @@ from torch import nn
 from attnbench.counting.base import (
     BACKWARD_SUFFIX,
     CONVENTION,
-    COUNTERS,
     CPU_FALLBACK_LIMIT_BYTES,
     CROSS_CHECK_TOLERANCE,
     DEFAULT_DEVICE,
@@ -31,6 +30,7 @@ from attnbench.counting.base import (
 )
 from attnbench.counting.params import ParamReport, count_params
 from attnbench.errors import InvalidCaseError
+from attnbench.settings import COUNTERS
 
 __all__ = [
     "BACKWARD_SUFFIX",
