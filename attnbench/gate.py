@@ -20,11 +20,13 @@ from typing import Any
 from attnbench import fmt
 from attnbench import results as R
 from attnbench.errors import BaselineError, UsageError
+from attnbench.instructions import INSTRUCTION_ENV_KEYS
+from attnbench.metrics import gated_exactly
 from attnbench.results import Case, Result
 from attnbench.store import LoadedResults, load
 
 #: Counts are exact: any difference in these columns is a change.
-COUNT_FIELDS = ("params", "macs_attnbench")
+COUNT_FIELDS = gated_exactly()
 #: Default latency tolerance by the baseline's median: a few-ms case on a shared 2-core VM swings by
 #: 10-25% between processes (shared/reference/measurement.md); tens-of-ms cases hold within 5%.
 FAST_CASE_S = 0.010
@@ -186,7 +188,6 @@ def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
 
 def comparable_instructions(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether instruction counts from `base_env` can be compared with `env`; the reason when not."""
-    from attnbench.instructions import INSTRUCTION_ENV_KEYS
 
     if not base_env:
         return False, "the baseline has no environment record (a CSV's .meta.json sidecar is missing)"
@@ -224,55 +225,77 @@ def compare_to_baseline(
     case again (the wall gate re-measures a suspected regression).
     """
     settings = settings or GateSettings(Path(str(baseline)) if isinstance(baseline, str | Path) else Path("rows"))
-    metric, tolerance, strict = settings.metric, settings.tolerance, settings.strict
-    force_latency = settings.force_latency
-    if metric not in GATE_METRICS:
-        raise ValueError(f"gate metric {metric!r}: allowed: {', '.join(GATE_METRICS)}")
+    if settings.metric not in GATE_METRICS:
+        raise ValueError(f"gate metric {settings.metric!r}: allowed: {', '.join(GATE_METRICS)}")
     if env is None:
-        from attnbench.env import environment
+        from attnbench.env import environment  # torch: a gate on saved rows may run without a measurement
 
         env = environment(threads=rows[0].scenario.threads if rows else 1)
     baseline = _as_loaded(baseline, env)
-    verdict = Verdict(metric=metric)
-    if metric == "instructions":
+    if settings.metric == "instructions":
         check_instruction_baseline(baseline, env)
-    same_hw, why = comparable_hardware(baseline.env, env)
-    verdict.latency_compared = metric == "wall" and (same_hw or force_latency)
-    if metric == "instructions":
+    verdict = _verdict(settings, baseline.env, env)
+    verdict.changes.extend(_source_changes(rows, baseline.results))
+    verdict.changes.extend(_geometry_changes(rows, baseline.results, verdict))
+    # Status and latency belong to one backend: compare rows that match exactly.
+    base = {r.key: r for r in baseline.results}
+    for now in rows:
+        then = base.get(now.key)
+        if then is not None:
+            verdict.changes.extend(_row_changes(now, then, settings, verdict, remeasure))
+    return verdict
+
+
+def _verdict(settings: GateSettings, base_env: Mapping[str, Any], env: Mapping[str, Any]) -> Verdict:
+    """An empty verdict that knows whether latency is compared, and why not."""
+    verdict = Verdict(metric=settings.metric)
+    same_hw, why = comparable_hardware(base_env, env)
+    verdict.latency_compared = settings.metric == "wall" and (same_hw or settings.force_latency)
+    if settings.metric == "instructions":
         verdict.latency_note = "latency not gated (--gate-metric instructions gates the work measure)"
     elif not same_hw:
         verdict.latency_note = why + (
             "; compared anyway (--force-latency)"
-            if force_latency
+            if settings.force_latency
             else "; latency not compared (use --force-latency), counts still are"
         )
-    verdict.changes.extend(_source_changes(rows, baseline.results))
-    base_geo, cur_geo = _by_geometry(baseline.results), _by_geometry(rows)
+    return verdict
+
+
+def _geometry_changes(rows: Sequence[Result], baseline: Sequence[Result], verdict: Verdict) -> list[Change]:
+    """Geometries missing or new, and count changes of those in both (counted as compared cases)."""
+    changes = []
+    base_geo, cur_geo = _by_geometry(baseline), _by_geometry(rows)
     for geo in base_geo.keys() - cur_geo.keys():
-        verdict.changes.append(Change(_label(base_geo[geo]), "missing", "in the baseline, not in this run", False))
+        changes.append(Change(_label(base_geo[geo]), "missing", "in the baseline, not in this run", False))
     for geo in cur_geo.keys() - base_geo.keys():
-        verdict.changes.append(Change(_label(cur_geo[geo]), "new", "in this run, not in the baseline", False))
+        changes.append(Change(_label(cur_geo[geo]), "new", "in this run, not in the baseline", False))
     for geo in [g for g in cur_geo if g in base_geo]:
         now, then = cur_geo[geo], base_geo[geo]
         verdict.compared_cases += 1
         for name in COUNT_FIELDS:
             a, b = getattr(then, name), getattr(now, name)
             if a is not None and b is not None and a != b:
-                verdict.changes.append(Change(_label(now), "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
-    # Status and latency belong to one backend: compare rows that match exactly.
-    base = {r.key: r for r in baseline.results}
-    for now in rows:
-        then = base.get(now.key)
-        if then is None:
-            continue
-        if then.status == R.OK and now.status != R.OK:
-            verdict.changes.append(Change(_label(now), "status", f"was ok, now {now.status}: {now.reason}", True))
-        elif metric == "instructions" and then.instructions is not None:
-            verdict.compared_instructions += 1
-            verdict.changes.extend(_instructions(now, then, tolerance))
-        elif verdict.latency_compared and then.latency_median_s and now.latency_median_s:
-            verdict.changes.extend(_latency(now, then, tolerance, remeasure, strict))
-    return verdict
+                changes.append(Change(_label(now), "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
+    return changes
+
+
+def _row_changes(
+    now: Result,
+    then: Result,
+    settings: GateSettings,
+    verdict: Verdict,
+    remeasure: Callable[[Case], Sequence[Result]] | None,
+) -> list[Change]:
+    """One backend's row against the baseline's: a case that stopped working, then work or latency."""
+    if then.status == R.OK and now.status != R.OK:
+        return [Change(_label(now), "status", f"was ok, now {now.status}: {now.reason}", True)]
+    if settings.metric == "instructions" and then.instructions is not None:
+        verdict.compared_instructions += 1
+        return _instructions(now, then, settings.tolerance)
+    if verdict.latency_compared and then.latency_median_s and now.latency_median_s:
+        return _latency(now, then, settings.tolerance, remeasure, settings.strict)
+    return []
 
 
 def _as_loaded(baseline: LoadedResults | str | Path | Sequence[Result], env: Mapping[str, Any]) -> LoadedResults:

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.backends import Backend, CaseFailed, get_backend
+from attnbench.backends import get_backend
+from attnbench.backends.base import Backend, CaseFailed
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.results import OK, OOM, SKIPPED, Scenario

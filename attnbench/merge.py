@@ -15,9 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from attnbench.backends import list_backends
+from attnbench.env import machine_label
 from attnbench.errors import UsageError
 from attnbench.results import SCENARIO_FIELDS, Result, axes
 from attnbench.store import SIDECAR_SUFFIX, LoadedResults
+from attnbench.zoo.registry import list_modules
 
 _GLOB_CHARS = "*?["
 #: Env keys shown per source file in a merged report (what tells two runs of one machine apart).
@@ -59,7 +62,6 @@ def _csv_of(sidecar: Path) -> Path:
 
 def source_label(loaded: LoadedResults, label: str | None = None) -> str:
     """The machine of a file's unlabelled rows: `label`, else the one its run recorded, else from its env."""
-    from attnbench.env import machine_label
 
     if label:
         return label
@@ -177,8 +179,6 @@ def plan_order(rows: Sequence[Result], machines: Sequence[str], sweep: Mapping[s
     then the scenario fields in their order, then the backend. Values follow their order in `sweep` (the record a
     run writes into its environment), else the zoo's, each scenario field's choices and the backends' order and
     ascending values; so shards merged this way come out in the unsharded run's order."""
-    from attnbench.backends import list_backends
-    from attnbench.zoo.registry import list_modules
 
     sweep = sweep or {}
     defaults: dict[str, Sequence[Any]] = {"machine": machines, "module": list_modules(), "backend": list_backends()}

@@ -116,7 +116,7 @@ def measure_peaks(keys: Iterable[PeakKey]) -> list[dict[str, Any]]:
 
 
 def _measure(device: str, dtype: str, threads: int) -> Peak:
-    import torch
+    import torch  # torch: env records without --probe measure no roof
 
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device")

@@ -23,6 +23,9 @@ import torch
 
 from attnbench import results as R
 from attnbench.backends import get_backend
+from attnbench.backends.base import host_available_bytes
+from attnbench.counting import count_all, count_params
+from attnbench.env import environment, machine_label
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
@@ -32,8 +35,10 @@ from attnbench.errors import (
     ResourceGuardError,
 )
 from attnbench.guards import guard, time_limit
+from attnbench.instructions import InstructionBatch, check_available
 from attnbench.measurement import is_oom, measure
 from attnbench.results import Case, Result
+from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
 from attnbench.sysalloc import SystemAllocatorWorker, headline_budget, other_state
 from attnbench.zoo.adapters import forward_failure
@@ -104,7 +109,6 @@ def run_sweep(
     sweep: Sweep, options: RunOptions | None = None, sink: Sink | None = None, gate: GateSettings | None = None
 ) -> RunOutcome:
     """Check the sweep, record the environment, measure every case (rows streamed to `sink`), gate if asked."""
-    from attnbench.env import environment, machine_label
 
     options, sink = options or RunOptions(), sink or Sink()
     options.check()
@@ -132,7 +136,6 @@ def run_sweep(
 
 
 def _roof_key(case: Case) -> tuple[str, str, int]:
-    from attnbench.roofline import key_of
 
     return key_of(get_backend(case.backend).device, case.scenario.dtype, case.scenario.threads)
 
@@ -145,8 +148,6 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
     anything runs); the modules of eligible cases are queued as they are built and counted after the sweep
     in one valgrind process, and their rows then carry `instructions`.
     """
-    from attnbench.env import machine_label
-    from attnbench.instructions import InstructionBatch, check_available
 
     options, sink = options or RunOptions(), sink or Sink()
     counting = "instructions" in options.metrics
@@ -280,7 +281,7 @@ def _build(first: Case, cases: list[Case], counted: dict[str, _Counted], run_: _
     run_.sink.stage(first, "building")
     try:
         # The module is built in RAM whatever the backend: guard its whole estimated peak there first.
-        guard(max(estimates, default=None), get_backend("cpu").free_memory(), "RAM", options.force)
+        guard(max(estimates, default=None), host_available_bytes(), "RAM", options.force)
         torch.manual_seed(options.seed)
         hw = (first.height, first.width)
         with time_limit(options.time_limit_s):
@@ -302,7 +303,6 @@ def count(
     module: torch.nn.Module, case: Case, setting: Setting, spec: ModuleSpec, options: RunOptions, mode: str
 ) -> _Counted:
     """Params, and every counter's MACs in `mode` (train: forward + backward), for one geometry."""
-    from attnbench.counting import count_all, count_params
 
     values: dict[str, Any] = {}
     notes: list[str] = []
@@ -361,7 +361,7 @@ def _build_for_counting(case: Case, spec: ModuleSpec, setting: Setting, options:
         # Only the weights are known before counting: guard them before allocating (a user's module has no
         # formula; its constructor already ran once, on the CPU, when the sweep was checked).
         if spec.params_formula is not None:
-            guard(4 * spec.params_formula(setting), get_backend("cpu").free_memory(), "RAM", options.force)
+            guard(4 * spec.params_formula(setting), host_available_bytes(), "RAM", options.force)
         torch.manual_seed(options.seed)
         return build_module(case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout).eval()
 

@@ -18,6 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock
+    fcntl = None  # type: ignore[assignment]
+
 from attnbench.errors import BaselineError, OutputLockedError
 from attnbench.results import COLUMNS, REQUIRED_COLUMNS, SCENARIO_FIELDS, Result, column_types, flat, unflat
 
@@ -188,9 +193,7 @@ class OutputLock:
 
     def acquire(self) -> None:
         """Take the lock or raise OutputLockedError naming the process that holds it."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - no flock (Windows): nothing to lock with
+        if fcntl is None:  # pragma: no cover - no flock (Windows): nothing to lock with
             return
         while True:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnbench.backends import get_backend, list_backends
+from attnbench.env import usable_cores
 from attnbench.errors import BackendUnavailableError, InvalidCaseError, UsageError
 from attnbench.results import SCENARIO_FIELDS, Case, Scenario, axis, frozen_kwargs
 from attnbench.shard import Shard, check_shard, select
@@ -109,7 +111,6 @@ class Sweep:
 
     def warnings(self) -> list[str]:
         """What is allowed but probably not meant: more threads than this process may use."""
-        from attnbench.env import usable_cores
 
         cores = usable_cores()
         return [
@@ -151,7 +152,6 @@ class Sweep:
             )
 
     def _check_backends(self, measures: bool) -> None:
-        from attnbench.backends import get_backend, list_backends
 
         known = list_backends()
         for b in self.backends:

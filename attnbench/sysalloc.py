@@ -26,9 +26,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
+from attnbench.measurement import latency_values, measure
 from attnbench.memory import ALLOCATOR_ENV
 from attnbench.results import OK, Case, Scenario, frozen_kwargs
 from attnbench.timing import TimingBudget
+from attnbench.zoo.build import build_module
 
 #: Timed budget of the allocator state that is not the headline: enough blocks to see a > 10% gap...
 SECONDARY_MAX_RUN_TIME = 0.25
@@ -146,9 +150,6 @@ def _built(case: Case, seed: int) -> Any:
     A zoo name or a file/import spec: a module object given to the Python API in another process cannot be
     rebuilt here, so that case fails here, and the row says so.
     """
-    import torch
-
-    from attnbench.zoo.build import build_module
 
     key = (*case.geometry, seed)
     if key not in _LAST_BUILT:
@@ -161,7 +162,6 @@ def _built(case: Case, seed: int) -> Any:
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     """Build and time one case in this (unpinned) process."""
-    from attnbench.measurement import latency_values, measure
 
     values = dict(request["case"])
     case = Case(

@@ -34,6 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - no getrusage (Windows): no faults or load reading
+    resource = None  # type: ignore[assignment]
+
 #: Warm-up runs until both of these hold (measurement.md: the conv-heavy module needed ~30 calls to settle).
 WARMUP_MIN_CALLS = 10
 WARMUP_MIN_S = 0.25
@@ -183,14 +188,14 @@ class SystemProbe:
 
     @staticmethod
     def _read() -> tuple[int, float, float, float] | None:
+        if resource is None:
+            return None
         try:
-            import resource
-
             usage = resource.getrusage(resource.RUSAGE_SELF)
             with open("/proc/stat") as f:
                 fields = f.readline().split()[1:]
             hz = float(os.sysconf("SC_CLK_TCK"))
-        except (ImportError, OSError, ValueError):
+        except (OSError, ValueError):
             return None
         # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy time.
         ticks = [float(v) for v in fields[:8]]

@@ -6,17 +6,20 @@ Built-in backends are a name -> "module:Class" table; others plug in through the
     [project.entry-points."attnbench.backends"]
     mycpu = "mypackage.backend:MyCpuBackend"
 
-Backend modules are imported on first use, so `import attnbench` does not pull in onnxruntime.
+Backend modules are imported on first use, so `import attnbench` does not pull in onnxruntime, and this package
+imports no torch until a backend is asked for (`attnbench env` reads attnbench.backends.installed alone).
 """
 
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from attnbench.backends.base import Backend, CaseFailed, Prepared
+from attnbench.backends.installed import ENTRY_POINT_GROUP, plugins
 from attnbench.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    from attnbench.backends.base import Backend, CaseFailed, Prepared
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -30,8 +33,6 @@ __all__ = [
     "list_backends",
 ]
 
-#: The entry point group third-party backends register under.
-ENTRY_POINT_GROUP = "attnbench.backends"
 #: name -> "module:Class"; a built-in backend is its file and one line here.
 BUILT_IN: dict[str, str] = {
     "cpu": "attnbench.backends.cpu:CpuBackend",
@@ -55,8 +56,8 @@ class UnknownBackendError(BackendUnavailableError, ValueError):
 def _table() -> dict[str, str]:
     """Every registered backend: the built-in ones, then those of installed packages' entry points."""
     table = dict(BUILT_IN)
-    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        table.setdefault(entry.name, entry.value)
+    for name, target in plugins().items():
+        table.setdefault(name, target)
     return table
 
 
@@ -72,6 +73,8 @@ def get_backend(name: str) -> Backend:
         if name not in table:
             raise UnknownBackendError(name)
         module_name, _, cls_name = table[name].partition(":")
+        from attnbench.backends.base import Backend  # torch: only once a backend is asked for
+
         cls = getattr(importlib.import_module(module_name), cls_name)
         if not (isinstance(cls, type) and issubclass(cls, Backend)):
             raise BackendUnavailableError(f"backend {name!r}: {table[name]} is not an attnbench Backend subclass")
@@ -103,3 +106,10 @@ def backend_facts(name: str, env: dict[str, Any] | None = None) -> dict[str, Any
         return get_backend(name).facts()
     except Exception:  # a backend of another machine that is not installed here
         return dict(UNKNOWN_FACTS)
+
+
+def __getattr__(name: str) -> Any:
+    # The interface classes import torch: on first use only.
+    if name in ("Backend", "CaseFailed", "Prepared"):
+        return getattr(importlib.import_module("attnbench.backends.base"), name)
+    raise AttributeError(f"module 'attnbench.backends' has no attribute {name!r}")

@@ -73,7 +73,7 @@ def short_error(exc: BaseException, limit: int = 400) -> str:
 
 
 def _graph_stats() -> dict[str, int]:
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # a second to import: only compiled cases pay it
 
     return {
         "graph_breaks": int(sum(counters["graph_break"].values())),
@@ -173,7 +173,7 @@ class TorchPrepared(Prepared):
 
     def _compile(self) -> None:
         """torch.compile the module, time its first (compiling) call, and check it against eager."""
-        import torch._dynamo
+        import torch._dynamo  # a second to import: only compiled cases pay it
 
         torch._dynamo.reset()
         before = _graph_stats()

@@ -22,6 +22,7 @@ statuses with reasons (export_failed, session_failed, parity_failed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import re
@@ -43,6 +44,7 @@ from attnbench.backends.base import (
     Prepared,
     make_input,
 )
+from attnbench.backends.cuda import gpu_free_bytes
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.capture import captured
 from attnbench.memory import PeakMemory
@@ -55,6 +57,14 @@ PARITY_ATOL = 1e-4
 #: ...and, for outputs smaller than 1, at most this fraction of the largest |output|: an absolute bound alone
 #: cannot fail for a module whose outputs are ~1e-5 (mhsa's upstream init), whatever ORT returns.
 PARITY_RTOL = 1e-4
+try:  # a dependency, but a machine may lack it: then available() says so rather than the import failing
+    import onnx
+    import onnxruntime as ort
+
+    MISSING: ImportError | None = None
+except ImportError as exc:  # pragma: no cover
+    MISSING = exc
+
 #: ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena: its
 #: peak is a multiple of the eager estimate at the measured batch.
 ORT_MEMORY_FACTOR = 2.0
@@ -114,7 +124,7 @@ def _reuse_torchlib_registry() -> None:
         return
     _REGISTRY_CACHED = True
     try:
-        from torch.onnx._internal.exporter import _registration
+        from torch.onnx._internal.exporter import _registration  # a private API of torch's exporter, absent elsewhere
 
         original = _registration.ONNXRegistry.from_torchlib.__func__
         built: dict[Any, Any] = {}
@@ -151,40 +161,7 @@ def export_onnx(
     _reuse_torchlib_registry()
     errors: list[str] = []
     info: dict[str, Any] = {}
-    auto = torch.export.Dim.AUTO
-    dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
-    # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
-    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    attempts: list[tuple[str, Callable[[], Any]]] = [
-        (
-            "dynamo",
-            functools.partial(
-                torch.onnx.export,
-                module,
-                (example,),
-                str(path),
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=(dynamo_dims,) if dynamic else None,
-                external_data=weight_bytes > EXTERNAL_DATA_BYTES,
-                verbose=False,
-            ),
-        ),
-        (
-            "legacy",
-            functools.partial(
-                torch.onnx.export,
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
-            ),
-        ),
-    ][: 1 if spatial else 2]
+    attempts = _attempts(module, example, path, dynamic, spatial)
     for exporter, run in attempts:
         t0 = time.perf_counter()
         # The dynamo exporter prints progress lines and the legacy one a deprecation warning: keep them in
@@ -209,9 +186,31 @@ def export_onnx(
     raise CaseFailed(STATUS_EXPORT_FAILED, "; ".join(errors))
 
 
+def _attempts(
+    module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool, spatial: bool
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The exports to try, in order: dynamo (with Dim.AUTO for batch, H and W when `spatial`), then legacy."""
+    auto = torch.export.Dim.AUTO
+    dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
+    # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    export = functools.partial(
+        torch.onnx.export, module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME]
+    )
+    dynamo = functools.partial(
+        export,
+        dynamo=True,
+        dynamic_shapes=(dynamo_dims,) if dynamic else None,
+        external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+        verbose=False,
+    )
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    legacy = functools.partial(export, dynamo=False, dynamic_axes=axes)
+    return [("dynamo", dynamo), ("legacy", legacy)][: 1 if spatial else 2]
+
+
 def input_dims(path: Path) -> list[int | str]:
     """The graph input's dims: ints for fixed sizes (dim_value), names for symbolic ones (dim_param)."""
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -219,7 +218,6 @@ def input_dims(path: Path) -> list[int | str]:
 
 
 def _opset(path: Path) -> int | None:
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -236,7 +234,6 @@ OPT_LEVELS = {
 
 def session_options(threads: int, opt_level: str = "all") -> Any:
     """SessionOptions: explicit threads, the graph optimisation level asked for, sequential execution, quiet logs."""
-    import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -257,7 +254,6 @@ class OrtPrepared(Prepared):
         self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int, backend: OrtCpuBackend
     ) -> None:
         super().__init__()
-        import onnxruntime as ort
 
         self.backend = backend.name
         threads = self.threads = scenario.threads
@@ -374,7 +370,6 @@ class OrtPrepared(Prepared):
 
     def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
         """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
-        import onnxruntime as ort
 
         exporter = exporter or self.exporter
         try:
@@ -491,7 +486,6 @@ class OrtPrepared(Prepared):
         return self._call, None
 
     def _timing_context(self) -> Any:
-        import contextlib
 
         return contextlib.nullcontext()
 
@@ -515,7 +509,6 @@ class OrtCudaPrepared(OrtPrepared):
     """ORT on the CUDA execution provider, timed with IO binding (input and output stay on the GPU)."""
 
     def _bind(self, x: torch.Tensor) -> None:
-        import onnxruntime as ort
 
         # Inputs and outputs live on the device, so the timed call moves no data over PCIe.
         self._x_dev = ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", 0)
@@ -554,11 +547,8 @@ class OrtCpuBackend(Backend):
 
     def available(self) -> tuple[bool, str]:
         """True when onnxruntime, onnx and the provider are importable/present."""
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError as exc:
-            return False, f"{exc.name or exc} is not installed (pip install onnx onnxruntime onnxscript)"
+        if MISSING is not None:
+            return False, f"{MISSING.name or MISSING} is not installed (pip install onnx onnxruntime onnxscript)"
         if self.provider not in ort.get_available_providers():
             return False, f"onnxruntime {ort.__version__} has no {self.provider} (has {ort.get_available_providers()})"
         return True, f"onnxruntime {ort.__version__} {self.provider}, onnx {onnx.__version__}"
@@ -587,7 +577,6 @@ class OrtCudaBackend(OrtCpuBackend):
 
     def free_memory(self) -> int | None:
         """Free memory of the GPU the session runs on (its arena allocates there, not in RAM)."""
-        from attnbench.backends.cuda import gpu_free_bytes
 
         return gpu_free_bytes()
 

@@ -2,26 +2,24 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+import torch
 from rich.console import Console
+from rich.measure import Measurement
 
+from attnbench import fmt
 from attnbench.cli.options import BREAKDOWN_DEPTH
+from attnbench.counting import breakdown_table, count_macs, count_params
 from attnbench.results import INVALID, Result
+from attnbench.zoo.adapters import TokensToImage
+from attnbench.zoo.build import build_module
 
 
 def print_breakdowns(rows: Sequence[Result], out: Console, depth: int = BREAKDOWN_DEPTH) -> None:
     """For each geometry: params, MACs and FLOPs per nested submodule down to `depth` (as fvcore's
     flop_count_table), then the attnbench counter's MACs per operator and what it saw but did not count."""
-    import json
-
-    import torch
-    from rich.measure import Measurement
-
-    from attnbench import fmt
-    from attnbench.counting import breakdown_table, count_macs, count_params
-    from attnbench.zoo.adapters import TokensToImage
-    from attnbench.zoo.build import build_module
 
     seen = set()
     for row in rows:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from typing import Annotated, Any
 
 import typer
 
+from attnbench import env, fmt
+from attnbench.backends.installed import installed_backends
 from attnbench.cli.app import app, consoles
 
 
@@ -22,10 +26,6 @@ def env_cmd(
     ] = False,
 ) -> None:
     """The environment record: versions, devices, and which backends and counters are available."""
-    import importlib.util
-    import json
-
-    from attnbench import env
 
     if probe:
         record = env.environment(threads=1, peaks=_probe_peaks())
@@ -33,7 +33,7 @@ def env_cmd(
         # From files and package metadata only, so this answers at once; --probe imports and measures.
         record = env.static_environment()
         record.update(env.nvidia_smi())
-        record["available_backends"] = env.installed_backends()
+        record["available_backends"] = installed_backends()
     record["available_counters"] = {
         "attnbench": {"available": True, "reason": "built in (dispatch level, meta device)"},
         **{
@@ -68,7 +68,7 @@ def env_cmd(
 
 def _probe_peaks() -> list[tuple[str, str, int]]:
     """The roofs `env --probe` measures: the CPU at 1 thread, and the GPU when there is one."""
-    import torch
+    import torch  # torch: without --probe, env answers without it
 
     keys = [("cpu", "float32", 1)]
     if torch.cuda.is_available():
@@ -77,7 +77,6 @@ def _probe_peaks() -> list[tuple[str, str, int]]:
 
 
 def _peak_text(peak: dict[str, Any]) -> str:
-    from attnbench import fmt
 
     threads = f", {peak['threads']} thread{'s' if peak['threads'] > 1 else ''}" if peak["device"] == "cpu" else ""
     return (

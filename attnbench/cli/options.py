@@ -22,8 +22,13 @@ from typing import Annotated, Any
 import typer
 
 from attnbench.errors import UsageError
+from attnbench.gate import GateSettings
+from attnbench.instructions import check_available
 from attnbench.results import SCENARIO_DEFAULTS, axes
 from attnbench.settings import COUNTERS, DEFAULT_METRICS, METRICS, RunOptions
+from attnbench.shard import parse_shard
+from attnbench.store import OutputLock
+from attnbench.sweep import Sweep
 from attnbench.timing import (
     DEFAULT_MAX_RUN_TIME,
     DEFAULT_MIN_RUN_TIME,
@@ -32,6 +37,7 @@ from attnbench.timing import (
     WARMUP_MIN_S,
     TimingBudget,
 )
+from attnbench.zoo.registry import get_spec, list_modules
 
 #: The report formats `-o` writes, by suffix (any case: X.CSV is a CSV).
 OUTPUT_SUFFIXES = (".csv", ".md", ".json")
@@ -195,7 +201,6 @@ class Outputs:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold an exclusive lock on every output file while this run writes them (a second run is refused)."""
-        from attnbench.store import OutputLock
 
         locks = [OutputLock(path) for path in self.files]
         try:
@@ -336,8 +341,6 @@ class Request:
 
 def build_request(defaults: Defaults, given: Mapping[str, Any]) -> Request:
     """The Request of a `profile` or `compare` call, from its options as typed; bad values raise UsageError."""
-    from attnbench.shard import parse_shard
-    from attnbench.sweep import Sweep
 
     modules = resolve_modules(given["modules"], given["all_"])
     shared, own = parse_module_kw(given["kw"] or [])
@@ -365,8 +368,6 @@ def _options(given: Mapping[str, Any], gate: Any) -> RunOptions:
     if given.get("gate_metric") == "instructions" and "instructions" not in metrics:
         metrics += ("instructions",)
     if "instructions" in metrics:
-        from attnbench.instructions import check_available
-
         check_available()
     budget = TimingBudget(
         min_run_time=given["min_run_time"],
@@ -407,7 +408,6 @@ def _gate(given: Mapping[str, Any]) -> Any:
     """The gate's settings (checked even without a baseline: --gate-metric instructions also writes one)."""
     if "gate_metric" not in given:  # profile has no gate
         return None
-    from attnbench.gate import GateSettings
 
     gate = GateSettings(
         given["baseline"] or Path(), given["tolerance"], given["force_latency"], given["gate_metric"], given["strict"]
@@ -418,7 +418,6 @@ def _gate(given: Mapping[str, Any]) -> Any:
 
 def resolve_modules(modules: Sequence[str] | None, all_: bool) -> tuple[str, ...]:
     """The modules named, as rows name them (unknown ones refused with suggestions), or the whole zoo with --all."""
-    from attnbench.zoo.registry import get_spec, list_modules
 
     if all_ and modules:
         raise UsageError(f"--all runs every module: drop the module names ({', '.join(modules)}) or --all")

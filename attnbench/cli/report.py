@@ -6,9 +6,12 @@ from typing import Annotated
 
 import typer
 
+from attnbench import report
 from attnbench.cli.app import app, consoles
 from attnbench.cli.options import OutputOpt, Outputs, PlotsOpt, SortOpt
 from attnbench.errors import UsageError
+from attnbench.merge import expand, merge
+from attnbench.store import load
 
 
 @app.command("report")
@@ -28,9 +31,6 @@ def report_cmd(
     ] = False,
 ) -> None:
     """Re-render saved results, or merge several (shards, machines) into one report, without measuring."""
-    from attnbench import report
-    from attnbench.merge import expand, merge
-    from attnbench.store import load
 
     if label is not None and not label.strip():
         raise UsageError("--label must not be empty")
@@ -42,7 +42,7 @@ def report_cmd(
     with outputs.locked():
         report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)
     if plots is not None:
-        from attnbench.report.plots import plot_scaling
+        from attnbench.report.plots import plot_scaling  # matplotlib: only when plots are asked for
 
         for path in plot_scaling(merged.results, plots, merged.env):
             consoles.err.print(f"wrote {path}", highlight=False)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bar
 
+from attnbench import report
 from attnbench import results as R
 from attnbench.cli.app import app, consoles, stopped_by
 from attnbench.cli.options import (
@@ -143,8 +147,8 @@ def compare_cmd(
 
 def measure_and_render(request: Request, defaults: Defaults) -> None:
     """Check the outputs, run the sweep with the outputs locked, render; exit 0 / 1 / 2 / 130 / 143."""
-    from attnbench.report import ReportFiles
-    from attnbench.runner import run_sweep
+    from attnbench.report import ReportFiles  # pandas and torch: list, info and env share this module's imports
+    from attnbench.runner import run_sweep  # torch: as above
 
     sweep, options, outputs = request.sweep, request.options, request.outputs
     outputs.check(sweep.backends)
@@ -161,20 +165,19 @@ def measure_and_render(request: Request, defaults: Defaults) -> None:
 
 def render(request: Request, outcome: RunOutcome) -> None:
     """Tables on stdout, notes on stderr, plots and the gate's verdict; the exit code the outcome deserves."""
-    from attnbench import report
 
     outputs, rows, env, err = request.outputs, outcome.results, outcome.env, consoles.err
     if request.sweep.shard is not None and not rows and not outcome.interrupted:
         _empty_shard(request, env)
         return
     if outputs.plots is not None and rows:
-        from attnbench.report.plots import plot_scaling
+        from attnbench.report.plots import plot_scaling  # matplotlib: only when plots are asked for
 
         for path in plot_scaling(rows, outputs.plots, env):
             err.print(f"wrote {path}", highlight=False)
     report.show(rows, consoles.out, err, outputs.title, outputs.sort, outputs.highlight_best, env)
     if outputs.breakdown:
-        from attnbench.cli.breakdown import print_breakdowns
+        from attnbench.cli.breakdown import print_breakdowns  # torch: only with --breakdown
 
         print_breakdowns(rows, consoles.out, outputs.depth)
     for path in outputs.files:
@@ -202,7 +205,6 @@ def _refuse_all_refused(request: Request, rows: Sequence[R.Result]) -> None:
 
 def _empty_shard(request: Request, env: Mapping[str, Any]) -> None:
     """A shard the partition left without cases: say so (its empty reports are written), exit 0."""
-    import dataclasses
 
     sweep = request.sweep
     geometries = len({c.geometry for c in dataclasses.replace(sweep, shard=None).cases()})
@@ -266,8 +268,6 @@ class Progress:
         self.total = len(steps)
         if self.quiet or not consoles.err.is_terminal or not steps:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-        from rich.progress import Progress as Bar
 
         self._bar = Bar(
             TextColumn("{task.description}"),

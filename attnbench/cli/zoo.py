@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from attnbench.cli.app import app, consoles
+from attnbench.report.tables import KEY, Column, fit, fit_note, render
+from attnbench.zoo import catalog
+from attnbench.zoo.registry import source_hash
 
 if TYPE_CHECKING:
     from attnbench.zoo.spec import ModuleSpec
@@ -17,11 +21,9 @@ def list_cmd(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's Markdown module table.")] = False,
 ) -> None:
     """Show the module zoo: name, paper, layout, default kwargs, constraints."""
-    from attnbench.report.tables import KEY, Column, fit, fit_note, render
-    from attnbench.zoo import catalog
 
     if markdown:
-        from attnbench.report import zoo_markdown
+        from attnbench.report import zoo_markdown  # pandas and torch: only for --markdown
 
         print(zoo_markdown())
         return
@@ -62,7 +64,6 @@ def _constraints_text(entry: dict[str, Any]) -> str:
 @app.command("info")
 def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     """Everything attnbench knows about one module: reference, kwargs, constraints, notes, formulas."""
-    from attnbench.zoo import catalog
 
     entries = {e["name"]: e for e in catalog.zoo()}
     if name not in entries:  # a user's module (file.py:Name); an unknown name is refused with suggestions
@@ -100,9 +101,6 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
 
 def _info_user(spec: ModuleSpec) -> None:
     """What attnbench knows about a user's module: where it is, its source hash, how it is called."""
-    import inspect
-
-    from attnbench.zoo.registry import source_hash
 
     consoles.out.print(f"[bold]{spec.name}[/bold]: your own module", highlight=False)
     consoles.out.print(

@@ -19,6 +19,7 @@ from attnbench.counting.base import (
     tensor_bytes,
     unavailable,
 )
+from attnbench.counting.dispatch import count_dispatch
 from attnbench.errors import InvalidCaseError
 
 #: A counter body: (module copy in eval mode, input tensor, device label) -> report.
@@ -27,7 +28,6 @@ CounterBody = Callable[[nn.Module, torch.Tensor, str], MacReport]
 
 def estimate_activation_bytes(module: nn.Module, shape: Sequence[int]) -> int | None:
     """Peak live activation bytes from the attnbench counter on meta (None when it cannot tell)."""
-    from attnbench.counting.dispatch import count_dispatch
 
     report = count_dispatch(module, shape, "meta")
     return report.peak_live_bytes_estimate if report.ok else None

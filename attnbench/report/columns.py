@@ -7,6 +7,7 @@ column declares its priority (P_*), so a new column slots in without touching th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -14,6 +15,16 @@ import pandas as pd
 from attnbench import fmt
 from attnbench.backends import backend_facts
 from attnbench.merge import MachineInfo
+from attnbench.metrics import (
+    METRICS,
+    P_MACS,
+    P_OTHER_LATENCY,
+    P_PARAMS,
+    P_PEAK_SHARE,
+    P_SPREAD,
+    Metric,
+    metric,
+)
 from attnbench.report.summary import (
     RATIO_TOLERANCE,
     ROW_KEY,
@@ -31,66 +42,30 @@ from attnbench.report.tables import KEY, Column
 
 #: Marks a CPU latency that a default (unpinned) glibc process would see more than 10% slower.
 ALLOC_MARK = "†"
-
-
-def metric_label(metric: str) -> str:
-    if metric == "macs_attnbench":
-        return "MACs"
-    kind, backend = metric.split("_")[0], metric.split("_")[1]
-    return f"{'latency' if kind == 'latency' else 'peak mem'} {backend}"
-
-
-#: How soon a secondary column goes on a narrow terminal (larger: sooner). Module, C, H x W, the varying
-#: identity columns, the headline metric and Status are KEY. A new column declares one of these (or its own).
-P_PARAMS = 10
-
-
-P_MACS = 12
-
-
-P_OTHER_LATENCY = 20
-
-
-P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
-
-
-P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
-
-
-P_INSTRUCTIONS = 26  # instructions per call: asked for explicitly (a gate on work), so kept before memory
-
-
-P_MEMORY = 30
-
-
-P_OTHER_ALLOC = 32  # the latency in the other allocator state, where it is > 10% slower
-
-
-P_FLOPS = 40
-
-
-P_ACHIEVED = 45
-
-
-P_PEAK_SHARE = 50
-
-
-P_SPREAD = 60  # the ±IQR beside a median (folded away, the median stays)
-
-
-P_PARITY = 65
-
-
-P_CROSS_CHECK = 70  # fvcore÷ours, thop÷ours
-
-
 #: Units a column of FLOP/s is printed in (picked per column, like memory and time).
 RATE_UNITS = (("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12))
+#: The unit families a column of seconds or bytes picks its unit from.
+UNIT_FAMILIES = {"seconds": fmt.TIME_UNITS, "bytes": fmt.BYTE_UNITS}
+
+
+def metric_label(summary_column: str) -> str:
+    """The scaling table's name of a summary column ('MACs', 'latency cpu', 'peak mem ort')."""
+    for m in METRICS:
+        if not m.scaling:
+            continue
+        if not m.pivot and summary_column == m.column:
+            return m.scaling
+        head, _, tail = m.pivot.partition("{backend}")
+        if m.pivot and summary_column.startswith(head) and summary_column.endswith(tail):
+            backend = summary_column[len(head) : len(summary_column) - len(tail)]
+            return m.scaling.format(backend=backend)
+    return summary_column
 
 
 def headline(table: pd.DataFrame, backends: Sequence[str], sort_by: str | None = None) -> str:
     """The summary column a table is about: the sorted-by latency, else the first backend's, else MACs, else params."""
-    latencies = [f"latency_{b}_s" for b in backends if has(table, f"latency_{b}_s")]
+    latency = metric("latency")
+    latencies = [latency.summary_column(b) for b in backends if has(table, latency.summary_column(b))]
     if sort_by:
         try:
             key = sort_key(sort_by, backends)
@@ -106,18 +81,29 @@ def headline(table: pd.DataFrame, backends: Sequence[str], sort_by: str | None =
 
 
 def has(table: pd.DataFrame, column: str) -> bool:
+    """True when the summary has the column and it holds a value somewhere."""
     return column in table and table[column].notna().any()
+
+
+@dataclass(frozen=True)
+class View:
+    """What every column of one table is built against: the rows, their backends, the roofs, the headline."""
+
+    table: pd.DataFrame
+    backends: Sequence[str]
+    roofs: Roofs
+    head: str
+
+    def priority(self, column: str, otherwise: int) -> int:
+        """KEY for the headline column (it never goes), else the column's own priority."""
+        return KEY if column == self.head else otherwise
 
 
 def summary_columns(
     table: pd.DataFrame, backends: Sequence[str], roofs: Roofs | None = None, sort_by: str | None = None
 ) -> list[Column]:
-    """The summary table's columns, each with its unit in the header and its priority on a narrow terminal."""
-    head = headline(table, backends, sort_by)
-
-    def priority(key: str, otherwise: int) -> int:
-        return KEY if key == head else otherwise
-
+    """The summary table's columns: the identity, then each declared metric's, then the status."""
+    view = View(table, backends, roofs or {}, headline(table, backends, sort_by))
     cols = [
         Column("Module", lambda r: str(r["module"]), justify="left", wrap=True, key="module"),
         Column("C", lambda r: str(int(r["dim"])), key="dim"),
@@ -133,106 +119,68 @@ def summary_columns(
                 key=key,
             )
         )
-    if has(table, "params"):
-        cols.append(Column("Params", lambda r: fmt.si(r["params"]), priority("params", P_PARAMS), key="params"))
-    if has(table, "macs_attnbench"):
-        macs = priority("macs_attnbench", P_MACS)
-        cols.append(Column("MACs", lambda r: fmt.si(r["macs_attnbench"]), macs, key="macs_attnbench"))
-    if has(table, "flops_attnbench"):
-        cols.append(Column("FLOPs", lambda r: fmt.si(r["flops_attnbench"]), P_FLOPS, key="flops_attnbench"))
-    for counter in ("fvcore", "thop"):
-        if f"macs_{counter}" in table and (
-            table[f"macs_{counter}"].notna().any() or table["counter_notes"].fillna("").str.contains(counter).any()
-        ):
-            cols.append(Column(f"{counter}÷ours", _ratio_cell(counter), P_CROSS_CHECK, key=f"macs_{counter}"))
-    for i, b in enumerate(backends):
-        if has(table, f"mem_{b}_bytes"):
-            unit, factor = fmt.pick_unit(table[f"mem_{b}_bytes"], fmt.BYTE_UNITS)
-            cols.append(
-                Column(
-                    f"Mem {b} [{unit}]",
-                    lambda r, b=b, factor=factor: fmt.in_unit(r.get(f"mem_{b}_bytes"), factor),
-                    P_MEMORY + i,
-                    key=f"mem_{b}_bytes",
-                )
-            )
-    for i, b in enumerate(backends):
-        if has(table, f"latency_{b}_s"):
-            cols.append(_latency_column(table, b, priority(f"latency_{b}_s", P_OTHER_LATENCY + i)))
-    for i, b in enumerate(backends):
-        if has(table, f"instr_{b}"):
-            cell = lambda r, b=b: fmt.si(r.get(f"instr_{b}"))  # noqa: E731
-            cols.append(Column(f"{b} instr/call", cell, P_INSTRUCTIONS + i, key=f"instr_{b}"))
-    cols += _scenario_columns(table, backends)
-    cols += _roofline_columns(table, backends, roofs or {})
-    for b in backends:
-        # Each backend names what its parity figure compares (ORT against PyTorch, compiled against eager).
-        label = backend_facts(b)["parity"]
-        if label and has(table, f"parity_{b}"):
-            cell = lambda r, b=b: fmt.sci(r.get(f"parity_{b}"))  # noqa: E731
-            cols.append(Column(f"{label} max|Δ|", cell, P_PARITY, key=f"parity_{b}"))
+    for m in METRICS:
+        if m.when and not set(m.when) & set(varying(table)):
+            continue
+        cols += RENDERERS[m.cell](m, view) if m.cell else _metric_columns(m, view)
     cols.append(Column("Status", lambda r: str(r["status"]), justify="left", wrap=True, key="status"))
     return cols
 
 
-def _scenario_columns(table: pd.DataFrame, backends: Sequence[str]) -> list[Column]:
-    """Throughput (when batch or threads vary), the other allocator state's latency, torch.compile's time."""
+def _metric_columns(m: Metric, view: View) -> list[Column]:
+    """A metric's columns by its units: one, or one per backend that measured it."""
+    targets = [(i, b, m.summary_column(b)) for i, b in enumerate(view.backends)] if m.pivot else [(0, "", m.column)]
     cols = []
-    # Throughput answers "what batch (or thread count) fills this machine": shown when either varies.
-    if {"batch", "threads"} & set(varying(table)):
-        for i, b in enumerate(backends):
-            if has(table, f"throughput_{b}_per_s"):
-                cols.append(
-                    Column(
-                        f"{b} [samples/s]",
-                        lambda r, b=b: fmt.sig(r.get(f"throughput_{b}_per_s")),
-                        P_THROUGHPUT + i,
-                        key=f"throughput_{b}_per_s",
-                    )
-                )
-    other = {("pinned",): "system", ("system",): "pinned"}.get(tuple(table["allocator"].unique()), "other")
-    for i, b in enumerate(backends):
-        if has(table, f"alloc_slower_{b}") and any(flag(v) for v in table[f"alloc_slower_{b}"]):
-            unit, factor = fmt.pick_unit(table[f"other_alloc_{b}_s"], fmt.TIME_UNITS)
-            cols.append(
-                Column(
-                    f"{b} [{unit}] {other}",
-                    lambda r, b=b, factor=factor: _other_alloc_cell(r, b, factor),
-                    P_OTHER_ALLOC + i,
-                    key=f"other_alloc_{b}_s",
-                )
-            )
-    for i, b in enumerate(backends):
-        if has(table, f"compile_{b}_s"):
-            cols.append(
-                Column(
-                    f"{b} compile [s]",
-                    lambda r, b=b: fmt.sig(r.get(f"compile_{b}_s")),
-                    P_COMPILE + i,
-                    key=f"compile_{b}_s",
-                )
-            )
+    for i, backend, column in targets:
+        parity = backend_facts(backend)["parity"] if backend else ""
+        if not has(view.table, column) or ("{parity}" in m.header and not parity):
+            continue
+        unit, cell = _cell(m.units, view.table[column], column)
+        header = m.header.format(backend=backend, unit=unit, parity=parity)
+        priority = view.priority(column, m.priority + (i if m.pivot and m.units != "error" else 0))
+        cols.append(Column(header, cell, priority, key=column, meta={"best": m.best}))
     return cols
 
 
-def _other_alloc_cell(r: Mapping[str, Any], b: str, factor: float) -> str:
-    # Only where the system allocator is > 10% slower: elsewhere the two states agree within the noise.
-    return fmt.in_unit(r.get(f"other_alloc_{b}_s"), factor) if flag(r.get(f"alloc_slower_{b}")) else ""
+def _cell(units: str, values: Any, column: str) -> tuple[str, Any]:
+    """The unit a column prints in (picked from its values where the units have a family) and its cell."""
+    if units in UNIT_FAMILIES:
+        unit, factor = fmt.pick_unit(values, UNIT_FAMILIES[units])
+        return unit, lambda r: fmt.in_unit(r.get(column), factor)
+    text = {"count": fmt.si, "plain": fmt.sig, "error": fmt.sci}[units]
+    return "", lambda r: text(r.get(column))
 
 
-def _ratio_cell(counter: str) -> Any:
+def _counter_ratio(m: Metric, view: View) -> list[Column]:
+    """fvcore÷ours or thop÷ours: the counter's MACs over attnbench's, flagged beyond the tolerance."""
+    table, counter = view.table, m.name
+    if m.column not in table:
+        return []
+    if not (table[m.column].notna().any() or table["counter_notes"].fillna("").str.contains(counter).any()):
+        return []
+
     def cell(r: Mapping[str, Any]) -> str:
-        q = ratio(r.get(f"macs_{counter}"), r.get("macs_attnbench"))
+        q = ratio(r.get(m.column), r.get("macs_attnbench"))
         if q is None:
             return "n/a"
         flag = " under" if q < 1 - RATIO_TOLERANCE else (" over" if q > 1 + RATIO_TOLERANCE else "")
         return f"{fmt.ratio(q)}{flag}"
 
-    return cell
+    return [Column(m.header, cell, m.priority, key=m.column)]
 
 
-def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
-    unit, factor = fmt.pick_unit(table[f"latency_{b}_s"], fmt.TIME_UNITS)
+def _latency_columns(m: Metric, view: View) -> list[Column]:
+    """Each backend's median latency with its ±IQR (folded away first on a narrow terminal) and its marks."""
+    cols = []
+    for i, b in enumerate(view.backends):
+        column = m.summary_column(b)
+        if has(view.table, column):
+            cols.append(_latency_column(view.table, b, column, view.priority(column, m.priority + i)))
+    return cols
+
+
+def _latency_column(table: pd.DataFrame, b: str, key: str, priority: int) -> Column:
+    unit, factor = fmt.pick_unit(table[key], fmt.TIME_UNITS)
 
     def marks(r: Mapping[str, Any]) -> str:
         text = " ~" if flag(r.get(f"noisy_{b}")) else ""
@@ -240,17 +188,16 @@ def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
         return text + (f" {ALLOC_MARK}" if flag(r.get(f"alloc_slower_{b}")) else "")
 
     def full(r: Mapping[str, Any]) -> str:
-        med, iqr = r.get(f"latency_{b}_s"), r.get(f"iqr_{b}_s")
+        med, iqr = r.get(key), r.get(f"iqr_{b}_s")
         if fmt.missing(med):
             return fmt.MISSING
         spread = "" if fmt.missing(iqr) else f" ±{fmt.in_unit(iqr, factor, 2)}"
         return fmt.in_unit(med, factor) + spread + marks(r)
 
     def short(r: Mapping[str, Any]) -> str:
-        med = r.get(f"latency_{b}_s")
+        med = r.get(key)
         return fmt.MISSING if fmt.missing(med) else fmt.in_unit(med, factor) + marks(r)
 
-    key = f"latency_{b}_s"
     return Column(
         f"{b} [{unit}] med±IQR",
         full,
@@ -262,21 +209,40 @@ def _latency_column(table: pd.DataFrame, b: str, priority: int) -> Column:
     )
 
 
-def _roofline_columns(table: pd.DataFrame, backends: Sequence[str], roofs: Roofs) -> list[Column]:
+def _other_allocator_columns(m: Metric, view: View) -> list[Column]:
+    """The latency in the other allocator state, only where it is > 10% slower (elsewhere the states agree)."""
+    table = view.table
+    other = {("pinned",): "system", ("system",): "pinned"}.get(tuple(table["allocator"].unique()), "other")
+    cols = []
+    for i, b in enumerate(view.backends):
+        column, slower = m.summary_column(b), f"alloc_slower_{b}"
+        if not (has(table, slower) and any(flag(v) for v in table[slower])):
+            continue
+        unit, factor = fmt.pick_unit(table[column], fmt.TIME_UNITS)
+
+        def cell(r: Mapping[str, Any], column: str = column, slower: str = slower, factor: float = factor) -> str:
+            return fmt.in_unit(r.get(column), factor) if flag(r.get(slower)) else ""
+
+        header = m.header.format(backend=b, unit=unit, other=other)
+        cols.append(Column(header, cell, m.priority + i, key=column))
+    return cols
+
+
+def _roofline_columns(m: Metric, view: View) -> list[Column]:
     """Achieved FLOP/s per backend and its share of the machine's measured peak (where FLOPs were counted)."""
+    table = view.table
     if not has(table, "flops_attnbench"):
         return []
     cols = []
-    for i, b in enumerate(backends):
-        if not has(table, f"latency_{b}_s"):
+    for i, b in enumerate(view.backends):
+        if not has(table, metric("latency").summary_column(b)):
             continue
         rates = [achieved(r, b) for _, r in table.iterrows()]
         unit, factor = fmt.pick_unit(rates, RATE_UNITS)
-        cols.append(
-            Column(f"{b} {unit}", lambda r, b=b, factor=factor: fmt.in_unit(achieved(r, b), factor), P_ACHIEVED + i)
-        )
-        if any(row_peak(r, b, roofs) for _, r in table.iterrows()):
-            cols.append(Column(f"{b} % peak", lambda r, b=b: _peak_share(r, b, roofs), P_PEAK_SHARE + i))
+        header = m.header.format(backend=b, unit=unit)
+        cols.append(Column(header, lambda r, b=b, factor=factor: fmt.in_unit(achieved(r, b), factor), m.priority + i))
+        if any(row_peak(r, b, view.roofs) for _, r in table.iterrows()):
+            cols.append(Column(f"{b} % peak", lambda r, b=b: _peak_share(r, b, view.roofs), P_PEAK_SHARE + i))
     return cols
 
 
@@ -285,21 +251,26 @@ def _peak_share(r: Mapping[str, Any], b: str, roofs: Roofs) -> str:
     return fmt.MISSING if peak is None or value is None else fmt.percent(value / peak.flops_per_s)
 
 
+#: The metrics a table shows in a way of their own, by the `cell` their declaration names.
+RENDERERS = {
+    "counter_ratio": _counter_ratio,
+    "latency": _latency_columns,
+    "other_allocator": _other_allocator_columns,
+    "roofline": _roofline_columns,
+}
+
+
 def _best(table: pd.DataFrame, key: str) -> Any:
     # The best (lowest) value of a cost column among several modules.
     vals = pd.to_numeric(table[key], errors="coerce").dropna()
     return vals.min() if len(vals) and table["module"].nunique() > 1 else None
 
 
-#: Cost columns whose lowest value is highlighted with --highlight (compare).
-BEST_KEYS = ("params", "macs_attnbench", "flops_attnbench")
-
-
 def highlights(table: pd.DataFrame, cols: Sequence[Column]) -> dict[tuple[Any, ...], dict[str, Any]]:
     # The best value of a column among the modules measured at the same setting: across resolutions the
     # smallest input would always win.
     setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
-    keys = [c.key for c in cols if c.key in BEST_KEYS or c.key.startswith("mem_") or c.meta.get("best")]
+    keys = [c.key for c in cols if c.meta.get("best")]
     return {
         tuple(values): {key: _best(grp, key) for key in keys}
         for values, grp in table.groupby(setting, sort=False, dropna=False)
@@ -322,7 +293,7 @@ def scaling_columns(frame: pd.DataFrame) -> list[Column]:
             Column(
                 f"{metric_label(m)} exp",
                 lambda r, m=m: fmt.ratio(r.get(f"{m}_exp")),
-                P_MACS if m == "macs_attnbench" else P_OTHER_LATENCY + i,
+                P_MACS if m == metric("macs").column else P_OTHER_LATENCY + i,
             )
         )
     return cols

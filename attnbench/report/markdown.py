@@ -31,7 +31,8 @@ from attnbench.report.summary import (
 )
 from attnbench.results import Result, axes
 from attnbench.roofline import peaks_of
-from attnbench.zoo.spec import SOURCE_HASH_DIGITS
+from attnbench.zoo.registry import get_spec, list_modules
+from attnbench.zoo.spec import SOURCE_HASH_DIGITS, Setting
 
 
 def md_escape(text: str) -> str:
@@ -50,92 +51,107 @@ def markdown(
     if table.empty:
         lines += ["No results.", ""]
     else:
-        if sort_by:
-            table = sort_summary(table, sort_by)
-        cols = summary_columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
-        lines.append("| " + " | ".join(md_escape(c.header) for c in cols) + " |")
-        lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
-        for _, r in table.iterrows():
-            lines.append("| " + " | ".join(md_escape(c.cell(r)) for c in cols) + " |")
-        lines.append("")
-        # The scenario fields that do not vary are not columns: the line under the table says them.
-        lines += [scenario_text(table), ""]
-        lines.append(
-            "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
-            "confidence interval on the median is within the asked precision (±1% by default), or its time "
-            "budget is spent, or the interval's width says the budget cannot reach that precision. `~` marks "
-            "a noisy timing (IQR/median > 10%, or the precision not reached), "
-            "`!` one taken while other processes used more than 5% of a core. "
-            + (
-                f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
-                if any(present(r.instructions) for r in results)
-                else ""
-            )
-            + "Mem: activations and temporaries allocated during one forward, or in train mode during one "
-            "forward + backward (gradients included); weights and input excluded. "
-            "`under`/`over`: the counter differs from "
-            f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
-            + (f" {ALLOC_LEGEND}" if any(flag(r.system_allocator_slower) for r in results) else "")
-            + (
-                " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
-                "counted); % peak: of the machine's measured peak compute (below)."
-                if any("FLOP/s" in c.header for c in cols)
-                else ""
-            )
-        )
-        lines.append("")
+        lines += _summary_markdown(table, results, env, sort_by)
         notes = allocator_notes(results)
         if notes:
             lines += ["## Allocator", "", *[f"- {md_escape(n)}" for n in notes], ""]
         lines += _roof_markdown(results, env)
         lines += machines_markdown(results, env)
-        frame = with_machine_aliases(scaling(results), results)
-        if not frame.empty:
-            metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
-            lines += [
-                "## Scaling with N = H*W",
-                "",
-                "Exponent x in cost ~ N^x between the two largest resolutions (least-squares fit over "
-                "all resolutions in brackets).",
-                "",
-            ]
-            extra = varying(frame)
-            heads = ["Module", "C", *(VARYING[c] for c in extra), "N range"]
-            lines.append("| " + " | ".join(heads + [f"{metric_label(m)} exp" for m in metrics]) + " |")
-            lines.append("|---|---:|" + "---:|" * len(extra) + "---:|" + "---:|" * len(metrics))
-            for _, r in frame.iterrows():
-                vals = []
-                for m in metrics:
-                    e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
-                    vals.append(fmt.MISSING if not present(e) else f"{fmt.ratio(e)} ({fmt.ratio(f)})")
-                ids = [str(r["module"]), str(int(r["dim"]))]
-                ids += [md_escape(identity_text(c, r[c])) for c in extra]
-                lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
-            lines.append("")
+        lines += _scaling_markdown(results)
     lines += cross_hardware_markdown(results, env)
-    bad = [r for r in results if r.status != R.OK]
-    if bad:
-        lines += [
-            "## Cases that did not complete",
-            "",
-            "| Module | C | H x W | B | backend | status | reason |",
-            "|---|---:|---:|---:|---|---|---|",
-        ]
-        for r in bad:
-            lines.append(
-                f"| {r.module} | {r.dim} | {r.height}x{r.width} | {r.batch} | {r.backend} | {r.status} | "
-                f"{md_escape(r.reason)} |"
-            )
-        lines.append("")
+    lines += _failures_markdown(results)
     lines += _sources_markdown(results)
-    lines += [
-        "## Counting convention",
-        "",
-        CONVENTION,
-        "",
-        *environment_markdown(results, env),
-    ]
+    lines += ["## Counting convention", "", CONVENTION, "", *environment_markdown(results, env)]
     return "\n".join(lines)
+
+
+def _summary_markdown(
+    table: pd.DataFrame, results: Sequence[Result], env: Mapping[str, Any], sort_by: str | None
+) -> list[str]:
+    """The summary table, the scenario line under it, and the legend of what its columns and marks mean."""
+    if sort_by:
+        table = sort_summary(table, sort_by)
+    cols = summary_columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
+    lines = ["| " + " | ".join(md_escape(c.header) for c in cols) + " |"]
+    lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
+    for _, r in table.iterrows():
+        lines.append("| " + " | ".join(md_escape(c.cell(r)) for c in cols) + " |")
+    # The scenario fields that do not vary are not columns: the line under the table says them.
+    return [*lines, "", scenario_text(table), "", _legend(results, cols), ""]
+
+
+def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
+    """What the summary table's latency, marks, memory, ratios and rates mean (the parts that apply)."""
+    return (
+        "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
+        "confidence interval on the median is within the asked precision (±1% by default), or its time "
+        "budget is spent, or the interval's width says the budget cannot reach that precision. `~` marks "
+        "a noisy timing (IQR/median > 10%, or the precision not reached), "
+        "`!` one taken while other processes used more than 5% of a core. "
+        + (
+            f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
+            if any(present(r.instructions) for r in results)
+            else ""
+        )
+        + "Mem: activations and temporaries allocated during one forward, or in train mode during one "
+        "forward + backward (gradients included); weights and input excluded. "
+        "`under`/`over`: the counter differs from "
+        f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
+        + (f" {ALLOC_LEGEND}" if any(flag(r.system_allocator_slower) for r in results) else "")
+        + (
+            " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
+            "counted); % peak: of the machine's measured peak compute (below)."
+            if any("FLOP/s" in c.header for c in cols)
+            else ""
+        )
+    )
+
+
+def _scaling_markdown(results: Sequence[Result]) -> list[str]:
+    """The exponents of cost ~ N^x per module series (nothing without two resolutions)."""
+    frame = with_machine_aliases(scaling(results), results)
+    if frame.empty:
+        return []
+    metrics = [c[: -len("_exp")] for c in frame.columns if c.endswith("_exp")]
+    lines = [
+        "## Scaling with N = H*W",
+        "",
+        "Exponent x in cost ~ N^x between the two largest resolutions (least-squares fit over "
+        "all resolutions in brackets).",
+        "",
+    ]
+    extra = varying(frame)
+    heads = ["Module", "C", *(VARYING[c] for c in extra), "N range"]
+    lines.append("| " + " | ".join(heads + [f"{metric_label(m)} exp" for m in metrics]) + " |")
+    lines.append("|---|---:|" + "---:|" * len(extra) + "---:|" + "---:|" * len(metrics))
+    for _, r in frame.iterrows():
+        vals = []
+        for m in metrics:
+            e, f = r.get(f"{m}_exp"), r.get(f"{m}_fit")
+            vals.append(fmt.MISSING if not present(e) else f"{fmt.ratio(e)} ({fmt.ratio(f)})")
+        ids = [str(r["module"]), str(int(r["dim"]))]
+        ids += [md_escape(identity_text(c, r[c])) for c in extra]
+        lines.append("| " + " | ".join([*ids, f"{r['n_min']}..{r['n_max']}", *vals]) + " |")
+    return [*lines, ""]
+
+
+def _failures_markdown(results: Sequence[Result]) -> list[str]:
+    """The cases that did not complete, with their status and reason."""
+    bad = [r for r in results if r.status != R.OK]
+    if not bad:
+        return []
+    lines = [
+        "## Cases that did not complete",
+        "",
+        "| Module | C | H x W | B | backend | status | reason |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in bad:
+        lines.append(
+            f"| {r.module} | {r.dim} | {r.height}x{r.width} | {r.batch} | {r.backend} | {r.status} | "
+            f"{md_escape(r.reason)} |"
+        )
+    return [*lines, ""]
 
 
 def _sources_markdown(results: Sequence[Result]) -> list[str]:
@@ -225,8 +241,6 @@ def allocator_notes(results: Sequence[Result]) -> list[str]:
 
 def zoo_markdown() -> str:
     """The module table for the README, generated from the registry (kept in sync by a test)."""
-    from attnbench.zoo.registry import get_spec, list_modules
-    from attnbench.zoo.spec import Setting
 
     lines = [
         "| name | module | arXiv | official code | layout | default kwargs | params at C=64 |",

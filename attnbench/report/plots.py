@@ -12,10 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
 from attnbench import fmt
 from attnbench.backends import backend_facts
 from attnbench.merge import machine_env
-from attnbench.report.summary import SERIES_KEY, VARYING, achieved, backends_of, identity_text, summary, varying
+from attnbench.report.columns import UNIT_FAMILIES
+from attnbench.report.summary import (
+    SERIES_KEY,
+    VARYING,
+    achieved,
+    backends_of,
+    identity_text,
+    scaled_metrics,
+    summary,
+    varying,
+)
 from attnbench.results import Result
 from attnbench.roofline import Peak, intensity, min_traffic_bytes, peak_for, peaks_of
 
@@ -48,8 +62,6 @@ class Plot:
 
 
 def _figure() -> tuple[Figure, Any]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
     fig = Figure(figsize=FIGSIZE)
     FigureCanvasAgg(fig)  # headless: no display on CI or in Docker
@@ -75,7 +87,6 @@ def _varies(table: pd.DataFrame) -> list[str]:
 
 def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
     """A second legend naming the machines by line style (the first one, the series, stays)."""
-    from matplotlib.lines import Line2D
 
     if not styles:
         return
@@ -85,15 +96,15 @@ def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
 
 
 def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str]]:
-    """(column, axis label with unit, scale to that unit, file name) for each metric the rows have."""
-    out = [("macs_attnbench", "MACs (attnbench counter)", 1.0, "macs.png")]
-    for b in backends:
-        if f"latency_{b}_s" in table:
-            unit, factor = fmt.pick_unit(table[f"latency_{b}_s"], fmt.TIME_UNITS)
-            out.append((f"latency_{b}_s", f"latency {b} [{unit}], median", 1 / factor, f"latency_{b}.png"))
-        if f"mem_{b}_bytes" in table:
-            unit, factor = fmt.pick_unit(table[f"mem_{b}_bytes"], fmt.BYTE_UNITS)
-            out.append((f"mem_{b}_bytes", f"peak memory {b} [{unit}]", 1 / factor, f"memory_{b}.png"))
+    """(column, axis label with unit, scale to that unit, file name) for each declared metric that is plotted."""
+    out = []
+    for m, backend in scaled_metrics(backends):
+        column = m.summary_column(backend)
+        if not m.plot or column not in table:
+            continue
+        unit, factor = fmt.pick_unit(table[column], UNIT_FAMILIES[m.units]) if m.units in UNIT_FAMILIES else ("", 1.0)
+        axis = m.axis.format(backend=backend, unit=unit)
+        out.append((column, axis, 1 / factor, m.plot.format(backend=backend)))
     return out
 
 
@@ -189,7 +200,6 @@ def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = 
 
 
 def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) -> Figure:
-    from matplotlib.lines import Line2D
 
     fig, ax = _figure()
     colors = {s: f"C{i % 10}" for i, s in enumerate(dict.fromkeys(p.series for p in points))}

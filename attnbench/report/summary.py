@@ -16,6 +16,7 @@ from attnbench.backends import backend_facts
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.merge import MachineInfo
 from attnbench.merge import machines as machines_of
+from attnbench.metrics import COUNTED, METRICS, Metric, metric
 from attnbench.results import SCENARIO_FIELDS, Result, axes, axis, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
 
@@ -73,27 +74,16 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
     for key, grp in frame.groupby(ROW_KEY, sort=False, dropna=False):
         row: dict[str, Any] = dict(zip(ROW_KEY, key, strict=True))
         first = grp.iloc[0]
-        counts = ("params", "macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "flops_attnbench")
-        for col in (*counts, "counter_notes"):
+        # Counted once per geometry: the first value any of its rows holds.
+        for col in (*(m.column for m in COUNTED), "macs_formula", "counter_notes"):
             vals = grp[col].dropna()
             row[col] = vals.iloc[0] if len(vals) else None
         statuses = []
         for _, r in grp.iterrows():
             b = r["backend"]
             if r["status"] != R.OK:
-                statuses.append(f"{b}: {r['status']}" if b != "none" else r["status"])
-            row[f"latency_{b}_s"] = r["latency_median_s"]
-            row[f"iqr_{b}_s"] = r["latency_iqr_s"]
-            row[f"noisy_{b}"] = r["latency_noisy"]
-            row[f"contended_{b}"] = r["latency_contended"]
-            row[f"mem_{b}_bytes"] = r["peak_mem_bytes"]
-            row[f"throughput_{b}_per_s"] = r["throughput_per_s"]
-            row[f"other_alloc_{b}_s"] = r["other_allocator_latency_s"]
-            row[f"alloc_slower_{b}"] = r["system_allocator_slower"]
-            row[f"compile_{b}_s"] = r["compile_s"]
-            if present(r["instructions"]):
-                row[f"instr_{b}"] = r["instructions"]
-            row[f"parity_{b}"] = r["parity_max_abs"]
+                statuses.append(f"{b}: {r['status']}" if b != R.NO_BACKEND else r["status"])
+            row.update(_pivoted(r, b))
         # One status when every backend ended the same way ("invalid"), else each backend's that did not pass.
         alike = set(grp["status"])
         row["status"] = alike.pop() if len(alike) == 1 else "; ".join(statuses)
@@ -101,6 +91,16 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
         row["tokens"] = int(first["height"]) * int(first["width"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pivoted(r: Any, backend: str) -> dict[str, Any]:
+    """One backend's row as the summary's per-backend columns of every pivoted metric."""
+    values = {}
+    for m in METRICS:
+        if m.pivot:
+            values[m.summary_column(backend)] = r[m.column]
+            values.update({pattern.format(backend=backend): r[column] for pattern, column in m.details})
+    return values
 
 
 def ratio(macs: Any, reference: Any) -> float | None:
@@ -114,7 +114,7 @@ def backends_of(results: Sequence[Result]) -> list[str]:
     """Backends present in the rows, in first-seen order, without the 'none' placeholder."""
     seen: list[str] = []
     for r in results:
-        if r.backend not in seen and r.backend != "none":
+        if r.backend not in seen and r.backend != R.NO_BACKEND:
             seen.append(r.backend)
     return seen
 
@@ -128,7 +128,7 @@ def scaling(results: Sequence[Result]) -> pd.DataFrame:
     table = summary(results)
     if table.empty:
         return table
-    metrics = ["macs_attnbench"] + [c for c in table.columns if c.startswith(("latency_", "mem_"))]
+    metrics = _scaled_columns(table)
     out = []
     for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
         # Only geometries that produced numbers: a resolution the module refused has no point to fit.
@@ -137,17 +137,32 @@ def scaling(results: Sequence[Result]) -> pd.DataFrame:
             continue
         row: dict[str, Any] = dict(zip(SERIES_KEY, key, strict=True))
         row["n_min"], row["n_max"] = int(grp["tokens"].min()), int(grp["tokens"].max())
-        for metric in metrics:
-            pts = [(t, v) for t, v in zip(grp["tokens"], grp[metric], strict=True) if present(v) and v > 0]
+        for column in metrics:
+            pts = [(t, v) for t, v in zip(grp["tokens"], grp[column], strict=True) if present(v) and v > 0]
             if len(pts) < 2:
                 continue
             n, v = np.log([p[0] for p in pts]), np.log([float(p[1]) for p in pts])
             if n[-1] == n[-2]:
                 continue
-            row[f"{metric}_exp"] = float((v[-1] - v[-2]) / (n[-1] - n[-2]))
-            row[f"{metric}_fit"] = float(np.polyfit(n, v, 1)[0])
+            row[f"{column}_exp"] = float((v[-1] - v[-2]) / (n[-1] - n[-2]))
+            row[f"{column}_fit"] = float(np.polyfit(n, v, 1)[0])
         out.append(row)
     return pd.DataFrame(out)
+
+
+def scaled_metrics(backends: Sequence[str]) -> list[tuple[Metric, str]]:
+    """The metrics whose growth with N is shown (scaling table, plots), with their backend: the counted ones, then
+    per backend, the more important first (latency before memory)."""
+    scaled = [m for m in METRICS if m.scaling]
+    pivoted = sorted((m for m in scaled if m.pivot), key=lambda m: m.priority)
+    return [(m, "") for m in scaled if not m.pivot] + [(m, b) for b in backends for m in pivoted]
+
+
+def _scaled_columns(table: pd.DataFrame) -> list[str]:
+    """The summary columns whose exponent the scaling table shows."""
+    backends = [c[len("latency_") : -2] for c in table.columns if c.startswith("latency_") and c.endswith("_s")]
+    columns = [m.summary_column(b) for m, b in scaled_metrics(backends)]
+    return [c for c in columns if c in table]
 
 
 def flag(value: Any) -> bool:
@@ -224,10 +239,8 @@ def sort_key(sort_by: str, backends: Sequence[str]) -> str:
         raise ValueError(
             f"cannot sort by {sort_by!r}: no {backend} measurements (backends: {', '.join(backends) or 'none'})"
         )
-    if kind == "latency":
-        return f"latency_{backend}_s"
-    if kind == "memory":
-        return f"mem_{backend}_bytes"
+    if kind in ("latency", "memory"):
+        return metric(kind).summary_column(backend)
     allowed = ", ".join([*SORT_KEYS, "latency[-BACKEND]", "memory[-BACKEND]"])
     raise ValueError(f"cannot sort by {sort_by!r}; allowed: {allowed}")
 
@@ -243,7 +256,7 @@ def cross_hardware(results: Sequence[Result]) -> tuple[pd.DataFrame, list[Machin
     empty with fewer than two machines or without latency.
     """
     machines = machines_of(results, {})
-    frame = to_frame([r for r in results if r.backend != "none"])
+    frame = to_frame([r for r in results if r.backend != R.NO_BACKEND])
     if len(machines) < 2 or frame.empty or frame["latency_median_s"].isna().all():
         return pd.DataFrame(), machines
     for name in ("kwargs", "layout"):
