@@ -43,7 +43,7 @@ _LAZY = {
 }
 #: Public names that are another module's attribute under a clearer name here, or a module itself.
 _RENAMED = {"load_results": ("attnbench.store", "load")}
-_SUBMODULES = ("report",)
+_SUBMODULES = ("report", "results", "store")
 
 __all__ = [
     "AttnbenchError",

@@ -29,7 +29,13 @@ from attnbench.timing import CONTENTION_THRESHOLD, Clock, TimingBudget, TimingSt
 #: What measure() measures unless told otherwise.
 MEASURES = ("latency", "memory")
 #: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
-OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate memory")
+OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
+    "not enough memory",
+    "failed to allocate memory",
+)
 
 
 @dataclass(frozen=True)

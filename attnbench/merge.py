@@ -53,7 +53,7 @@ def expand(patterns: Sequence[str]) -> list[Path]:
 
 
 def _is_report(path: str) -> bool:
-    return path.endswith((".csv", ".json")) and not path.endswith(SIDECAR_SUFFIX)
+    return path.lower().endswith((".csv", ".json")) and not path.endswith(SIDECAR_SUFFIX)
 
 
 def _csv_of(sidecar: Path) -> Path:

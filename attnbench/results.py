@@ -136,7 +136,7 @@ class Scenario:
     dtype: str = _axis(
         "float32",
         option="--dtype",
-        help="float32, bfloat16 or float16 (bf16, fp16): the whole module and input converted",
+        help="The whole module and input in this dtype (bf16 and fp16 are accepted)",
         choices=DTYPES,
         header="dtype",
         aliases=DTYPE_ALIASES,
@@ -145,7 +145,7 @@ class Scenario:
     threads: int = _axis(
         1,
         option="--threads",
-        help="intra-op threads of torch and ONNX Runtime",
+        help="Intra-op threads of torch and ONNX Runtime",
         header="threads",
         label=" t={}",
         words={1: "1 thread"},
@@ -154,7 +154,7 @@ class Scenario:
     mode: str = _axis(
         "infer",
         option="--mode",
-        help="infer (eval, no grad) or train (forward + backward of output.sum())",
+        help="Inference (infer: eval, no grad) or a training step (train: forward + backward of output.sum())",
         choices=MODES,
         header="mode",
         words={"infer": "inference", "train": "training (forward + backward)"},
@@ -162,7 +162,7 @@ class Scenario:
     channels_last: bool = _axis(
         False,
         option="--channels-last",
-        help="module and input in channels_last (image-layout modules)",
+        help="Module and input in channels_last (image-layout modules)",
         choices=_ON_OFF,
         header="ch-last",
         label=" channels_last",
@@ -171,7 +171,7 @@ class Scenario:
     compile: bool = _axis(
         False,
         option="--compile",
-        help="torch.compile (inductor); compile time kept apart",
+        help="torch.compile (inductor); its compile time is kept apart",
         choices=_ON_OFF,
         header="compiled",
         label=" compiled",
@@ -180,7 +180,7 @@ class Scenario:
     layout: str = _axis(
         "",
         option="--layout",
-        help="what your own modules take: image (B, C, H, W) or tokens (B, N, C); zoo modules keep their own",
+        help="What your own modules take: image (B, C, H, W) or tokens (B, N, C); zoo modules keep their own",
         choices=("", *USER_LAYOUTS),
         header="layout",
         label=" layout={}",
@@ -188,7 +188,7 @@ class Scenario:
     allocator: str = _axis(
         "pinned",
         option="--allocator",
-        help="which glibc state the CPU latency shows: pinned (stable) or system (a plain PyTorch process's)",
+        help="Which glibc state the CPU latency shows: pinned (stable) or system (a plain PyTorch process's)",
         choices=ALLOCATORS,
         header="alloc",
         label=" allocator={}",
@@ -197,7 +197,7 @@ class Scenario:
     compile_mode: str = _axis(
         "default",
         option="--compile-mode",
-        help="torch.compile's mode: default, reduce-overhead or max-autotune (with --compile)",
+        help="torch.compile's mode (with --compile)",
         choices=COMPILE_MODES,
         header="compile mode",
         label=" compile_mode={}",
@@ -207,7 +207,7 @@ class Scenario:
     autocast: str = _axis(
         "off",
         option="--autocast",
-        help="mixed precision: torch.autocast(bfloat16 or float16) around the float32 module (timm's --amp)",
+        help="Mixed precision: torch.autocast around the float32 module, as timm's --amp",
         choices=AUTOCAST,
         header="autocast",
         label=" autocast={}",
@@ -217,7 +217,7 @@ class Scenario:
     ort_opt_level: str = _axis(
         "all",
         option="--ort-opt-level",
-        help="ONNX Runtime's graph optimisation level: disable, basic, extended or all",
+        help="ONNX Runtime's graph optimisation level",
         choices=ORT_OPT_LEVELS,
         header="ORT opt",
         label=" ort_opt={}",

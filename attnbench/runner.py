@@ -216,8 +216,9 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
     options = run_.options
     started = time.perf_counter()
     first = group[0]
-    # Counting only: one row per mode (backend "none"); measuring: one row per case.
-    cases = group if options.measures else list({c.scenario.mode: _no_backend(c) for c in group}.values())
+    # Counting only: one row per mode (backend "none"), in the scenario of that mode's first case (counts depend
+    # on the geometry and the mode alone); measuring: one row per case.
+    cases = group if options.measures else _counts_only(group)
     prepared = _count_geometry(first, cases, run_)
     if prepared is None:
         return
@@ -366,8 +367,12 @@ def _build_for_counting(case: Case, spec: ModuleSpec, setting: Setting, options:
         return build_module(case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout).eval()
 
 
-def _no_backend(case: Case) -> Case:
-    return dataclasses.replace(case, backend=R.NO_BACKEND)
+def _counts_only(group: list[Case]) -> list[Case]:
+    """One case per mode, its first, on no backend: what a counts-only run makes rows of."""
+    first: dict[str, Case] = {}
+    for case in group:
+        first.setdefault(case.scenario.mode, dataclasses.replace(case, backend=R.NO_BACKEND))
+    return list(first.values())
 
 
 # ---------------------------------------------------------------- one case on its backend

@@ -245,9 +245,10 @@ def load(path: str | Path) -> LoadedResults:
     if path.is_dir():
         raise BaselineError(f"{path}: is a directory, expected a .csv or .json report")
     text = _read(path)
-    if path.suffix == ".json":
+    suffix = path.suffix.lower()  # -o X.CSV writes a CSV: it reads back as one
+    if suffix == ".json":
         return _load_json(path, text)
-    if path.suffix == ".csv":
+    if suffix == ".csv":
         return _load_csv(path, text)
     raise BaselineError(f"{path}: unknown report format {path.suffix!r}; expected .csv or .json")
 

@@ -96,8 +96,10 @@ class TimingBudget:
             return f"--max-run-time {self.max_run_time!r}: must be > 0 seconds"
         if self.precision is not None and not 0 < self.precision < 1:
             return f"--precision {self.precision!r}: must be a fraction in (0, 1), e.g. 0.01 for +-1%"
-        if not self.warmup_s >= 0 or self.warmup_calls < 1:
-            return f"--warmup {self.warmup_s!r} s, {self.warmup_calls!r} calls: must be >= 0 s and >= 1 call"
+        if not self.warmup_s >= 0:
+            return f"--warmup {self.warmup_s!r}: must be >= 0 seconds"
+        if self.warmup_calls < 1:
+            return f"warm-up calls {self.warmup_calls!r}: must be >= 1"
         return None
 
 

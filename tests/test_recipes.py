@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 import attnbench
-from attnbench import results as R
+from attnbench import store
 from tests.conftest import parse_cli, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def test_workflow_commands_parse_and_their_shards_merge_into_the_sweep(
     argv = shlex.split(command)
     code, _, err = run_cli(capsys, *argv[1:])
     assert code == 0, err
-    rows = R.load("report.csv").results
+    rows = store.load("report.csv").results
     for runner in runners:
         assert {(r.module, r.height) for r in rows if r.machine == runner} == ALL_GEOMETRIES
     assert len(rows) == 2 * len(ALL_GEOMETRIES)
@@ -172,7 +172,7 @@ def test_slurm_script_runs_one_shard_per_task_and_the_merge_gives_the_sweep(
     wrapped = shlex.split(submit[1])[-1].replace("$job", "77")
     code, _, err = run_cli(capsys, *shlex.split(wrapped)[1:])
     assert code == 0, err
-    rows = R.load(tmp_path / "sweep-77" / "report.csv").results
+    rows = store.load(tmp_path / "sweep-77" / "report.csv").results
     assert sorted((r.module, r.height) for r in rows) == sorted(ALL_GEOMETRIES)
 
 

@@ -136,7 +136,7 @@ class TorchPrepared(Prepared):
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.scenario.autocast])
 
-    def _timing_context(self) -> Any:
+    def timing_context(self) -> Any:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.enable_grad() if self.train else torch.inference_mode())
         stack.enter_context(self._autocast())
@@ -145,12 +145,12 @@ class TorchPrepared(Prepared):
     def _sync(self) -> Sync | None:
         return None
 
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         return self._step(), self._sync()
 
     def run_once(self) -> Any:
         """One step (forward, or forward + backward in train mode), synchronised."""
-        with self._timing_context():
+        with self.timing_context():
             out = self._step()()
         sync = self._sync()
         if sync is not None:
@@ -163,7 +163,7 @@ class TorchPrepared(Prepared):
 
     def _profiled_step(self, peak: Callable[[Callable[[], Any]], Any]) -> Any:
         """Run `peak` over one warmed-up step, with the grads already None (so the step allocates them)."""
-        with self._timing_context():
+        with self.timing_context():
             self._step()()  # warm: lazy state (workspaces, compiled code) exists before the measured step
             if self.train:
                 self._clear_grads()

@@ -114,17 +114,17 @@ class Prepared(ABC):
         """One forward on the prepared input (outside any timing)."""
 
     @abstractmethod
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         """The zero-argument callable to time, with its sync hook (None on the host)."""
 
-    def _timing_context(self) -> Any:
+    def timing_context(self) -> Any:
         """Context the timed calls run in (inference_mode for PyTorch backends)."""
         return torch.inference_mode()
 
     def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
         """Latency of one step with the shared protocol (warm-up, then blocks until the median is known)."""
-        fn, sync = self._timed_callable()
-        with self._timing_context():
+        fn, sync = self.timed_callable()
+        with self.timing_context():
             return time_callable(fn, budget, clock=clock, sync=sync)
 
     @abstractmethod

@@ -482,10 +482,10 @@ class OrtPrepared(Prepared):
         """One session run on the prepared input."""
         return self._call()
 
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         return self._call, None
 
-    def _timing_context(self) -> Any:
+    def timing_context(self) -> Any:
 
         return contextlib.nullcontext()
 

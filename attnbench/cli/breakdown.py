@@ -16,6 +16,9 @@ from attnbench.results import INVALID, Result
 from attnbench.zoo.adapters import TokensToImage
 from attnbench.zoo.build import build_module
 
+#: A width no table reaches: measuring at it gives a table's natural width.
+UNCONSTRAINED = 10_000
+
 
 def print_breakdowns(rows: Sequence[Result], out: Console, depth: int = BREAKDOWN_DEPTH) -> None:
     """For each geometry: params, MACs and FLOPs per nested submodule down to `depth` (as fvcore's
@@ -36,7 +39,8 @@ def print_breakdowns(rows: Sequence[Result], out: Console, depth: int = BREAKDOW
         levels = depth + (1 if isinstance(module, TokensToImage) else 0)
         title = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch}: per submodule, depth {depth}"
         table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title)
-        if Measurement.get(out, out.options, table).maximum > out.width:  # class names give way first
+        # Measured unconstrained (at the console's width a measurement never exceeds it): class names give way first.
+        if Measurement.get(out, out.options.update_width(UNCONSTRAINED), table).maximum > out.width:
             table = breakdown_table(params, report, max_depth=levels, fmt=fmt.si, title=title, types=False)
         out.print()
         out.print(table)

@@ -8,6 +8,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
+import typer
+
 from attnbench import __version__
 from attnbench.cli import commands  # noqa: F401  (registers the commands on the app)
 from attnbench.cli.app import (
@@ -52,14 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(args: list[str]) -> int:
     debug = bool(os.environ.get(DEBUG_ENV))
+    # The command is invoked here, not through typer's own main, which turns a Ctrl-C or SIGTERM that escapes a
+    # command into a bare exit 130: here the stop is said, and SIGTERM keeps its 143.
+    command = typer.main.get_command(app)
     try:
-        code = app(args=args, standalone_mode=False)
+        with command.make_context("attnbench", list(args)) as ctx:
+            command.invoke(ctx)
     except Exit as exc:
         return exc.exit_code
     except (Abort, KeyboardInterrupt):
-        how, code = stopped_by()
-        consoles.err.print(f"attnbench: {how}", highlight=False)
-        return code
+        return _stopped()
     except ClickUsageError as exc:
         error_line(exc.format_message())
         return 2
@@ -68,5 +72,11 @@ def _main(args: list[str]) -> int:
             raise
         error_line(str(exc))
         return exc.exit_code
-    # With standalone_mode off, click returns the code of a typer.Exit instead of raising it.
-    return code if isinstance(code, int) else 0
+    return 0
+
+
+def _stopped() -> int:
+    """Say what stopped the run; its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    how, code = stopped_by()
+    consoles.err.print(f"attnbench: {how}", highlight=False)
+    return code

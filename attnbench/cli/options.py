@@ -306,10 +306,12 @@ def scenario_options(command: Callable[..., None]) -> Callable[..., None]:
     params = [p for name, p in signature.parameters.items() if name != "scenario"]
     for name, ax in axes().items():
         default = SCENARIO_DEFAULTS[name]
-        shown = ("on" if default else "off") if ax.flag else (default or "(own)")
-        allowed = "on or off; given alone: on" if ax.flag else (", ".join(map(str, ax.choices or ())) or "an int")
+        shown = ("on" if default else "off") if ax.flag else (default or "each module's own")
+        values = [str(c) for c in ax.choices or () if c != ""]
+        allowed = "on or off; given alone: on" if ax.flag else (", ".join(values) or "an int >= 1")
+        metavar = "[on|off]" if ax.flag else ("N" if ax.choices is None else ax.option.strip("-").upper())
         option = typer.Option(
-            ax.option, help=f"{ax.help[0].upper()}{ax.help[1:]} ({allowed}); repeat to sweep. [default: {shown}]"
+            ax.option, help=f"{ax.help}: {allowed}; repeat to sweep. [default: {shown}]", metavar=metavar
         )
         params.append(
             inspect.Parameter(

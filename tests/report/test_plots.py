@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from attnbench import plots, report
+from attnbench.report import plots
+from attnbench.report.markdown import markdown
+from attnbench.report.summary import summary
 from attnbench.results import Result
 from attnbench.roofline import min_traffic_bytes
 from tests.samples import ENV, MODULES, sample_results
@@ -43,7 +45,7 @@ def test_scaling_lines_hold_the_measured_points() -> None:
     (ax,) = found["latency_cpu.png"].figure.axes
     clo = next(line for line in ax.get_lines() if line.get_label() == "clo (C=64)")
     assert list(clo.get_xdata()) == [28 * 28, 56 * 56]  # 14x14 was refused: no point
-    table = report.summary([r for r in sample_results() if r.module == "clo"])
+    table = summary([r for r in sample_results() if r.module == "clo"])
     assert list(clo.get_ydata()) == pytest.approx([v * 1e3 for v in table["latency_cpu_s"].dropna()])
 
 
@@ -76,10 +78,10 @@ def test_roofline_without_a_recorded_roof_says_so() -> None:
 def test_rows_without_counted_flops_get_no_roofline_and_no_assumed_flops() -> None:
     rows = [dataclasses.replace(r, flops_attnbench=None) for r in sample_results()]
     assert plots.roofline_figures(rows, ENV) == []
-    md = report.markdown(rows, ENV)
+    md = markdown(rows, ENV)
     assert "FLOPs |" not in md and "GFLOP/s |" not in md  # never 2 x MACs in their place
     some = [dataclasses.replace(r, flops_attnbench=None) if r.module == "acmix" else r for r in sample_results()]
-    lines = report.markdown(some, ENV).splitlines()
+    lines = markdown(some, ENV).splitlines()
     first_table = lines[2 : lines.index("", 2)]
     header = [c.strip() for c in first_table[0].strip("|").split("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in first_table if line.startswith("| acmix |")]
@@ -111,7 +113,7 @@ def test_merged_machines_each_sit_under_their_own_roof() -> None:
     rows = [dataclasses.replace(r, machine=m) for m in ("A", "B") for r in sample_results() if r.module == "acmix"]
     fast = {**ENV["peaks"][0], "flops_per_s": 3e11}  # machine B's matmul peak is twice A's
     env = {"machines": {"A": ENV, "B": {**ENV, "peaks": [fast]}}}
-    lines = report.markdown(rows, env).splitlines()
+    lines = markdown(rows, env).splitlines()
     header = [c.strip() for c in lines[2].strip("|").split("|")]
     share = header.index("cpu % peak")
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:10]]
@@ -123,3 +125,42 @@ def test_merged_machines_each_sit_under_their_own_roof() -> None:
     roofs = [line for line in ax.get_lines() if line.get_color() == "black"]
     assert sorted(max(line.get_ydata()) for line in roofs) == pytest.approx([150, 300])
     assert sorted(line.get_linestyle() for line in roofs) == ["-", "--"]  # one line style per machine
+
+
+def test_a_varying_scenario_field_names_the_series() -> None:
+    rows = [
+        dataclasses.replace(r, scenario=dataclasses.replace(r.scenario, dtype=dtype))
+        for dtype in ("float32", "bfloat16")
+        for r in sample_results()
+        if r.module == "acmix" and r.backend == "cpu"
+    ]
+    (ax,) = _by_name(plots.scaling_figures(rows))["latency_cpu.png"].figure.axes
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "acmix (C=64, dtype=float32)",
+        "acmix (C=64, dtype=bfloat16)",
+    ]
+    assert len(ax.get_lines()) == 2  # one line per scenario: mixing them in one line would zig-zag
+
+
+def test_each_device_gets_its_own_roofline_with_a_marker_per_backend() -> None:
+    from attnbench.backends import backend_facts
+
+    rows = sample_results()
+    cuda = [dataclasses.replace(r, backend="cuda") for r in rows if r.backend == "cpu"]
+    found = _by_name(plots.roofline_figures(rows + cuda, ENV))
+    assert sorted(found) == ["roofline_cpu.png", "roofline_cuda.png"]
+    (ax,) = found["roofline_cuda.png"].figure.axes
+    assert "no measured roof" in ax.get_title()  # ENV measured the CPU only
+    (cpu_ax,) = found["roofline_cpu.png"].figure.axes
+    markers = {
+        t.get_text(): h.get_marker()
+        for t, h in zip(cpu_ax.get_legend().get_texts(), cpu_ax.get_legend().legend_handles, strict=True)
+    }
+    assert markers["cpu"] == backend_facts("cpu")["marker"] and markers["ort"] == backend_facts("ort")["marker"]
+    assert markers["cpu"] != markers["ort"]
+
+
+def test_figures_are_the_scaling_plots_and_the_rooflines() -> None:
+    names = [p.name for p in plots.figures(sample_results(), ENV)]
+    assert set(names[:-1]) == {"macs.png", "latency_cpu.png", "memory_cpu.png", "latency_ort.png"}
+    assert names[-1] == "roofline_cpu.png"  # the rooflines after the scaling plots

@@ -11,22 +11,25 @@ import attnbench
 from attnbench.errors import InvalidCaseError
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, Setting
-from tests.conftest import example_id, examples
+from tests.conftest import example_id, examples, run_cli
 
 EXPECTED = ["acmix", "ea", "mhsa", "sk", "da", "epsa", "sam", "clo", "lka", "van"]
 EXAMPLES = examples()
 
 
 def _setting(name: str, ex: Example) -> Setting:
+    """The Setting the spec's formulas see for an example."""
     spec = get_spec(name)
     return Setting(ex.dim, {**spec.defaults, **ex.kwargs}, ex.res[0], ex.res[1], ex.batch)
 
 
 def _build(name: str, ex: Example) -> torch.nn.Module:
+    """The example's module."""
     return attnbench.build(name, ex.dim, ex.res, **ex.kwargs)
 
 
 def _input(ex: Example) -> torch.Tensor:
+    """A random input of the example's shape."""
     return torch.randn(ex.batch, ex.dim, *ex.res)
 
 
@@ -126,3 +129,48 @@ def test_unknown_kwarg_is_refused_with_the_allowed_ones(name: str) -> None:
         attnbench.build(name, 64, 16, not_a_kwarg=1)
     for key in get_spec(name).defaults:
         assert key in str(info.value)
+
+
+def test_resolution_bound_module_refuses_another_resolution() -> None:
+    module = attnbench.build("da", 16, 8)
+    with pytest.raises(InvalidCaseError, match="8x8"):
+        module(torch.randn(1, 16, 12, 12))
+
+
+# ---------------------------------------------------------------- sk, submodule by submodule
+
+
+def _breakdown_rows(out: str) -> dict[str, list[str]]:
+    """Module name -> its other cells, from the breakdown table printed after the summary (first one of a name)."""
+    lines = out[out.index("per submodule") :].splitlines()
+    rows = {}
+    for line in lines[1:]:
+        if line.startswith("└"):
+            break
+        if line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            rows.setdefault(cells[0], cells[1:])
+    return rows
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_breakdown_depth_shows_nested_submodules_with_params_and_macs(
+    depth: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from attnbench import fmt
+    from attnbench.counting import count_macs
+
+    monkeypatch.setenv("COLUMNS", "120")
+    argv = f"profile sk --dim 32 --res 8 --metrics params,macs --breakdown --depth {depth} --quiet".split()
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    rows = _breakdown_rows(out)
+    with torch.device("meta"):
+        sk = attnbench.build("sk", 32)
+    macs = count_macs(sk, (1, 32, 8, 8))
+    assert rows["model"][:4] == ["SKAttention", fmt.si(91_680), fmt.si(macs.macs), fmt.si(macs.flops)]
+    convs = sum(p.numel() for p in sk.convs.parameters())
+    assert rows["convs"][:3] == ["ModuleList", fmt.si(convs), fmt.si(macs.by_module_nested["convs"])]
+    assert ("3" in rows) == (depth == 2)  # convs.3, the 7x7 branch, is one level deeper (listed before fcs.3)
+    if depth == 2:
+        assert rows["3"][2] == fmt.si(32 * 32 * 7 * 7 * 8 * 8)  # its conv: C x C x k^2 x H x W MACs

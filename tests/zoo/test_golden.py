@@ -14,7 +14,11 @@ import torch
 
 import attnbench
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parent.parent / "golden"
+
+
+def test_every_golden_file_belongs_to_a_registered_module() -> None:
+    assert sorted(p.stem for p in GOLDEN.glob("*.pt")) == sorted(attnbench.list_modules())
 
 
 @pytest.mark.parametrize("name", attnbench.list_modules())
