@@ -38,13 +38,14 @@ from attnbench.backends.base import (
     STATUS_COMPILE_FAILED,
     STATUS_PARITY_FAILED,
     TORCH_DTYPES,
+    Backend,
     CaseFailed,
     Prepared,
     make_input,
     torch_dtype,
 )
 from attnbench.capture import captured
-from attnbench.results import Scenario
+from attnbench.results import DTYPES, MODES, Scenario
 from attnbench.timing import Sync
 
 #: Compiled vs eager, same dtype, both against float64 on the same weights and input: for each compared tensor,
@@ -79,6 +80,25 @@ def _graph_stats() -> dict[str, int]:
         "graph_breaks": int(sum(counters["graph_break"].values())),
         "graphs": int(counters["stats"].get("unique_graphs", 0)),
     }
+
+
+class TorchBackend(Backend):
+    """What the PyTorch backends (cpu, cuda) share: every mode and dtype, torch.compile in any of its modes,
+    channels_last and autocast; ONNX Runtime's settings do not concern them."""
+
+    dtypes = DTYPES
+    modes = MODES
+    compiles = True
+    channels_last = True
+    autocasts = True
+    ignores = ("ort_opt_level",)
+    parity = "compiled"
+
+    def refusal(self, scenario: Scenario) -> str | None:
+        """As Backend.refusal, and autocast only on a float32 module (`--dtype` converts the whole module)."""
+        if scenario.autocast != "off" and scenario.dtype != "float32":
+            return f"autocast runs a float32 module in mixed precision; --dtype {scenario.dtype} already converts it"
+        return super().refusal(scenario)
 
 
 class TorchPrepared(Prepared):

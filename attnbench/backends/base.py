@@ -224,4 +224,4 @@ class Backend(ABC):
 
     def facts(self) -> dict[str, Any]:
         """What a report needs to know of this backend without it installed: recorded in the environment."""
-        return {"device": self.device, "marker": self.marker, "parity": self.parity}
+        return {"device": self.device, "marker": self.marker, "parity": self.parity, "ignores": list(self.ignores)}

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnbench.backends._torch import TorchPrepared
-from attnbench.backends.base import Backend, Prepared
+from attnbench.backends._torch import TorchBackend, TorchPrepared
+from attnbench.backends.base import Prepared
 from attnbench.memory import CPU_PEAK_METHOD, CPU_TRAIN_PEAK_METHOD, PeakMemory, cpu_peak_bytes
-from attnbench.results import DTYPES, MODES, Case, Scenario
+from attnbench.results import Case, Scenario
 
 
 class CpuPrepared(TorchPrepared):
@@ -56,19 +56,12 @@ class CpuPrepared(TorchPrepared):
         self._restore_module()
 
 
-class CpuBackend(Backend):
+class CpuBackend(TorchBackend):
     """PyTorch on the host CPU."""
 
     name = "cpu"
     description = "PyTorch on the CPU (eager or torch.compile; inference or training; explicit intra-op threads)"
-    dtypes = DTYPES
-    modes = MODES
-    compiles = True
-    channels_last = True
-    autocasts = True
-    ignores = ("ort_opt_level",)
     allocator_states = True
-    parity = "compiled"
     marker = "o"
 
     def available(self) -> tuple[bool, str]:
@@ -76,9 +69,7 @@ class CpuBackend(Backend):
         return True, f"torch {torch.__version__} on the CPU"
 
     def refusal(self, scenario: Scenario) -> str | None:
-        """As Backend.refusal, autocast only on a float32 module, and torch.compile only where inductor can build."""
-        if scenario.autocast != "off" and scenario.dtype != "float32":
-            return f"autocast runs a float32 module in mixed precision; --dtype {scenario.dtype} already converts it"
+        """As TorchBackend.refusal, and torch.compile only where inductor can build its C++ kernels."""
         return super().refusal(scenario) or (inductor_missing() if scenario.compile else None)
 
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:

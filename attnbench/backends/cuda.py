@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.backends._torch import TorchPrepared
-from attnbench.backends.base import Backend, Prepared
+from attnbench.backends._torch import TorchBackend, TorchPrepared
+from attnbench.backends.base import Prepared
 from attnbench.memory import CUDA_TRAIN_PEAK_METHOD, PeakMemory, cuda_peak
-from attnbench.results import DTYPES, MODES, Scenario
+from attnbench.results import Scenario
 from attnbench.timing import Sync
 
 
@@ -98,20 +98,13 @@ class CudaPrepared(TorchPrepared):
         torch.cuda.empty_cache()
 
 
-class CudaBackend(Backend):
+class CudaBackend(TorchBackend):
     """PyTorch eager on the current CUDA device."""
 
     name = "cuda"
     description = "PyTorch on a CUDA GPU (cudnn.benchmark, synchronised timing, fp32/fp16/bf16, train, compile)"
     device = "cuda"
     memory_name = "GPU memory"
-    dtypes = DTYPES
-    modes = MODES
-    compiles = True
-    channels_last = True
-    autocasts = True
-    ignores = ("ort_opt_level",)
-    parity = "compiled"
     marker = "^"
 
     def available(self) -> tuple[bool, str]:
@@ -121,12 +114,6 @@ class CudaBackend(Backend):
         if not torch.cuda.is_available():
             return False, f"no CUDA device visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
         return True, torch.cuda.get_device_name(torch.cuda.current_device())
-
-    def refusal(self, scenario: Scenario) -> str | None:
-        """As Backend.refusal, and autocast only on a float32 module."""
-        if scenario.autocast != "off" and scenario.dtype != "float32":
-            return f"autocast runs a float32 module in mixed precision; --dtype {scenario.dtype} already converts it"
-        return super().refusal(scenario)
 
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Copy `module` to the GPU for the scenario; an OOM here comes back to measure() as status "oom"."""

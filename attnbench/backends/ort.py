@@ -539,6 +539,7 @@ class OrtCpuBackend(Backend):
         "channels_last": "ONNX Runtime chooses its own layouts: channels_last applies to the PyTorch backends",
         "autocast": "ONNX Runtime runs the exported float32 graph: torch.autocast applies to the PyTorch backends",
     }
+    # ONNX Runtime compiles nothing: a torch.compile mode means nothing to it (compile itself is refused).
     ignores = ("compile_mode",)
     parity = "ORT"
     marker = "s"

@@ -95,8 +95,8 @@ def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
     ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
 
 
-def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str]]:
-    """(column, axis label with unit, scale to that unit, file name) for each declared metric that is plotted."""
+def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str, str]]:
+    """(column, axis label with unit, scale to that unit, file name, backend) for each declared metric plotted."""
     out = []
     for m, backend in scaled_metrics(backends):
         column = m.summary_column(backend)
@@ -104,7 +104,7 @@ def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, st
             continue
         unit, factor = fmt.pick_unit(table[column], UNIT_FAMILIES[m.units]) if m.units in UNIT_FAMILIES else ("", 1.0)
         axis = m.axis.format(backend=backend, unit=unit)
-        out.append((column, axis, 1 / factor, m.plot.format(backend=backend)))
+        out.append((column, axis, 1 / factor, m.plot.format(backend=backend), backend))
     return out
 
 
@@ -116,17 +116,20 @@ def scaling_figures(results: Sequence[Result]) -> list[Plot]:
     plots = []
     varies = _varies(table)
     styles = machine_styles(table)
-    for column, metric, scale, name in _metrics(table, backends_of(results)):
+    for column, metric, scale, name, backend in _metrics(table, backends_of(results)):
         if column not in table or table[column].notna().sum() == 0:
             continue
         fig, ax = _figure()
         colors: dict[str, str] = {}
-        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag.
-        for key, grp in table.groupby(SERIES_KEY, sort=False, dropna=False):
-            grp = grp[grp[column].notna()].sort_values("tokens")
+        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag. The
+        # scenario fields this backend ignores do not make lines of their own (its rows were spread over them).
+        ignored = set(backend_facts(backend).get("ignores", [])) if backend else set()
+        series_key = [k for k in SERIES_KEY if k not in ignored]
+        for key, grp in table.groupby(series_key, sort=False, dropna=False):
+            grp = grp[grp[column].notna()].sort_values("tokens").drop_duplicates("tokens")
             if grp.empty:
                 continue
-            ident = dict(zip(SERIES_KEY, key, strict=True))
+            ident = {**dict(zip(series_key, key, strict=True)), **{k: "" for k in ignored}}
             series = _series_label(ident, varies)
             new = series not in colors
             ax.plot(

@@ -17,7 +17,7 @@ from attnbench.counting.base import CROSS_CHECK_TOLERANCE
 from attnbench.merge import MachineInfo
 from attnbench.merge import machines as machines_of
 from attnbench.metrics import COUNTED, METRICS, Metric, metric
-from attnbench.results import SCENARIO_FIELDS, Result, axes, axis, to_frame
+from attnbench.results import SCENARIO_DEFAULTS, SCENARIO_FIELDS, Result, axes, axis, to_frame
 from attnbench.roofline import Peak, peak_for, peaks_of, rate
 
 CONVENTION = (
@@ -65,7 +65,7 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
 
     Columns are raw numbers in base units; `backends` lists which backends have latency columns.
     """
-    frame = to_frame(results)
+    frame = spread_ignored(to_frame(results))
     if frame.empty:
         return frame
     for name in ("kwargs", "layout", "machine"):
@@ -91,6 +91,26 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
         row["tokens"] = int(first["height"]) * int(first["width"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def spread_ignored(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose backend ignores a scenario field that the other rows vary, once per value of that field.
+
+    A cpu row does not depend on ONNX Runtime's graph optimisation level: beside ort rows at levels basic and all,
+    it belongs to both summary rows (and to the basic row alone when only basic was asked for), not to a row of
+    its own at the default level.
+    """
+    if frame.empty:
+        return frame
+    for backend in frame["backend"].unique():
+        for name in backend_facts(backend).get("ignores", []):
+            others = frame.loc[frame["backend"] != backend, name].unique()
+            if len(others) == 0 or list(others) == [SCENARIO_DEFAULTS[name]]:
+                continue
+            mine = frame["backend"] == backend
+            spread = [frame[mine].assign(**{name: value}) for value in others]
+            frame = pd.concat([frame[~mine], *spread], ignore_index=True)
+    return frame
 
 
 def _pivoted(r: Any, backend: str) -> dict[str, Any]:
