@@ -39,7 +39,7 @@ class ConvMatmul(nn.Module):
 def test_facts() -> None:
     cuda = get_backend("cuda")
     assert isinstance(cuda, CudaBackend)
-    assert cuda.facts() == {"device": "cuda", "marker": "^", "parity": "compiled"}
+    assert cuda.facts() == {"device": "cuda", "marker": "^", "parity": "compiled", "ignores": ["ort_opt_level"]}
     assert cuda.memory_name == "GPU memory" and cuda.ignores == ("ort_opt_level",)
     assert cuda.autocasts and cuda.compiles and cuda.channels_last and cuda.modes == ("infer", "train")
     # The glibc allocator states are the host process's: CUDA tensors are not allocated through it.
