@@ -87,7 +87,7 @@ def test_ci_runs_everything_after_the_install_inside_the_virtual_environment() -
     """pip, pytest, attnbench and the Docker check come after the activation, and nothing deactivates it."""
     lines = _ci_commands()
     activated = lines.index("python3 -m venv .venv && . .venv/bin/activate")
-    for start in ("python3 -m pip install", "python3 -m pytest", "attnbench ", "benchmarks/docker_check.sh"):
+    for start in ("python3 -m pip install", "python3 -m pytest", ".ci/gate", "benchmarks/docker_check.sh"):
         found = [i for i, ln in enumerate(lines) if ln.startswith(start)]
         assert found and min(found) > activated, f".ci/run runs {start!r} before activating .venv"
     assert not any("deactivate" in ln for ln in lines if not ln.startswith("#"))
