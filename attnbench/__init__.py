@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from attnbench.errors import (
@@ -16,55 +17,51 @@ from attnbench.zoo.spec import ModuleSpec
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AttnbenchError",
-    "BackendUnavailableError",
-    "Case",
-    "InvalidCaseError",
-    "ModuleSpec",
-    "ModuleSpecError",
-    "Result",
-    "RunOptions",
-    "Sweep",
-    "UnknownModuleError",
-    "__version__",
-    "build",
-    "compare_to_baseline",
-    "count_macs",
-    "count_params",
-    "get_spec",
-    "list_modules",
-    "load_results",
-    "measure",
-    "plot_scaling",
-    "profile",
-    "report",
-    "validate",
-]
-
-# Counting and measuring pull in fvcore, thop and onnxruntime: import them only when asked for.
+# Counting and measuring pull in torch, fvcore, thop and onnxruntime: import them only when asked for.
 _LAZY = {
     "build": "attnbench.zoo.build",
     "validate": "attnbench.zoo.build",
     "count_macs": "attnbench.counting",
     "count_params": "attnbench.counting",
     "measure": "attnbench.measurement",
-    "profile": "attnbench.runner",
-    "RunOptions": "attnbench.runner",
+    "profile": "attnbench.api",
+    "run_sweep": "attnbench.runner",
+    "Sink": "attnbench.runner",
+    "RunOutcome": "attnbench.runner",
+    "RunOptions": "attnbench.settings",
+    "TimingBudget": "attnbench.timing",
     "Case": "attnbench.results",
     "Result": "attnbench.results",
+    "Scenario": "attnbench.results",
     "Sweep": "attnbench.sweep",
+    "GateSettings": "attnbench.gate",
     "compare_to_baseline": "attnbench.gate",
-    "plot_scaling": "attnbench.plots",
+    "plot_scaling": "attnbench.report.plots",
+    "ReportFiles": "attnbench.report.files",
+    "get_backend": "attnbench.backends",
+    "list_backends": "attnbench.backends",
 }
 #: Public names that are another module's attribute under a clearer name here, or a module itself.
-_RENAMED = {"load_results": ("attnbench.results", "load")}
-_SUBMODULES = ("report",)
+_RENAMED = {"load_results": ("attnbench.store", "load")}
+_SUBMODULES = ("report", "results", "store")
+
+__all__ = [
+    "AttnbenchError",
+    "BackendUnavailableError",
+    "InvalidCaseError",
+    "ModuleSpec",
+    "ModuleSpecError",
+    "UnknownModuleError",
+    "__version__",
+    "get_spec",
+    "list_modules",
+    *_LAZY,
+    *_RENAMED,
+    *_SUBMODULES,
+]
 
 
 def __getattr__(name: str) -> Any:
-    import importlib
-
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     if name in _RENAMED:

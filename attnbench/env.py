@@ -18,7 +18,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from attnbench.roofline import PeakKey
+import attnbench
+from attnbench.backends import available_backends
+from attnbench.roofline import PeakKey, measure_peaks
 
 #: Distributions whose versions go into the record (thop ships as ultralytics-thop).
 _VERSIONS = {
@@ -83,7 +85,7 @@ def git_commit() -> str:
 
 def gpu_info() -> dict[str, Any]:
     """GPU name, driver and CUDA versions, or Nones without a GPU."""
-    import torch
+    import torch  # torch: env without --probe never imports it
 
     info: dict[str, Any] = {"gpu": None, "gpu_driver": None, "cuda": torch.version.cuda}
     if not torch.cuda.is_available():
@@ -117,7 +119,6 @@ def nvidia_smi() -> dict[str, Any]:
 
 def static_environment() -> dict[str, Any]:
     """The part of the record that needs neither torch nor ONNX Runtime: machine, versions, git commit."""
-    import attnbench
 
     record: dict[str, Any] = {
         "attnbench": attnbench.__version__,
@@ -134,30 +135,6 @@ def static_environment() -> dict[str, Any]:
     return record
 
 
-def installed_backends() -> dict[str, dict[str, object]]:
-    """Each backend judged from the installed packages alone (no import): "available" is None when only
-    probing can tell (a CUDA build of torch, onnxruntime-gpu: is there a GPU?)."""
-    torch_v, onnx_v = _version(("torch",)), _version(("onnx",))
-    ort_v, ort_gpu = _version(("onnxruntime", "onnxruntime-gpu")), _version(("onnxruntime-gpu",))
-    probe = "`attnbench env --probe` checks for a GPU"
-    out: dict[str, dict[str, object]] = {
-        "cpu": {"available": torch_v is not None, "reason": f"torch {torch_v or 'not installed'}"},
-    }
-    if torch_v is None or "+cpu" in torch_v:
-        out["cuda"] = {"available": False, "reason": f"this torch build ({torch_v}) has no CUDA support"}
-    else:
-        out["cuda"] = {"available": None, "reason": f"torch {torch_v} is a CUDA build; {probe}"}
-    if ort_v is None or onnx_v is None:
-        out["ort"] = {"available": False, "reason": f"needs onnxruntime and onnx (have {ort_v}, {onnx_v})"}
-    else:
-        out["ort"] = {"available": True, "reason": f"onnxruntime {ort_v} CPUExecutionProvider, onnx {onnx_v}"}
-    if ort_gpu is None:
-        out["ort-cuda"] = {"available": False, "reason": f"onnxruntime {ort_v} is the CPU build (no onnxruntime-gpu)"}
-    else:
-        out["ort-cuda"] = {"available": None, "reason": f"onnxruntime-gpu {ort_gpu}; {probe}"}
-    return out
-
-
 def environment(threads: int = 1, peaks: Iterable[PeakKey] = ()) -> dict[str, Any]:
     """A flat, JSON-ready record of the machine and software a result was measured with.
 
@@ -165,11 +142,9 @@ def environment(threads: int = 1, peaks: Iterable[PeakKey] = ()) -> dict[str, An
     (attnbench.memory.pin_allocator, once per process), so the settings recorded are the ones measured with.
     `peaks` names the (device, dtype, threads) roofs to measure and record under "peaks" (a second or so each).
     """
-    import torch
+    import torch  # torch: env without --probe never imports it
 
-    from attnbench.backends import available_backends
-    from attnbench.memory import pin_allocator
-    from attnbench.roofline import measure_peaks
+    from attnbench.memory import pin_allocator  # torch (at its top): as above
 
     record = static_environment()
     record["threads"] = threads
@@ -204,7 +179,7 @@ def label_facts() -> dict[str, Any]:
     """The part of the environment record a machine label is made of (cheap: no subprocess, no backends)."""
     facts: dict[str, Any] = {"cpu_model": cpu_model(), "gpu": None}
     facts.update({name: _version(_VERSIONS[name]) for name in ("torch", "onnxruntime")})
-    import torch
+    import torch  # torch: env without --probe never imports it
 
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())

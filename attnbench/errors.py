@@ -21,7 +21,9 @@ class UnknownModuleError(AttnbenchError, KeyError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
+        # Case does not matter to a reader: MHSA means mhsa.
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=3, cutoff=0.4)]
         hint = f"did you mean {', '.join(close)}? " if close else ""
         super().__init__(
             f"unknown module {name!r}: {hint}known modules: {', '.join(known)}; "

@@ -19,11 +19,14 @@ from typing import Any
 
 from attnbench import fmt
 from attnbench import results as R
-from attnbench.errors import BaselineError
-from attnbench.results import Case, LoadedResults, Result
+from attnbench.errors import BaselineError, UsageError
+from attnbench.instructions import INSTRUCTION_ENV_KEYS
+from attnbench.metrics import gated_exactly
+from attnbench.results import Case, Result
+from attnbench.store import LoadedResults, load
 
 #: Counts are exact: any difference in these columns is a change.
-COUNT_FIELDS = ("params", "macs_attnbench")
+COUNT_FIELDS = gated_exactly()
 #: Default latency tolerance by the baseline's median: a few-ms case on a shared 2-core VM swings by
 #: 10-25% between processes (shared/reference/measurement.md); tens-of-ms cases hold within 5%.
 FAST_CASE_S = 0.010
@@ -39,6 +42,54 @@ GATE_METRICS = ("wall", "instructions")
 INSTRUCTIONS_TOLERANCE = 0.01
 #: Change kinds that do not fail the gate unless it is strict: a latency regression seen only while busy.
 BUSY = "latency-busy"
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """The regression gate of a run: a baseline file and how it judges (travels whole into run_sweep)."""
+
+    baseline: Path
+    #: Latency or instructions tolerance (fraction); None: the metric's default.
+    tolerance: float | None = None
+    #: Compare latency with a baseline from other hardware.
+    force_latency: bool = False
+    metric: str = "wall"  # "wall" (latency) or "instructions" (work, immune to load)
+    #: Fail latency regressions measured on a busy machine too.
+    strict: bool = False
+
+    def check(self) -> None:
+        """Refuse values no gate could use (UsageError naming the option)."""
+        if self.metric not in GATE_METRICS:
+            raise UsageError(f"--gate-metric {self.metric!r}: allowed: {', '.join(GATE_METRICS)}")
+        if self.tolerance is not None and not 0 <= self.tolerance < 10:
+            raise UsageError("--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%")
+
+    def load(self) -> LoadedResults:
+        """The baseline's rows and environment (BaselineError for a missing, empty or corrupt file)."""
+        self.check()
+        return load_baseline(self.baseline)
+
+    def check_baseline(self, baseline: LoadedResults, env: Mapping[str, Any]) -> None:
+        """Refuse, before anything is measured, a baseline this gate cannot use on this machine."""
+        if self.metric == "instructions":
+            check_instruction_baseline(baseline, env, self.baseline)
+
+    def judge(
+        self,
+        rows: Sequence[Result],
+        baseline: LoadedResults,
+        env: Mapping[str, Any],
+        remeasure: Callable[[Case], Sequence[Result]] | None = None,
+    ) -> Verdict:
+        """The verdict on a run's rows; one that compared nothing is refused (the settings differ)."""
+        verdict = compare_to_baseline(rows, baseline, self, env, remeasure)
+        if verdict.compared_cases == 0:
+            held = sorted({f"C={r.dim} {r.height}x{r.width} B={r.batch}" for r in baseline.results})
+            raise BaselineError(
+                f"gate: no case of this run is in the baseline {self.baseline} (it holds {', '.join(held[:6])}"
+                f"{', ...' if len(held) > 6 else ''}); run with the baseline's settings"
+            )
+        return verdict
 
 
 @dataclass(frozen=True)
@@ -76,7 +127,7 @@ class Verdict:
 
 def load_baseline(path: str | Path) -> LoadedResults:
     """Read a baseline report; a missing, empty, corrupt or other-schema file raises BaselineError."""
-    loaded = R.load(path)
+    loaded = load(path)
     if not loaded.results:
         raise BaselineError(f"{path}: has no result rows")
     return loaded
@@ -104,10 +155,8 @@ def comparable_hardware(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> 
     return True, ""
 
 
-def _case_text(row: Result) -> str:
-    from attnbench.report import case_text
-
-    return case_text(row)
+def _label(row: Result) -> str:
+    return row.label
 
 
 def default_tolerance(base_median_s: float) -> float:
@@ -123,7 +172,8 @@ def _spread(row: Result) -> float:
 
 def _geometry(row: Result) -> tuple[Any, ...]:
     # Counts depend on the geometry and mode only: a counts-only run (backend "none") is gated against any backend.
-    return (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, row.layout, row.mode)
+    scenario = row.scenario
+    return (row.module, row.dim, row.height, row.width, row.batch, row.kwargs, scenario.layout, scenario.mode)
 
 
 def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
@@ -138,7 +188,6 @@ def _by_geometry(rows: Sequence[Result]) -> dict[tuple[Any, ...], Result]:
 
 def comparable_instructions(base_env: Mapping[str, Any], env: Mapping[str, Any]) -> tuple[bool, str]:
     """Whether instruction counts from `base_env` can be compared with `env`; the reason when not."""
-    from attnbench.instructions import INSTRUCTION_ENV_KEYS
 
     if not base_env:
         return False, "the baseline has no environment record (a CSV's .meta.json sidecar is missing)"
@@ -163,67 +212,90 @@ def check_instruction_baseline(baseline: LoadedResults, env: Mapping[str, Any], 
 def compare_to_baseline(
     rows: Sequence[Result],
     baseline: LoadedResults | str | Path | Sequence[Result],
-    tolerance: float | None = None,
-    force_latency: bool = False,
-    remeasure: Callable[[Case], Sequence[Result]] | None = None,
+    settings: GateSettings | None = None,
     env: Mapping[str, Any] | None = None,
-    metric: str = "wall",
-    strict: bool = False,
+    remeasure: Callable[[Case], Sequence[Result]] | None = None,
 ) -> Verdict:
     """Compare `rows` with the baseline: count changes, cases that now fail and work or latency regressions fail it.
 
     `baseline` is a loaded report, a report's path, or rows (from attnbench.profile(); their environment is
-    taken as this machine's). `metric` "instructions" gates on instruction counts (the baseline must hold
-    comparable ones, else BaselineError) and leaves latency alone; "wall" gates on latency, where a
-    regression measured only on a busy machine is inconclusive unless `strict`.
+    taken as this machine's). `settings.metric` "instructions" gates on instruction counts (the baseline must
+    hold comparable ones, else BaselineError) and leaves latency alone; "wall" gates on latency, where a
+    regression measured only on a busy machine is inconclusive unless `settings.strict`. `remeasure` measures a
+    case again (the wall gate re-measures a suspected regression).
     """
-    if metric not in GATE_METRICS:
-        raise ValueError(f"gate metric {metric!r}: allowed: {', '.join(GATE_METRICS)}")
+    settings = settings or GateSettings(Path(str(baseline)) if isinstance(baseline, str | Path) else Path("rows"))
+    if settings.metric not in GATE_METRICS:
+        raise ValueError(f"gate metric {settings.metric!r}: allowed: {', '.join(GATE_METRICS)}")
     if env is None:
-        from attnbench.env import environment
+        from attnbench.env import environment  # torch: a gate on saved rows may run without a measurement
 
-        env = environment(threads=rows[0].threads if rows else 1)
+        env = environment(threads=rows[0].scenario.threads if rows else 1)
     baseline = _as_loaded(baseline, env)
-    verdict = Verdict(metric=metric)
-    if metric == "instructions":
+    if settings.metric == "instructions":
         check_instruction_baseline(baseline, env)
-    same_hw, why = comparable_hardware(baseline.env, env)
-    verdict.latency_compared = metric == "wall" and (same_hw or force_latency)
-    if metric == "instructions":
+    verdict = _verdict(settings, baseline.env, env)
+    verdict.changes.extend(_source_changes(rows, baseline.results))
+    verdict.changes.extend(_geometry_changes(rows, baseline.results, verdict))
+    # Status and latency belong to one backend: compare rows that match exactly.
+    base = {r.key: r for r in baseline.results}
+    for now in rows:
+        then = base.get(now.key)
+        if then is not None:
+            verdict.changes.extend(_row_changes(now, then, settings, verdict, remeasure))
+    return verdict
+
+
+def _verdict(settings: GateSettings, base_env: Mapping[str, Any], env: Mapping[str, Any]) -> Verdict:
+    """An empty verdict that knows whether latency is compared, and why not."""
+    verdict = Verdict(metric=settings.metric)
+    same_hw, why = comparable_hardware(base_env, env)
+    verdict.latency_compared = settings.metric == "wall" and (same_hw or settings.force_latency)
+    if settings.metric == "instructions":
         verdict.latency_note = "latency not gated (--gate-metric instructions gates the work measure)"
     elif not same_hw:
         verdict.latency_note = why + (
             "; compared anyway (--force-latency)"
-            if force_latency
+            if settings.force_latency
             else "; latency not compared (use --force-latency), counts still are"
         )
-    verdict.changes.extend(_source_changes(rows, baseline.results))
-    base_geo, cur_geo = _by_geometry(baseline.results), _by_geometry(rows)
+    return verdict
+
+
+def _geometry_changes(rows: Sequence[Result], baseline: Sequence[Result], verdict: Verdict) -> list[Change]:
+    """Geometries missing or new, and count changes of those in both (counted as compared cases)."""
+    changes = []
+    base_geo, cur_geo = _by_geometry(baseline), _by_geometry(rows)
     for geo in base_geo.keys() - cur_geo.keys():
-        verdict.changes.append(Change(_case_text(base_geo[geo]), "missing", "in the baseline, not in this run", False))
+        changes.append(Change(_label(base_geo[geo]), "missing", "in the baseline, not in this run", False))
     for geo in cur_geo.keys() - base_geo.keys():
-        verdict.changes.append(Change(_case_text(cur_geo[geo]), "new", "in this run, not in the baseline", False))
+        changes.append(Change(_label(cur_geo[geo]), "new", "in this run, not in the baseline", False))
     for geo in [g for g in cur_geo if g in base_geo]:
         now, then = cur_geo[geo], base_geo[geo]
         verdict.compared_cases += 1
         for name in COUNT_FIELDS:
             a, b = getattr(then, name), getattr(now, name)
             if a is not None and b is not None and a != b:
-                verdict.changes.append(Change(_case_text(now), "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
-    # Status and latency belong to one backend: compare rows that match exactly.
-    base = {r.key: r for r in baseline.results}
-    for now in rows:
-        then = base.get(now.key)
-        if then is None:
-            continue
-        if then.status == R.OK and now.status != R.OK:
-            verdict.changes.append(Change(_case_text(now), "status", f"was ok, now {now.status}: {now.reason}", True))
-        elif metric == "instructions" and then.instructions is not None:
-            verdict.compared_instructions += 1
-            verdict.changes.extend(_instructions(now, then, tolerance))
-        elif verdict.latency_compared and then.latency_median_s and now.latency_median_s:
-            verdict.changes.extend(_latency(now, then, tolerance, remeasure, strict))
-    return verdict
+                changes.append(Change(_label(now), "count", f"{name} {a:,} -> {b:,} ({b - a:+,})", True))
+    return changes
+
+
+def _row_changes(
+    now: Result,
+    then: Result,
+    settings: GateSettings,
+    verdict: Verdict,
+    remeasure: Callable[[Case], Sequence[Result]] | None,
+) -> list[Change]:
+    """One backend's row against the baseline's: a case that stopped working, then work or latency."""
+    if then.status == R.OK and now.status != R.OK:
+        return [Change(_label(now), "status", f"was ok, now {now.status}: {now.reason}", True)]
+    if settings.metric == "instructions" and then.instructions is not None:
+        verdict.compared_instructions += 1
+        return _instructions(now, then, settings.tolerance)
+    if verdict.latency_compared and then.latency_median_s and now.latency_median_s:
+        return _latency(now, then, settings.tolerance, remeasure, settings.strict)
+    return []
 
 
 def _as_loaded(baseline: LoadedResults | str | Path | Sequence[Result], env: Mapping[str, Any]) -> LoadedResults:
@@ -249,15 +321,15 @@ def _instructions(now: Result, then: Result, tolerance: float | None) -> list[Ch
     """A change of work beyond the tolerance fails (more) or is reported (less); a missing count fails."""
     base = int(then.instructions)  # type: ignore[arg-type]
     if now.instructions is None:
-        why = json.loads(now.extra).get("instructions_error", "") if now.extra else ""
-        return [Change(_case_text(now), "instructions", f"not counted in this run{': ' + why if why else ''}", True)]
+        why = now.extra_dict.get("instructions_error", "")
+        return [Change(_label(now), "instructions", f"not counted in this run{': ' + why if why else ''}", True)]
     tol = INSTRUCTIONS_TOLERANCE if tolerance is None else tolerance
     change = now.instructions / base - 1 if base else 0.0
     detail = f"instructions {fmt.si(base)} -> {fmt.si(now.instructions)} per call ({change:+.2%}, limit {tol:.0%})"
     if change > tol:
-        return [Change(_case_text(now), "instructions", detail, True)]
+        return [Change(_label(now), "instructions", detail, True)]
     if change < -tol:
-        return [Change(_case_text(now), "instructions-less", detail + "; update the baseline to keep it", False)]
+        return [Change(_label(now), "instructions-less", detail + "; update the baseline to keep it", False)]
     return []
 
 
@@ -278,7 +350,7 @@ def _latency(
     while best / base_s - 1 > limit and remeasure is not None and tries < REMEASURES:
         tries += 1
         # Same identity as the row, through the planner so that list kwargs become hashable tuples.
-        case = R.case_of(now)
+        case = now.case
         again = [r for r in remeasure(case) if r.latency_median_s]
         if again:
             best = min(best, float(again[0].latency_median_s))  # type: ignore[arg-type]
@@ -292,9 +364,9 @@ def _latency(
     if change > limit and not clean:
         # Every measurement that shows the slowdown shared the CPU with other processes: no evidence either way.
         detail += "; inconclusive (machine busy): other processes used the CPU during every measurement"
-        return [Change(_case_text(now), BUSY, detail + ("; --strict: fails" if strict else ""), strict)]
+        return [Change(_label(now), BUSY, detail + ("; --strict: fails" if strict else ""), strict)]
     if change > limit:
-        return [Change(_case_text(now), "latency", detail, True)]
+        return [Change(_label(now), "latency", detail, True)]
     if tries:
-        return [Change(_case_text(now), "latency-ok", detail, False)]
+        return [Change(_label(now), "latency-ok", detail, False)]
     return []

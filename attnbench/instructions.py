@@ -27,6 +27,7 @@ those match (gate.py refuses the rest).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -109,7 +110,7 @@ def check_available() -> str:
             f"instruction counts need valgrind ({', '.join(missing) or 'valgrind --version failed'} not found); "
             "install it (Debian/Ubuntu: apt-get install valgrind) or gate on wall time (--gate-metric wall)"
         )
-    import torch
+    import torch  # torch: the CLI checks for valgrind before anything imports torch
 
     if not torch._C._valgrind_supported_platform():
         raise ValgrindUnavailableError(f"torch {torch.__version__} was built without valgrind support")
@@ -127,7 +128,7 @@ def isa_facts() -> str:
                     return ",".join(f for f in wanted if f in flags)
     except OSError:
         pass
-    import torch
+    import torch  # torch: as above, a fallback only
 
     return torch.backends.cpu.get_cpu_capability()
 
@@ -150,7 +151,7 @@ class InstructionBatch:
         index = len(self._cases)
         path = self._dir / f"case{index}.pt"
         entry: dict[str, Any] = {"path": str(path), "shape": list(input_shape), "seed": seed}
-        import torch
+        import torch  # torch: the CLI checks for valgrind before anything imports torch
 
         try:
             torch.save(module, path)
@@ -285,12 +286,11 @@ def _instrumentation_on() -> None:
 
 def _worker(plan_path: str) -> int:
     """Load every case, warm up, switch instrumentation on, count each case into its own dump."""
-    import functools
 
-    import torch
+    import torch  # torch: the worker imports it uninstrumented, after start-up
 
-    from attnbench.backends.base import make_input
-    from attnbench.memory import pin_allocator
+    from attnbench.backends.base import make_input  # torch: as above
+    from attnbench.memory import pin_allocator  # torch: as above
 
     started = time.perf_counter()
     plan = json.loads(Path(plan_path).read_text())

@@ -1,18 +1,18 @@
-"""measure(): latency and peak memory of one module on one backend, as one frozen Measurement.
+"""measure(): latency and peak memory of one module on one backend, in one scenario, as one frozen Measurement.
 
-Conventions: 1 intra-op thread unless asked; inputs are standard normal from a fixed seed; the allocator is
-pinned once per process (attnbench.memory.pin_allocator) and recorded; a case a backend cannot run (OOM,
-failed export or compile, failed parity, a dtype or mode it does not run) is a Measurement with a status and
+Conventions: 1 intra-op thread unless the scenario asks for more; inputs are standard normal from a fixed seed;
+the allocator is pinned once per process (attnbench.memory.pin_allocator) and recorded; a case a backend cannot
+run (OOM, failed export or compile, failed parity, a scenario it does not run) is a Measurement with a status and
 a reason, not an exception. Asking for a backend this machine lacks raises BackendUnavailableError.
-A scenario beyond dtype and threads: `mode` "infer" (eval, no grad) or "train" (forward + backward of
-output.sum(), see attnbench.backends._torch), `channels_last`, and `compile` (torch.compile, inductor; its
-compile time is `compile_s`, apart from the timing).
+A Measurement makes its own row (`row_values`): the runner adds the counts and the case's identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,21 +20,22 @@ import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import MODES, STATUS_OK, STATUS_OOM, STATUS_SKIPPED, CaseFailed, Scenario, torch_dtype
+from attnbench.backends.base import Backend, CaseFailed
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
-from attnbench.timing import (
-    DEFAULT_MAX_RUN_TIME,
-    DEFAULT_MIN_RUN_TIME,
-    DEFAULT_PRECISION,
-    WARMUP_MIN_CALLS,
-    WARMUP_MIN_S,
-    Clock,
-    TimingStats,
-)
+from attnbench.results import OK, OOM, SKIPPED, Scenario
+from attnbench.timing import CONTENTION_THRESHOLD, Clock, TimingBudget, TimingStats
 
-#: Default intra-op thread count: 1 is what a shared 2-core CI machine measures reproducibly.
-DEFAULT_THREADS = 1
+#: What measure() measures unless told otherwise.
+MEASURES = ("latency", "memory")
+#: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
+OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
+    "not enough memory",
+    "failed to allocate memory",
+)
 
 
 @dataclass(frozen=True)
@@ -50,59 +51,88 @@ class Measurement:
     peak_method: str
     #: CUDA caching-allocator max_memory_reserved() (footprint incl. cached blocks); None elsewhere.
     reserved_bytes: int | None
-    #: ORT: max |ORT - PyTorch| over parity_checked_shapes; None when not checked.
+    #: Largest |backend - PyTorch eager| over parity_checked_shapes (ORT, torch.compile); None when not checked.
     parity_max_abs: float | None
     parity_checked_shapes: tuple[tuple[int, ...], ...]
     #: ORT: "dynamo" or "legacy" (torch.onnx.export dynamo=False); None for eager backends.
     exporter: str | None
-    threads: int
-    dtype: str
     input_shape: tuple[int, ...]
     allocator: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
     scenario: Scenario = field(default_factory=Scenario)
+    extra: dict[str, Any] = field(default_factory=dict)
     #: torch.compile: wall time of the first (compiling) call, not part of the timing; None when not compiled.
     compile_s: float | None = None
 
     @property
     def ok(self) -> bool:
         """True when the case was measured."""
-        return self.status == STATUS_OK
+        return self.status == OK
+
+    def row_values(self, batch: int) -> dict[str, Any]:
+        """The columns of a Result this measurement fills (extra as a dict, the runner serialises it)."""
+        values: dict[str, Any] = {
+            "status": self.status,
+            "reason": self.reason,
+            "compile_s": self.compile_s,
+            "peak_mem_bytes": self.peak_bytes,
+            "peak_mem_method": self.peak_method,
+            "reserved_mem_bytes": self.reserved_bytes,
+            "parity_max_abs": self.parity_max_abs,
+            "exporter": self.exporter or "",
+        }
+        if self.timing is not None:
+            values.update(latency_values(self.timing, batch))
+        return values
+
+    def extra_values(self) -> dict[str, Any]:
+        """The row's `extra`: the allocator settings, the backend's details and how the timing went."""
+        extra = {"allocator": self.allocator, **self.extra}
+        if self.timing is not None:
+            t = self.timing
+            # Seconds inside the timing protocol (warm-up + timed blocks): the rest of a row's time is overhead.
+            extra.update(
+                timing_loop_s=t.warmup_s + t.mean_s * t.n_calls,
+                other_cpu_cores=t.other_cpu_cores,
+                precision_target=t.precision_target,
+                timing_blocks=t.n_blocks,
+                timing_stop=t.stop,
+            )
+        return extra
 
 
-_OOM_MARKERS = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate memory")
+def latency_values(timing: TimingStats, batch: int) -> dict[str, Any]:
+    """The latency columns of a row from a TimingStats."""
+    median, ci = timing.median_s, timing.median_ci_rel
+    return {
+        "latency_median_s": median,
+        "latency_iqr_s": timing.iqr_s,
+        "latency_p10_s": timing.p10_s,
+        "latency_min_s": timing.min_s,
+        "latency_calls": timing.n_calls,
+        "latency_noisy": timing.noisy,
+        "latency_contended": (timing.other_cpu_cores or 0.0) > CONTENTION_THRESHOLD,
+        "throughput_per_s": batch / median if median and median > 0 else None,
+        "minor_faults_per_call": timing.minor_faults_per_call,
+        "latency_ci_rel": ci if ci is not None and math.isfinite(ci) else None,
+    }
 
 
-def is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error from any allocator (torch, CUDA, the OS)."""
-    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+def is_oom(exc: BaseException, backend: Backend | None = None) -> bool:
+    """True for an out-of-memory error: the backend's own type, torch's or Python's, or one that says so."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or (backend is not None and backend.is_oom(exc)):
         return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MARKERS)
+    # ONNX Runtime raises its own exception types, which derive from Exception, not RuntimeError.
+    return any(marker in str(exc).lower() for marker in OOM_MARKERS)
 
 
-def _check_args(
-    module: nn.Module,
-    input_shape: Sequence[int],
-    threads: int,
-    min_run_time: float,
-    mode: str,
-    precision: float | None = None,
-    max_run_time: float = DEFAULT_MAX_RUN_TIME,
-) -> tuple[int, ...]:
+def _check_args(module: nn.Module, input_shape: Sequence[int], budget: TimingBudget) -> tuple[int, ...]:
     name = type(module).__name__
-    if mode not in MODES:
-        raise InvalidCaseError(name, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     shape = tuple(input_shape)
     if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape):
         raise InvalidCaseError(name, "input_shape", f"must be positive ints, got {input_shape!r}")
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise InvalidCaseError(name, "threads", f"must be an int >= 1, got {threads!r}")
-    if not min_run_time >= 0:
-        raise InvalidCaseError(name, "min_run_time", f"must be >= 0 seconds, got {min_run_time!r}")
-    if not max_run_time > 0:
-        raise InvalidCaseError(name, "max_run_time", f"must be > 0 seconds, got {max_run_time!r}")
-    if precision is not None and not 0 < precision < 1:
-        raise InvalidCaseError(name, "precision", f"must be a fraction in (0, 1) or None, got {precision!r}")
+    problem = budget.problem()
+    if problem:
+        raise InvalidCaseError(name, "budget", problem)
     return shape
 
 
@@ -110,95 +140,102 @@ def measure(
     module: nn.Module,
     input_shape: Sequence[int],
     backend: str = "cpu",
-    threads: int = DEFAULT_THREADS,
-    dtype: str = "float32",
-    min_run_time: float = DEFAULT_MIN_RUN_TIME,
-    warmup: float = WARMUP_MIN_S,
-    memory: bool = True,
+    scenario: Scenario | None = None,
+    budget: TimingBudget | None = None,
+    metrics: Collection[str] = MEASURES,
     clock: Clock | None = None,
     seed: int = 0,
-    warmup_calls: int = WARMUP_MIN_CALLS,
-    latency: bool = True,
-    precision: float | None = DEFAULT_PRECISION,
-    max_run_time: float = DEFAULT_MAX_RUN_TIME,
-    mode: str = "infer",
-    channels_last: bool = False,
-    compile: bool = False,
 ) -> Measurement:
-    """Time one step of `module` on `input_shape` (and read its peak memory) on `backend`.
+    """Time one step of `module` on `input_shape` (and read its peak memory) on `backend`, in `scenario`.
 
-    A step is a forward (`mode="infer"`) or a forward + backward (`mode="train"`). `warmup` is the minimum
-    warm-up in seconds (and at least `warmup_calls` calls). Timing then stops once the 95% CI on the median
-    is within +-`precision` of it, after at least `min_run_time` timed seconds, or when `max_run_time` timed
-    seconds are spent (`precision=None`: exactly the `min_run_time` budget). `clock` replaces
-    time.perf_counter (tests). Raises BackendUnavailableError for a backend this machine cannot run; a
-    combination the backend cannot run is status "skipped", other failures a status with a reason.
+    A step is a forward (mode "infer") or a forward + backward (mode "train"). Timing follows `budget`
+    (attnbench.timing): a warm-up, then blocks until the 95% CI on the median is within its precision or its
+    time is spent. `metrics` picks "latency" and/or "memory"; `clock` replaces time.perf_counter (tests).
+    Raises BackendUnavailableError for a backend this machine cannot run; a scenario the backend cannot run is
+    status "skipped", other failures a status with a reason.
     """
-    shape = _check_args(module, input_shape, threads, min_run_time, mode, precision, max_run_time)
-    scenario = Scenario(mode, channels_last, compile)
-    torch_dtype(dtype, type(module).__name__)  # an unknown dtype name is a usage error, not a status
+    scenario, budget = scenario or Scenario(), budget or TimingBudget()
+    shape = _check_args(module, input_shape, budget)
     allocator = pin_allocator()
     be = get_backend(backend)
     ok, why = be.available()
     if not ok:
         raise BackendUnavailableError(f"backend {backend!r} is unavailable: {why}")
-
-    def failed(status: str, reason: str, details: dict[str, Any] | None = None) -> Measurement:
-        details = details or {}
-        return Measurement(
-            backend=backend,
-            status=status,
-            reason=reason,
-            timing=None,
-            peak_bytes=None,
-            peak_method="",
-            reserved_bytes=None,
-            parity_max_abs=details.get("parity_max_abs"),
-            parity_checked_shapes=tuple(details.get("parity_checked_shapes", ())),
-            exporter=details.get("exporter"),
-            threads=threads,
-            dtype=dtype,
-            input_shape=shape,
-            allocator=allocator,
-            extra=dict(details.get("extra", {})),
-            scenario=scenario,
-        )
-
-    refusal = be.refusal(dtype, scenario)
+    base = Measurement(
+        backend=backend,
+        status=SKIPPED,
+        reason="",
+        timing=None,
+        peak_bytes=None,
+        peak_method="",
+        reserved_bytes=None,
+        parity_max_abs=None,
+        parity_checked_shapes=(),
+        exporter=None,
+        input_shape=shape,
+        allocator=allocator,
+        scenario=scenario,
+    )
+    refusal = be.refusal(scenario)
     if refusal is not None:
-        return failed(STATUS_SKIPPED, refusal)
+        return _failed(base, SKIPPED, refusal)
+    failure = _prepare_and_run(be, module, base, budget, metrics, clock, seed)
+    if isinstance(failure, Measurement):
+        return failure
+    # Outside the handler: its traceback no longer holds the failed step's tensors, so they can be freed.
+    be.cleanup_after_failure()
+    return _failed(base, *failure)
+
+
+def _failed(base: Measurement, status: str, reason: str, details: dict[str, Any] | None = None) -> Measurement:
+    """The measurement of a case that did not run through: its status, reason and what it got as far as."""
+    details = details or {}
+    return dataclasses.replace(
+        base,
+        status=status,
+        reason=reason,
+        parity_max_abs=details.get("parity_max_abs"),
+        parity_checked_shapes=tuple(details.get("parity_checked_shapes", ())),
+        exporter=details.get("exporter"),
+        extra=dict(details.get("extra", {})),
+    )
+
+
+def _prepare_and_run(
+    be: Backend,
+    module: nn.Module,
+    base: Measurement,
+    budget: TimingBudget,
+    metrics: Collection[str],
+    clock: Clock | None,
+    seed: int,
+) -> Measurement | tuple[str, str, dict[str, Any]]:
+    """The measurement, or (status, reason, details) of the failure: the caller cleans up outside the handler."""
     t0 = time.perf_counter()
     try:
-        prepared = be.prepare(module, shape, dtype=dtype, threads=threads, seed=seed, scenario=scenario)
+        prepared = be.prepare(module, base.input_shape, base.scenario, seed)
     except CaseFailed as exc:
-        be.cleanup_after_failure()
-        return failed(exc.status, exc.reason, exc.details)
+        return exc.status, exc.reason, exc.details
     except Exception as exc:
-        if not is_oom(exc):
+        if not is_oom(exc, be):
             raise
-        be.cleanup_after_failure()
-        return failed(STATUS_OOM, f"out of memory while preparing: {' '.join(str(exc).split())[:300]}")
+        return OOM, f"out of memory while preparing: {' '.join(str(exc).split())[:300]}", {}
     prepare_s = time.perf_counter() - t0
     try:
         with prepared:
-            timing = (
-                prepared.time(min_run_time, warmup, warmup_calls, clock, precision, max_run_time) if latency else None
-            )
+            timing = prepared.time(budget, clock) if "latency" in metrics else None
             t_mem = time.perf_counter()
-            mem = prepared.peak_memory() if memory else PeakMemory(None, "not requested")
+            mem = prepared.peak_memory() if "memory" in metrics else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem
     except CaseFailed as exc:
-        be.cleanup_after_failure()
-        return failed(exc.status, exc.reason, {**exc.details, "exporter": prepared.exporter})
+        return exc.status, exc.reason, {**exc.details, "exporter": prepared.exporter}
     except Exception as exc:
-        if not is_oom(exc):
+        if not is_oom(exc, be):
             raise
-        be.cleanup_after_failure()
-        return failed(STATUS_OOM, f"out of memory while running: {' '.join(str(exc).split())[:300]}")
-    return Measurement(
-        backend=backend,
-        status=STATUS_OK,
-        reason="",
+        return OOM, f"out of memory while running: {' '.join(str(exc).split())[:300]}", {}
+    return dataclasses.replace(
+        base,
+        status=OK,
         timing=timing,
         peak_bytes=mem.peak_bytes,
         peak_method=mem.method,
@@ -206,11 +243,6 @@ def measure(
         parity_max_abs=prepared.parity_max_abs,
         parity_checked_shapes=prepared.parity_checked_shapes,
         exporter=prepared.exporter,
-        threads=threads,
-        dtype=dtype,
-        input_shape=shape,
-        allocator=allocator,
         extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
-        scenario=scenario,
-        compile_s=getattr(prepared, "compile_s", None),
+        compile_s=prepared.compile_s,
     )

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from attnbench.capture import captured
+
 #: What the CPU peak counts, written into every result row.
 CPU_PEAK_METHOD = (
     "torch.profiler CPU [memory] events, peak of the cumulative signed bytes over one warmed-up forward: "
@@ -78,9 +80,7 @@ def _is_cpu_event(event: Any) -> bool:
 
 def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
     """Peak bytes allocated on the CPU during one call of `fn` (call it warmed up, under inference_mode)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    from attnbench.capture import captured
+    from torch.profiler import ProfilerActivity, profile  # slow to import: only a peak reading needs it
 
     # kineto prints profiler_start/stop lines on fd 2 from C++: keep them off the user's terminal.
     with captured(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:

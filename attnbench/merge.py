@@ -15,9 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from attnbench import results as R
+from attnbench.backends import list_backends
+from attnbench.env import machine_label
 from attnbench.errors import UsageError
-from attnbench.results import LoadedResults, Result
+from attnbench.results import SCENARIO_FIELDS, Result, axes
+from attnbench.store import SIDECAR_SUFFIX, LoadedResults
+from attnbench.zoo.registry import list_modules
 
 _GLOB_CHARS = "*?["
 #: Env keys shown per source file in a merged report (what tells two runs of one machine apart).
@@ -43,23 +46,22 @@ def expand(patterns: Sequence[str]) -> list[Path]:
     named = {p.resolve() for p in paths}
     unique: dict[Path, Path] = {}
     for path in paths:
-        if path.name.endswith(R.SIDECAR_SUFFIX) and _csv_of(path).resolve() in named:
+        if path.name.endswith(SIDECAR_SUFFIX) and _csv_of(path).resolve() in named:
             continue
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
 
 
 def _is_report(path: str) -> bool:
-    return path.endswith((".csv", ".json")) and not path.endswith(R.SIDECAR_SUFFIX)
+    return path.lower().endswith((".csv", ".json")) and not path.endswith(SIDECAR_SUFFIX)
 
 
 def _csv_of(sidecar: Path) -> Path:
-    return sidecar.with_name(sidecar.name[: -len(R.SIDECAR_SUFFIX)])
+    return sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
 
 
 def source_label(loaded: LoadedResults, label: str | None = None) -> str:
     """The machine of a file's unlabelled rows: `label`, else the one its run recorded, else from its env."""
-    from attnbench.env import machine_label
 
     if label:
         return label
@@ -93,10 +95,8 @@ def merge(sources: Sequence[LoadedResults], label: str | None = None, latest: bo
             key = (row.machine, row.key)
             if key in kept:
                 if not latest:
-                    from attnbench.report import case_text
-
                     raise UsageError(
-                        f"{case_text(row)} on machine {row.machine!r} is in both {kept[key][2]} and "
+                        f"{row.label} on machine {row.machine!r} is in both {kept[key][2]} and "
                         f"{source.source}; pass --latest to keep the newest"
                     )
                 if date < kept[key][1]:
@@ -152,36 +152,43 @@ def _source_record(source: LoadedResults, label: str | None) -> dict[str, Any]:
     return record
 
 
-#: Result field -> the Sweep field whose order it follows, in the order a Sweep plans a geometry's scenarios.
-SCENARIO_ORDER = {
+#: Where sweeps recorded by attnbench 0.1 kept the values of a scenario field (now sweep["scenarios"][field]).
+LEGACY_SWEEP_KEYS = {
     "mode": "modes",
     "dtype": "dtypes",
     "threads": "threads",
     "channels_last": "channels_last",
     "compile": "compile",
     "allocator": "allocators",
-    "backend": "backends",
 }
+#: Sweep record key of each geometry field.
+GEOMETRY_KEYS = {"module": "modules", "dim": "dims", "res": "resolutions", "batch": "batches", "backend": "backends"}
+
+
+def _given(sweep: Mapping[str, Any], field: str) -> list[Any]:
+    """The values a recorded sweep lists for a field, in its order."""
+    if field in GEOMETRY_KEYS:
+        values = sweep.get(GEOMETRY_KEYS[field])
+    else:
+        values = (sweep.get("scenarios") or {}).get(field) or sweep.get(LEGACY_SWEEP_KEYS.get(field, ""))
+    return [tuple(v) if isinstance(v, list) else v for v in values or ()]
 
 
 def plan_order(rows: Sequence[Result], machines: Sequence[str], sweep: Mapping[str, Any] | None = None) -> list[Result]:
     """Rows by machine (in the given order), then as a Sweep plans them: module, dim, resolution, batch, kwargs,
-    then mode, dtype, threads, channels_last, compile, allocator, backend. Values follow their order in `sweep`
-    (the record a run writes into its environment), else the zoo's, the dtypes' and backends' order and ascending
-    values; so shards merged this way come out in the unsharded run's order."""
-    from attnbench.backends import list_backends
-    from attnbench.sweep import DTYPES
-    from attnbench.zoo.registry import list_modules
+    then the scenario fields in their order, then the backend. Values follow their order in `sweep` (the record a
+    run writes into its environment), else the zoo's, each scenario field's choices and the backends' order and
+    ascending values; so shards merged this way come out in the unsharded run's order."""
 
     sweep = sweep or {}
-    defaults = {"machine": machines, "module": list_modules(), "dtype": DTYPES, "backend": list_backends()}
-    fields = {"module": "modules", "dim": "dims", "res": "resolutions", "batch": "batches", **SCENARIO_ORDER}
+    defaults: dict[str, Sequence[Any]] = {"machine": machines, "module": list_modules(), "backend": list_backends()}
+    defaults.update({name: a.choices or () for name, a in axes().items()})
 
     def ranks(field: str) -> dict[Any, int]:
-        given = [tuple(v) if isinstance(v, list) else v for v in sweep.get(fields.get(field, ""), None) or ()]
+        given = [] if field == "machine" else _given(sweep, field)
         return {value: i for i, value in enumerate(dict.fromkeys([*given, *defaults.get(field, ())]))}
 
-    order = {field: ranks(field) for field in ("machine", *fields)}
+    order = {field: ranks(field) for field in ("machine", *GEOMETRY_KEYS, *SCENARIO_FIELDS)}
 
     def at(field: str, value: Any) -> tuple[int, str]:
         # Unranked values come after the ranked ones, by their text (ints zero-padded, so they sort as numbers).
@@ -189,8 +196,9 @@ def plan_order(rows: Sequence[Result], machines: Sequence[str], sweep: Mapping[s
 
     def key(r: Result) -> tuple[Any, ...]:
         geometry = (at("machine", r.machine), at("module", r.module), at("dim", r.dim))
-        geometry += (at("res", (r.height, r.width)), at("batch", r.batch), (0, r.kwargs), (0, r.layout))
-        return geometry + tuple(at(field, getattr(r, field)) for field in SCENARIO_ORDER)
+        geometry += (at("res", (r.height, r.width)), at("batch", r.batch), (0, r.kwargs))
+        scenario = tuple(at(name, getattr(r.scenario, name)) for name in SCENARIO_FIELDS)
+        return (*geometry, *scenario, at("backend", r.backend))
 
     return sorted(rows, key=key)
 

@@ -1,35 +1,30 @@
-"""Case and Result: the one flat record every measurement becomes, and its CSV/JSON/DataFrame round trip."""
+"""The one vocabulary and the records every run speaks: Scenario, Case, Result, statuses.
+
+A `Case` is what to measure: one module at one geometry (dim, H, W, batch, kwargs) on one backend, in one
+`Scenario`. A `Scenario` holds every setting of how the module runs beyond its geometry (mode, dtype, threads,
+memory format, compile, layout, allocator, ...): one frozen object that travels whole, like
+torch.utils.benchmark's TaskSpec. Each of its fields is an `Axis`: a CLI option, a sweep dimension, a CSV
+column, a table column when it varies, a word in a row's label and in the report's scenario line, all derived
+from the field's metadata here. Adding a scenario axis is one field below plus the backend that runs it.
+
+A `Result` is the one flat, frozen row a case becomes: identity, counts, latency, memory, status, in base units
+(seconds, bytes, MACs, FLOPs). Files and frames flatten its Scenario into one column per field (attnbench.store).
+"""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
-import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from attnbench.errors import BaselineError, OutputLockedError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Bumped whenever a column is renamed or its meaning changes. Readers also read the versions in READABLE_SCHEMAS
-#: (columns added since are filled with their defaults).
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
-#: First line of a schema-1 CSV (environment as JSON on the same line); schema 2 writes a plain CSV and a sidecar.
-LEGACY_CSV_MAGIC = "# attnbench-results"
-#: Suffix of the sidecar that carries a CSV's schema and environment: results.csv -> results.csv.meta.json.
-SIDECAR_SUFFIX = ".meta.json"
+# ---------------------------------------------------------------- statuses
 
-# Row statuses. "ok" is the only one whose numbers are all valid.
-OK = "ok"
+OK = "ok"  # the only status whose numbers are all valid
 INVALID = "invalid"  # the module's constraints refuse the case (nothing ran)
 FAILED = "failed"  # an exception inside the case
 OOM = "oom"
@@ -37,22 +32,256 @@ SKIPPED = "skipped"  # backend unavailable here, or a combination it cannot run
 GUARDED = "guarded"  # refused by the memory guard (estimate above free memory)
 TIMEOUT = "timeout"
 COMPILE_FAILED = "compile_failed"  # torch.compile raised (the reason says where)
+EXPORT_FAILED = "export_failed"
+SESSION_FAILED = "session_failed"
+PARITY_FAILED = "parity_failed"
 #: Cases refused by design (reported with their reason), as opposed to cases that failed.
 REFUSED = (INVALID, SKIPPED, GUARDED)
 
+# ---------------------------------------------------------------- the vocabulary of a scenario
+
+#: "infer": eval mode, no grad; "train": train mode, forward + backward of output.sum().
+MODES = ("infer", "train")
+DTYPES = ("float32", "float16", "bfloat16")
+#: Short names people type for a dtype.
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+#: Which allocator state a CPU row's headline latency is taken in (see attnbench.sysalloc).
+ALLOCATORS = ("pinned", "system")
 #: What a user's module takes and returns unless told otherwise: (B, C, H, W) maps; zoo modules keep their own.
 DEFAULT_USER_LAYOUT = "image"
 USER_LAYOUTS = ("image", "tokens")
+#: torch.compile's modes (torch.compile(mode=...)).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: Mixed precision as timm's benchmark runs it (--amp): torch.autocast around a float32 module.
+AUTOCAST = ("off", "bfloat16", "float16")
+#: ONNX Runtime's graph optimisation levels (SessionOptions.graph_optimization_level).
+ORT_OPT_LEVELS = ("disable", "basic", "extended", "all")
+#: The backend of a counts-only row: nothing ran the module.
+NO_BACKEND = "none"
 
-#: Defaults of the scenario fields: eager float32 inference, 1 thread, pinned allocator.
-DEFAULT_MODE = "infer"
-DEFAULT_DTYPE = "float32"
-DEFAULT_ALLOCATOR = "pinned"
+
+@dataclass(frozen=True)
+class Axis:
+    """What a Scenario field is to the rest of the house: its option, values, header, label and words."""
+
+    #: The CLI option that sets it ("--dtype"); repeating the option sweeps it.
+    option: str
+    help: str
+    #: The values it takes (None: any int >= 1).
+    choices: tuple[Any, ...] | None = None
+    #: Column header when it varies within a table.
+    header: str = ""
+    #: How a row's label shows a value other than the default (" {}" appends the value).
+    label: str = " {}"
+    #: How the report's scenario line names each value; a value missing here is said with `word` ("" or no
+    #: `word`: not said at all, a quiet default).
+    words: Mapping[Any, str] = field(default_factory=dict)
+    word: str = ""
+    #: Other names accepted on the command line for a value (fp16 -> float16).
+    aliases: Mapping[str, Any] = field(default_factory=dict)
+    #: Another field that must be on (truthy) for this one to mean anything; off, this one is its default.
+    requires: str = ""
+
+    def parse(self, text: str) -> Any:
+        """A value from its text on the command line (ValueError naming the allowed values)."""
+        text = text.strip()
+        if self.choices is None:
+            try:
+                value = int(text)
+            except ValueError:
+                raise ValueError(f"{self.option} {text!r}: must be an int >= 1") from None
+            if value < 1:
+                raise ValueError(f"{self.option} {value}: must be an int >= 1")
+            return value
+        if isinstance(self.choices[0], bool):
+            value = _BOOL_WORDS.get(text.lower())
+        else:
+            value = self.aliases.get(text.lower(), text)
+        if value not in self.choices:
+            allowed = "on, off" if isinstance(self.choices[0], bool) else ", ".join(map(str, self.choices))
+            raise ValueError(f"{self.option} {text!r}: allowed: {allowed}")
+        return value
+
+    def check(self, value: Any) -> str | None:
+        """Why `value` cannot be this field's (None when it can)."""
+        if self.choices is None:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            return None if ok else f"{self.option} {value!r}: must be an int >= 1"
+        if value in self.choices and type(value) is type(self.choices[0]):
+            return None
+        return f"{self.option} {value!r}: allowed: {', '.join(map(str, self.choices))}"
+
+    def say(self, value: Any) -> str:
+        """The value in the report's scenario line ("" when it goes unsaid)."""
+        return self.words.get(value, self.word.format(value) if self.word else "")
+
+    @property
+    def flag(self) -> bool:
+        """True for an on/off field (--compile): given alone it means on."""
+        return self.choices is not None and isinstance(self.choices[0], bool)
+
+
+_BOOL_WORDS = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+_ON_OFF = (False, True)
+
+
+def _axis(default: Any, **meta: Any) -> Any:
+    return field(default=default, metadata={"axis": Axis(**meta)})
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a module runs beyond its geometry; every field is an axis a sweep can vary (see Axis)."""
+
+    dtype: str = _axis(
+        "float32",
+        option="--dtype",
+        help="The whole module and input in this dtype (bf16 and fp16 are accepted)",
+        choices=DTYPES,
+        header="dtype",
+        aliases=DTYPE_ALIASES,
+        words={d: d for d in DTYPES},
+    )
+    threads: int = _axis(
+        1,
+        option="--threads",
+        help="Intra-op threads of torch and ONNX Runtime",
+        header="threads",
+        label=" t={}",
+        words={1: "1 thread"},
+        word="{} threads",
+    )
+    mode: str = _axis(
+        "infer",
+        option="--mode",
+        help="Inference (infer: eval, no grad) or a training step (train: forward + backward of output.sum())",
+        choices=MODES,
+        header="mode",
+        words={"infer": "inference", "train": "training (forward + backward)"},
+    )
+    channels_last: bool = _axis(
+        False,
+        option="--channels-last",
+        help="Module and input in channels_last (image-layout modules)",
+        choices=_ON_OFF,
+        header="ch-last",
+        label=" channels_last",
+        words={True: "channels_last", False: "contiguous"},
+    )
+    compile: bool = _axis(
+        False,
+        option="--compile",
+        help="torch.compile (inductor); its compile time is kept apart",
+        choices=_ON_OFF,
+        header="compiled",
+        label=" compiled",
+        words={True: "torch.compile", False: "eager"},
+    )
+    layout: str = _axis(
+        "",
+        option="--layout",
+        help="What your own modules take: image (B, C, H, W) or tokens (B, N, C); zoo modules keep their own",
+        choices=("", *USER_LAYOUTS),
+        header="layout",
+        label=" layout={}",
+    )
+    allocator: str = _axis(
+        "pinned",
+        option="--allocator",
+        help="Which glibc state the CPU latency shows: pinned (stable) or system (a plain PyTorch process's)",
+        choices=ALLOCATORS,
+        header="alloc",
+        label=" allocator={}",
+        words={"pinned": "pinned allocator", "system": "system allocator"},
+    )
+    compile_mode: str = _axis(
+        "default",
+        option="--compile-mode",
+        help="torch.compile's mode (with --compile)",
+        choices=COMPILE_MODES,
+        header="compile mode",
+        label=" compile_mode={}",
+        words={m: f"compile mode {m}" for m in COMPILE_MODES[1:]},
+        requires="compile",
+    )
+    autocast: str = _axis(
+        "off",
+        option="--autocast",
+        help="Mixed precision: torch.autocast around the float32 module, as timm's --amp",
+        choices=AUTOCAST,
+        header="autocast",
+        label=" autocast={}",
+        aliases=DTYPE_ALIASES,
+        words={"bfloat16": "autocast bfloat16", "float16": "autocast float16"},
+    )
+    ort_opt_level: str = _axis(
+        "all",
+        option="--ort-opt-level",
+        help="ONNX Runtime's graph optimisation level",
+        choices=ORT_OPT_LEVELS,
+        header="ORT opt",
+        label=" ort_opt={}",
+        words={level: f"ORT graph optimisation {level}" for level in ORT_OPT_LEVELS[:-1]},
+    )
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            reason = axis(f.name).check(getattr(self, f.name))
+            if reason:
+                raise ValueError(reason)
+
+    def settled(self) -> Scenario:
+        """The same scenario with every field whose `requires` is off put back to its default."""
+        idle = {
+            f.name: f.default
+            for f in fields(self)
+            if axis(f.name).requires and not getattr(self, axis(f.name).requires)
+        }
+        return dataclasses.replace(self, **idle) if idle else self
+
+    def changed(self) -> dict[str, Any]:
+        """The fields that differ from their defaults, in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+
+    def label(self) -> str:
+        """The fields that differ from their defaults, as a row's label shows them (' bfloat16 t=2 train')."""
+        return "".join(axis(name).label.format(value) for name, value in self.changed().items())
+
+
+#: The scenario fields, in order: CSV columns, table columns and label parts follow it.
+SCENARIO_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Scenario))
+SCENARIO_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(Scenario)}
+
+
+def axis(name: str) -> Axis:
+    """The Axis of a Scenario field."""
+    return _AXES[name]
+
+
+_AXES: dict[str, Axis] = {f.name: f.metadata["axis"] for f in fields(Scenario)}
+
+
+def axes() -> dict[str, Axis]:
+    """Every scenario field's Axis, in field order."""
+    return dict(_AXES)
+
+
+# ---------------------------------------------------------------- what to measure, and the row it becomes
+
+
+def frozen(value: Any) -> Any:
+    """Lists and tuples, nested too, as tuples (so a Case stays hashable); check_case turns them back."""
+    return tuple(frozen(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def frozen_kwargs(kwargs: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """Kwargs as a sorted tuple of (key, hashable value) pairs."""
+    return tuple(sorted((k, frozen(v)) for k, v in (kwargs or {}).items()))
 
 
 @dataclass(frozen=True)
 class Case:
-    """What to measure: one module at one geometry, in one scenario, on one backend."""
+    """What to measure: one module at one geometry, on one backend, in one scenario."""
 
     module: str  # a zoo name or a module spec as typed (normalised), e.g. "models/attn.py:MyAttn"
     dim: int
@@ -60,14 +289,8 @@ class Case:
     width: int
     batch: int = 1
     backend: str = "cpu"
-    dtype: str = DEFAULT_DTYPE
-    threads: int = 1
     kwargs: tuple[tuple[str, Any], ...] = ()
-    mode: str = DEFAULT_MODE  # "infer" (eval, no grad) or "train" (train mode, forward + backward)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile (inductor)
-    layout: str = ""  # "" = the module's own; "image" or "tokens" for a user module
-    allocator: str = DEFAULT_ALLOCATOR  # which allocator state the headline latency is taken in
+    scenario: Scenario = field(default_factory=Scenario)
 
     @property
     def kwargs_dict(self) -> dict[str, Any]:
@@ -84,9 +307,27 @@ class Case:
         """N = H * W."""
         return self.height * self.width
 
+    @property
+    def geometry(self) -> tuple[Any, ...]:
+        """What the cases sharing one build have in common (the layout decides what is built)."""
+        return (self.module, self.dim, self.height, self.width, self.batch, self.kwargs, self.scenario.layout)
 
-#: Fields a Case and a Result share: the identity of a row.
-CASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Case))
+    @property
+    def label(self) -> str:
+        """The case as short text: 'sk C=64 28x28 B=1 cpu bfloat16 t=2 {"kernels": [3, 5]}'."""
+        return _label(self.module, self.dim, self.height, self.width, self.batch, self.backend, self.scenario) + (
+            f" {kwargs_text(self.kwargs)}" if self.kwargs else ""
+        )
+
+
+def kwargs_text(kwargs: Iterable[tuple[str, Any]] | Mapping[str, Any]) -> str:
+    """Kwargs as a row stores them: JSON with sorted keys ('' when there are none)."""
+    pairs = dict(kwargs.items() if isinstance(kwargs, Mapping) else kwargs)
+    return json.dumps(pairs, sort_keys=True) if pairs else ""
+
+
+def _label(module: str, dim: int, height: int, width: int, batch: int, backend: str, scenario: Scenario) -> str:
+    return f"{module} C={dim} {height}x{width} B={batch} {backend}{scenario.label()}"
 
 
 @dataclass(frozen=True)
@@ -99,14 +340,8 @@ class Result:
     width: int
     batch: int
     backend: str
-    dtype: str
-    threads: int
     kwargs: str  # JSON of the non-default kwargs given by the user
-    mode: str = DEFAULT_MODE
-    channels_last: bool = False
-    compile: bool = False
-    layout: str = ""
-    allocator: str = DEFAULT_ALLOCATOR
+    scenario: Scenario = field(default_factory=Scenario)
     status: str = OK
     reason: str = ""
     machine: str = ""  # short label of the machine and versions that measured the row
@@ -150,314 +385,84 @@ class Result:
     @classmethod
     def for_case(cls, case: Case, **values: Any) -> Result:
         """A row carrying the case's identity plus the given values."""
-        identity = {name: getattr(case, name) for name in CASE_FIELDS}
-        identity["kwargs"] = json.dumps(case.kwargs_dict, sort_keys=True) if case.kwargs else ""
-        return cls(**identity, **values)
+        identity = {name: getattr(case, name) for name in IDENTITY_FIELDS}
+        return cls(**identity, kwargs=kwargs_text(case.kwargs), scenario=case.scenario, **values)
+
+    @property
+    def case(self) -> Case:
+        """The Case this row measured (to measure it again)."""
+        kwargs = json.loads(self.kwargs) if self.kwargs else {}
+        identity = {name: getattr(self, name) for name in IDENTITY_FIELDS}
+        return Case(**identity, kwargs=frozen_kwargs(kwargs), scenario=self.scenario)
 
     @property
     def key(self) -> tuple[Any, ...]:
         """Identity used to match rows across runs (baseline comparison, merging)."""
-        return tuple(getattr(self, name) for name in KEY_FIELDS)
+        return (*(getattr(self, name) for name in IDENTITY_FIELDS), self.kwargs, self.scenario)
 
     @property
     def ok(self) -> bool:
         """True when the row was measured without error."""
         return self.status == OK
 
+    @property
+    def label(self) -> str:
+        """The row's case as short text: module, setting, backend, the scenario fields off their defaults, kwargs."""
+        text = _label(self.module, self.dim, self.height, self.width, self.batch, self.backend, self.scenario)
+        return text + (f" {self.kwargs}" if self.kwargs else "")
 
-def case_of(row: Result) -> Case:
-    """The Case a row measured (to measure it again)."""
-    values = {name: getattr(row, name) for name in CASE_FIELDS}
-    kwargs = json.loads(row.kwargs) if row.kwargs else {}
-    values["kwargs"] = tuple(sorted((k, _hashable(v)) for k, v in kwargs.items()))
-    return Case(**values)
+    @property
+    def extra_dict(self) -> dict[str, Any]:
+        """The backend-specific details as a dict."""
+        return json.loads(self.extra) if self.extra else {}
 
 
-def _hashable(value: Any) -> Any:
-    return tuple(_hashable(v) for v in value) if isinstance(value, list | tuple) else value
-
-
-RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Result))
-KEY_FIELDS = CASE_FIELDS
+#: A row's identity besides its kwargs and scenario: what a Case and a Result share.
+IDENTITY_FIELDS = ("module", "dim", "height", "width", "batch", "backend")
+#: The flat columns of a row, as files and frames hold them: the scenario spread into one column per field, in
+#: schema 2's order (the kwargs sit after threads); fields added to Scenario since then follow allocator.
+COLUMNS: tuple[str, ...] = (
+    *IDENTITY_FIELDS,
+    *SCENARIO_FIELDS[:2],
+    "kwargs",
+    *SCENARIO_FIELDS[2:],
+    *(f.name for f in fields(Result) if f.name not in (*IDENTITY_FIELDS, "kwargs", "scenario")),
+)
 #: Columns a file must have to be read as results (the rest default when missing).
-REQUIRED_FIELDS = ("module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs")
-_INT_FIELDS = {f.name for f in fields(Result) if "int" in str(f.type) and "float" not in str(f.type)}
-_FLOAT_FIELDS = {f.name for f in fields(Result) if "float" in str(f.type)}
-_BOOL_FIELDS = {f.name for f in fields(Result) if "bool" in str(f.type)}
-_NULLABLE = _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS
+REQUIRED_COLUMNS = ("module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs")
+
+
+def flat(row: Result) -> dict[str, Any]:
+    """A row as one value per column (COLUMNS), its scenario spread out."""
+    values = {f.name: getattr(row, f.name) for f in fields(row) if f.name != "scenario"}
+    values.update(dataclasses.asdict(row.scenario))
+    return {name: values[name] for name in COLUMNS}
+
+
+def unflat(values: Mapping[str, Any]) -> Result:
+    """A row from one value per column (missing scenario fields take their defaults)."""
+    scenario = Scenario(**{k: values[k] for k in SCENARIO_FIELDS if k in values})
+    return Result(scenario=scenario, **{k: v for k, v in values.items() if k not in SCENARIO_DEFAULTS})
+
+
+def column_types() -> dict[str, type]:
+    """Each column's type: int, float, bool or str (a nullable number is its number type)."""
+    types: dict[str, type] = {}
+    for f in fields(Result):
+        if f.name == "scenario":
+            types.update({s.name: type(s.default) for s in fields(Scenario)})
+        else:
+            text = str(f.type)
+            types[f.name] = bool if "bool" in text else float if "float" in text else int if "int" in text else str
+    return {name: types[name] for name in COLUMNS}
 
 
 def to_frame(results: Iterable[Result]) -> pd.DataFrame:
-    """Rows as a DataFrame with one column per Result field (nullable ints stay exact)."""
+    """Rows as a DataFrame with one column per COLUMNS entry (nullable ints stay exact)."""
     import pandas as pd  # here, not at the top: the quick commands (list, info, env) never need pandas
 
-    frame = pd.DataFrame([dataclasses.asdict(r) for r in results], columns=list(RESULT_FIELDS))
-    for name in _INT_FIELDS:
-        frame[name] = frame[name].astype("Int64")
+    frame = pd.DataFrame([flat(r) for r in results], columns=list(COLUMNS))
+    for name, kind in column_types().items():
+        if kind is int and name not in SCENARIO_FIELDS:
+            frame[name] = frame[name].astype("Int64")
     return frame
-
-
-def _parse(name: str, text: str) -> Any:
-    if text == "" or (name in _NULLABLE and text.lower() in ("nan", "<na>", "none")):
-        return None if name in _NULLABLE else ""
-    if name in _BOOL_FIELDS:
-        if text not in ("True", "False"):
-            raise ValueError(f"column {name}: {text!r} is not True/False")
-        return text == "True"
-    if name in _INT_FIELDS:
-        return _integer(name, text)
-    if name in _FLOAT_FIELDS:
-        return float(text)
-    return text
-
-
-def _integer(name: str, text: str) -> int:
-    """An int column's value; integral floats ("39940108.0", as pandas writes nullable ints) are accepted."""
-    try:
-        return int(text)
-    except ValueError:
-        value = float(text)  # raises for garbage, with the text in the message
-        if not value.is_integer():
-            raise ValueError(f"column {name}: {text!r} is not an integer") from None
-        return int(value)
-
-
-def _format(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def csv_text(results: Iterable[Result]) -> str:
-    """Plain CSV: a header row and one row per case, nothing else (pd.read_csv reads it as is)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(RESULT_FIELDS)
-    for r in results:
-        writer.writerow([_format(getattr(r, name)) for name in RESULT_FIELDS])
-    return buf.getvalue()
-
-
-def meta_text(env: Mapping[str, Any]) -> str:
-    """The sidecar of a CSV report: schema version and environment."""
-    return json.dumps({"schema": SCHEMA_VERSION, "env": dict(env)}, indent=2, sort_keys=True, default=str) + "\n"
-
-
-def sidecar(path: str | Path) -> Path:
-    """Where the sidecar of a CSV report lives: PATH.meta.json."""
-    path = Path(path)
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def json_text(results: Iterable[Result], env: Mapping[str, Any]) -> str:
-    """JSON report: {"schema", "env", "results": [rows]}."""
-    rows = [dataclasses.asdict(r) for r in results]
-    return json.dumps({"schema": SCHEMA_VERSION, "env": dict(env), "results": rows}, indent=2, default=str)
-
-
-def write_csv(path: str | Path, results: Iterable[Result], env: Mapping[str, Any]) -> None:
-    """Write a CSV report and its sidecar, each atomically."""
-    atomic_write(Path(path), csv_text(results))
-    atomic_write(sidecar(path), meta_text(env))
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename, so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        # mkstemp makes the file private (0600); a report gets the permissions a plain open() would give.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class OutputLock:
-    """An exclusive lock on a report path for one run, so two runs writing the same file cannot both do so.
-
-    Every write replaces the whole file with the writer's rows (atomic_write), so a second writer would
-    silently drop the first one's rows. The lock is an flock on a hidden `.NAME.lock` file beside the report;
-    the kernel releases it when the process dies, and `release()` removes the file.
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise OutputLockedError naming the process that holds it."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - no flock (Windows): nothing to lock with
-            return
-        while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise OutputLockedError(
-                    f"output {self.path}: another attnbench run (pid {holder}) is writing it; "
-                    "wait for it to finish or write elsewhere"
-                ) from None
-            # A run that was finishing may have removed the file between our open and our lock: lock the new one.
-            try:
-                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        """Remove the lock file and let go of the lock (a no-op when not held)."""
-        if self._fd is None:
-            return
-        self.lock_path.unlink(missing_ok=True)
-        os.close(self._fd)
-        self._fd = None
-
-
-@dataclass
-class LoadedResults:
-    """Rows and environment read back from a CSV or JSON report (env is empty when unknown)."""
-
-    results: list[Result]
-    env: dict[str, Any] = field(default_factory=dict)
-    #: Where the rows came from (for messages and merged reports).
-    source: str = ""
-
-
-def load(path: str | Path) -> LoadedResults:
-    """Read a CSV or JSON report written by attnbench (or re-saved by pandas); refuse anything else."""
-    path = Path(path)
-    if not path.exists():
-        raise BaselineError(f"{path}: no such file")
-    if path.is_dir():
-        raise BaselineError(f"{path}: is a directory, expected a .csv or .json report")
-    text = _read(path)
-    if path.suffix == ".json":
-        return _load_json(path, text)
-    if path.suffix == ".csv":
-        return _load_csv(path, text)
-    raise BaselineError(f"{path}: unknown report format {path.suffix!r}; expected .csv or .json")
-
-
-def _read(path: Path) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BaselineError(f"{path}: cannot read ({exc})") from None
-    if not text.strip():
-        raise BaselineError(f"{path}: file is empty")
-    return text
-
-
-def _check_schema(path: Path, meta: Any) -> dict[str, Any]:
-    if not isinstance(meta, dict) or "schema" not in meta:
-        raise BaselineError(f"{path}: not an attnbench report (no schema version)")
-    if meta["schema"] not in READABLE_SCHEMAS:
-        raise BaselineError(
-            f"{path}: schema version {meta['schema']!r}, this attnbench reads "
-            f"{', '.join(map(str, READABLE_SCHEMAS))}; re-run to regenerate"
-        )
-    env = meta.get("env", {})
-    return env if isinstance(env, dict) else {}
-
-
-def _load_csv(path: Path, text: str) -> LoadedResults:
-    first, _, rest = text.partition("\n")
-    if first.startswith(LEGACY_CSV_MAGIC):  # schema 1: the environment on the first line
-        try:
-            meta = json.loads(first[len(LEGACY_CSV_MAGIC) :].strip())
-        except json.JSONDecodeError as exc:
-            raise BaselineError(f"{path}: corrupt header line ({exc.msg})") from None
-        env, body, first_line = _check_schema(path, meta), rest, 2
-    else:
-        env, body, first_line = _sidecar_env(path), text, 1
-    reader = csv.reader(io.StringIO(body))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise BaselineError(f"{path}: no header row") from None
-    missing = [name for name in REQUIRED_FIELDS if name not in header]
-    if missing:
-        raise BaselineError(f"{path}: not an attnbench CSV (missing column(s) {', '.join(missing)})")
-    rows = []
-    for lineno, row in enumerate(reader, start=first_line + 1):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise BaselineError(f"{path}: line {lineno} has {len(row)} fields, header has {len(header)}")
-        try:
-            # Columns attnbench does not know (a pandas index, a user's notes) are ignored.
-            values = {name: _parse(name, text) for name, text in zip(header, row, strict=True) if name in RESULT_FIELDS}
-            rows.append(Result(**values))
-        except (ValueError, TypeError) as exc:
-            raise BaselineError(f"{path}: line {lineno}: {exc}") from None
-    return LoadedResults(rows, env, str(path))
-
-
-def _sidecar_env(path: Path) -> dict[str, Any]:
-    """The environment from a CSV's sidecar; {} (unknown) when there is none."""
-    meta_path = sidecar(path)
-    if not meta_path.exists():
-        return {}
-    try:
-        meta = json.loads(_read(meta_path))
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{meta_path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
-    return _check_schema(meta_path, meta)
-
-
-def _load_json(path: Path, text: str) -> LoadedResults:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BaselineError(f"{path}: corrupt JSON ({exc.msg} at line {exc.lineno})") from None
-    env = _check_schema(path, data)
-    rows = data.get("results")
-    if not isinstance(rows, list):
-        raise BaselineError(f"{path}: no 'results' list")
-    results = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise BaselineError(f"{path}: results[{index}] is not an object")
-        try:
-            values = {k: _typed(k, v) for k, v in row.items() if k in RESULT_FIELDS}
-            results.append(Result(**values))
-        except (TypeError, ValueError) as exc:
-            raise BaselineError(f"{path}: results[{index}]: {exc}") from None
-    return LoadedResults(results, env, str(path))
-
-
-def _typed(name: str, value: Any) -> Any:
-    """A JSON value checked against its column's type (ints stay ints, no strings where numbers belong)."""
-    if value is None:
-        if name in _INT_FIELDS | _FLOAT_FIELDS | _BOOL_FIELDS:
-            return None
-        raise ValueError(f"column {name} is null")
-    if name in _BOOL_FIELDS:
-        ok = isinstance(value, bool)
-    elif name in _INT_FIELDS:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif name in _FLOAT_FIELDS:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ValueError(f"column {name}: {value!r} is not of the column's type")
-    return float(value) if name in _FLOAT_FIELDS else value

@@ -21,8 +21,6 @@ from attnbench.fmt import missing
 
 #: Bytes per element of each dtype a row may name.
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
-#: The device whose roof a backend runs under.
-BACKEND_DEVICE = {"cpu": "cpu", "ort": "cpu", "cuda": "cuda", "ort-cuda": "cuda"}
 #: Square matmul sizes tried for peak compute, per device (the best rate wins: the roof is an upper bound).
 MATMUL_SIZES = {"cpu": (512, 1024), "cuda": (4096, 8192)}
 #: Bytes copied for the bandwidth (well beyond the last-level cache of the CPU's share and of a GPU's L2).
@@ -51,14 +49,8 @@ class Peak:
         return self.flops_per_s / self.bytes_per_s
 
 
-def device_of(backend: str) -> str:
-    """'cpu' or 'cuda': the hardware a backend computes on."""
-    return BACKEND_DEVICE.get(backend, "cuda" if "cuda" in backend else "cpu")
-
-
-def key_of(backend: str, dtype: str, threads: int) -> PeakKey:
-    """The roof a case runs under: threads matter on the CPU only."""
-    device = device_of(backend)
+def key_of(device: str, dtype: str, threads: int) -> PeakKey:
+    """The roof a case on `device` (its backend's) runs under: threads matter on the CPU only."""
     return (device, dtype, int(threads) if device == "cpu" else 0)
 
 
@@ -73,9 +65,9 @@ def peaks_of(env: Mapping[str, Any]) -> list[Peak]:
     return out
 
 
-def peak_for(peaks: Iterable[Peak], backend: str, dtype: str, threads: int) -> Peak | None:
-    """The measured roof for a case, or None when the run did not measure it."""
-    key = key_of(backend, dtype, threads)
+def peak_for(peaks: Iterable[Peak], device: str, dtype: str, threads: int) -> Peak | None:
+    """The measured roof for a case on `device`, or None when the run did not measure it."""
+    key = key_of(device, dtype, threads)
     return next((p for p in peaks if (p.device, p.dtype, p.threads) == key), None)
 
 
@@ -124,7 +116,7 @@ def measure_peaks(keys: Iterable[PeakKey]) -> list[dict[str, Any]]:
 
 
 def _measure(device: str, dtype: str, threads: int) -> Peak:
-    import torch
+    import torch  # torch: env records without --probe measure no roof
 
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device")

@@ -14,6 +14,7 @@ from typing import Any
 
 from attnbench.errors import InvalidCaseError, UsageError
 from attnbench.results import Case
+from attnbench.zoo.build import build_module, check_case
 
 #: What one case's fixed costs are worth in MACs. Building, the warm-up and timing floors, the memory run and the
 #: ONNX export take a case ~1.6 s whatever its size, and each further GMAC ~0.63 s (least-squares over
@@ -47,7 +48,7 @@ def check_shard(shard: Shard, text: str | None = None) -> None:
 
 def geometry(case: Case) -> tuple[Any, ...]:
     """What the cases sharing one build and one counting have in common."""
-    return (case.module, case.dim, case.height, case.width, case.batch, case.kwargs, case.layout)
+    return case.geometry
 
 
 def estimated_macs(case: Case) -> int | None:
@@ -56,11 +57,10 @@ def estimated_macs(case: Case) -> int | None:
     None when the module's constraints refuse the case. A module with neither a formula nor a countable
     meta build falls back to the MACs of one 1x1 convolution, B * C^2 * H * W (a documented proxy).
     """
-    from attnbench.zoo.build import check_case
 
     try:
         hw = (case.height, case.width)
-        spec, setting = check_case(case.module, case.dim, hw, case.batch, case.kwargs_dict, case.layout)
+        spec, setting = check_case(case.module, case.dim, hw, case.batch, case.kwargs_dict, case.scenario.layout)
     except InvalidCaseError:
         return None
     formula = getattr(spec, "macs_formula", None)
@@ -76,13 +76,12 @@ def estimated_macs(case: Case) -> int | None:
 
 
 def _count_on_meta(case: Case) -> int:
-    import torch
+    import torch  # torch: a sweep's plan needs it only for a module without a formula
 
-    from attnbench.counting import count_macs
-    from attnbench.zoo.build import build_module
+    from attnbench.counting import count_macs  # torch: as above
 
     with torch.device("meta"):
-        module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.layout)
+        module = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.scenario.layout)
     return int(count_macs(module, case.input_shape).macs)
 
 

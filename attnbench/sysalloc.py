@@ -26,8 +26,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
+from attnbench.measurement import latency_values, measure
 from attnbench.memory import ALLOCATOR_ENV
-from attnbench.results import Case
+from attnbench.results import OK, Case, Scenario, frozen_kwargs
+from attnbench.timing import TimingBudget
+from attnbench.zoo.build import build_module
 
 #: Timed budget of the allocator state that is not the headline: enough blocks to see a > 10% gap...
 SECONDARY_MAX_RUN_TIME = 0.25
@@ -42,18 +47,6 @@ SLOWDOWN_MARK = 1.10
 FAULT_COST_BOUND_S = 100e-6
 #: A worker that has not answered within this many seconds is stopped (a --time-limit bites first).
 WORKER_TIMEOUT_S = 900.0
-#: The TimingStats fields a worker sends back.
-TIMING_FIELDS = (
-    "median_s",
-    "iqr_s",
-    "p10_s",
-    "min_s",
-    "n_calls",
-    "noisy",
-    "minor_faults_per_call",
-    "other_cpu_cores",
-    "median_ci_rel",
-)
 
 
 class WorkerError(RuntimeError):
@@ -92,26 +85,11 @@ class SystemAllocatorWorker:
         self.starts += 1
         return self._proc
 
-    def measure(
-        self,
-        case: Case,
-        budget: dict[str, Any],
-        seed: int,
-        warmup_s: float | None = None,
-        warmup_calls: int | None = None,
-    ) -> dict[str, Any]:
-        """Time `case` (cpu) in the system state: {"status", "reason", "timing": {...}, "allocator": {...}}.
-
-        `budget` holds measure()'s min_run_time, max_run_time and precision (those given)."""
+    def measure(self, case: Case, budget: TimingBudget, seed: int) -> dict[str, Any]:
+        """Time `case` in the system state: {"status", "reason", "values": {latency columns}, "allocator": {...}}."""
         if self._proc is None or self._proc.poll() is not None:
             self._start()
-        request = {
-            "case": dataclasses.asdict(case),
-            "budget": budget,
-            "seed": seed,
-            "warmup_s": warmup_s,
-            "warmup_calls": warmup_calls,
-        }
+        request = {"case": dataclasses.asdict(case), "budget": dataclasses.asdict(budget), "seed": seed}
         return self._ask(request, self.timeout_s)
 
     def _ask(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -172,46 +150,147 @@ def _built(case: Case, seed: int) -> Any:
     A zoo name or a file/import spec: a module object given to the Python API in another process cannot be
     rebuilt here, so that case fails here, and the row says so.
     """
-    import torch
 
-    from attnbench.zoo.build import build_module
-
-    key = (case.module, case.dim, case.height, case.width, case.kwargs, case.layout, seed)
+    key = (*case.geometry, seed)
     if key not in _LAST_BUILT:
         _LAST_BUILT.clear()
         torch.manual_seed(seed)
-        _LAST_BUILT[key] = build_module(case.module, case.dim, (case.height, case.width), case.kwargs_dict, case.layout)
+        hw = (case.height, case.width)
+        _LAST_BUILT[key] = build_module(case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout)
     return _LAST_BUILT[key]
 
 
 def _answer(request: dict[str, Any]) -> dict[str, Any]:
     """Build and time one case in this (unpinned) process."""
-    from attnbench.measurement import measure
-    from attnbench.sweep import frozen_kwargs
 
     values = dict(request["case"])
-    values["kwargs"] = frozen_kwargs(dict(values["kwargs"]))
-    case = Case(**values)
-    module = _built(case, request["seed"])
-    kwargs: dict[str, Any] = {} if request.get("warmup_s") is None else {"warmup": request["warmup_s"]}
-    if request.get("warmup_calls") is not None:
-        kwargs["warmup_calls"] = request["warmup_calls"]
-    m = measure(
-        module,
-        case.input_shape,
-        backend="cpu",
-        threads=case.threads,
-        dtype=case.dtype,
-        **request["budget"],
-        memory=False,
-        seed=request["seed"],
-        mode=case.mode,
-        channels_last=case.channels_last,
-        compile=case.compile,
-        **kwargs,
+    case = Case(
+        **{**values, "kwargs": frozen_kwargs(dict(values["kwargs"])), "scenario": Scenario(**values["scenario"])}
     )
-    timing = {name: getattr(m.timing, name) for name in TIMING_FIELDS} if m.timing is not None else None
-    return {"status": m.status, "reason": m.reason, "timing": timing, "allocator": m.allocator}
+    module = _built(case, request["seed"])
+    budget = TimingBudget(**request["budget"])
+    m = measure(module, case.input_shape, case.backend, case.scenario, budget, ("latency",), seed=request["seed"])
+    timing = latency_values(m.timing, case.batch) if m.timing is not None else None
+    return {"status": m.status, "reason": m.reason, "values": timing, "allocator": m.allocator}
+
+
+# ---------------------------------------------------------------- a CPU row in both allocator states
+
+
+#: The worker's fault count: 2 warm-up calls, then the fewest timed blocks (6, of ~20 ms or one call).
+FAULT_PROBE_BUDGET = TimingBudget(min_run_time=0.0, max_run_time=1e-9, precision=None, warmup_s=0.0, warmup_calls=2)
+
+
+def secondary_budget(budget: TimingBudget) -> TimingBudget:
+    """The budget of the state that is not the headline: it only has to show a gap above 10%, so no floor, a
+    short cap, a looser precision."""
+    precision = None if budget.precision is None else max(budget.precision, SECONDARY_PRECISION)
+    cap = min(budget.max_run_time, SECONDARY_MAX_RUN_TIME)
+    return dataclasses.replace(budget, min_run_time=0.0, max_run_time=cap, precision=precision)
+
+
+def headline_budget(case: Case, budget: TimingBudget) -> TimingBudget:
+    """The budget of the in-process (pinned) timing: the run's, or the secondary one when the system state is
+    the headline."""
+    return secondary_budget(budget) if case.scenario.allocator == "system" else budget
+
+
+def other_state(
+    worker: SystemAllocatorWorker,
+    case: Case,
+    pinned: tuple[dict[str, Any], dict[str, Any]],
+    budget: TimingBudget,
+    seed: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row's values with the system state added (the case's `allocator` picks which state is the headline).
+
+    The pinned state is this process (`pinned`: its row values and extra); the system state is the worker. With
+    the pinned headline, the worker first counts the system state's page faults over a few calls, and times it
+    (with secondary_budget) only where those extra faults could make a call 10% slower.
+    """
+    values, extra = pinned
+    system_headline = case.scenario.allocator == "system"
+    started, startup = time.perf_counter(), worker.startup_s
+    try:
+        answer = _system_answer(worker, case, values, extra, budget, seed)
+    except WorkerError as exc:
+        answer = {"status": "failed", "reason": str(exc), "values": None}
+    # What the system state cost this row, without the worker's one start per sweep (recorded apart).
+    extra["system_allocator_s"] = time.perf_counter() - started - (worker.startup_s - startup)
+    if worker.startup_s > startup:
+        extra["system_worker_start_s"] = worker.startup_s - startup
+    system = answer.get("values")
+    if answer.get("status") != OK or not system:
+        why = f"system allocator state: {answer.get('status')}: {answer.get('reason')}"
+        if system_headline:  # the row's headline could not be measured
+            return {**values, "status": answer.get("status") or "failed", "reason": why}, extra
+        extra["system_allocator_note"] = why
+        return values, extra
+    extra["system_allocator"] = answer.get("allocator")
+    if "system_allocator_max_run_time" not in extra and not system_headline:
+        # Faults counted, not timed: too few extra faults to cost 10% of a call, so no latency to show.
+        values.update(
+            other_allocator_faults_per_call=system.get("minor_faults_per_call"), system_allocator_slower=False
+        )
+        return values, extra
+    return combine_states(values, extra, system, system_headline)
+
+
+def _system_answer(
+    worker: SystemAllocatorWorker,
+    case: Case,
+    values: dict[str, Any],
+    extra: dict[str, Any],
+    budget: TimingBudget,
+    seed: int,
+) -> dict[str, Any]:
+    """The worker's answer for the system state: a full timing (system headline), a fault probe, or both."""
+    if case.scenario.allocator == "system":
+        return worker.measure(case, budget, seed)
+    answer = worker.measure(case, FAULT_PROBE_BUDGET, seed)
+    probe = answer.get("values") or {}
+    extra["system_allocator_probe_calls"] = probe.get("latency_calls")
+    secondary = secondary_budget(budget)
+    if answer.get("status") == OK and faults_could_slow(values, probe):
+        extra["system_allocator_max_run_time"] = secondary.max_run_time
+        # A slow call spends the short budget within the probe's 6 blocks: the probe is that timing.
+        # A fast one goes on, warm already.
+        if probe["latency_median_s"] * probe["latency_calls"] < secondary.max_run_time:
+            answer = worker.measure(case, dataclasses.replace(secondary, warmup_s=0.0, warmup_calls=1), seed)
+    return answer
+
+
+def faults_could_slow(pinned: dict[str, Any], system: dict[str, Any]) -> bool:
+    """Whether the system state's extra minor faults could cost 10% of the pinned median (each at most
+    FAULT_COST_BOUND_S): the only way it is slower, so the only case worth timing."""
+    extra_faults = (system.get("minor_faults_per_call") or 0.0) - (pinned.get("minor_faults_per_call") or 0.0)
+    return extra_faults * FAULT_COST_BOUND_S >= (SLOWDOWN_MARK - 1) * pinned["latency_median_s"]
+
+
+def combine_states(
+    values: dict[str, Any], extra: dict[str, Any], system: dict[str, Any], system_headline: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The row's values with the system state's latency as the headline or as the other state."""
+    pinned = {k: values[k] for k in ("latency_median_s", "latency_iqr_s", "latency_min_s", "minor_faults_per_call")}
+    if system_headline:
+        extra["pinned_latency_iqr_s"] = pinned["latency_iqr_s"]
+        values.update(system)
+        other = pinned
+    else:
+        extra["system_latency_iqr_s"] = system["latency_iqr_s"]
+        other = system
+    values["other_allocator_latency_s"] = other["latency_median_s"]
+    values["other_allocator_faults_per_call"] = other["minor_faults_per_call"]
+    if pinned["latency_median_s"] and pinned["latency_min_s"]:
+        values["system_allocator_slowdown"] = system["latency_median_s"] / pinned["latency_median_s"]
+        # Noise on a shared machine moves medians by 10-30% either way, for seconds at a time. A gap the
+        # allocator causes has a mechanism, page faults on every call, and slows the fastest call too: a row is
+        # marked slower only when the median and the fastest call both are, and the extra faults could cost that.
+        min_ratio = system["latency_min_s"] / pinned["latency_min_s"]
+        extra["system_allocator_min_ratio"] = min_ratio
+        slower = min(values["system_allocator_slowdown"], min_ratio) > SLOWDOWN_MARK
+        values["system_allocator_slower"] = slower and faults_could_slow(pinned, system)
+    return values, extra
 
 
 def serve() -> None:
@@ -231,7 +310,7 @@ def serve() -> None:
             try:
                 answer = _answer(request)
             except Exception as exc:  # the case fails, the worker goes on to the next one
-                answer = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500], "timing": None}
+                answer = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:500], "values": None}
             answer["seconds"] = time.perf_counter() - started
         answers.write(json.dumps(answer, default=str) + "\n")
 

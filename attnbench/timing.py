@@ -34,6 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - no getrusage (Windows): no faults or load reading
+    resource = None  # type: ignore[assignment]
+
 #: Warm-up runs until both of these hold (measurement.md: the conv-heavy module needed ~30 calls to settle).
 WARMUP_MIN_CALLS = 10
 WARMUP_MIN_S = 0.25
@@ -66,6 +71,36 @@ CONTENTION_THRESHOLD = 0.05
 
 Clock = Callable[[], float]
 Sync = Callable[[], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingBudget:
+    """How long one case is timed: a warm-up, then blocks until its median is known to `precision`.
+
+    `min_run_time` is a floor of timed seconds, `max_run_time` the budget; `precision=None` times exactly the
+    floor (and MIN_BLOCKS), as torch.utils.benchmark's blocked_autorange does. It travels whole, like
+    torch.utils.benchmark's TaskSpec.
+    """
+
+    min_run_time: float = DEFAULT_MIN_RUN_TIME
+    max_run_time: float = DEFAULT_MAX_RUN_TIME
+    precision: float | None = DEFAULT_PRECISION
+    warmup_s: float = WARMUP_MIN_S
+    warmup_calls: int = WARMUP_MIN_CALLS
+
+    def problem(self) -> str | None:
+        """What makes this budget unusable (None when it is fine), naming the CLI option."""
+        if not self.min_run_time >= 0:
+            return f"--min-run-time {self.min_run_time!r}: must be >= 0 seconds"
+        if not self.max_run_time > 0:
+            return f"--max-run-time {self.max_run_time!r}: must be > 0 seconds"
+        if self.precision is not None and not 0 < self.precision < 1:
+            return f"--precision {self.precision!r}: must be a fraction in (0, 1), e.g. 0.01 for +-1%"
+        if not self.warmup_s >= 0:
+            return f"--warmup {self.warmup_s!r}: must be >= 0 seconds"
+        if self.warmup_calls < 1:
+            return f"warm-up calls {self.warmup_calls!r}: must be >= 1"
+        return None
 
 
 def _no_sync() -> None:
@@ -155,14 +190,14 @@ class SystemProbe:
 
     @staticmethod
     def _read() -> tuple[int, float, float, float] | None:
+        if resource is None:
+            return None
         try:
-            import resource
-
             usage = resource.getrusage(resource.RUSAGE_SELF)
             with open("/proc/stat") as f:
                 fields = f.readline().split()[1:]
             hz = float(os.sysconf("SC_CLK_TCK"))
-        except (ImportError, OSError, ValueError):
+        except (OSError, ValueError):
             return None
         # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy time.
         ticks = [float(v) for v in fields[:8]]
@@ -285,26 +320,22 @@ def calls_for_block(per_call_s: float, block_target_s: float = BLOCK_TARGET_S) -
 
 
 def stop_reason(
-    per_call: Sequence[float],
-    total_s: float,
-    min_run_time: float,
-    max_run_time: float,
-    precision: float | None,
-    min_blocks: int = MIN_BLOCKS,
+    per_call: Sequence[float], total_s: float, budget: TimingBudget, min_blocks: int = MIN_BLOCKS
 ) -> str | None:
     """Why timing stops after this block (a STOP_* value), or None to go on: floor and block count first."""
-    if len(per_call) < min_blocks or total_s < min_run_time:
+    precision = budget.precision
+    if len(per_call) < min_blocks or total_s < budget.min_run_time:
         return None
     if precision is None:
         return STOP_FIXED
-    if total_s >= max_run_time:
+    if total_s >= budget.max_run_time:
         return STOP_BUDGET
     values = sorted(per_call)
     width = median_ci_rel(values, quantile(values, 0.5))
     if width <= precision:
         return STOP_PRECISION
     # The CI's width falls as 1/sqrt(blocks): reaching `precision` takes about total * (width / precision)^2.
-    if total_s >= FUTILITY_AFTER_S and total_s * (width / precision) ** 2 > max_run_time:
+    if total_s >= FUTILITY_AFTER_S and total_s * (width / precision) ** 2 > budget.max_run_time:
         return STOP_FUTILE
     return None
 
@@ -312,12 +343,10 @@ def stop_reason(
 def time_blocks(
     fn: Callable[[], Any],
     calls_per_block: int,
-    min_run_time: float = DEFAULT_MIN_RUN_TIME,
+    budget: TimingBudget,
     min_blocks: int = MIN_BLOCKS,
     clock: Clock = time.perf_counter,
     sync: Sync = _no_sync,
-    precision: float | None = DEFAULT_PRECISION,
-    max_run_time: float = DEFAULT_MAX_RUN_TIME,
 ) -> tuple[list[float], str]:
     """Time blocks of `calls_per_block` calls until stop_reason() says why; (per-call time of each block, why)."""
     per_call: list[float] = []
@@ -327,7 +356,7 @@ def time_blocks(
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while (reason := stop_reason(per_call, total, min_run_time, max_run_time, precision, min_blocks)) is None:
+        while (reason := stop_reason(per_call, total, budget, min_blocks)) is None:
             sync()
             t0 = clock()
             for _ in range(calls_per_block):
@@ -344,27 +373,24 @@ def time_blocks(
 
 def time_callable(
     fn: Callable[[], Any],
-    min_run_time: float = DEFAULT_MIN_RUN_TIME,
-    warmup_s: float = WARMUP_MIN_S,
-    warmup_calls: int = WARMUP_MIN_CALLS,
-    block_target_s: float = BLOCK_TARGET_S,
-    min_blocks: int = MIN_BLOCKS,
+    budget: TimingBudget | None = None,
     clock: Clock | None = None,
     sync: Sync | None = None,
-    precision: float | None = DEFAULT_PRECISION,
-    max_run_time: float = DEFAULT_MAX_RUN_TIME,
+    block_target_s: float = BLOCK_TARGET_S,
+    min_blocks: int = MIN_BLOCKS,
 ) -> TimingStats:
-    """Warm up `fn`, then time it in blocks until its median is known to `precision` (or the budget is spent).
+    """Warm up `fn`, then time it in blocks until its median is known to the budget's precision (or it is spent).
 
     The one timing protocol every backend uses; see the module docstring for the stop rule.
     """
+    budget = budget or TimingBudget()
     clock = clock or time.perf_counter
     sync = sync or _no_sync
-    n_warm, warm_elapsed, per_call_estimate = warm_up(fn, warmup_calls, warmup_s, clock, sync)
+    n_warm, warm_elapsed, per_call_estimate = warm_up(fn, budget.warmup_calls, budget.warmup_s, clock, sync)
     cpb = calls_for_block(per_call_estimate, block_target_s)
     probe = SystemProbe()
     probe.start()
-    times, stop = time_blocks(fn, cpb, min_run_time, min_blocks, clock, sync, precision, max_run_time)
+    times, stop = time_blocks(fn, cpb, budget, min_blocks, clock, sync)
     faults, other = probe.stop(len(times) * cpb)
-    stats = summarize(times, cpb, n_warm, warm_elapsed, precision)
+    stats = summarize(times, cpb, n_warm, warm_elapsed, budget.precision)
     return dataclasses.replace(stats, minor_faults_per_call=faults, other_cpu_cores=other, stop=stop)

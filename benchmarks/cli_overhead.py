@@ -63,9 +63,9 @@ def speed(tmp: Path) -> dict[str, Any]:
 
 def breakdown(csv: Path, wall: float) -> dict[str, float]:
     """Seconds of attnbench's run by part, from the `extra` of its rows."""
-    from attnbench import results as R
+    import attnbench
 
-    rows = R.load(csv).results
+    rows = attnbench.load_results(csv).results
     extras = [json.loads(r.extra) for r in rows if r.extra]
     loops = sum(e.get("timing_loop_s", 0.0) for e in extras)
     memory = sum(e.get("memory_s", 0.0) for e in extras)
@@ -92,6 +92,7 @@ def reference(fn: Any, context: Any) -> tuple[float, float]:
     """Timer's median and IQR/median after attnbench's warm-up."""
     from torch.utils.benchmark import Timer
 
+    # attnbench's own warm-up (an internal), so that the reference starts from the state attnbench times in.
     from attnbench.timing import warm_up
 
     with context:
@@ -105,24 +106,24 @@ def agreement(csv: Path) -> list[dict[str, Any]]:
     import torch
 
     import attnbench
-    from attnbench import results as R
-    from attnbench.backends import get_backend
     from attnbench.memory import pin_allocator
 
-    pin_allocator()
+    pin_allocator()  # the allocator state the CLI's rows were timed in (an internal: measure() pins it)
     torch.set_num_threads(1)
-    cli = {(r.module, r.height, r.backend): r for r in R.load(csv).results if r.ok}
+    cli = {(r.module, r.height, r.backend): r for r in attnbench.load_results(csv).results if r.ok}
     out = []
     for i, (name, side, backend) in enumerate(sorted(cli, key=lambda k: (k[0], k[1], k[2]))):
         torch.manual_seed(0)
         module = attnbench.build(name, 64, side).eval()
-        with get_backend(backend).prepare(module, (1, 64, side, side), threads=1) as prepared:
-            fn, _ = prepared._timed_callable()
+        # Inside the backend's prepared case (internals): the reference times the very callable attnbench's loop
+        # times, in the same context.
+        with attnbench.get_backend(backend).prepare(module, (1, 64, side, side), attnbench.Scenario()) as prepared:
+            fn, _ = prepared.timed_callable()
             if i % 2:
-                ref, ref_iqr = reference(fn, prepared._timing_context())
+                ref, ref_iqr = reference(fn, prepared.timing_context())
             ours = prepared.time()
             if not i % 2:
-                ref, ref_iqr = reference(fn, prepared._timing_context())
+                ref, ref_iqr = reference(fn, prepared.timing_context())
         row = cli[(name, side, backend)]
         out.append(
             {

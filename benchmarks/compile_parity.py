@@ -1,14 +1,14 @@
 """How far does torch.compile (inductor, CPU) move each zoo module's numbers from eager, and what does compiling cost?
 
 For every registered module at dim 64, res 16 (batch 1, 1 thread), in inference and training and in float32,
-bfloat16 and float16: attnbench.measure(..., compile=True) with the parity tolerance lifted, so the raw figures
-are recorded whatever they are: for the worst compared tensor (the output; in training also the input and
-weight gradients), how far compiled and eager each are from the same step in float64, and the excess of
-compiled over eager as a fraction of the tensor group's scale. The excess is then judged against
-COMPILE_PARITY_RTOL, the tolerance attnbench applies. Also recorded: the status (compile_failed with its
-reason), compile time (the first call), graph breaks, and the compiled / eager latency ratio measured in the
-same process. Inductor's on-disk cache is pointed at a fresh directory, so every compile time is a first
-compile (a second run of the same case hits the cache: acmix's 45 s took 0.6 s here).
+bfloat16 and float16: attnbench.measure(..., scenario=Scenario(compile=True)) with the parity tolerance
+lifted, so the raw figures are recorded whatever they are: for the worst compared tensor (the output; in
+training also the input and weight gradients), how far compiled and eager each are from the same step in
+float64, and the excess of compiled over eager as a fraction of the tensor group's scale. The excess is then
+judged against COMPILE_PARITY_RTOL, the tolerance attnbench applies. Also recorded: the status (compile_failed
+with its reason), compile time (the first call), graph breaks, and the compiled / eager latency ratio measured
+in the same process. Inductor's on-disk cache is pointed at a fresh directory, so every compile time is a
+first compile (a second run of the same case hits the cache: acmix's 45 s took 0.6 s here).
 
 Writes results/compile_parity.json and results/compile_parity.md. Run: python benchmarks/compile_parity.py
 """
@@ -16,6 +16,7 @@ Writes results/compile_parity.json and results/compile_parity.md. Run: python be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -30,9 +31,10 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="attnbench-induc
 import torch
 
 import attnbench
+
+# The torch backends' compile-parity tolerance (an internal): lifted below, so the raw figures are recorded.
 import attnbench.backends._torch as torch_backend
 from attnbench.env import environment
-from attnbench.measurement import measure
 
 DIM = 64
 RES = 16
@@ -46,10 +48,13 @@ def one(name: str, mode: str, dtype: str, limits: dict[str, float]) -> dict[str,
     """Eager and compiled, same process, same input; the parity tolerance lifted (recorded raw)."""
     module = attnbench.build(name, DIM, (RES, RES))
     shape = (1, DIM, RES, RES)
-    common: dict[str, Any] = {"mode": mode, "dtype": dtype, "min_run_time": MIN_RUN_TIME, "memory": False}
+    budget = attnbench.TimingBudget(min_run_time=MIN_RUN_TIME)
+    scenario = attnbench.Scenario(mode=mode, dtype=dtype)
     started = time.perf_counter()
-    compiled = measure(module, shape, compile=True, **common)
-    eager = measure(module, shape, **common)
+    compiled = attnbench.measure(
+        module, shape, scenario=dataclasses.replace(scenario, compile=True), budget=budget, metrics=("latency",)
+    )
+    eager = attnbench.measure(module, shape, scenario=scenario, budget=budget, metrics=("latency",))
     row: dict[str, Any] = {
         "module": name,
         "mode": mode,

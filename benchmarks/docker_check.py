@@ -243,13 +243,21 @@ def host_pip_config(python: str) -> dict[str, str]:
 COUNT_PREFIXES = ("macs_", "flops_")
 
 
-def _results_module() -> Any:
-    """attnbench.results of this checkout, the code the image was built from and the host run used."""
+def _attnbench() -> Any:
+    """attnbench of this checkout, the code the image was built from and the host run used."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from attnbench import results
+    import attnbench
+    import attnbench.results  # attnbench.results.flat and the column names
 
-    return results
+    return attnbench
+
+
+def key_columns() -> list[str]:
+    """The columns that identify a row (module, geometry, backend, kwargs and every scenario field)."""
+    results = _attnbench().results
+    identity = {*results.IDENTITY_FIELDS, "kwargs", *results.SCENARIO_FIELDS}
+    return [name for name in results.COLUMNS if name in identity]
 
 
 def exact_columns(names: Iterable[str]) -> list[str]:
@@ -258,15 +266,16 @@ def exact_columns(names: Iterable[str]) -> list[str]:
 
 
 def load_report(path: Path) -> tuple[dict, list[dict]]:
-    """(environment, rows as dicts) of a CSV or JSON report, read by attnbench's own loader."""
-    results = _results_module()
+    """(environment, rows as flat dicts: one value per column) of a CSV or JSON report, read by attnbench's own
+    loader."""
+    attnbench = _attnbench()
     try:
-        loaded = results.load(path)
+        loaded = attnbench.load_results(path)
     except Exception as exc:  # the loader's errors say what is wrong with the file
         raise CheckError(str(exc)) from None
     if not loaded.results:
         raise CheckError(f"{path}: no rows")
-    return loaded.env, [asdict(row) for row in loaded.results]
+    return loaded.env, [attnbench.results.flat(row) for row in loaded.results]
 
 
 def _label(row: dict) -> str:
@@ -292,7 +301,7 @@ def compare_rows(host: list[dict], container: list[dict], where: str, keys: Sequ
 
 def compare_reports(host_csv: Path, container_csv: Path, container_json: Path) -> dict:
     """Compare the container's CSV and JSON with the host's CSV; CheckError naming the first differences."""
-    keys = _results_module().KEY_FIELDS
+    keys = key_columns()
     host_env, host_rows = load_report(host_csv)
     cont_env, cont_rows = load_report(container_csv)
     _, json_rows = load_report(container_json)

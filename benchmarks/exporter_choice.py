@@ -36,10 +36,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine_load import busy_cores  # noqa: E402
 
 import attnbench  # noqa: E402
+from attnbench import InvalidCaseError  # noqa: E402
+
+# The ORT backend's own parts (internals): its session options and exporter set-up, so that each graph is
+# exported and run as attnbench's backend would.
 from attnbench.backends import ort as ort_backend  # noqa: E402
 from attnbench.capture import captured  # noqa: E402
 from attnbench.env import environment  # noqa: E402
-from attnbench.errors import InvalidCaseError  # noqa: E402
 
 DIM = 64
 EXPORTERS = ("dynamo", "dynamo, optimize=False", "legacy (dynamo=False)")

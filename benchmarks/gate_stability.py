@@ -83,9 +83,9 @@ def sensitivity(names: list[str]) -> list[dict[str, Any]]:
     from gate_variants import MoreElementwise, passes_for
 
     import attnbench
-    from attnbench.errors import InvalidCaseError
+
+    # The instruction counter itself (an internal): all counts in one valgrind process, as the gate's pass does.
     from attnbench.instructions import InstructionBatch
-    from attnbench.zoo.registry import get_spec
 
     plan: list[dict[str, Any]] = []
     with InstructionBatch() as batch:
@@ -93,9 +93,9 @@ def sensitivity(names: list[str]) -> list[dict[str, Any]]:
             for side in (16, 32):
                 try:
                     _, setting = attnbench.validate(name, 64, side)
-                except InvalidCaseError:
+                except attnbench.InvalidCaseError:
                     continue
-                passes, work, added = passes_for(get_spec(name).builder, 64, (side, side), **setting.kwargs)
+                passes, work, added = passes_for(attnbench.get_spec(name).builder, 64, (side, side), **setting.kwargs)
                 if added > work:  # next to no elementwise work: 25% of it is less than one pass
                     continue
                 torch.manual_seed(0)
@@ -134,10 +134,8 @@ def main() -> None:
     if args.markdown_only:
         write_markdown(json.loads((ROOT / "results" / "gate_stability.json").read_text()))
         return
-    from attnbench import results as R
+    import attnbench
     from attnbench.env import environment
-    from attnbench.zoo.build import validate
-    from attnbench.zoo.registry import get_spec
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gate_variants import passes_for
@@ -175,12 +173,12 @@ def main() -> None:
     finally:
         for proc in yes:
             proc.kill()
-    rows = R.load(baseline).results
+    rows = attnbench.load_results(baseline).results
     counts = {f"{r.module} {r.height}x{r.width}": r.instructions for r in rows}
     added = []
     for side in (16, 32):
-        _, setting = validate(args.target, 64, side)
-        passes, work, extra = passes_for(get_spec(args.target).builder, 64, (side, side), **setting.kwargs)
+        _, setting = attnbench.validate(args.target, 64, side)
+        passes, work, extra = passes_for(attnbench.get_spec(args.target).builder, 64, (side, side), **setting.kwargs)
         added.append({"res": side, "passes": passes, "elementwise_ops": work, "added_ops": extra})
     record = {
         "baseline_args": timed_args,

@@ -57,13 +57,14 @@ def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> 
     from torch.utils.benchmark import Timer
 
     import attnbench
-    from attnbench.backends import get_backend
 
     module = attnbench.build(case["module"], case["dim"], case["res"])
     shape = (case["batch"], case["dim"], case["res"], case["res"])
+    budget = attnbench.TimingBudget(min_run_time=min_run_time)
     ours: list[float] = []
     theirs: list[float] = []
-    with get_backend("cuda").prepare(module, shape) as prepared:
+    # The backend's prepared case (internals): Timer calls the same GPU copy of the module on the same input.
+    with attnbench.get_backend("cuda").prepare(module, shape, attnbench.Scenario()) as prepared:
 
         def forward() -> Any:
             with torch.inference_mode():
@@ -74,7 +75,7 @@ def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> 
         for r in range(rounds):
             for who in ("ours", "timer") if r % 2 == 0 else ("timer", "ours"):
                 if who == "ours":
-                    ours.append(prepared.time(min_run_time=min_run_time).median_s)
+                    ours.append(prepared.time(budget).median_s)
                 else:
                     timer = Timer(stmt="forward()", globals={"forward": forward})
                     theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
@@ -109,7 +110,6 @@ def memory_truth() -> list[dict[str, Any]]:
     from torch import nn
 
     import attnbench
-    from attnbench.measurement import measure
 
     checks = []
     linear = nn.Linear(LINEAR_SHAPE[1], LINEAR_SHAPE[1])
@@ -120,7 +120,7 @@ def memory_truth() -> list[dict[str, Any]]:
         (f"Linear(4096, 4096) on {LINEAR_SHAPE}", linear, LINEAR_SHAPE, LINEAR_PEAK_BYTES),
         (f"{case['module']} C={case['dim']} {case['res']}x{case['res']}", zoo, zoo_shape, None),
     ):
-        ours = measure(module, shape, backend="cuda", latency=False).peak_bytes
+        ours = attnbench.measure(module, shape, backend="cuda", metrics=("memory",)).peak_bytes
         gpu = module.to("cuda").eval()
         x = torch.randn(shape, device="cuda")
         with torch.inference_mode():
@@ -187,11 +187,11 @@ def _verdict(record: dict[str, Any]) -> None:
 def summary(steps: Path, report: Path, checks: Path | None, out: Path) -> int:
     """Write the short Markdown summary of a gpu_check.sh run."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from attnbench import results as R
+    import attnbench
     from attnbench.env import machine_label
 
     lines = ["# GPU check", "", "Written by `benchmarks/gpu_check.sh`.", ""]
-    loaded = R.load(report) if report.exists() else None
+    loaded = attnbench.load_results(report) if report.exists() else None
     if loaded is not None:
         env = next(iter(loaded.env.get("machines", {}).values()), loaded.env)
         lines += [f"Machine: {machine_label(env)}; GPU driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}.", ""]
@@ -210,7 +210,7 @@ def summary(steps: Path, report: Path, checks: Path | None, out: Path) -> int:
 
 def _result_counts(rows: Sequence[Any], name: str) -> list[str]:
     """Rows per backend, dtype and mode with their statuses, then the first failures with reasons."""
-    counts = Counter((r.backend, r.dtype, r.mode, r.status) for r in rows)
+    counts = Counter((r.backend, r.scenario.dtype, r.scenario.mode, r.status) for r in rows)
     lines = [f"`{name}`: {len(rows)} rows.", ""]
     lines += ["| backend | dtype | mode | status | rows |", "|---|---|---|---|---:|"]
     lines += [f"| {b} | {d} | {m} | {s} | {n} |" for (b, d, m, s), n in sorted(counts.items())]
@@ -218,7 +218,8 @@ def _result_counts(rows: Sequence[Any], name: str) -> list[str]:
     if bad:
         lines += ["", "First cases that did not complete:", ""]
         lines += [
-            f"- {r.module} {r.height}x{r.width} {r.backend} {r.dtype} {r.mode}: {r.status}: {r.reason}"
+            f"- {r.module} {r.height}x{r.width} {r.backend} {r.scenario.dtype} {r.scenario.mode}: "
+            f"{r.status}: {r.reason}"
             for r in bad[:10]
         ]
     return [*lines, ""]

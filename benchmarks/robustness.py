@@ -32,11 +32,13 @@ import torch  # noqa: E402
 from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 
 import attnbench  # noqa: E402
-import attnbench.runner as runner  # noqa: E402
+
+# Internals: the runner's per-case path, its counting and the memory guard are what (b) and (c) study.
+from attnbench import guards, runner  # noqa: E402
 from attnbench import results as R  # noqa: E402
 from attnbench.cli import main as cli_main  # noqa: E402
 from attnbench.env import environment  # noqa: E402
-from attnbench.errors import InvalidCaseError, ResourceGuardError  # noqa: E402
+from attnbench.errors import ResourceGuardError  # noqa: E402
 from tests.bad_inputs import BAD_INPUTS, argv_for, prepare  # noqa: E402
 from tests.test_fuzz import cases as fuzz_cases  # noqa: E402
 
@@ -115,7 +117,7 @@ def fuzz_library(examples: int) -> dict[str, Any]:
         tally["examples"] += 1
         try:
             spec, setting = attnbench.validate(name, dim, res, batch, **kwargs)
-        except InvalidCaseError as exc:
+        except attnbench.InvalidCaseError as exc:
             tally["refused"] += 1
             refused_by[exc.constraint] = refused_by.get(exc.constraint, 0) + 1
             return
@@ -146,10 +148,14 @@ def fuzz_library(examples: int) -> dict[str, Any]:
 
 
 def fuzz_runner(examples: int) -> dict[str, Any]:
-    """The same draws through runner.run (params, MACs, every counter): each must be one ok or invalid row."""
+    """The same draws through runner.run (params, MACs, every counter): each must be one ok or invalid row.
+
+    runner.run, not run_sweep: the sweep's check refuses a sweep whose only case is invalid before the runner
+    sees it, and this study is of what the runner makes of each case.
+    """
     statuses: dict[str, int] = {}
     bad: list[str] = []
-    options = runner.RunOptions(metrics=("params", "macs"))
+    options = attnbench.RunOptions(metrics=("params", "macs"))
 
     @seed(FUZZ_SEED + 1)
     @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck))
@@ -157,8 +163,8 @@ def fuzz_runner(examples: int) -> dict[str, Any]:
     def prop(case: tuple[str, int, tuple[int, int], int, dict[str, Any]]) -> None:
         name, dim, res, batch, kwargs = case
         try:
-            cases = runner.plan([name], [dim], [res], [batch], ["cpu"], kwargs=kwargs)
-            rows = runner.run(cases, options).results
+            sweep = attnbench.Sweep((name,), (dim,), (res,), (batch,), ("cpu",), kwargs=kwargs)
+            rows = runner.run(sweep.cases(), options).results
         except Exception as exc:
             bad.append(f"{case!r}: escaped the runner: {type(exc).__name__}: {exc}"[:300])
             return
@@ -186,7 +192,8 @@ def _meta_estimate(name: str, res: int) -> tuple[int, int, int | None]:
     case = R.Case(name, GUARD_DIM, res, res)
     with torch.device("meta"):
         module = attnbench.build(name, GUARD_DIM, res).eval()
-    counted = runner._count(module, case, setting, spec, runner.RunOptions(metrics=("memory",)), case.mode)
+    options = attnbench.RunOptions(metrics=("memory",))
+    counted = runner.count(module, case, setting, spec, options, case.scenario.mode)
     weights = 4 * spec.params_formula(setting)
     activations = (
         None
@@ -202,9 +209,9 @@ def guard_table() -> list[dict[str, Any]]:
     for name in GUARD_MODULES:
         for res in GUARD_RES:
             weights, activations, estimate = _meta_estimate(name, res)
-            free = runner.available_bytes("cpu")
+            free = attnbench.get_backend("cpu").free_memory()
             try:
-                runner.guard(estimate, "cpu", force=False)
+                guards.guard(estimate, free, "RAM", force=False)
                 decision = "runs"
             except ResourceGuardError as exc:
                 decision, reason = "refused", str(exc)
@@ -215,7 +222,7 @@ def guard_table() -> list[dict[str, Any]]:
                 "weights_bytes": weights,
                 "activation_estimate_bytes": activations,
                 "estimate_bytes": estimate,
-                "need_bytes": None if estimate is None else estimate * runner.GUARD_MARGIN,
+                "need_bytes": None if estimate is None else estimate * guards.GUARD_MARGIN,
                 "free_bytes": free,
                 "decision": decision,
                 "reason": reason if decision == "refused" else "",
@@ -225,7 +232,7 @@ def guard_table() -> list[dict[str, Any]]:
                     row.update(_through_runner(name, res, "after counting"))
                 else:
                     row["action"] = "not run: fits, but the estimate is >= 1 GiB (kept light)"
-            elif weights * runner.GUARD_MARGIN > (free or 0):
+            elif weights * guards.GUARD_MARGIN > (free or 0):
                 # The runner guards the weights before building: it refuses without allocating anything.
                 row.update(_through_runner(name, res, "before building (weights guard)"))
             elif weights < RUN_BELOW_BYTES:
@@ -242,7 +249,7 @@ def guard_table() -> list[dict[str, Any]]:
 
 def _through_runner(name: str, res: int, where: str) -> dict[str, Any]:
     t = time.perf_counter()
-    options = runner.RunOptions(metrics=("params", "memory"), min_run_time=0.05)
+    options = attnbench.RunOptions(metrics=("params", "memory"), budget=attnbench.TimingBudget(min_run_time=0.05))
     result = runner.run([R.Case(name, GUARD_DIM, res, res)], options).results[0]
     seconds = time.perf_counter() - t
     if result.status == R.OK:
@@ -322,7 +329,7 @@ def write(out: Path, record: dict[str, Any]) -> None:
         "",
         "## (c) Memory guard",
         "",
-        f"The runner refuses a case when (estimate) x {runner.GUARD_MARGIN} exceeds the free memory (MemAvailable "
+        f"The runner refuses a case when (estimate) x {guards.GUARD_MARGIN} exceeds the free memory (MemAvailable "
         "for CPU/ORT, free device memory for CUDA), unless `--force`. Estimate = the attnbench counter's "
         "meta-device peak of live activations + weights + input and output. Here it was taken on a meta-built "
         "module (nothing allocated); before building, the runner also guards the weights alone (4 B x the "

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from attnbench import results as R
+import attnbench
+
+# The split itself (an internal): attnbench.shard.partition and its per-case overhead are what is replayed.
 from attnbench import shard
-from attnbench.results import Case
+from attnbench.results import Case, Result
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 SHARD_COUNTS = (2, 3, 4, 6)
@@ -48,7 +50,7 @@ def imbalance(parts: Sequence[Sequence[Case]], seconds: dict[Case, float]) -> tu
     return max(times) / (sum(times) / len(parts)), times
 
 
-def fitted_overhead(rows: Sequence[R.Result]) -> tuple[float, float, int]:
+def fitted_overhead(rows: Sequence[Result]) -> tuple[float, float, int]:
     """Least-squares seconds = a + b * MACs over the ok rows: (a [s], b [s/MAC], a / b [MACs])."""
     x = np.array([r.macs_attnbench for r in rows], dtype=float)
     y = np.array([r.seconds for r in rows], dtype=float)
@@ -61,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", nargs="?", default=str(OUT / "compare-cpu.csv"))
     args = parser.parse_args(argv)
-    loaded = R.load(args.report)
+    loaded = attnbench.load_results(args.report)
     rows = [r for r in loaded.results if r.seconds is not None]
-    cases = [R.case_of(r) for r in rows]
-    seconds = {R.case_of(r): float(r.seconds or 0.0) for r in rows}
+    cases = [r.case for r in rows]
+    seconds = {r.case: float(r.seconds or 0.0) for r in rows}
     timed = [r for r in rows if r.ok and r.macs_attnbench]
     a, b, fit = fitted_overhead(timed)
     strategies: dict[str, Split] = {

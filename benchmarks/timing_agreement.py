@@ -29,11 +29,13 @@ from torch import nn
 from torch.utils.benchmark import Timer
 
 import attnbench
-from attnbench.backends import get_backend
+from attnbench import InvalidCaseError, Scenario, TimingBudget
 from attnbench.env import environment
-from attnbench.errors import InvalidCaseError
-from attnbench.measurement import measure
+
+# The CPU memory probe and the allocator pinning (internals): the memory truth checks measure the probe itself.
 from attnbench.memory import cpu_peak_bytes, pin_allocator
+
+# The timing protocol's parts (internals): Timer gets attnbench's own warm-up and load probe, so only the loops differ.
 from attnbench.timing import WARMUP_MIN_CALLS, WARMUP_MIN_S, SystemProbe, warm_up
 
 DIM = 64
@@ -73,7 +75,8 @@ def agreement(name: str, rounds: int, min_run_time: float) -> dict[str, Any]:
     """Interleaved attnbench vs Timer medians for one module."""
     dim, res = case_for(name)
     module = attnbench.build(name, dim, res)
-    prepared = get_backend("cpu").prepare(module, (1, dim, res, res), threads=THREADS)
+    # The backend's prepared case (internals): both timers call the same module copy on the same input.
+    prepared = attnbench.get_backend("cpu").prepare(module, (1, dim, res, res), Scenario(threads=THREADS))
     ours: list[float] = []
     theirs: list[float] = []
     noisy: list[bool] = []
@@ -85,7 +88,7 @@ def agreement(name: str, rounds: int, min_run_time: float) -> dict[str, Any]:
             order = ("ours", "timer") if r % 2 == 0 else ("timer", "ours")
             for who in order:
                 if who == "ours":
-                    stats = prepared.time(min_run_time=min_run_time)
+                    stats = prepared.time(TimingBudget(min_run_time=min_run_time))
                     ours.append(stats.median_s)
                     noisy.append(stats.noisy)
                     faults.append(stats.minor_faults_per_call)
@@ -130,9 +133,9 @@ def stability(name: str, res: int | None, runs: int, min_run_time: float) -> dic
             return None
     module = attnbench.build(name, dim, res)
     medians = []
-    with get_backend("cpu").prepare(module, (1, dim, res, res), threads=THREADS) as prepared:
+    with attnbench.get_backend("cpu").prepare(module, (1, dim, res, res), Scenario(threads=THREADS)) as prepared:
         for _ in range(runs):
-            medians.append(prepared.time(min_run_time=min_run_time).median_s)
+            medians.append(prepared.time(TimingBudget(min_run_time=min_run_time)).median_s)
     spread = max(medians) / min(medians) - 1
     checked = statistics.median(medians) > STABILITY_MIN_S
     return {
@@ -169,7 +172,7 @@ def mhsa_truth() -> dict[str, Any] | None:
     heads = setting["heads"]
     n = res * res
     map_bytes = heads * n * n * 4
-    m = measure(attnbench.build("mhsa", dim, res), (1, dim, res, res), latency=False)
+    m = attnbench.measure(attnbench.build("mhsa", dim, res), (1, dim, res, res), metrics=("memory",))
     return {
         "dim": dim,
         "res": res,
@@ -184,7 +187,8 @@ def mhsa_truth() -> dict[str, Any] | None:
 def ort_parity(name: str, min_run_time: float) -> dict[str, Any]:
     """Export, verify and time one module on ORT CPU."""
     dim, res = case_for(name)
-    m = measure(attnbench.build(name, dim, res), (1, dim, res, res), backend="ort", min_run_time=min_run_time)
+    module, shape = attnbench.build(name, dim, res), (1, dim, res, res)
+    m = attnbench.measure(module, shape, backend="ort", budget=TimingBudget(min_run_time=min_run_time))
     return {
         "module": name,
         "status": m.status,

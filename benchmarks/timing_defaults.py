@@ -32,10 +32,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine_load import busy_cores  # noqa: E402
 
 import attnbench  # noqa: E402
-from attnbench.backends import get_backend  # noqa: E402
+from attnbench import InvalidCaseError, Scenario, TimingBudget  # noqa: E402
 from attnbench.env import environment  # noqa: E402
-from attnbench.errors import InvalidCaseError  # noqa: E402
 from attnbench.memory import pin_allocator  # noqa: E402
+
+# The timing protocol's parts (internals): its stop rule is replayed here, its warm-up given to the reference.
 from attnbench.timing import (  # noqa: E402
     DEFAULT_MAX_RUN_TIME,
     DEFAULT_PRECISION,
@@ -73,7 +74,7 @@ def reference(fn: Any, context: Any) -> tuple[float, float, bool, float | None]:
 
 def long_run(prepared: Any) -> dict[str, Any]:
     """FIXED_S seconds of attnbench blocks after its warm-up, every block kept."""
-    stats = prepared.time(min_run_time=FIXED_S, precision=None)
+    stats = prepared.time(TimingBudget(min_run_time=FIXED_S, precision=None))
     return {
         "blocks": list(stats.times_s),
         "calls_per_block": stats.calls_per_block,
@@ -86,10 +87,11 @@ def replay(
     blocks: list[float], cpb: int, precision: float, budget: float, futility: bool = True
 ) -> tuple[int, float, Any]:
     """Where the adaptive rule (with or without its futility stop) stops on these blocks: (blocks, seconds, stats)."""
+    rule = TimingBudget(min_run_time=0.0, max_run_time=budget, precision=precision)
     total = 0.0
     for n in range(1, len(blocks) + 1):
         total += blocks[n - 1] * cpb
-        reason = stop_reason(blocks[:n], total, 0.0, budget, precision, MIN_BLOCKS)
+        reason = stop_reason(blocks[:n], total, rule, MIN_BLOCKS)
         if reason is not None and (futility or reason != STOP_FUTILE):
             break
     used = blocks[:n]
@@ -118,14 +120,15 @@ def measure_all(limit: int | None) -> list[dict[str, Any]]:
             torch.manual_seed(0)
             built = {(name, side): attnbench.build(name, 64, side).eval()}
         module = built[(name, side)]
-        with get_backend(backend).prepare(module, (1, 64, side, side), threads=1) as prepared:
-            fn, _sync = prepared._timed_callable()
+        # The backend's prepared case (internals): the reference times the callable attnbench's loop times.
+        with attnbench.get_backend(backend).prepare(module, (1, 64, side, side), Scenario(threads=1)) as prepared:
+            fn, _sync = prepared.timed_callable()
             ref_first = i % 2 == 1
             if ref_first:
-                ref = reference(fn, prepared._timing_context())
+                ref = reference(fn, prepared.timing_context())
             ours = long_run(prepared)
             if not ref_first:
-                ref = reference(fn, prepared._timing_context())
+                ref = reference(fn, prepared.timing_context())
         row = {"module": name, "res": side, "backend": backend, **ours}
         row.update(ref_median_s=ref[0], ref_iqr_rel=ref[1], ref_warned=ref[2], ref_other_cpu_cores=ref[3])
         rows.append(row)

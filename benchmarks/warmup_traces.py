@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from timing_defaults import cases, measure_or_replay  # noqa: E402
 
 import attnbench  # noqa: E402
-from attnbench.backends import get_backend  # noqa: E402
+from attnbench import Scenario, TimingBudget  # noqa: E402
+
+# The timing protocol's parts (internals): its blocks and stop rule are replayed on the traces.
 from attnbench.timing import (  # noqa: E402
     BLOCK_TARGET_S,
     DEFAULT_MAX_RUN_TIME,
@@ -38,6 +40,8 @@ from attnbench.timing import (  # noqa: E402
 )
 
 TRACE_S = 2.0
+#: The adaptive stop rule at timing.py's defaults, without a floor.
+DEFAULT_RULE = TimingBudget(min_run_time=0.0, max_run_time=DEFAULT_MAX_RUN_TIME, precision=DEFAULT_PRECISION)
 MIN_TRACE_CALLS = 40
 OFF = 0.03
 #: (min calls, min seconds, cap seconds or None): the cap ends the warm-up once it has run this long and at
@@ -75,9 +79,10 @@ def measure_all(limit: int | None) -> list[dict[str, Any]]:
     for name, side, backend in cases()[:limit]:
         torch.manual_seed(0)
         module = attnbench.build(name, 64, side).eval()
-        with get_backend(backend).prepare(module, (1, 64, side, side), threads=1) as prepared:
-            fn, _sync = prepared._timed_callable()
-            calls = trace(fn, prepared._timing_context())
+        # The backend's prepared case (internals): every call of the callable attnbench's loop times, from the first.
+        with attnbench.get_backend(backend).prepare(module, (1, 64, side, side), Scenario(threads=1)) as prepared:
+            fn, _sync = prepared.timed_callable()
+            calls = trace(fn, prepared.timing_context())
         rows.append({"module": name, "res": side, "backend": backend, "calls": calls})
         print(
             f"{name} {side} {backend}: first {calls[0] * 1e3:.3f} ms, steady {steady(calls) * 1e3:.3f} ms",
@@ -115,7 +120,7 @@ def replay(calls: list[float], start: int) -> float | None:
         block = sum(rest[i : i + cpb])
         blocks.append(block / cpb)
         total += block
-        if stop_reason(blocks, total, 0.0, DEFAULT_MAX_RUN_TIME, DEFAULT_PRECISION, MIN_BLOCKS) is not None:
+        if stop_reason(blocks, total, DEFAULT_RULE, MIN_BLOCKS) is not None:
             return quantile(sorted(blocks), 0.5)
     return quantile(sorted(blocks), 0.5) if len(blocks) >= MIN_BLOCKS else None
 

@@ -1,6 +1,6 @@
 """The bad-input matrix: CLI invocations that must each end in one line on stderr and exit code 2.
 
-Plain data, shared by tests/test_cli.py and benchmarks/robustness.py. `{tmp}` is replaced by a scratch
+Plain data, shared by tests/cli/test_main.py and benchmarks/robustness.py. `{tmp}` is replaced by a scratch
 directory; every entry also writes `-o {tmp}/out.csv` unless it is about the output path, so the test can
 check that nothing was written.
 """
@@ -47,12 +47,21 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("dtype-unknown", ["profile", "lka", "--dtype", "int8"], "dtype"),
     ("mode-unknown", ["profile", "lka", "--mode", "eval"], "--mode 'eval': allowed: infer, train"),
     ("allocator-unknown", ["profile", "lka", "--allocator", "jemalloc"], "allowed: pinned, system"),
+    ("dtype-alias-unknown", ["profile", "lka", "--dtype", "bf17"], "--dtype 'bf17': allowed: float32, float16"),
+    ("threads-not-int", ["profile", "lka", "--threads", "two"], "--threads 'two': must be an int >= 1"),
+    ("autocast-unknown", ["profile", "lka", "--autocast", "int8"], "--autocast 'int8': allowed: off, bfloat16"),
+    ("compile-mode-unknown", ["profile", "lka", "--compile-mode", "fast"], "allowed: default, reduce-overhead, max"),
+    ("ort-opt-level-unknown", ["profile", "lka", "--ort-opt-level", "max"], "allowed: disable, basic, extended, all"),
+    ("compile-not-on-off", ["profile", "lka", "--compile=maybe"], "--compile 'maybe': allowed: on, off"),
+    ("channels-last-not-on-off", ["profile", "lka", "--channels-last=sideways"], "--channels-last 'sideways'"),
+    ("warmup-negative", ["profile", "lka", "--warmup", "-1"], "--warmup"),
     ("compare-nothing", ["compare"], "--all"),
     ("profile-nothing", ["profile"], "module"),
     ("cuda-alone-without-gpu", ["profile", "lka", "--backend", "cuda"], "cuda"),
     ("output-unknown-suffix", ["profile", "lka", "-o", "{tmp}/out.xlsx"], "unknown format"),
     ("output-no-suffix", ["profile", "lka", "-o", "{tmp}/out"], "unknown format"),
     ("output-is-directory", ["profile", "lka", "-o", "{tmp}/dir.csv"], "is a directory"),
+    ("output-directory-without-suffix", ["profile", "lka", "-o", "{tmp}"], "is a directory"),
     ("output-missing-parent", ["profile", "lka", "-o", "{tmp}/nope/out.csv"], "does not exist"),
     ("output-unwritable", ["profile", "lka", "-o", "/proc/attnbench.csv"], "not writable"),
     ("plots-is-file", ["profile", "lka", "--plots", "{tmp}/file.txt"], "--plots"),
@@ -67,6 +76,9 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("baseline-other-schema", ["compare", "lka", "--baseline", "{tmp}/schema.csv"], "schema version"),
     ("baseline-is-directory", ["compare", "lka", "--baseline", "{tmp}/dir.csv"], "directory"),
     ("tolerance-negative", ["compare", "lka", "--tolerance", "-0.1"], "tolerance"),
+    ("tolerance-minus-one", ["compare", "lka", "--tolerance", "-1"], "--tolerance must be a fraction in [0, 10)"),
+    ("tolerance-too-large", ["compare", "lka", "--tolerance", "10"], "--tolerance must be a fraction in [0, 10)"),
+    ("gate-metric-x", ["compare", "lka", "--gate-metric", "x"], "--gate-metric 'x': allowed: wall, instructions"),
     ("report-missing", ["report", "{tmp}/none.csv"], "no such file"),
     ("report-corrupt", ["report", "{tmp}/corrupt.csv"], "not an attnbench CSV"),
     ("shard-zero", ["profile", "lka", "--shard", "0/3"], "--shard '0/3'"),

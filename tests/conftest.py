@@ -69,7 +69,7 @@ def parse_cli(argv: list[str]) -> dict[str, object]:
     """Parse an attnbench command line as the CLI would, without running it; unknown options raise."""
     import typer
 
-    from attnbench.cli import app
+    from attnbench.cli.app import app
 
     group = typer.main.get_command(app)
     name, *rest = argv

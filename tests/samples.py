@@ -1,6 +1,9 @@
-"""A small, made-up but realistic result set for the views (tables, Markdown, plots): no measuring needed."""
+"""A small, made-up but realistic result set for the views (tables, Markdown, plots): no measuring needed; and
+readers of the tables the views print (rich on a terminal, Markdown in a report)."""
 
 from __future__ import annotations
+
+import re
 
 from attnbench import results as R
 from attnbench.results import Case, Result
@@ -71,3 +74,76 @@ def sample_results() -> list[Result]:
                     )
                 )
     return rows
+
+
+def scaling_results(exponent: float, module: str = "m") -> list[Result]:
+    """Three resolutions on cpu and ort whose MACs and latency grow as N**exponent and memory as N."""
+    out = []
+    for side in (8, 16, 32):
+        n = side * side
+        for backend in ("cpu", "ort"):
+            out.append(
+                Result.for_case(
+                    Case(module, 16, side, side, backend=backend),
+                    params=100,
+                    macs_attnbench=int(n**exponent),
+                    macs_fvcore=int(n**exponent) // 2,
+                    macs_thop=int(n**exponent),
+                    latency_median_s=1e-6 * n**exponent,
+                    latency_iqr_s=1e-8,
+                    peak_mem_bytes=4 * n,
+                )
+            )
+    return out
+
+
+def parse_rich(text: str, anchor: int = 1) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the first rich table in `text`; a row's wrapped lines are joined back.
+
+    A line whose cell in column `anchor` (a number that is never empty) is blank continues the row above.
+    """
+    headers: list[str] = []
+    rows: list[list[str]] = []
+    in_table = False
+    for line in text.splitlines():
+        if line.startswith("┃"):
+            cells = [c.strip() for c in line.strip("┃").split("┃")]
+            headers = cells if not headers else [f"{a} {b}".strip() for a, b in zip(headers, cells, strict=True)]
+            in_table = True
+        elif line.startswith("│") and in_table:
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            if rows and not cells[anchor]:
+                rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+            else:
+                rows.append(cells)
+        elif line.startswith("└") and in_table:
+            break
+    return headers, rows
+
+
+def squeeze(text: str) -> str:
+    """Text without whitespace: a cell folded inside a word joins back to the same characters."""
+    return "".join(text.split())
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every table of a Markdown report as rows of cells (header first, separator dropped), each checked to be
+    well formed: as many cells in every line, a separator of dashes under the header."""
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.startswith("|"):
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    tables = []
+    for table in (b for b in blocks if b):
+        width = len(_cells(table[0]))
+        assert all(line.endswith("|") and len(_cells(line)) == width for line in table), table
+        assert set(table[1].replace("|", "").replace(":", "")) == {"-"}, table[1]
+        tables.append([_cells(line) for line in [table[0], *table[2:]]])
+    return tables
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of one Markdown table line; an escaped pipe stays inside its cell."""
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]

@@ -7,7 +7,6 @@ logic it relies on, and keep results/docker_check.md tied to the Dockerfile it b
 from __future__ import annotations
 
 import configparser
-import dataclasses
 import importlib.util
 import json
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from attnbench import results as R
+from attnbench import store
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "results" / "docker_check.md"
@@ -127,47 +127,55 @@ def test_no_pip_configuration_passes_nothing(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- counts
 
 
-def _result(module: str, backend: str = "cpu", **values: object) -> R.Result:
-    case = R.Case(module, 64, 16, 16, backend=backend)
+def _result(module: str, backend: str = "cpu", scenario: R.Scenario | None = None, **values: object) -> R.Result:
+    case = R.Case(module, 64, 16, 16, backend=backend, scenario=scenario or R.Scenario())
     counts = {"params": 100, "macs_attnbench": 2000, "macs_fvcore": 1900, "macs_thop": 1900, "flops_attnbench": 4000}
     return R.Result.for_case(case, **(counts | values))
 
 
 def _rows(*results: R.Result) -> list[dict]:
-    return [dataclasses.asdict(r) for r in results]
+    return [R.flat(r) for r in results]
 
 
 def test_the_exact_columns_are_status_and_every_count() -> None:
-    columns = dc.exact_columns(R.RESULT_FIELDS)
+    columns = dc.exact_columns(R.COLUMNS)
     assert columns[:2] == ["status", "params"]
     assert {"macs_attnbench", "macs_fvcore", "macs_thop", "macs_formula", "flops_attnbench"} <= set(columns)
     assert not {"latency_median_s", "peak_mem_bytes", "machine", "seconds"} & set(columns)
 
 
+def test_rows_are_matched_on_identity_kwargs_and_every_scenario_field() -> None:
+    keys = dc.key_columns()
+    assert keys[:6] == list(R.IDENTITY_FIELDS) and {"kwargs", *R.SCENARIO_FIELDS} <= set(keys)
+    assert not {"status", "params", "machine"} & set(keys)
+    bf16 = _result("lka", scenario=R.Scenario(dtype="bfloat16"), macs_thop=1901)
+    assert dc.compare_rows(_rows(_result("lka"), bf16), _rows(bf16, _result("lka")), "c", keys) == []
+
+
 def test_equal_runs_compare_clean() -> None:
     rows = _rows(_result("lka"), _result("lka", "ort"))
-    assert dc.compare_rows(rows, _rows(_result("lka"), _result("lka", "ort")), "c", R.KEY_FIELDS) == []
+    assert dc.compare_rows(rows, _rows(_result("lka"), _result("lka", "ort")), "c", dc.key_columns()) == []
 
 
 def test_timings_and_machine_may_differ() -> None:
     host = _rows(_result("lka", latency_median_s=0.001, machine="host"))
     container = _rows(_result("lka", latency_median_s=0.002, machine="container"))
-    assert dc.compare_rows(host, container, "c", R.KEY_FIELDS) == []
+    assert dc.compare_rows(host, container, "c", dc.key_columns()) == []
 
 
 def test_a_count_difference_names_module_backend_and_column() -> None:
     host = _rows(_result("lka"), _result("mhsa"))
-    problems = dc.compare_rows(host, _rows(_result("lka", macs_thop=1901), _result("mhsa")), "c", R.KEY_FIELDS)
+    problems = dc.compare_rows(host, _rows(_result("lka", macs_thop=1901), _result("mhsa")), "c", dc.key_columns())
     assert problems == ["c: lka cpu C=64 16x16 macs_thop: host 1900, container 1901"]
 
 
 def test_a_missing_row_or_a_status_change_is_a_difference() -> None:
     host = _rows(_result("lka"), _result("mhsa"))
-    assert dc.compare_rows(host, _rows(_result("lka")), "c", R.KEY_FIELDS) == [
+    assert dc.compare_rows(host, _rows(_result("lka")), "c", dc.key_columns()) == [
         "c: mhsa cpu C=64 16x16 only on the host"
     ]
     failed = _rows(_result("lka"), _result("mhsa", status="failed"))
-    assert dc.compare_rows(host, failed, "c", R.KEY_FIELDS) == [
+    assert dc.compare_rows(host, failed, "c", dc.key_columns()) == [
         "c: mhsa cpu C=64 16x16 status: host ok, container failed"
     ]
 
@@ -176,12 +184,12 @@ def test_compare_reports_reads_attnbench_files(tmp_path: Path) -> None:
     rows = [_result("lka"), _result("mhsa", status="invalid", params=None, macs_attnbench=None)]
     env = {"python": "3.11.2"}
     for name in ("host.csv", "cont.csv"):
-        R.write_csv(tmp_path / name, rows, env)
-    (tmp_path / "cont.json").write_text(R.json_text(rows, env))
+        store.write_csv(tmp_path / name, rows, env)
+    (tmp_path / "cont.json").write_text(store.json_text(rows, env))
     summary = dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
     assert (summary["rows"], summary["ok"], summary["modules"], summary["backends"]) == (2, 1, 2, 1)
     assert summary["container_env"] == env
-    (tmp_path / "cont.json").write_text(R.json_text([rows[0], _result("mhsa", status="invalid")], env))
+    (tmp_path / "cont.json").write_text(store.json_text([rows[0], _result("mhsa", status="invalid")], env))
     with pytest.raises(dc.CheckError, match="container JSON: mhsa cpu C=64 16x16 params: host None, container 100"):
         dc.compare_reports(tmp_path / "host.csv", tmp_path / "cont.csv", tmp_path / "cont.json")
     (tmp_path / "cont.csv").write_text("")
@@ -291,7 +299,7 @@ def test_the_record_states_what_the_freshness_test_reads(tmp_path: Path) -> None
             "ok": 20,
             "modules": 10,
             "backends": 2,
-            "columns": dc.exact_columns(R.RESULT_FIELDS),
+            "columns": dc.exact_columns(R.COLUMNS),
         },
         "host_env": env,
         "container_env": env,

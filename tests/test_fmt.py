@@ -88,3 +88,33 @@ def test_errors_and_ratios() -> None:
     assert fmt.ratio(0.7512) == "0.75"
     assert fmt.percent(0.0123) == "1.23%"
     assert fmt.missing(float("nan")) and fmt.missing(None) and not fmt.missing(0)
+
+
+def test_a_unit_follows_the_prefix() -> None:
+    assert fmt.si(1.5e11, "FLOP/s") == "150 GFLOP/s"
+    assert fmt.si(6e9, "B/s") == "6 GB/s"
+    assert fmt.si(12, "B") == "12 B"
+    assert fmt.si(0.5, "s", digits=2) == "0.5 s"
+
+
+def test_beyond_ordinary_ranges_exponent_notation_is_honest() -> None:
+    assert fmt.sig(1.5e-9) == "1.50e-09"  # rather than '0' or a row of zeros
+    assert fmt.sig(2.5e15) == "2.50e+15"
+    assert fmt.sig(1e-9, 2) == "1.0e-09"
+    assert fmt.sig(float("inf")) == "inf"
+
+
+def test_every_formatter_prints_a_missing_value_as_a_dash() -> None:
+    import pandas as pd
+
+    for value in (None, float("nan"), pd.NA):
+        assert fmt.missing(value)
+        texts = [fmt.sig(value), fmt.si(value), fmt.in_unit(value, 1e-3), fmt.nbytes(value), fmt.seconds(value)]
+        texts += [fmt.sci(value), fmt.ratio(value), fmt.percent(value)]
+        assert set(texts) == {fmt.MISSING} == {"-"}
+
+
+def test_in_unit_divides_by_the_unit() -> None:
+    assert fmt.in_unit(0.0123, 1e-3) == "12.3"
+    assert fmt.in_unit(3 * 2**20, 2**20) == "3"
+    assert fmt.in_unit(0.0123, 1e-3, 2) == "12"

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from attnbench import gate
-from attnbench.errors import BaselineError
-from attnbench.report import show_gate
-from attnbench.results import Case, LoadedResults, Result
+from attnbench.errors import BaselineError, UsageError
+from attnbench.gate import GateSettings
+from attnbench.report.terminal import show_gate
+from attnbench.results import Case, Result
+from attnbench.store import LoadedResults
 
+#: Where the tests' baselines would live (nothing reads it: the baselines are given loaded).
+BASE = Path("baseline.csv")
+INSTRUCTIONS = GateSettings(BASE, metric="instructions")
 ENV = {
     "cpu_model": "cpu A",
     "logical_cores": 2,
@@ -93,7 +99,9 @@ def test_other_hardware_refuses_latency_but_compares_counts() -> None:
     assert slow.passed and not slow.latency_compared and "cpu_model" in slow.latency_note
     counts = gate.compare_to_baseline([row(params=11)], base(row(), env=other), env=ENV)
     assert not counts.passed
-    forced = gate.compare_to_baseline([row(median=0.5)], base(row(), env=other), env=ENV, force_latency=True)
+    forced = gate.compare_to_baseline(
+        [row(median=0.5)], base(row(), env=other), settings=GateSettings(BASE, force_latency=True), env=ENV
+    )
     assert not forced.passed
 
 
@@ -160,8 +168,8 @@ def test_instructions_gate_fails_more_work_and_names_the_case() -> None:
     verdict = gate.compare_to_baseline(
         [row("sk", instructions=1_250_000), row("lka", instructions=1_004_000, median=9.0)],
         base(row("sk", instructions=1_000_000), row("lka", instructions=1_000_000)),
+        settings=INSTRUCTIONS,
         env=ENV,
-        metric="instructions",
     )
     assert not verdict.passed and verdict.compared_instructions == 2
     (change,) = verdict.changes  # lka: +0.4% is inside 1%; its 180x latency is not gated on instructions
@@ -171,14 +179,14 @@ def test_instructions_gate_fails_more_work_and_names_the_case() -> None:
 
 def test_instructions_gate_reports_less_work_without_failing() -> None:
     verdict = gate.compare_to_baseline(
-        [row(instructions=900)], base(row(instructions=1000)), env=ENV, metric="instructions"
+        [row(instructions=900)], base(row(instructions=1000)), settings=INSTRUCTIONS, env=ENV
     )
     assert verdict.passed and [c.kind for c in verdict.changes] == ["instructions-less"]
 
 
 def test_instructions_gate_fails_a_row_that_was_not_counted() -> None:
     now = row(instructions=None)
-    verdict = gate.compare_to_baseline([now], base(row(instructions=1000)), env=ENV, metric="instructions")
+    verdict = gate.compare_to_baseline([now], base(row(instructions=1000)), settings=INSTRUCTIONS, env=ENV)
     assert not verdict.passed and "not counted" in verdict.changes[0].detail
 
 
@@ -187,7 +195,7 @@ def test_instructions_from_another_machine_or_version_are_refused(key: str) -> N
     other = {**ENV, key: "something else"}
     with pytest.raises(BaselineError, match=f"instruction counts depend on the CPU and versions.*{key}"):
         gate.compare_to_baseline(
-            [row(instructions=1)], base(row(instructions=1), env=other), env=ENV, metric="instructions"
+            [row(instructions=1)], base(row(instructions=1), env=other), settings=INSTRUCTIONS, env=ENV
         )
 
 
@@ -214,7 +222,9 @@ def test_regression_seen_only_while_busy_is_inconclusive() -> None:
 
 def test_strict_fails_a_busy_regression() -> None:
     busy = row(median=0.1, contended=True)
-    verdict = gate.compare_to_baseline([busy], base(row()), env=ENV, remeasure=lambda case: [busy], strict=True)
+    verdict = gate.compare_to_baseline(
+        [busy], base(row()), env=ENV, settings=GateSettings(BASE, strict=True), remeasure=lambda case: [busy]
+    )
     assert not verdict.passed and not verdict.inconclusive and verdict.changes[0].failing
 
 
@@ -230,4 +240,111 @@ def test_a_quiet_remeasurement_that_is_still_slow_fails() -> None:
 
 def test_unknown_gate_metric_is_refused() -> None:
     with pytest.raises(ValueError, match="allowed: wall, instructions"):
-        gate.compare_to_baseline([row()], base(row()), env=ENV, metric="cycles")
+        gate.compare_to_baseline([row()], base(row()), settings=GateSettings(BASE, metric="cycles"), env=ENV)
+
+
+# ---------------------------------------------------------------- the settings
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (GateSettings(BASE, tolerance=-1), "--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%"),
+        (GateSettings(BASE, tolerance=10), "--tolerance must be a fraction in [0, 10), e.g. 0.1 for 10%"),
+        (GateSettings(BASE, metric="x"), "--gate-metric 'x': allowed: wall, instructions"),
+    ],
+)
+def test_settings_no_gate_could_use_are_refused(settings: GateSettings, message: str) -> None:
+    with pytest.raises(UsageError) as info:
+        settings.check()
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("tolerance", [None, 0.0, 0.5, 9.99])
+def test_settings_a_gate_can_use(tolerance: float | None) -> None:
+    GateSettings(BASE, tolerance=tolerance).check()
+    GateSettings(BASE, tolerance=tolerance, metric="instructions").check()
+
+
+def test_tolerance_zero_gates_at_zero() -> None:
+    then, now = row(median=0.0500, iqr=0.0), row(median=0.0505, iqr=0.0)  # 1% slower, no spread
+    assert gate.compare_to_baseline([now], base(then), env=ENV).passed  # the default for a 50 ms case: 10%
+    zero = gate.compare_to_baseline([now], base(then), settings=GateSettings(BASE, tolerance=0), env=ENV)
+    assert not zero.passed  # 0 is a tolerance, not "no tolerance given"
+    (change,) = zero.changes
+    assert change.kind == "latency" and "(+1.0%, limit 0%)" in change.detail
+    fewer = row(instructions=1_000_001)
+    counted = gate.compare_to_baseline(
+        [fewer],
+        base(row(instructions=1_000_000)),
+        settings=GateSettings(BASE, tolerance=0, metric="instructions"),
+        env=ENV,
+    )
+    assert not counted.passed and counted.changes[0].kind == "instructions"
+
+
+def test_judge_refuses_a_gate_that_compared_nothing() -> None:
+    settings = GateSettings(Path("base.csv"))
+    with pytest.raises(BaselineError) as info:
+        settings.judge([row("lka")], base(row("mhsa")), ENV)
+    assert str(info.value) == (
+        "gate: no case of this run is in the baseline base.csv (it holds C=64 28x28 B=1); run with the baseline's "
+        "settings"
+    )
+    assert settings.judge([row(median=0.05)], base(row()), ENV).passed
+
+
+def test_load_refuses_a_missing_or_empty_baseline(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match="no such file"):
+        GateSettings(tmp_path / "none.csv").load()
+    from attnbench import store
+
+    store.write_csv(tmp_path / "empty.csv", [], ENV)
+    with pytest.raises(BaselineError, match="has no result rows"):
+        GateSettings(tmp_path / "empty.csv").load()
+    store.write_csv(tmp_path / "one.csv", [row()], ENV)
+    assert GateSettings(tmp_path / "one.csv").load().results == [row()]
+    with pytest.raises(UsageError, match="--gate-metric"):
+        GateSettings(tmp_path / "one.csv", metric="cycles").load()  # checked before reading
+
+
+def test_check_baseline_refuses_instructions_from_another_machine_before_measuring() -> None:
+    other = base(row(instructions=5), env={**ENV, "cpu_model": "cpu B"})
+    GateSettings(BASE).check_baseline(other, ENV)  # the wall gate compares counts anyway
+    with pytest.raises(BaselineError, match=r"baseline.csv: cannot gate on instructions: .*cpu_model"):
+        INSTRUCTIONS.check_baseline(other, ENV)
+
+
+def test_rows_as_the_baseline_are_taken_as_this_machine_s() -> None:
+    assert gate.compare_to_baseline([row(median=0.05)], [row()], env=ENV).passed
+    assert not gate.compare_to_baseline([row(params=11)], [row()], env=ENV).passed
+
+
+def test_a_changed_source_hash_is_reported_not_failed() -> None:
+    import dataclasses
+
+    then, now = dataclasses.replace(row(), source_hash="aaa"), dataclasses.replace(row(), source_hash="bbb")
+    verdict = gate.compare_to_baseline([now], base(then), env=ENV)
+    assert verdict.passed
+    assert [(c.case, c.kind, c.detail) for c in verdict.changes] == [
+        ("mhsa", "source", "source hash aaa -> bbb: the module's code changed")
+    ]
+
+
+def test_the_gate_s_verdict_on_the_terminal() -> None:
+    verdict = gate.compare_to_baseline([row(params=11)], base(row()), env=ENV)
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(verdict, console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "Changes against the baseline" in text and "params 10 -> 11 (+1)" in text
+    assert text.rstrip().endswith("gate: FAILED: 1 case(s) compared, 1 failing change(s)")
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(gate.compare_to_baseline([row()], base(row()), env=ENV), console, failed_cases=2)
+    assert console.file.getvalue().strip() == (  # type: ignore[attr-defined]
+        "gate: FAILED: 1 case(s) compared, 0 failing change(s), 2 case(s) of this run failed"
+    )
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(gate.compare_to_baseline([row()], base(row(), env={**ENV, "gpu": "H100"}), env=ENV), console)
+    lines = console.file.getvalue().strip().splitlines()  # type: ignore[attr-defined]
+    assert lines[0].startswith("gate: baseline is from other hardware or versions (gpu: baseline 'H100' vs here None)")
+    assert lines[-1] == "gate: PASSED: 1 case(s) compared, 0 failing change(s)"

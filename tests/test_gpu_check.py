@@ -21,6 +21,7 @@ from types import ModuleType
 import pytest
 
 from attnbench import results as R
+from attnbench import store
 from tests.conftest import parse_cli, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,9 +137,9 @@ def test_dry_run_commands_are_the_cli_s_and_replay_here(
     assert merge[:3] == ["report", str(work / "fp32.csv"), str(work / "bf16.csv")]
     code, _, err = run_cli(capsys, *merge)
     assert code == 0, err
-    rows = R.load(out / "compare-cuda.csv").results
+    rows = store.load(out / "compare-cuda.csv").results
     # Counting only: one row per geometry and mode (a training step counts differently).
-    assert {r.dtype for r in rows} == {"float32", "bfloat16"} and len(rows) == 2 * 30 * max(1, len(modes) // 2)
+    assert {r.scenario.dtype for r in rows} == {"float32", "bfloat16"} and len(rows) == 2 * 30 * max(1, len(modes) // 2)
     assert (out / "compare-cuda.md").exists() and (out / "compare-cuda.json").exists()
 
 
@@ -147,11 +148,12 @@ def test_summary_lists_steps_rows_and_checks(tmp_path: Path) -> None:
     steps = tmp_path / "steps.tsv"
     steps.write_text("cuda-tests\tpass\t31\t4 passed in 20.1s\ncompare-bf16\tFAIL (exit 1)\t80\tsam: failed\n")
     report = tmp_path / "compare-cuda.csv"
+    fp32, bf16 = R.Scenario(dtype="float32"), R.Scenario(dtype="bfloat16")
     rows = [
-        R.Result("lka", 64, 14, 14, 1, "cuda", "float32", 1, "", latency_median_s=1e-4),
-        R.Result("sam", 64, 14, 14, 1, "cuda", "bfloat16", 1, "", status="failed", reason="RuntimeError: no bf16"),
+        R.Result("lka", 64, 14, 14, 1, "cuda", "", fp32, latency_median_s=1e-4),
+        R.Result("sam", 64, 14, 14, 1, "cuda", "", bf16, status="failed", reason="RuntimeError: no bf16"),
     ]
-    R.write_csv(report, rows, {"gpu": "NVIDIA H100 80GB HBM3", "cpu_model": "AMD EPYC 7763", "torch": "2.13.0"})
+    store.write_csv(report, rows, {"gpu": "NVIDIA H100 80GB HBM3", "cpu_model": "AMD EPYC 7763", "torch": "2.13.0"})
     checks = tmp_path / "gpu_check.json"
     record = {"timing": _timing(1.012), "memory": [_memory(16777216, 16777216, 16777216)]}
     checks.write_text(__import__("json").dumps(record))

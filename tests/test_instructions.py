@@ -1,7 +1,9 @@
-"""Instruction counts: dump parsing, the valgrind-missing error, the runner's one pass, and (slow) real counts."""
+"""Instruction counts (attnbench.instructions): dump parsing, the valgrind-missing error, the runner's one pass, and
+(slow) real counts."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +14,9 @@ from torch import nn
 from attnbench import instructions
 from attnbench import results as R
 from attnbench.instructions import InstructionBatch, InstructionCount, ValgrindUnavailableError, read_dump_total
-from attnbench.runner import RunOptions, run
+from attnbench.results import Scenario
+from attnbench.runner import Sink, run
+from attnbench.settings import RunOptions
 from tests.conftest import run_cli
 
 HAS_VALGRIND = shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
@@ -47,10 +51,30 @@ class FailsWhenCounted(nn.Module):
         return x * 2
 
 
+class StatusLines(Sink):
+    """A sink that keeps the run's status lines."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def status(self, message: str) -> None:
+        """Keep the line."""
+        self.lines.append(message)
+
+
+def _valgrind_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make check_available() pass whether or not this machine has valgrind (the counting itself is faked)."""
+    monkeypatch.setattr(instructions, "valgrind_version", lambda: "3.19.0")
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(torch._C, "_valgrind_supported_platform", lambda: True)
+
+
 def test_read_dump_total(tmp_path: Path) -> None:
     dump = tmp_path / "callgrind.out.3"
     dump.write_text("# callgrind format\nversion: 1\ncmd: python\nevents: Ir\nsummary: 123456789\n\nfn=main\n0 5\n")
     assert read_dump_total(dump) == 123456789
+    dump.write_text("events: Ir\ntotals: 42\n")  # older callgrind versions
+    assert read_dump_total(dump) == 42
     dump.write_text("events: Ir\n")
     with pytest.raises(ValueError, match="no 'summary:' line"):
         read_dump_total(dump)
@@ -65,6 +89,13 @@ def test_missing_valgrind_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch, ca
     assert err.splitlines() == [err.strip()] and err.startswith("attnbench: error: instruction counts need valgrind")
 
 
+def test_a_torch_without_valgrind_support_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    _valgrind_here(monkeypatch)
+    monkeypatch.setattr(torch._C, "_valgrind_supported_platform", lambda: False)
+    with pytest.raises(ValgrindUnavailableError, match=re.escape(f"torch {torch.__version__} was built")):
+        instructions.check_available()
+
+
 def test_a_module_that_cannot_travel_is_a_failed_count() -> None:
     class Local(nn.Module):  # defined in a function: pickle cannot find it again in another process
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -77,6 +108,15 @@ def test_a_module_that_cannot_travel_is_a_failed_count() -> None:
     assert count.reason.startswith("cannot hand the module to the valgrind worker")
 
 
+def test_an_empty_batch_counts_nothing_and_removes_its_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)  # nothing to count: valgrind not needed
+    with InstructionBatch() as batch:
+        assert len(batch) == 0 and batch.run() == []
+        directory = batch._dir
+        assert directory.is_dir()
+    assert not directory.exists()
+
+
 def test_runner_counts_cpu_rows_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     passes: list[int] = []
 
@@ -84,21 +124,30 @@ def test_runner_counts_cpu_rows_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> 
         passes.append(len(self))
         return [InstructionCount(1000 + i) if i == 0 else InstructionCount(None, "failed", "boom") for i in range(2)]
 
-    monkeypatch.setattr(instructions, "check_available", lambda: "3.19.0")
+    _valgrind_here(monkeypatch)
     monkeypatch.setattr(InstructionBatch, "run", fake_run)
     cases = [
         R.Case("lka", 16, 8, 8, backend="cpu"),
-        R.Case("lka", 16, 8, 8, backend="cpu", threads=2),  # not eligible: 2 threads
+        R.Case("lka", 16, 8, 8, backend="cpu", scenario=Scenario(threads=2)),  # not eligible: 2 threads
         R.Case("lka", 16, 12, 12, backend="cpu"),
     ]
-    statuses: list[str] = []
+    sink = StatusLines()
     options = RunOptions(metrics=("params", "instructions"), counters=("attnbench",))
-    outcome = run(cases, options, on_status=statuses.append)
+    outcome = run(cases, options, sink)
     assert passes == [2]  # one valgrind pass for the two eligible rows
     first, two_threads, other = outcome.results
     assert first.instructions == 1000 and two_threads.instructions is None
     assert other.instructions is None and '"instructions_error": "boom"' in other.extra
-    assert statuses[0] == "counting instructions of 2 case(s) under valgrind (one process)"
+    assert sink.lines[0] == "counting instructions of 2 case(s) under valgrind (one process)"
+    assert sink.lines[1].startswith("counted instructions in ")
+
+
+def test_counting_instructions_without_valgrind_fails_before_anything_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: None)
+    sink = StatusLines()
+    with pytest.raises(ValgrindUnavailableError):
+        run([R.Case("lka", 16, 8, 8)], RunOptions(metrics=("params", "instructions")), sink)
+    assert sink.lines == []
 
 
 @pytest.mark.slow

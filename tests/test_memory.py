@@ -1,14 +1,23 @@
-"""Peak memory: exact to the byte on known cases; allocator pinning is recorded."""
+"""Peak memory (attnbench.memory): exact to the byte on known cases; allocator pinning is recorded."""
 
 from __future__ import annotations
 
 import functools
+import platform
 
 import pytest
 import torch
 from torch import nn
 
-from attnbench.memory import allocator_settings, cpu_peak_bytes, peak_of_events, pin_allocator
+from attnbench import memory
+from attnbench.memory import (
+    ALLOCATOR_ENV,
+    PeakMemory,
+    allocator_settings,
+    cpu_peak_bytes,
+    peak_of_events,
+    pin_allocator,
+)
 
 
 class KnownTemporary(nn.Module):
@@ -23,6 +32,7 @@ class KnownTemporary(nn.Module):
 
 
 def _warm_peak(module: nn.Module, x: torch.Tensor) -> int:
+    """The CPU peak of one forward after one warm-up forward."""
     with torch.inference_mode():
         module(x)
         return cpu_peak_bytes(functools.partial(module, x))
@@ -74,6 +84,29 @@ def test_pin_allocator_records_settings() -> None:
     if info["allocator"].startswith("glibc"):
         assert info["pinned"] is True
         assert info["mmap_threshold_bytes"] == info["trim_threshold_bytes"] == 1 << 30
+
+
+def test_a_preloaded_allocator_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_ALLOCATOR", None)  # as in a fresh process
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2:/lib/other.so")
+    info = pin_allocator()
+    assert info["allocator"] == "preloaded (libjemalloc.so.2)" and info["note"] == "left as is"
+    assert info["pinned"] is False and info["ld_preload"].startswith("/usr/lib/x86_64-linux-gnu/libjemalloc")
+
+
+def test_the_system_state_worker_keeps_glibcs_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    monkeypatch.setattr(memory, "_ALLOCATOR", None)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setenv(ALLOCATOR_ENV, "system")
+    info = pin_allocator()
+    assert info["pinned"] is False and "not pinned" in info["note"] and info["allocator"].startswith("glibc")
+    assert "mmap_threshold_bytes" not in info
+
+
+def test_peak_memory_has_no_reserved_bytes_unless_told() -> None:
+    assert PeakMemory(10, "counted").reserved_bytes is None
 
 
 @pytest.mark.cuda

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 CI = ROOT / ".ci" / "run"
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 TORCH_PIN = re.compile(r"torch==([0-9][0-9A-Za-z.+]*|\$\{?\w+\}?)")
 
 
@@ -44,25 +45,52 @@ def _docker_torch_version() -> str:
     return args[pin.strip("${}")] if pin.startswith("$") else pin
 
 
+def _ci_commands() -> list[str]:
+    """.ci/run's lines, each with its whitespace normalised."""
+    return [" ".join(ln.split()) for ln in CI.read_text().splitlines()]
+
+
 def _ci_install_and_test_commands() -> list[str]:
-    """The README commands .ci/run replays: the pip installs and the pytest run."""
-    commands = [" ".join(ln.split()) for ln in CI.read_text().splitlines()]
-    picked = [c for c in commands if c.startswith(("python3 -m pip install", "python3 -m pytest"))]
+    """The README commands .ci/run replays: the virtual environment, the pip installs and the pytest run."""
+    starts = ("python3 -m venv", "python3 -m pip install", "python3 -m pytest")
+    picked = [c for c in _ci_commands() if c.startswith(starts)]
     assert picked, ".ci/run has no install or test command"
     return picked
 
 
+def doc(page: str) -> str:
+    """The text of the manual's page docs/<page>.md."""
+    return (DOCS / f"{page}.md").read_text()
+
+
+def _code(text: str) -> str:
+    """The fenced code blocks of a Markdown text, each line's whitespace normalised."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    return "\n".join(" ".join(ln.split()) for block in blocks for ln in block.splitlines())
+
+
 def _readme_code() -> str:
     assert README.exists(), "README.md is missing (pyproject's readme and the Dockerfile's COPY need it)"
-    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
-    return "\n".join(" ".join(ln.split()) for block in blocks for ln in block.splitlines())
+    return _code(README.read_text())
 
 
 def test_ci_runs_the_expected_commands() -> None:
     commands = _ci_install_and_test_commands()
+    venv = "python3 -m venv .venv && . .venv/bin/activate"
+    assert venv in commands
     assert "python3 -m pip install torch==2.13.0" in commands
     assert 'python3 -m pip install -e ".[dev]"' in commands
     assert any(c.startswith("python3 -m pytest -q") for c in commands)
+
+
+def test_ci_runs_everything_after_the_install_inside_the_virtual_environment() -> None:
+    """pip, pytest, attnbench and the Docker check come after the activation, and nothing deactivates it."""
+    lines = _ci_commands()
+    activated = lines.index("python3 -m venv .venv && . .venv/bin/activate")
+    for start in ("python3 -m pip install", "python3 -m pytest", ".ci/gate", "benchmarks/docker_check.sh"):
+        found = [i for i, ln in enumerate(lines) if ln.startswith(start)]
+        assert found and min(found) > activated, f".ci/run runs {start!r} before activating .venv"
+    assert not any("deactivate" in ln for ln in lines if not ln.startswith("#"))
 
 
 def test_dockerfile_pins_the_same_torch_as_ci() -> None:
@@ -76,9 +104,11 @@ def test_readme_shows_the_commands_ci_runs() -> None:
     assert not missing, f"README.md's code blocks lack: {missing}"
 
 
-def test_readme_pins_the_same_torch_as_the_dockerfile() -> None:
-    pins = {m.group(1) for m in TORCH_PIN.finditer(_readme_code())}
-    assert pins == {_docker_torch_version()}
+def test_readme_and_the_manual_pin_the_same_torch_as_the_dockerfile() -> None:
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        pins = {m.group(1) for m in TORCH_PIN.finditer(_code(page.read_text()))}
+        assert pins <= {_docker_torch_version()}, f"{page.name}: {pins}"
+    assert {m.group(1) for m in TORCH_PIN.finditer(_readme_code())} == {_docker_torch_version()}
 
 
 def test_dockerfile_installs_the_project_from_the_repo() -> None:
@@ -133,9 +163,9 @@ def test_dockerfile_states_no_healthcheck_and_help_by_default() -> None:
 
 
 def test_dockerfile_pip_configuration_comes_in_as_build_secrets() -> None:
-    """Behind a proxy or a mirror, pip's set-up is mounted for the install step only (README: Docker)."""
+    """Behind a proxy or a mirror, pip's set-up is mounted for the install step only (docs/docker.md)."""
     install = next(rest for op, rest in _dockerfile_instructions() if op == "RUN" and "pip install ." in rest)
     assert "--mount=type=secret,id=pip.conf" in install and "--mount=type=secret,id=pip-ca" in install
     assert "PIP_CONFIG_FILE=/run/secrets/pip.conf" in install and "PIP_CERT=/run/secrets/pip-ca" in install
-    readme = README.read_text()
-    assert "--secret id=pip.conf," in readme and "--secret id=pip-ca," in readme
+    page = doc("docker")
+    assert "--secret id=pip.conf," in page and "--secret id=pip-ca," in page

@@ -1,7 +1,7 @@
-"""The README's recipes for running across machines: the GitHub Actions matrix and the Slurm array job.
+"""docs/across-machines.md's recipes for running across machines: the GitHub Actions matrix and the Slurm array job.
 
 Neither GitHub nor Slurm runs here. The tests check what can be checked on one machine: the workflow parses, is
-manual only, and its shard count matches its matrix; the README shows the workflow file and the Slurm script
+manual only, and its shard count matches its matrix; the docs page shows the workflow file and the Slurm script
 as they are; and every attnbench command they contain parses with the real CLI and, replayed here (counting
 only), produces shards that merge into the whole sweep.
 """
@@ -23,20 +23,21 @@ import pytest
 import yaml
 
 import attnbench
-from attnbench import results as R
+from attnbench import store
 from tests.conftest import parse_cli, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-README = (ROOT / "README.md").read_text()
+#: The manual's page that shows the recipes.
+RECIPES = (ROOT / "docs" / "across-machines.md").read_text()
 WORKFLOW = ROOT / ".github" / "workflows" / "sweep.yml"
 #: What `compare --all` plans by default: every module at 14, 28 and 56.
 ALL_GEOMETRIES = {(m, r) for m in attnbench.list_modules() for r in (14, 28, 56)}
 
 
-def readme_block(marker: str) -> str:
-    """The fenced code block between <!-- marker:start --> and <!-- marker:end --> in the README."""
-    found = re.search(rf"<!-- {marker}:start -->\n```\w+\n(.*?)```\n<!-- {marker}:end -->", README, flags=re.S)
-    assert found, f"README lacks the {marker} block"
+def doc_block(marker: str) -> str:
+    """The fenced code block between <!-- marker:start --> and <!-- marker:end --> in docs/across-machines.md."""
+    found = re.search(rf"<!-- {marker}:start -->\n```\w+\n(.*?)```\n<!-- {marker}:end -->", RECIPES, flags=re.S)
+    assert found, f"docs/across-machines.md lacks the {marker} block"
     return found.group(1)
 
 
@@ -52,8 +53,8 @@ def _run_command(job: dict) -> str:
     return command
 
 
-def test_readme_shows_the_workflow_file_as_it_is() -> None:
-    assert readme_block("sweep-workflow") == WORKFLOW.read_text()
+def test_docs_show_the_workflow_file_as_it_is() -> None:
+    assert doc_block("sweep-workflow") == WORKFLOW.read_text()
 
 
 def test_workflow_runs_by_hand_only_and_its_shards_match_its_matrix() -> None:
@@ -101,7 +102,7 @@ def test_workflow_commands_parse_and_their_shards_merge_into_the_sweep(
     argv = shlex.split(command)
     code, _, err = run_cli(capsys, *argv[1:])
     assert code == 0, err
-    rows = R.load("report.csv").results
+    rows = store.load("report.csv").results
     for runner in runners:
         assert {(r.module, r.height) for r in rows if r.machine == runner} == ALL_GEOMETRIES
     assert len(rows) == 2 * len(ALL_GEOMETRIES)
@@ -134,7 +135,7 @@ def test_slurm_script_runs_one_shard_per_task_and_the_merge_gives_the_sweep(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     script = tmp_path / "sweep.sbatch"
-    script.write_text(readme_block("slurm-script"))
+    script.write_text(doc_block("slurm-script"))
     subprocess.run(["bash", "-n", str(script)], check=True)
     array = re.search(r"#SBATCH --array=0-(\d+)", script.read_text())
     assert array, "the array must start at 0: task i runs shard i+1"
@@ -166,12 +167,12 @@ def test_slurm_script_runs_one_shard_per_task_and_the_merge_gives_the_sweep(
     for argv in plain:  # what each task would have measured, counted only
         code, _, err = run_cli(capsys, *argv[1:], "--metrics", "params")
         assert code == 0, err
-    submit = readme_block("slurm-submit").splitlines()
+    submit = doc_block("slurm-submit").splitlines()
     assert submit[0] == "job=$(sbatch --parsable sweep.sbatch)"
     wrapped = shlex.split(submit[1])[-1].replace("$job", "77")
     code, _, err = run_cli(capsys, *shlex.split(wrapped)[1:])
     assert code == 0, err
-    rows = R.load(tmp_path / "sweep-77" / "report.csv").results
+    rows = store.load(tmp_path / "sweep-77" / "report.csv").results
     assert sorted((r.module, r.height) for r in rows) == sorted(ALL_GEOMETRIES)
 
 
@@ -179,6 +180,6 @@ def test_slurm_script_passes_shellcheck(tmp_path: Path) -> None:
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck not installed")
     script = tmp_path / "sweep.sbatch"
-    script.write_text(readme_block("slurm-script"))
+    script.write_text(doc_block("slurm-script"))
     done = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

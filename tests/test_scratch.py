@@ -4,22 +4,48 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from attnbench import scratch
+from attnbench import scratch, store
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_removed_when_the_block_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def tmpdir_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """TMPDIR pointed at a fresh directory, re-read by tempfile."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(scratch.tempfile, "tempdir", None)  # re-read TMPDIR
+    return tmp_path
+
+
+def test_removed_when_the_block_raises(tmpdir_here: Path) -> None:
     with pytest.raises(KeyboardInterrupt), scratch.scratch_dir("ab-") as path:
         (Path(path) / "model.onnx").write_bytes(b"x")
         raise KeyboardInterrupt
-    assert list(tmp_path.iterdir()) == [] and path not in scratch._LIVE
+    assert list(tmpdir_here.iterdir()) == [] and path not in scratch._LIVE
+
+
+def test_removed_when_the_block_ends(tmpdir_here: Path) -> None:
+    with scratch.scratch_dir("ab-") as path:
+        assert Path(path).parent == tmpdir_here and Path(path).name.startswith("ab-")
+        assert path in scratch._LIVE
+        (Path(path) / "nested").mkdir()
+    assert list(tmpdir_here.iterdir()) == [] and path not in scratch._LIVE
+
+
+def test_make_records_until_remove(tmpdir_here: Path) -> None:
+    path = scratch.make("ab-")
+    assert Path(path).is_dir() and path in scratch._LIVE
+    scratch.remove(path)
+    assert not Path(path).exists() and path not in scratch._LIVE
+    scratch.remove(path)  # twice is harmless
 
 
 def test_a_removal_cut_short_is_finished_at_exit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,8 +74,50 @@ def test_a_signal_waits_until_the_directory_is_recorded(other_threads: bool) -> 
             time.sleep(0.05)  # time for the kernel to deliver it, to whichever thread it picks
             held = list(seen)
         assert held == [] and seen == [True]  # delivered once the block was over, not inside it
+        assert signal.getsignal(signal.SIGTERM) is handler  # and the handler is back
     finally:
         signal.signal(signal.SIGTERM, previous)
         stop.set()
         for thread in busy:
             thread.join()
+
+
+def test_signals_are_not_held_outside_the_main_thread() -> None:
+    handlers: list[object] = []
+
+    def worker() -> None:
+        with scratch._signals_held():  # signal.signal() would raise here: nothing is touched
+            handlers.append(signal.getsignal(signal.SIGTERM))
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert handlers == [before]
+
+
+@pytest.mark.slow
+@pytest.mark.onnx
+def test_sigterm_during_an_onnx_export_removes_its_temporary_directory(tmp_path: Path) -> None:
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    out = tmp_path / "r.csv"
+    argv = "profile lka --dim 16 --res 8 --backend cpu --backend ort --min-run-time 0.05 --quiet -o".split()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "attnbench.cli", *argv, str(out)],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch_root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(scratch_root.glob("attnbench-onnx-*")):  # the cpu row is done, the ORT export under way
+        assert proc.poll() is None and time.monotonic() < deadline, "the export never started"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "terminated (SIGTERM): 1 completed row(s) kept" in err
+    assert list(scratch_root.glob("attnbench-onnx-*")) == []
+    assert [r.backend for r in store.load(out).results] == ["cpu"]
+    assert not list(tmp_path.glob(".*.lock"))

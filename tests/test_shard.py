@@ -18,7 +18,6 @@ from attnbench.errors import UsageError
 from attnbench.results import Case
 from attnbench.sweep import Sweep
 from attnbench.zoo import build, registry
-from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The default `compare --all` plan: the sweep a CI matrix splits.
@@ -113,24 +112,26 @@ def test_estimated_macs_counts_on_meta_without_a_formula(monkeypatch: pytest.Mon
     assert shard.estimated_macs(case) == 1 * 16**2 * 8 * 8  # the documented proxy: one 1x1 convolution
 
 
-def test_empty_shard_says_so_and_writes_empty_reports(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "s.csv"
-    argv = [*"profile lka --dim 16 --res 8 --metrics params,macs --shard 2/2 --quiet -o".split(), str(out)]
-    code, _stdout, err = run_cli(capsys, *argv)
-    assert code == 0, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[0] == (
-        "attnbench: shard 2/2 has no cases: the sweep has 1 geometry, fewer than 2 shards; wrote empty reports"
-    )
-    from attnbench import results as R
-
-    loaded = R.load(out)
-    assert loaded.results == [] and loaded.env["shard"] == "2/2"
+def test_select_is_one_part_of_the_partition() -> None:
+    plan = COMPARE.cases()
+    assert shard.select(plan, (2, 3)) == shard.partition(plan, 3)[1]
+    assert shard.select(plan, (1, 1)) == plan
+    assert shard.select(plan[:2], (2, 2)) == []  # one geometry, two shards: the second is empty
+    with pytest.raises(UsageError, match="--shard '3/2': expected K/N"):
+        shard.select(plan, (3, 2))
 
 
-def test_a_shard_of_only_invalid_cases_is_not_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # clo at 14x14 is refused by its window rule, 16x16 runs: two geometries, one per shard.
-    base = "profile clo --dim 32 --res 14 --res 16 --metrics params,macs --quiet".split()
-    results = [run_cli(capsys, *base, "--shard", f"{k}/2") for k in (1, 2)]
-    assert sorted(code for code, _, _ in results) == [0, 0], results
-    assert sum("invalid" in out for _, out, _ in results) == 1
+def test_a_refused_geometry_costs_almost_nothing() -> None:
+    assert shard.group_cost([Case("clo", 32, 14, 14)] * 2) == 2 * shard.INVALID_CASE_COST
+    lka = Case("lka", 16, 8, 8)
+    assert shard.group_cost([lka], overhead_macs=0) == shard.estimated_macs(lka)
+    assert shard.group_cost([lka, lka]) == 2 * (shard.estimated_macs(lka) + shard.CASE_OVERHEAD_MACS)
+
+
+def test_cases_of_one_geometry_in_several_scenarios_stay_together() -> None:
+    sweep = Sweep(("lka", "mhsa"), (16,), ((8, 8), (16, 16)), scenarios={"dtype": ("float32", "bfloat16")})
+    parts = [dataclasses.replace(sweep, shard=(k, 4)).cases() for k in (1, 2, 3, 4)]
+    assert [len(part) for part in parts] == [2, 2, 2, 2]  # four geometries, each with its two dtypes
+    for part in parts:
+        assert len({shard.geometry(c) for c in part}) == 1
+        assert {c.scenario.dtype for c in part} == {"float32", "bfloat16"}

@@ -10,9 +10,12 @@ A step is what one timed call does:
 Peak memory of a train step is read with the grads already None, so it counts everything the step allocates
 above weights and input: the output, saved activations, temporaries, and the input and weight gradients.
 
-torch.compile (inductor) compiles on the first call: `compile_s` is the wall time of that first call (the
-forward, and in train mode the backward too, compiled and run once), kept apart from the timing. Dynamo's
-caches are reset first, so every case compiles from scratch whatever ran before it (torch's on-disk inductor
+Autocast (`scenario.autocast`): the float32 module runs every step, and the parity runs, under
+torch.autocast(device, dtype), as timm's benchmark runs `--amp`; `--dtype` instead converts the whole module.
+
+torch.compile (inductor, in `scenario.compile_mode`) compiles on the first call: `compile_s` is the wall time of
+that first call (the forward, and in train mode the backward too, compiled and run once), kept apart from the timing.
+Dynamo's caches are reset first, so every case compiles from scratch whatever ran before it (torch's on-disk inductor
 cache is left as it is, as a user's process would find it). The compiled module is then compared with eager
 in the same dtype on the same input (the output, and in train mode the input and weight gradients too), both
 against the same step in float64: compiled must be about as close to it as eager is.
@@ -34,13 +37,15 @@ from torch import nn
 from attnbench.backends.base import (
     STATUS_COMPILE_FAILED,
     STATUS_PARITY_FAILED,
+    TORCH_DTYPES,
+    Backend,
     CaseFailed,
     Prepared,
-    Scenario,
     make_input,
     torch_dtype,
 )
 from attnbench.capture import captured
+from attnbench.results import DTYPES, MODES, Scenario
 from attnbench.timing import Sync
 
 #: Compiled vs eager, same dtype, both against float64 on the same weights and input: for each compared tensor,
@@ -49,7 +54,7 @@ from attnbench.timing import Sync
 #: kernels, so it may round differently from eager by a few units in the last place of the dtype (measured on
 #: the zoo: results/compile_parity.md).
 COMPILE_PARITY_RTOL = {"float32": 1e-4, "bfloat16": 5e-2, "float16": 1e-2}
-#: What the timing note of a train row says (in every row's extra and the README).
+#: What the timing note of a train row says (in every row's extra and docs/scenarios.md).
 TRAIN_STEP = "zero_grad(set_to_none=True), out = forward, out.sum().backward(); zero_grad inside the timed step"
 INFER_STEP = "forward under torch.inference_mode(), eval mode"
 DYNAMO_HINT = "Set TORCHDYNAMO_VERBOSE=1"
@@ -69,7 +74,7 @@ def short_error(exc: BaseException, limit: int = 400) -> str:
 
 
 def _graph_stats() -> dict[str, int]:
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters  # a second to import: only compiled cases pay it
 
     return {
         "graph_breaks": int(sum(counters["graph_break"].values())),
@@ -77,18 +82,36 @@ def _graph_stats() -> dict[str, int]:
     }
 
 
+class TorchBackend(Backend):
+    """What the PyTorch backends (cpu, cuda) share: every mode and dtype, torch.compile in any of its modes,
+    channels_last and autocast; ONNX Runtime's settings do not concern them."""
+
+    dtypes = DTYPES
+    modes = MODES
+    compiles = True
+    channels_last = True
+    autocasts = True
+    ignores = ("ort_opt_level",)
+    parity = "compiled"
+
+    def refusal(self, scenario: Scenario) -> str | None:
+        """As Backend.refusal, and autocast only on a float32 module (`--dtype` converts the whole module)."""
+        if scenario.autocast != "off" and scenario.dtype != "float32":
+            return f"autocast runs a float32 module in mixed precision; --dtype {scenario.dtype} already converts it"
+        return super().refusal(scenario)
+
+
 class TorchPrepared(Prepared):
     """A module set up for one scenario on one device: dtype, memory format, mode, optionally compiled."""
 
     device: torch.device
 
-    def _setup(
-        self, module: nn.Module, input_shape: Sequence[int], dtype: str, seed: int, scenario: Scenario | None
-    ) -> None:
+    def _setup(self, module: nn.Module, input_shape: Sequence[int], seed: int, scenario: Scenario) -> None:
         """Copy and convert the module, draw the input, compile if asked (subclasses set threads first)."""
-        self.scenario = scenario or Scenario()
+        self.scenario = scenario
+        self.dtype = scenario.dtype
         self.train = self.scenario.mode == "train"
-        tdtype = torch_dtype(dtype, type(module).__name__)
+        tdtype = torch_dtype(scenario.dtype, type(module).__name__)
         fmt = torch.channels_last if self.scenario.channels_last else torch.contiguous_format
         self._original = module
         self._was_training = module.training
@@ -108,6 +131,8 @@ class TorchPrepared(Prepared):
             step=TRAIN_STEP if self.train else INFER_STEP,
             memory_format="channels_last" if self.scenario.channels_last else "contiguous",
         )
+        if self.scenario.autocast != "off":
+            self.extra["autocast"] = f"torch.autocast({self.device.type!r}, dtype=torch.{self.scenario.autocast})"
         if self.scenario.compile:
             self._compile()
 
@@ -125,18 +150,27 @@ class TorchPrepared(Prepared):
         # functools.partial keeps the per-call Python overhead of a forward to the module call itself.
         return self._train_step if self.train else functools.partial(self.module, self.x)
 
-    def _timing_context(self) -> Any:
-        return torch.enable_grad() if self.train else torch.inference_mode()
+    def _autocast(self, on: bool = True) -> Any:
+        """torch.autocast for the scenario's mixed precision, or (off, or none asked) a context that does nothing."""
+        if not on or self.scenario.autocast == "off":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=TORCH_DTYPES[self.scenario.autocast])
+
+    def timing_context(self) -> Any:
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.enable_grad() if self.train else torch.inference_mode())
+        stack.enter_context(self._autocast())
+        return stack
 
     def _sync(self) -> Sync | None:
         return None
 
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         return self._step(), self._sync()
 
     def run_once(self) -> Any:
         """One step (forward, or forward + backward in train mode), synchronised."""
-        with self._timing_context():
+        with self.timing_context():
             out = self._step()()
         sync = self._sync()
         if sync is not None:
@@ -149,7 +183,7 @@ class TorchPrepared(Prepared):
 
     def _profiled_step(self, peak: Callable[[Callable[[], Any]], Any]) -> Any:
         """Run `peak` over one warmed-up step, with the grads already None (so the step allocates them)."""
-        with self._timing_context():
+        with self.timing_context():
             self._step()()  # warm: lazy state (workspaces, compiled code) exists before the measured step
             if self.train:
                 self._clear_grads()
@@ -159,14 +193,14 @@ class TorchPrepared(Prepared):
 
     def _compile(self) -> None:
         """torch.compile the module, time its first (compiling) call, and check it against eager."""
-        import torch._dynamo
+        import torch._dynamo  # a second to import: only compiled cases pay it
 
         torch._dynamo.reset()
         before = _graph_stats()
         t0 = time.perf_counter()
         try:
             with captured() as out:
-                self.module = torch.compile(self.eager)
+                self.module = torch.compile(self.eager, mode=self.scenario.compile_mode)
                 self.run_once()
         except Exception as exc:
             raise CaseFailed(STATUS_COMPILE_FAILED, short_error(exc), extra=dict(self.extra)) from None
@@ -174,6 +208,7 @@ class TorchPrepared(Prepared):
         after = _graph_stats()
         self.extra.update(
             compile_backend="inductor",
+            compile_mode=self.scenario.compile_mode,
             compile_graphs=after["graphs"] - before["graphs"],
             compile_graph_breaks=after["graph_breaks"] - before["graph_breaks"],
             compile_s_includes="the first call: compilation plus one run",
@@ -183,19 +218,25 @@ class TorchPrepared(Prepared):
         self._check_compile_parity()
 
     def _outputs(
-        self, module: nn.Module, seed: int, x: torch.Tensor | None = None, params: nn.Module | None = None
+        self,
+        module: nn.Module,
+        seed: int,
+        x: torch.Tensor | None = None,
+        params: nn.Module | None = None,
+        mixed: bool = True,
     ) -> dict[str, torch.Tensor]:
         """What parity compares: the output, and in train mode the input and parameter gradients."""
         x = self.x if x is None else x
         params = self.eager if params is None else params
         torch.manual_seed(seed)
         if not self.train:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._autocast(mixed):
                 return {"output": module(x).detach().clone()}
         params.zero_grad(set_to_none=True)
         x.grad = None
         with torch.enable_grad():
-            out = module(x)
+            with self._autocast(mixed):
+                out = module(x)
             out.sum().backward()
         tensors = {"output": out.detach().clone()}
         if x.grad is not None:
@@ -211,7 +252,7 @@ class TorchPrepared(Prepared):
         """The same step in float64 from the same (rounded) weights and input: what eager and compiled approximate."""
         module = copy.deepcopy(self.eager).to(torch.float64)
         x = self.x.detach().to(torch.float64).requires_grad_(self.train)
-        return self._outputs(module, 0, x, module)
+        return self._outputs(module, 0, x, module, mixed=False)
 
     def _check_compile_parity(self) -> None:
         """Compiled must be no further from the float64 result than eager is, give or take RTOL x the scale.
@@ -227,7 +268,8 @@ class TorchPrepared(Prepared):
             self.extra["compile_parity"] = "not checked: the module is random in train mode (e.g. dropout)"
             return
         compiled, exact = self._outputs(self.module, 0), self._exact()
-        rtol = COMPILE_PARITY_RTOL[self.dtype]
+        # Under autocast the arithmetic is the autocast dtype's: so is the tolerance.
+        rtol = COMPILE_PARITY_RTOL[self.dtype if self.scenario.autocast == "off" else self.scenario.autocast]
         scales = _group_scales(exact)
         worst = {"name": "", "excess": -math.inf, "compiled": 0.0, "eager": 0.0}
         diff_max = 0.0

@@ -1,10 +1,17 @@
-"""The backend interface: a Backend prepares a module for one input shape; Prepared runs and times it."""
+"""The backend interface: a Backend knows its facts and prepares a module for one case; Prepared runs and times it.
+
+Everything the rest of attnbench needs to know about a backend is a fact of the Backend (its device, which
+scenarios it runs and why not, which scenario fields it ignores, its free memory for the guard, whether the
+allocator states and instruction counts apply, the name of its parity check, its plot marker), so no code
+outside backends/ asks for a backend by name. A new backend is a subclass registered in attnbench.backends (or
+through the `attnbench.backends` entry point group, value "module:Class").
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -12,45 +19,33 @@ from torch import nn
 
 from attnbench.errors import InvalidCaseError
 from attnbench.memory import PeakMemory
-from attnbench.timing import (
-    DEFAULT_MAX_RUN_TIME,
-    DEFAULT_MIN_RUN_TIME,
-    DEFAULT_PRECISION,
-    WARMUP_MIN_CALLS,
-    WARMUP_MIN_S,
-    Clock,
-    Sync,
-    TimingStats,
-    time_callable,
+from attnbench.results import (
+    COMPILE_FAILED,
+    DTYPES,
+    EXPORT_FAILED,
+    OK,
+    OOM,
+    PARITY_FAILED,
+    SCENARIO_DEFAULTS,
+    SESSION_FAILED,
+    SKIPPED,
+    Case,
+    Scenario,
 )
+from attnbench.timing import Clock, Sync, TimingBudget, TimingStats, time_callable
 
-#: Result status codes other than "ok"; each comes with a one-line reason.
-STATUS_OK = "ok"
-STATUS_OOM = "oom"
-#: A combination the backend cannot run (a dtype, training, torch.compile, channels_last), with the reason.
-STATUS_SKIPPED = "skipped"
-STATUS_EXPORT_FAILED = "export_failed"
-STATUS_SESSION_FAILED = "session_failed"
-STATUS_PARITY_FAILED = "parity_failed"
-STATUS_COMPILE_FAILED = "compile_failed"
+# Statuses a backend reports, under the names its code has always used (the vocabulary is attnbench.results).
+STATUS_OK, STATUS_OOM, STATUS_SKIPPED = OK, OOM, SKIPPED
+STATUS_EXPORT_FAILED, STATUS_SESSION_FAILED = EXPORT_FAILED, SESSION_FAILED
+STATUS_PARITY_FAILED, STATUS_COMPILE_FAILED = PARITY_FAILED, COMPILE_FAILED
 
-#: The modes a case runs in: "infer" (eval, no grad) and "train" (train mode, forward + backward of output.sum()).
-MODES = ("infer", "train")
-
-DTYPES: dict[str, torch.dtype] = {
+TORCH_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
 }
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """How the module runs beyond dtype and threads: mode, memory format, and whether it is compiled."""
-
-    mode: str = "infer"
-    channels_last: bool = False
-    compile: bool = False
+#: The one free-memory reading of the host (MemAvailable), for backends that allocate in RAM.
+MEMINFO = "/proc/meminfo"
 
 
 class CaseFailed(Exception):
@@ -67,7 +62,7 @@ class CaseFailed(Exception):
 def torch_dtype(dtype: str, module_name: str = "measure") -> torch.dtype:
     """The torch dtype for a dtype name; unknown names raise InvalidCaseError listing the valid ones."""
     try:
-        return DTYPES[dtype]
+        return TORCH_DTYPES[dtype]
     except KeyError:
         raise InvalidCaseError(module_name, "dtype", f"must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
 
@@ -84,6 +79,18 @@ def make_input(
     return x.to(device=device, dtype=dtype)
 
 
+def host_available_bytes() -> int | None:
+    """Free RAM the next case can use (MemAvailable), None where the kernel does not say."""
+    try:
+        with open(MEMINFO, encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class Prepared(ABC):
     """A module made ready for one backend and input shape: run it, time it, read its peak memory."""
 
@@ -94,50 +101,35 @@ class Prepared(ABC):
     def __init__(self) -> None:
         #: Which ONNX exporter produced the graph ("dynamo" or "legacy"); None for eager backends.
         self.exporter: str | None = None
-        #: Largest |backend - PyTorch| over the checked shapes (ORT); None when not checked.
+        #: Largest |backend - PyTorch| over the checked shapes (ORT, torch.compile); None when not checked.
         self.parity_max_abs: float | None = None
         self.parity_checked_shapes: tuple[tuple[int, ...], ...] = ()
         #: Backend-specific facts for the record (threads actually set, providers, exporter notes, ...).
         self.extra: dict[str, Any] = {}
+        #: torch.compile: wall time of the first (compiling) call, apart from the timing; None when not compiled.
+        self.compile_s: float | None = None
 
     @abstractmethod
     def run_once(self) -> Any:
         """One forward on the prepared input (outside any timing)."""
 
     @abstractmethod
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         """The zero-argument callable to time, with its sync hook (None on the host)."""
 
-    def _timing_context(self) -> Any:
+    def timing_context(self) -> Any:
         """Context the timed calls run in (inference_mode for PyTorch backends)."""
         return torch.inference_mode()
 
-    def time(
-        self,
-        min_run_time: float = DEFAULT_MIN_RUN_TIME,
-        warmup_s: float = WARMUP_MIN_S,
-        warmup_calls: int = WARMUP_MIN_CALLS,
-        clock: Clock | None = None,
-        precision: float | None = DEFAULT_PRECISION,
-        max_run_time: float = DEFAULT_MAX_RUN_TIME,
-    ) -> TimingStats:
-        """Latency of one forward with the shared protocol (warm-up, then blocks until the median is known)."""
-        fn, sync = self._timed_callable()
-        with self._timing_context():
-            return time_callable(
-                fn,
-                min_run_time=min_run_time,
-                warmup_s=warmup_s,
-                warmup_calls=warmup_calls,
-                clock=clock,
-                sync=sync,
-                precision=precision,
-                max_run_time=max_run_time,
-            )
+    def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
+        """Latency of one step with the shared protocol (warm-up, then blocks until the median is known)."""
+        fn, sync = self.timed_callable()
+        with self.timing_context():
+            return time_callable(fn, budget, clock=clock, sync=sync)
 
     @abstractmethod
     def peak_memory(self) -> PeakMemory:
-        """Peak bytes allocated during one warmed-up forward, with what the number counts."""
+        """Peak bytes allocated during one warmed-up step, with what the number counts."""
 
     def close(self) -> None:
         """Undo process-wide settings (threads, cudnn flags) and free resources."""
@@ -151,29 +143,55 @@ class Prepared(ABC):
 
 
 class Backend(ABC):
-    """One way to run a module (PyTorch CPU, PyTorch CUDA, ONNX Runtime); registered by name."""
+    """One way to run a module (PyTorch CPU, PyTorch CUDA, ONNX Runtime) and every fact the rest of attnbench needs."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: The hardware it computes on ("cpu" or "cuda"): whose roof its rows sit under.
+    device: ClassVar[str] = "cpu"
     #: dtypes this backend runs; others give a "skipped" result with the reason.
-    dtypes: ClassVar[tuple[str, ...]] = tuple(DTYPES)
+    dtypes: ClassVar[tuple[str, ...]] = DTYPES
     #: Modes, and whether torch.compile and channels_last apply; a backend opts in to each.
     modes: ClassVar[tuple[str, ...]] = ("infer",)
     compiles: ClassVar[bool] = False
     channels_last: ClassVar[bool] = False
-    #: One line per refusal, saying why this backend cannot run it.
+    #: What the memory guard calls the memory free_memory() reads.
+    memory_name: ClassVar[str] = "RAM"
+    #: Whether torch.autocast applies (a PyTorch backend).
+    autocasts: ClassVar[bool] = False
+    #: One line per refusal, saying why this backend cannot run it ("train", "compile", ...).
     why_not: ClassVar[dict[str, str]] = {}
+    #: Scenario fields that do not concern this backend: its cases take their defaults (no duplicate rows).
+    ignores: ClassVar[tuple[str, ...]] = ()
+    #: Whether glibc's allocator states apply: a PyTorch process on the host allocates through it per call.
+    allocator_states: ClassVar[bool] = False
+    #: What the row's parity figure compares ("" when the backend checks none); the report names its column so.
+    parity: ClassVar[str] = ""
+    #: Marker of its points in plots.
+    marker: ClassVar[str] = "x"
 
-    def refusal(self, dtype: str, scenario: Scenario) -> str | None:
-        """Why this backend cannot run `dtype` in `scenario` (None when it can)."""
-        if dtype not in self.dtypes:
-            return f"backend {self.name!r} runs {', '.join(self.dtypes)}, not {dtype}"
+    def settle(self, scenario: Scenario) -> Scenario:
+        """The scenario as this backend runs it: fields it ignores at their defaults, idle dependants too."""
+        idle = {name: SCENARIO_DEFAULTS[name] for name in self.ignores}
+        return dataclasses.replace(scenario, **idle).settled() if idle else scenario.settled()
+
+    def refusal(self, scenario: Scenario) -> str | None:
+        """Why this backend cannot run `scenario` (None when it can); the case becomes a skipped row."""
+        if scenario.dtype not in self.dtypes:
+            return f"backend {self.name!r} runs {', '.join(self.dtypes)}, not {scenario.dtype}"
         if scenario.mode not in self.modes:
             return self.why_not.get("train", f"backend {self.name!r} runs {', '.join(self.modes)} only")
         if scenario.compile and not self.compiles:
             return self.why_not.get("compile", f"backend {self.name!r} does not run torch.compile")
         if scenario.channels_last and not self.channels_last:
             return self.why_not.get("channels_last", f"backend {self.name!r} has no channels_last memory format")
+        if scenario.autocast != "off" and not self.autocasts:
+            return self.why_not.get("autocast", f"backend {self.name!r} does not run torch.autocast")
+        if scenario.allocator != SCENARIO_DEFAULTS["allocator"] and not self.allocator_states:
+            return (
+                f"the allocator state is a glibc setting of the PyTorch CPU process; {self.name} does not allocate "
+                "through it per call"
+            )
         return None
 
     @abstractmethod
@@ -181,17 +199,29 @@ class Backend(ABC):
         """(True, what will run) or (False, why not) on this machine."""
 
     @abstractmethod
-    def prepare(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str = "float32",
-        threads: int = 1,
-        seed: int = 0,
-        scenario: Scenario | None = None,
-    ) -> Prepared:
+    def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Make `module` ready to run on `input_shape` in `scenario`; a case it cannot run raises CaseFailed."""
+
+    def free_memory(self) -> int | None:
+        """Bytes the next case can allocate where this backend computes (None: unknown); the memory guard reads it."""
+        return host_available_bytes()
+
+    def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
+        """The case's estimated peak on this backend, from the eager PyTorch estimate at the case's batch."""
+        return eager_bytes
+
+    def counts_instructions(self, case: Case) -> bool:
+        """Whether the valgrind pass counts this case's instructions (PyTorch eager, float32, 1 thread, defaults)."""
+        return False
+
+    def is_oom(self, exc: BaseException) -> bool:
+        """True when `exc` is this backend's out-of-memory error."""
+        return False
 
     def cleanup_after_failure(self) -> None:
         """Release what a failed case may have left behind (CUDA: the caching allocator's blocks)."""
         return None
+
+    def facts(self) -> dict[str, Any]:
+        """What a report needs to know of this backend without it installed: recorded in the environment."""
+        return {"device": self.device, "marker": self.marker, "parity": self.parity, "ignores": list(self.ignores)}

@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from attnbench.backends._torch import TorchPrepared
-from attnbench.backends.base import DTYPES, MODES, Backend, Prepared, Scenario
+from attnbench.backends._torch import TorchBackend, TorchPrepared
+from attnbench.backends.base import Prepared
 from attnbench.memory import CPU_PEAK_METHOD, CPU_TRAIN_PEAK_METHOD, PeakMemory, cpu_peak_bytes
+from attnbench.results import Case, Scenario
 
 
 class CpuPrepared(TorchPrepared):
@@ -24,18 +25,9 @@ class CpuPrepared(TorchPrepared):
 
     backend = "cpu"
 
-    def __init__(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str,
-        threads: int,
-        seed: int,
-        scenario: Scenario | None = None,
-    ) -> None:
+    def __init__(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int) -> None:
         super().__init__()
-        self.dtype = dtype
-        self.threads = threads
+        threads = self.threads = scenario.threads
         self.device = torch.device("cpu")
         self._prev_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
@@ -44,10 +36,10 @@ class CpuPrepared(TorchPrepared):
             "torch_num_interop_threads": torch.get_num_interop_threads(),
             "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
             "mkl_num_threads_env": os.environ.get("MKL_NUM_THREADS"),
-            "grad_mode": "enable_grad" if scenario and scenario.mode == "train" else "inference_mode",
+            "grad_mode": "enable_grad" if scenario.mode == "train" else "inference_mode",
         }
         try:
-            self._setup(module, input_shape, dtype, seed, scenario)
+            self._setup(module, input_shape, seed, scenario)
         except BaseException:
             # A failed compile never reaches measure()'s `with prepared:`: restore threads and module here.
             self.close()
@@ -64,35 +56,33 @@ class CpuPrepared(TorchPrepared):
         self._restore_module()
 
 
-class CpuBackend(Backend):
+class CpuBackend(TorchBackend):
     """PyTorch on the host CPU."""
 
     name = "cpu"
     description = "PyTorch on the CPU (eager or torch.compile; inference or training; explicit intra-op threads)"
-    dtypes = tuple(DTYPES)
-    modes = MODES
-    compiles = True
-    channels_last = True
+    allocator_states = True
+    marker = "o"
 
     def available(self) -> tuple[bool, str]:
         """Always available."""
         return True, f"torch {torch.__version__} on the CPU"
 
-    def refusal(self, dtype: str, scenario: Scenario) -> str | None:
-        """As Backend.refusal, and torch.compile only where inductor can build its C++ kernels."""
-        return super().refusal(dtype, scenario) or (inductor_missing() if scenario.compile else None)
+    def refusal(self, scenario: Scenario) -> str | None:
+        """As TorchBackend.refusal, and torch.compile only where inductor can build its C++ kernels."""
+        return super().refusal(scenario) or (inductor_missing() if scenario.compile else None)
 
-    def prepare(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str = "float32",
-        threads: int = 1,
-        seed: int = 0,
-        scenario: Scenario | None = None,
-    ) -> Prepared:
+    def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Set threads, set up the module for the scenario (copying it if it must change), draw the input."""
-        return CpuPrepared(module, input_shape, dtype, threads, seed, scenario)
+        return CpuPrepared(module, input_shape, scenario, seed)
+
+    def counts_instructions(self, case: Case) -> bool:
+        """PyTorch eager, float32 inference at 1 thread, default memory format and allocator: what valgrind runs."""
+        return case.scenario == Scenario(layout=case.scenario.layout)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        """An allocation the host refused."""
+        return isinstance(exc, MemoryError | torch.OutOfMemoryError)
 
 
 def inductor_missing() -> str | None:

@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnbench.backends._torch import TorchPrepared
-from attnbench.backends.base import DTYPES, MODES, Backend, Prepared, Scenario
+from attnbench.backends._torch import TorchBackend, TorchPrepared
+from attnbench.backends.base import Prepared
 from attnbench.memory import CUDA_TRAIN_PEAK_METHOD, PeakMemory, cuda_peak
+from attnbench.results import Scenario
 from attnbench.timing import Sync
 
 
@@ -42,23 +43,22 @@ def _device_facts(device: torch.device) -> dict[str, Any]:
     return facts
 
 
+def gpu_free_bytes() -> int | None:
+    """Free memory of the current GPU (every process and allocator counted), None without one."""
+    if not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info()
+    return int(free)
+
+
 class CudaPrepared(TorchPrepared):
     """A copy of the module on the GPU for the scenario, with cudnn.benchmark on until close()."""
 
     backend = "cuda"
 
-    def __init__(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str,
-        threads: int,
-        seed: int,
-        scenario: Scenario | None = None,
-    ) -> None:
+    def __init__(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int) -> None:
         super().__init__()
-        self.dtype = dtype
-        self.threads = threads
+        threads = self.threads = scenario.threads
         self.device = torch.device("cuda", torch.cuda.current_device())
         self._prev_benchmark = torch.backends.cudnn.benchmark
         self._prev_threads = torch.get_num_threads()
@@ -69,12 +69,12 @@ class CudaPrepared(TorchPrepared):
         self.extra = {
             "cudnn_benchmark": True,
             "host_threads": threads,
-            "graph_mode": "torch.compile (inductor)" if scenario and scenario.compile else "eager",
+            "graph_mode": "torch.compile (inductor)" if scenario.compile else "eager",
             **_device_facts(self.device),
         }
         try:
             # Always a copy (see TorchPrepared._setup), so the caller's CPU float32 module stays where it was.
-            self._setup(module, input_shape, dtype, seed, scenario)
+            self._setup(module, input_shape, seed, scenario)
         except BaseException:
             # An OOM while copying or a failed compile: measure() never gets a Prepared to close.
             self.close()
@@ -98,15 +98,14 @@ class CudaPrepared(TorchPrepared):
         torch.cuda.empty_cache()
 
 
-class CudaBackend(Backend):
+class CudaBackend(TorchBackend):
     """PyTorch eager on the current CUDA device."""
 
     name = "cuda"
     description = "PyTorch on a CUDA GPU (cudnn.benchmark, synchronised timing, fp32/fp16/bf16, train, compile)"
-    dtypes = tuple(DTYPES)
-    modes = MODES
-    compiles = True
-    channels_last = True
+    device = "cuda"
+    memory_name = "GPU memory"
+    marker = "^"
 
     def available(self) -> tuple[bool, str]:
         """True with the GPU's name, or False with why there is no usable GPU."""
@@ -116,17 +115,17 @@ class CudaBackend(Backend):
             return False, f"no CUDA device visible (torch {torch.__version__}, CUDA {torch.version.cuda})"
         return True, torch.cuda.get_device_name(torch.cuda.current_device())
 
-    def prepare(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str = "float32",
-        threads: int = 1,
-        seed: int = 0,
-        scenario: Scenario | None = None,
-    ) -> Prepared:
+    def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Copy `module` to the GPU for the scenario; an OOM here comes back to measure() as status "oom"."""
-        return CudaPrepared(module, input_shape, dtype, threads, seed, scenario)
+        return CudaPrepared(module, input_shape, scenario, seed)
+
+    def free_memory(self) -> int | None:
+        """Free memory of the current GPU."""
+        return gpu_free_bytes()
+
+    def is_oom(self, exc: BaseException) -> bool:
+        """The caching allocator's out-of-memory error."""
+        return isinstance(exc, torch.OutOfMemoryError)
 
     def cleanup_after_failure(self) -> None:
         """Return cached blocks after an OOM so the next case starts from a clean allocator."""

@@ -15,12 +15,15 @@ input (max abs diff <= PARITY_ATOL, and <= PARITY_RTOL x max|output| for outputs
 axis came out symbolic (dim_param), a second batch size is run and compared too, because an exporter can
 silently bake a traced size into the graph.
 Session: intra_op_num_threads = threads (1 unless asked; ORT's default 0 takes every core),
-inter_op_num_threads = 1, ORT_ENABLE_ALL, ORT_SEQUENTIAL; warm-up >= ORT_WARMUP_MIN_CALLS runs, then the
-shared timing protocol. Failures are statuses with reasons (export_failed, session_failed, parity_failed).
+inter_op_num_threads = 1, the graph optimisation level of the scenario's ort_opt_level (ORT_ENABLE_ALL unless
+asked), ORT_SEQUENTIAL; warm-up >= ORT_WARMUP_MIN_CALLS runs, then the shared timing protocol. Failures are
+statuses with reasons (export_failed, session_failed, parity_failed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import re
 import time
@@ -39,29 +42,32 @@ from attnbench.backends.base import (
     Backend,
     CaseFailed,
     Prepared,
-    Scenario,
     make_input,
 )
+from attnbench.backends.cuda import gpu_free_bytes
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.capture import captured
 from attnbench.memory import PeakMemory
+from attnbench.results import Case, Scenario
 from attnbench.scratch import scratch_dir
-from attnbench.timing import (
-    DEFAULT_MAX_RUN_TIME,
-    DEFAULT_MIN_RUN_TIME,
-    DEFAULT_PRECISION,
-    WARMUP_MIN_CALLS,
-    WARMUP_MIN_S,
-    Clock,
-    Sync,
-    TimingStats,
-)
+from attnbench.timing import Clock, Sync, TimingBudget, TimingStats
 
 #: Largest |ORT - PyTorch| accepted; float32 graphs of these modules agree to ~1e-6.
 PARITY_ATOL = 1e-4
 #: ...and, for outputs smaller than 1, at most this fraction of the largest |output|: an absolute bound alone
 #: cannot fail for a module whose outputs are ~1e-5 (mhsa's upstream init), whatever ORT returns.
 PARITY_RTOL = 1e-4
+try:  # a dependency, but a machine may lack it: then available() says so rather than the import failing
+    import onnx
+    import onnxruntime as ort
+
+    MISSING: ImportError | None = None
+except ImportError as exc:  # pragma: no cover
+    MISSING = exc
+
+#: ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena: its
+#: peak is a multiple of the eager estimate at the measured batch.
+ORT_MEMORY_FACTOR = 2.0
 #: measurement.md: the first ORT run was 1.1-6.6x the steady state; onnxruntime_perf_test drops it too.
 ORT_WARMUP_MIN_CALLS = 10
 #: Weights above this go to an external data file (protobuf's limit is 2 GiB per file).
@@ -118,7 +124,7 @@ def _reuse_torchlib_registry() -> None:
         return
     _REGISTRY_CACHED = True
     try:
-        from torch.onnx._internal.exporter import _registration
+        from torch.onnx._internal.exporter import _registration  # a private API of torch's exporter, absent elsewhere
 
         original = _registration.ONNXRegistry.from_torchlib.__func__
         built: dict[Any, Any] = {}
@@ -155,40 +161,7 @@ def export_onnx(
     _reuse_torchlib_registry()
     errors: list[str] = []
     info: dict[str, Any] = {}
-    auto = torch.export.Dim.AUTO
-    dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
-    # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
-    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
-    attempts: list[tuple[str, Callable[[], Any]]] = [
-        (
-            "dynamo",
-            functools.partial(
-                torch.onnx.export,
-                module,
-                (example,),
-                str(path),
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=(dynamo_dims,) if dynamic else None,
-                external_data=weight_bytes > EXTERNAL_DATA_BYTES,
-                verbose=False,
-            ),
-        ),
-        (
-            "legacy",
-            functools.partial(
-                torch.onnx.export,
-                module,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
-            ),
-        ),
-    ][: 1 if spatial else 2]
+    attempts = _attempts(module, example, path, dynamic, spatial)
     for exporter, run in attempts:
         t0 = time.perf_counter()
         # The dynamo exporter prints progress lines and the legacy one a deprecation warning: keep them in
@@ -213,9 +186,31 @@ def export_onnx(
     raise CaseFailed(STATUS_EXPORT_FAILED, "; ".join(errors))
 
 
+def _attempts(
+    module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool, spatial: bool
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The exports to try, in order: dynamo (with Dim.AUTO for batch, H and W when `spatial`), then legacy."""
+    auto = torch.export.Dim.AUTO
+    dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
+    # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
+    weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    export = functools.partial(
+        torch.onnx.export, module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME]
+    )
+    dynamo = functools.partial(
+        export,
+        dynamo=True,
+        dynamic_shapes=(dynamo_dims,) if dynamic else None,
+        external_data=weight_bytes > EXTERNAL_DATA_BYTES,
+        verbose=False,
+    )
+    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    legacy = functools.partial(export, dynamo=False, dynamic_axes=axes)
+    return [("dynamo", dynamo), ("legacy", legacy)][: 1 if spatial else 2]
+
+
 def input_dims(path: Path) -> list[int | str]:
     """The graph input's dims: ints for fixed sizes (dim_value), names for symbolic ones (dim_param)."""
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -223,20 +218,27 @@ def input_dims(path: Path) -> list[int | str]:
 
 
 def _opset(path: Path) -> int | None:
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
-def session_options(threads: int) -> Any:
-    """SessionOptions with explicit threads, full graph optimisation, sequential execution, quiet logs."""
-    import onnxruntime as ort
+#: --ort-opt-level -> the name of ONNX Runtime's GraphOptimizationLevel.
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def session_options(threads: int, opt_level: str = "all") -> Any:
+    """SessionOptions: explicit threads, the graph optimisation level asked for, sequential execution, quiet logs."""
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     # Errors only: the session's warnings (e.g. unused initialisers) are not results.
     opts.log_severity_level = 3
@@ -249,21 +251,15 @@ class OrtPrepared(Prepared):
     backend = "ort"
 
     def __init__(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        threads: int,
-        seed: int,
-        provider: str,
-        backend_name: str,
+        self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int, backend: OrtCpuBackend
     ) -> None:
         super().__init__()
-        import onnxruntime as ort
 
-        self.backend = backend_name
-        self.threads = threads
+        self.backend = backend.name
+        threads = self.threads = scenario.threads
+        self.opt_level = scenario.ort_opt_level
         self.dtype = "float32"
-        self.provider = provider
+        provider = self.provider = backend.provider
         was_training = module.training
         module.eval()
         try:
@@ -278,7 +274,7 @@ class OrtPrepared(Prepared):
                 ort_provider=provider,
                 ort_intra_op_num_threads=threads,
                 ort_inter_op_num_threads=1,
-                ort_graph_optimization_level="ORT_ENABLE_ALL",
+                ort_graph_optimization_level=OPT_LEVELS[self.opt_level],
                 ort_execution_mode="ORT_SEQUENTIAL",
                 onnxruntime_version=ort.__version__,
             )
@@ -374,7 +370,6 @@ class OrtPrepared(Prepared):
 
     def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
         """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
-        import onnxruntime as ort
 
         exporter = exporter or self.exporter
         try:
@@ -385,7 +380,8 @@ class OrtPrepared(Prepared):
                     if self.provider == "CPUExecutionProvider"
                     else [self.provider, "CPUExecutionProvider"]
                 )
-                session = ort.InferenceSession(model, sess_options=session_options(self.threads), providers=providers)
+                options = session_options(self.threads, self.opt_level)
+                session = ort.InferenceSession(model, sess_options=options, providers=providers)
         except Exception as exc:
             raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=exporter) from None
         # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
@@ -486,26 +482,18 @@ class OrtPrepared(Prepared):
         """One session run on the prepared input."""
         return self._call()
 
-    def _timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
+    def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         return self._call, None
 
-    def _timing_context(self) -> Any:
-        import contextlib
+    def timing_context(self) -> Any:
 
         return contextlib.nullcontext()
 
-    def time(
-        self,
-        min_run_time: float = DEFAULT_MIN_RUN_TIME,
-        warmup_s: float = WARMUP_MIN_S,
-        warmup_calls: int = WARMUP_MIN_CALLS,
-        clock: Clock | None = None,
-        precision: float | None = DEFAULT_PRECISION,
-        max_run_time: float = DEFAULT_MAX_RUN_TIME,
-    ) -> TimingStats:
+    def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
         """The shared protocol with at least ORT_WARMUP_MIN_CALLS warm-up runs."""
-        warmup_calls = max(warmup_calls, ORT_WARMUP_MIN_CALLS)
-        return super().time(min_run_time, warmup_s, warmup_calls, clock, precision, max_run_time)
+        budget = budget or TimingBudget()
+        budget = dataclasses.replace(budget, warmup_calls=max(budget.warmup_calls, ORT_WARMUP_MIN_CALLS))
+        return super().time(budget, clock)
 
     def peak_memory(self) -> PeakMemory:
         """Not measured for ORT; the method string says why."""
@@ -521,7 +509,6 @@ class OrtCudaPrepared(OrtPrepared):
     """ORT on the CUDA execution provider, timed with IO binding (input and output stay on the GPU)."""
 
     def _bind(self, x: torch.Tensor) -> None:
-        import onnxruntime as ort
 
         # Inputs and outputs live on the device, so the timed call moves no data over PCIe.
         self._x_dev = ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", 0)
@@ -550,32 +537,32 @@ class OrtCpuBackend(Backend):
         "train": "ONNX Runtime runs inference here: no training (no backward graph is exported)",
         "compile": "ONNX Runtime runs the exported graph: torch.compile applies to the PyTorch backends",
         "channels_last": "ONNX Runtime chooses its own layouts: channels_last applies to the PyTorch backends",
+        "autocast": "ONNX Runtime runs the exported float32 graph: torch.autocast applies to the PyTorch backends",
     }
+    # ONNX Runtime compiles nothing: a torch.compile mode means nothing to it (compile itself is refused).
+    ignores = ("compile_mode",)
+    parity = "ORT"
+    marker = "s"
     provider = "CPUExecutionProvider"
     _prepared_cls: type[OrtPrepared] = OrtPrepared
 
     def available(self) -> tuple[bool, str]:
         """True when onnxruntime, onnx and the provider are importable/present."""
-        try:
-            import onnx
-            import onnxruntime as ort
-        except ImportError as exc:
-            return False, f"{exc.name or exc} is not installed (pip install onnx onnxruntime onnxscript)"
+        if MISSING is not None:
+            return False, f"{MISSING.name or MISSING} is not installed (pip install onnx onnxruntime onnxscript)"
         if self.provider not in ort.get_available_providers():
             return False, f"onnxruntime {ort.__version__} has no {self.provider} (has {ort.get_available_providers()})"
         return True, f"onnxruntime {ort.__version__} {self.provider}, onnx {onnx.__version__}"
 
-    def prepare(
-        self,
-        module: nn.Module,
-        input_shape: Sequence[int],
-        dtype: str = "float32",
-        threads: int = 1,
-        seed: int = 0,
-        scenario: Scenario | None = None,
-    ) -> Prepared:
+    def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
-        return self._prepared_cls(module, input_shape, threads, seed, self.provider, self.name)
+        return self._prepared_cls(module, input_shape, scenario, seed, self)
+
+    def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
+        """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""
+        if eager_bytes is None:
+            return None
+        return int(eager_bytes * ORT_MEMORY_FACTOR * max(1.0, 2 / case.batch))
 
 
 class OrtCudaBackend(OrtCpuBackend):
@@ -583,8 +570,16 @@ class OrtCudaBackend(OrtCpuBackend):
 
     name = "ort-cuda"
     description = "ONNX Runtime CUDAExecutionProvider with IO binding (untested without a GPU)"
+    device = "cuda"
+    memory_name = "GPU memory"
+    marker = "D"
     provider = "CUDAExecutionProvider"
     _prepared_cls = OrtCudaPrepared
+
+    def free_memory(self) -> int | None:
+        """Free memory of the GPU the session runs on (its arena allocates there, not in RAM)."""
+
+        return gpu_free_bytes()
 
     def available(self) -> tuple[bool, str]:
         """True only with a CUDA-enabled onnxruntime build and a visible GPU."""

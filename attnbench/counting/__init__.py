@@ -17,7 +17,6 @@ from torch import nn
 from attnbench.counting.base import (
     BACKWARD_SUFFIX,
     CONVENTION,
-    COUNTERS,
     CPU_FALLBACK_LIMIT_BYTES,
     CROSS_CHECK_TOLERANCE,
     DEFAULT_DEVICE,
@@ -29,8 +28,10 @@ from attnbench.counting.base import (
     short_reason,
     unavailable,
 )
+from attnbench.counting.dispatch import count_dispatch
 from attnbench.counting.params import ParamReport, count_params
 from attnbench.errors import InvalidCaseError
+from attnbench.settings import COUNTERS
 
 __all__ = [
     "BACKWARD_SUFFIX",
@@ -64,21 +65,21 @@ def breakdown_table(*args: Any, **kwargs: Any) -> Any:
 
 
 def _counter(name: str, mode: str) -> Callable[..., MacReport]:
+    """The counting function of counter `name`, with the call signature count_macs() uses."""
     # Imported on demand: fvcore and thop are slow to import and may be missing.
     if name == "attnbench":
-        from attnbench.counting.dispatch import count_dispatch
-
         return lambda module, shape, device, activation_bytes=None: count_dispatch(module, shape, device, mode=mode)
     if name == "fvcore":
-        from attnbench.counting.fvcore_adapter import count_fvcore
+        from attnbench.counting.fvcore_adapter import count_fvcore  # slow to import, maybe missing: only when asked for
 
         return count_fvcore
-    from attnbench.counting.thop_adapter import count_thop
+    from attnbench.counting.thop_adapter import count_thop  # slow to import, maybe missing: only when asked for
 
     return count_thop
 
 
 def _check_counter(counter: str) -> None:
+    """Refuse a counter name that is not in COUNTERS (ValueError naming the valid ones)."""
     if counter not in COUNTERS:
         raise ValueError(f"unknown counter {counter!r}: valid counters are {', '.join(COUNTERS)}")
 

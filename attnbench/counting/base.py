@@ -12,18 +12,18 @@ from typing import Literal
 import torch
 from torch import nn
 
+# The vocabulary is defined once: a count covers a mode of attnbench.results.MODES ("infer": one forward in eval
+# mode; "train": one step, forward + backward).
+from attnbench.results import MODES
+
 #: The units every counter in attnbench reports in; every report prints it in its header. Exact: FLOPs are
 #: counted, not derived (a lone elementwise product, such as a gate x * sigmoid(g), is one multiplication).
 CONVENTION = "one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product = 1 MAC = 1 FLOP"
 
-#: What a count covers: one forward in eval mode ("infer"), or one training step, forward + backward ("train").
-MODES: tuple[str, ...] = ("infer", "train")
 
 #: Appended to an operator's name when the backward pass ran it (by_op, uncounted), so phases stay apart.
 BACKWARD_SUFFIX = " (backward)"
 
-#: Counters count_macs() knows, in the order count_all() runs them.
-COUNTERS: tuple[str, ...] = ("attnbench", "fvcore", "thop")
 
 #: Where counting happens unless asked otherwise: shapes only, no data, no memory.
 DEFAULT_DEVICE = "meta"
@@ -45,6 +45,7 @@ def check_mode(mode: str) -> str:
 
 
 def _frozen(mapping: Mapping | None = None) -> Mapping:
+    """A read-only copy of a mapping (an empty one by default), for the fields of a frozen report."""
     return MappingProxyType(dict(mapping or {}))
 
 

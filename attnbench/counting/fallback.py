@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from attnbench.counting.base import (
     tensor_bytes,
     unavailable,
 )
+from attnbench.counting.dispatch import count_dispatch
 from attnbench.errors import InvalidCaseError
 
 #: A counter body: (module copy in eval mode, input tensor, device label) -> report.
@@ -26,7 +28,6 @@ CounterBody = Callable[[nn.Module, torch.Tensor, str], MacReport]
 
 def estimate_activation_bytes(module: nn.Module, shape: Sequence[int]) -> int | None:
     """Peak live activation bytes from the attnbench counter on meta (None when it cannot tell)."""
-    from attnbench.counting.dispatch import count_dispatch
 
     report = count_dispatch(module, shape, "meta")
     return report.peak_live_bytes_estimate if report.ok else None
@@ -84,6 +85,5 @@ def run_meta_first(
 
 
 def _timed(report: MacReport, seconds: float) -> MacReport:
-    from dataclasses import replace
-
+    """The report with the time the whole attempt took."""
     return replace(report, seconds=seconds)

@@ -48,7 +48,8 @@ def quiet() -> Iterator[None]:
 
 
 def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
-    from fvcore.nn import FlopCountAnalysis
+    """fvcore's count of one forward of a module copy, as a report (run by run_meta_first)."""
+    from fvcore.nn import FlopCountAnalysis  # slow to import, maybe missing: only when this counter runs
 
     with quiet(), torch.no_grad():
         analysis = FlopCountAnalysis(module, (x,))

@@ -34,7 +34,8 @@ NON_MAC_LAYERS: tuple[type[nn.Module], ...] = (
 
 
 def _rule_less_leaves(module: nn.Module) -> dict[str, UncountedOp]:
-    from thop.profile import register_hooks
+    """Leaf module types thop has no rule for, with how many of each: what it silently counts as zero."""
+    from thop.profile import register_hooks  # slow to import, maybe missing
 
     found: dict[str, int] = {}
     for sub in module.modules():
@@ -46,7 +47,8 @@ def _rule_less_leaves(module: nn.Module) -> dict[str, UncountedOp]:
 
 
 def _body(module: nn.Module, x: torch.Tensor, device: str) -> MacReport:
-    from thop import profile
+    """thop's count of one forward of a module copy, as a report (run by run_meta_first)."""
+    from thop import profile  # slow to import, maybe missing: only when this counter runs
 
     logger = logging.getLogger("thop")
     level = logger.level

@@ -15,6 +15,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench.errors import UnknownModuleError
+from attnbench.zoo.registry import get_spec, list_modules
+from attnbench.zoo.spec import Setting
+
 if TYPE_CHECKING:
     from attnbench.zoo.spec import ModuleSpec
 
@@ -25,7 +29,6 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole attnbench pack
 
 def describe(spec: ModuleSpec) -> dict[str, Any]:
     """Everything `list` and `info` show about one module, as JSON-ready data."""
-    from attnbench.zoo.spec import Setting
 
     ref = spec.reference
     example = None
@@ -86,7 +89,6 @@ def cache_dir() -> Path:
 
 def live() -> list[dict[str, Any]]:
     """The catalog computed from the registry (imports every module file, hence torch)."""
-    from attnbench.zoo.registry import get_spec, list_modules
 
     return [describe(get_spec(name)) for name in list_modules()]
 
@@ -121,7 +123,6 @@ def _store(path: Path, entries: list[dict[str, Any]]) -> None:
 
 def entry(name: str) -> dict[str, Any]:
     """One module's catalog entry; an unknown name raises UnknownModuleError with the closest matches."""
-    from attnbench.errors import UnknownModuleError
 
     entries = zoo()
     for e in entries:

@@ -10,6 +10,7 @@ zoo entry. The Python API also turns classes, factories and instances into specs
 
 from __future__ import annotations
 
+import ast
 import difflib
 import hashlib
 import importlib
@@ -105,7 +106,6 @@ def missing_name(text: str) -> str:
 
 def _classes_in_file(path: str) -> list[str]:
     """Classes a file defines that derive from something ending in 'Module', read without running the file."""
-    import ast
 
     try:
         tree = ast.parse(Path(os.path.expanduser(path)).read_text(encoding="utf-8"))

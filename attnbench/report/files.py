@@ -1,0 +1,58 @@
+"""A run's report files: CSV (streamed row by row, with its sidecar), Markdown and JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from attnbench import store
+from attnbench.report.markdown import markdown
+from attnbench.results import Result
+from attnbench.runner import RunOutcome, Sink
+
+
+def write(
+    rows: Sequence[Result],
+    env: Mapping[str, Any],
+    paths: Sequence[str | Path],
+    title: str = "attnbench report",
+    sort_by: str | None = None,
+) -> None:
+    """Write every requested report file (CSV with its sidecar, Markdown, JSON), each atomically."""
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".csv":
+            store.write_csv(path, rows, env)
+        elif path.suffix.lower() == ".json":
+            store.atomic_write(path, store.json_text(rows, env))
+        else:
+            store.atomic_write(path, markdown(rows, env, title=title, sort_by=sort_by))
+
+
+class ReportFiles(Sink):
+    """A run's report files, written as it goes: each CSV streamed row by row, Markdown and JSON at its end.
+
+    The CSVs hold every completed row whatever ends the run (attnbench.store.CsvStream); the whole-document
+    formats are written once, when the run ends, interrupted or not.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], title: str = "attnbench report", sort_by: str | None = None):
+        self.paths = [Path(p) for p in paths]
+        self.title, self.sort_by = title, sort_by
+        self._streams: list[store.CsvStream] = []
+
+    def start(self, env: Mapping[str, Any], cases: Sequence[Any]) -> None:
+        """Open every CSV: sidecar and header now, rows as they come."""
+        self._streams = [store.CsvStream(p, env) for p in self.paths if p.suffix.lower() == ".csv"]
+
+    def row(self, row: Result) -> None:
+        """Append the row to every CSV."""
+        for stream in self._streams:
+            stream.append(row)
+
+    def finish(self, outcome: RunOutcome) -> None:
+        """The CSVs' final form (rewritten only if rows changed after streaming), then Markdown and JSON."""
+        for stream in self._streams:
+            stream.finish(outcome.results, outcome.env)
+        others = [p for p in self.paths if p.suffix.lower() != ".csv"]
+        write(outcome.results, outcome.env, others, self.title, self.sort_by)

@@ -1,0 +1,172 @@
+"""The rows on the terminal: rich tables fitted to its width, and what a narrow terminal left out, on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from attnbench import results as R
+from attnbench.merge import machines as machines_of
+from attnbench.report.columns import cross_columns, cross_unit, highlights, scaling_columns, summary_columns
+from attnbench.report.markdown import allocator_notes
+from attnbench.report.summary import (
+    CONVENTION,
+    ROW_KEY,
+    backends_of,
+    cross_hardware,
+    present,
+    roofs_by_machine,
+    scaling,
+    sort_summary,
+    summary,
+    with_machine_aliases,
+)
+from attnbench.report.tables import Column, Fitted, fit, fit_note, render
+from attnbench.results import Result
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from attnbench.gate import Verdict
+
+
+def rich_table(
+    results: Sequence[Result],
+    title: str | None = None,
+    sort_by: str | None = None,
+    highlight_best: bool = False,
+    width: int | None = None,
+    env: Mapping[str, Any] | None = None,
+) -> tuple[Table, Fitted]:
+    """The summary as a rich Table fitted to `width` (None: every column), and what the fitting left out."""
+    table = with_machine_aliases(summary(results), results)
+    if table.empty:
+        return Table(title=title), fit([], [], width)
+    if sort_by:
+        table = sort_summary(table, sort_by)
+    cols = summary_columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
+    rows = [r for _, r in table.iterrows()]
+    fitted = fit(cols, rows, width)
+    setting = [k for k in ROW_KEY if k not in ("module", "kwargs", "layout")]
+    bests = highlights(table, fitted.columns) if highlight_best else {}
+
+    def style(column: Column, r: Any, text: str) -> str:
+        best = bests.get(tuple(r[c] for c in setting), {}).get(column.key)
+        if best is not None and present(r.get(column.key)) and r.get(column.key) == best:
+            return "bold green"
+        if column.key == "status" and text != R.OK:
+            return "red"
+        if text.endswith((" under", " over")):
+            return "yellow"
+        return ""
+
+    return render(fitted, rows, title, style), fitted
+
+
+def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[Table, Fitted] | None:
+    """Rich table of exponents x in cost ~ N^x fitted to `width`, and what it left out; None without two resolutions."""
+    frame = with_machine_aliases(scaling(results), results)
+    if frame.empty:
+        return None
+    rows = [r for _, r in frame.iterrows()]
+    fitted = fit(scaling_columns(frame), rows, width)
+    return render(fitted, rows, "Scaling: x in cost ~ N^x, N = H*W"), fitted
+
+
+def show(
+    rows: Sequence[Result],
+    out: Console,
+    err: Console,
+    title: str | None = None,
+    sort_by: str | None = None,
+    highlight_best: bool = False,
+    env: Mapping[str, Any] | None = None,
+) -> None:
+    """Print the summary and scaling tables on `out`, fitted to its width; on `err`, what a narrow terminal left
+    out, the cases that did not complete and the convention."""
+    width = out.width
+    table, fitted = rich_table(rows, title, sort_by, highlight_best, width, env)
+    out.print(table)
+    fits = [("", fitted)]
+    scale = scaling_table(rows, width)
+    if scale is not None:
+        out.print(scale[0])
+        fits.append(("scaling table: ", scale[1]))
+    cross = cross_hardware_table(rows, width)
+    if cross is not None:
+        out.print(cross[0])
+        fits.append(("machines table: ", cross[1]))
+    for line in machines_legend(rows):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    line = fit_note(width, fits)
+    if line:
+        err.print(f"attnbench: {line}", style="dim", markup=False, highlight=False, soft_wrap=True)
+    for note in allocator_notes(rows):
+        err.print(note, markup=False, highlight=False, soft_wrap=True)
+    for row in rows:
+        if row.status != R.OK:
+            err.print(
+                f"{row.label}: {row.status}: {row.reason}",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    err.print(f"[dim]{CONVENTION}[/dim]", highlight=False, soft_wrap=True)
+
+
+def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
+    """Print what changed against the baseline and the gate's outcome: passed, inconclusive (machine busy) or failed
+    (also when cases of the run failed)."""
+    if verdict.latency_note:
+        console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
+    if verdict.changes:
+        table = Table(title="Changes against the baseline", header_style="bold", title_justify="left")
+        for header in ("Case", "Kind", "Change", "Fails"):
+            table.add_column(header)
+        for c in verdict.changes:
+            table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
+        console.print(table)
+    failing = sum(c.failing for c in verdict.changes)
+    compared = f"{verdict.compared_cases} case(s) compared"
+    if verdict.metric == "instructions":
+        compared += f", instructions of {verdict.compared_instructions} row(s)"
+    if verdict.inconclusive and not failed_cases:
+        busy = sum(c.kind == "latency-busy" for c in verdict.changes)
+        console.print(
+            f"gate: [yellow]INCONCLUSIVE (machine busy)[/yellow]: {compared}; {busy} latency regression(s) seen "
+            "only while other processes used the CPU, not failed (--strict fails them; --gate-metric "
+            "instructions is immune to load)",
+            highlight=False,
+        )
+        return
+    outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
+    console.print(
+        f"gate: {outcome}: {compared}, {failing} failing change(s)"
+        + (f", {failed_cases} case(s) of this run failed" if failed_cases else ""),
+        highlight=False,
+    )
+
+
+def machines_legend(results: Sequence[Result]) -> list[str]:
+    """'M1 = label' lines for the terminal; none with fewer than two machines."""
+    machines = machines_of(results, {})
+    return [f"{m.alias} = {m.label}" for m in machines] if len(machines) > 1 else []
+
+
+def cross_hardware_table(results: Sequence[Result], width: int | None = None) -> tuple[Group, Fitted] | None:
+    """The cross-hardware view as a rich Table fitted to `width` (machines named by show's legend), and what
+    the fitting left out; None with fewer than two machines."""
+    frame, machines = cross_hardware(results)
+    if frame.empty:
+        return None
+    cols = cross_columns(frame, machines)
+    rows = [r for _, r in frame.iterrows()]
+    fitted = fit(cols, rows, width)
+    unit, _ = cross_unit(frame, machines)
+    table = render(fitted, rows, f"Across machines: median latency [{unit}]")
+    return Group(table, Text("Mk÷M1: machine k's time over the first machine's (below 1: faster)")), fitted

@@ -1,0 +1,93 @@
+"""`--breakdown`: per geometry, params, MACs and FLOPs per nested submodule down to --depth, then the counter's
+MACs per operator and what it saw but did not count; never cut on a narrow terminal."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from attnbench import results as R
+from attnbench.cli.breakdown import print_breakdowns
+from attnbench.results import Case, Result, Scenario
+from attnbench.zoo.build import validate
+from tests.conftest import run_cli as run
+from tests.samples import parse_rich
+
+
+def breakdowns(rows: list[Result], width: int = 120, depth: int = 3) -> str:
+    """What print_breakdowns prints for these rows on a console this wide."""
+    buf = io.StringIO()
+    print_breakdowns(rows, Console(file=buf, width=width), depth)
+    return buf.getvalue()
+
+
+def test_breakdown_lists_operators_modules_and_uncounted(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, "profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,macs", "--breakdown", "--quiet"
+    )
+    assert code == 0, err
+    assert "aten.conv2d" in out and "aten.mul" in out  # counted: the convs and the u * attn gate
+    assert "conv_spatial" in out  # per submodule
+    assert "seen but not counted" in out and "aten.clone" in out  # upstream's copy, listed, not a MAC
+    assert out.index("lka C=16 8x8 B=1: per submodule, depth 3") > out.index("Status")  # after the summary
+
+
+def test_the_submodule_table_holds_the_counts() -> None:
+    text = breakdowns([Result.for_case(Case("lka", 16, 8, 8))])
+    start = text.index("lka C=16 8x8 B=1: per submodule, depth 3")
+    headers, rows = parse_rich(text[start:], anchor=2)
+    assert headers == ["Module", "Type", "Params", "MACs", "FLOPs"]
+    assert rows == [
+        ["model", "LKA", "1.49 K", "93.2 K", "185 K"],
+        ["conv0", "Conv2d", "416", "25.6 K", "51.2 K"],
+        ["conv_spatial", "Conv2d", "800", "50.2 K", "100 K"],
+        ["conv1", "Conv2d", "272", "16.4 K", "32.8 K"],
+    ]
+    spec, setting = validate("lka", 16, (8, 8))
+    lines = text.splitlines()
+    assert f"params {spec.params_formula(setting):,} (trainable 1,488; buffers, not counted: 0)" in lines
+    assert f"MACs {spec.macs_formula(setting):,}  FLOPs 185,344" in " ".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("depth", "names"), [(0, ["model"]), (1, ["model", "local_branches", "global_branch", "proj"])]
+)
+def test_depth_limits_the_levels(depth: int, names: list[str]) -> None:
+    text = breakdowns([Result.for_case(Case("clo", 32, 16, 16))], depth=depth)
+    assert f"clo C=32 16x16 B=1: per submodule, depth {depth}" in text
+    _, rows = parse_rich(text[text.index("per submodule") :], anchor=2)
+    assert [r[0] for r in rows] == names
+
+
+def test_a_token_module_s_adapter_is_not_a_level() -> None:
+    text = breakdowns([Result.for_case(Case("mhsa", 16, 8, 8))], depth=0)
+    _, rows = parse_rich(text[text.index("per submodule") :], anchor=2)
+    assert [(r[0], r[1]) for r in rows] == [("model", "TokensToImage"), ("inner", "ScaledDotProductAttention")]
+
+
+def test_one_breakdown_per_geometry_and_mode_and_none_for_a_refused_case() -> None:
+    rows = [
+        Result.for_case(Case("lka", 16, 8, 8, backend="cpu")),
+        Result.for_case(Case("lka", 16, 8, 8, backend="ort")),
+        Result.for_case(Case("lka", 16, 8, 8, scenario=Scenario(dtype="bfloat16"))),
+        Result.for_case(Case("lka", 16, 8, 8, scenario=Scenario(mode="train"))),
+        Result.for_case(Case("clo", 16, 14, 14), status=R.INVALID, reason="window"),
+    ]
+    text = breakdowns(rows)
+    assert text.count("lka C=16 8x8 B=1: per submodule") == 2  # infer and train; backends and dtypes share one
+    assert "input (1, 16, 8, 8) on meta, mode infer" in text and "input (1, 16, 8, 8) on meta, mode train" in text
+    assert "clo C=" not in text
+
+
+@pytest.mark.parametrize("width", [50, 60, 80, 120])
+def test_class_names_give_way_first_and_nothing_is_cut(width: int) -> None:
+    text = breakdowns([Result.for_case(Case("clo", 32, 16, 16))], width=width)
+    table = [line for line in text.splitlines() if line.startswith(("┃", "│"))]
+    assert "…" not in text
+    assert max(len(line) for line in table) <= width
+    headers, rows = parse_rich(text[text.index("per submodule") :], anchor=2)
+    assert headers[-3:] == ["Params", "MACs", "FLOPs"]
+    assert rows[0][-3:] == ["6.02 K", "1.38 M", "2.75 M"]  # numbers whole
+    assert ("Type" in headers) == (width >= 80)

@@ -1,0 +1,40 @@
+"""The Python examples of the docs run as written: the worked example module, profile(), run_sweep() and the
+one-module calls of docs/own-modules.md, in a scratch directory."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "own-modules.md"
+
+
+def python_blocks(page: Path) -> list[str]:
+    """The ```python blocks of a page, in order."""
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+
+
+@pytest.mark.slow
+def test_the_own_module_examples_run(tmp_path: Path) -> None:
+    module, *examples = python_blocks(PAGE)
+    assert "class LinearAttention" in module and len(examples) == 3
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "attn.py").write_text(module)
+    script = "\n\n".join(examples)
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    # profile(): LinearAttention and mhsa at 14 and 28, then the instance at 28, each one cpu row.
+    assert lines[0].startswith("5 models.attn:LinearAttention C=64 14x14 B=1 cpu layout=tokens ")
+    assert lines[1] == "True"  # the run_sweep rows gate against the CSV they streamed
+    assert lines[2] == "torch.Size([2, 64, 32, 32])" and int(lines[3]) > 0
+    assert (tmp_path / "mine.csv").exists() and (tmp_path / "mine.md").exists()
+    assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"macs.png", "latency_cpu.png", "memory_cpu.png"}

@@ -1,0 +1,430 @@
+"""Your own module through the zoo's door: file and import specs, their names, the errors that name file and line,
+the ad-hoc spec, and the same specs through the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from attnbench import results as R
+from attnbench import store
+from attnbench.cli.options import parse_module_kw
+from attnbench.errors import ModuleSpecError, UsageError
+from attnbench.sweep import Sweep
+from attnbench.zoo import user
+from attnbench.zoo.registry import get_spec
+from attnbench.zoo.spec import Setting
+from attnbench.zoo.user import normalise
+from tests.conftest import run_cli
+
+#: A user's file: an image module (a depthwise gate), a token module (an MLP) and one that refuses some sides.
+USER_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class GatedConv(nn.Module):
+        def __init__(self, dim, kernel=3):
+            super().__init__()
+            self.conv = nn.Conv2d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+            self.proj = nn.Conv2d(dim, dim, 1)
+
+        def forward(self, x):
+            return self.proj(x * torch.sigmoid(self.conv(x)))
+
+
+    class TokenMLP(nn.Module):
+        def __init__(self, dim, hidden=2):
+            super().__init__()
+            self.fc1 = nn.Linear(dim, dim * hidden)
+            self.fc2 = nn.Linear(dim * hidden, dim)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+
+    class Windowed(nn.Module):
+        def __init__(self, dim, window=4):
+            super().__init__()
+            self.window = window
+            self.proj = nn.Conv2d(dim, dim, 1)
+
+        def forward(self, x):
+            if x.shape[-1] % self.window:
+                raise ValueError(f"width {x.shape[-1]} is not a multiple of the window {self.window}")
+            return self.proj(x)
+
+
+    def make_gate(dim, kernel=5):
+        return GatedConv(dim, kernel)
+    """
+)
+
+
+def gated_params(c: int, k: int) -> int:
+    """Depthwise k x k conv (weights + bias) and a 1 x 1 conv (weights + bias)."""
+    return c * k * k + c + c * c + c
+
+
+def gated_macs(b: int, c: int, h: int, w: int, k: int) -> int:
+    """Depthwise conv: k*k per output; the gate x * sigmoid(.): 1 per element; the 1 x 1 conv: C per output."""
+    return b * c * h * w * (k * k + 1 + c)
+
+
+def gated_flops(b: int, c: int, h: int, w: int, k: int) -> int:
+    """The convolutions are multiply-adds (2 FLOPs per MAC); the gate is a lone product (1 FLOP)."""
+    return b * c * h * w * (2 * k * k + 1 + 2 * c)
+
+
+def mlp_params(c: int, hidden: int) -> int:
+    """Two Linear layers with biases: C -> C*hidden -> C."""
+    return 2 * c * c * hidden + c * hidden + c
+
+
+def mlp_macs(b: int, c: int, h: int, w: int, hidden: int) -> int:
+    """Two Linear layers over the N = H*W tokens."""
+    return b * h * w * 2 * c * c * hidden
+
+
+def write_user_file(root: Path) -> str:
+    """The user's file at root/models/attn.py; its spec prefix, as typed from root."""
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models" / "attn.py").write_text(USER_FILE)
+    return "models/attn.py"
+
+
+@pytest.fixture
+def user_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The user's file at models/attn.py under a fresh working directory; its spec prefix, as typed."""
+    monkeypatch.chdir(tmp_path)
+    return write_user_file(tmp_path)
+
+
+COUNTS = "--dim 16 --res 8 --metrics params,macs --quiet"
+
+
+# ---------------------------------------------------------------- spec text: normalisation
+
+
+def test_the_same_file_typed_differently_is_one_module(user_file: str, tmp_path: Path) -> None:
+    typed = [f"{user_file}:A", f"./{user_file}:A", "models//attn.py:A", f"models/../{user_file}:A"]
+    typed.append(f"{tmp_path / user_file}:A")
+    assert {normalise(t) for t in typed} == {"models/attn.py:A"}
+    assert Sweep(tuple(typed)).modules == ("models/attn.py:A",)
+
+
+def test_a_file_outside_the_working_directory_keeps_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert normalise("../elsewhere/attn.py:A") == f"{(tmp_path / 'elsewhere' / 'attn.py').as_posix()}:A"
+    assert normalise("pkg.mod:Cls") == "pkg.mod:Cls" and normalise("mhsa") == "mhsa"
+
+
+def test_what_counts_as_a_spec() -> None:
+    assert user.is_spec("a.py:A") and user.is_spec("pkg.mod:A") and not user.is_spec("mhsa")
+    assert user.looks_like_spec("attn.py") and user.looks_like_spec("pkg.mod") and user.looks_like_spec("a/b")
+    assert not user.looks_like_spec("mhsa") and not user.looks_like_spec("a.py:A")
+
+
+def test_cache_key_is_where_the_code_lives(user_file: str, tmp_path: Path) -> None:
+    real = (tmp_path / user_file).resolve()
+    assert user.cache_key(f"./{user_file}:A") == user.cache_key(f"{tmp_path / user_file}:A") == f"{real}:A"
+    assert user.cache_key(" pkg.mod:A ") == "pkg.mod:A"
+
+
+@pytest.mark.parametrize(
+    ("item", "shared", "own"),
+    [
+        ("heads=4", {"heads": 4}, {}),
+        ("mhsa@heads=4", {}, {"mhsa": {"heads": 4}}),
+        ("models/attn.py:MyAttn@window=7", {}, {"models/attn.py:MyAttn": {"window": 7}}),
+        ("pkg.mod:Cls@kernels=[3,5]", {}, {"pkg.mod:Cls": {"kernels": [3, 5]}}),
+        # A path that holds '@' stays whole: the split is the first '@' followed by KEY=.
+        ("vendor/@scope/attn.py:A@k=1", {}, {"vendor/@scope/attn.py:A": {"k": 1}}),
+        ("name='a@b=c'", {"name": "a@b=c"}, {}),
+        ("mhsa@name=x@y=z", {}, {"mhsa": {"name": "x@y=z"}}),
+    ],
+)
+def test_kw_syntax_cannot_clash_with_paths(item: str, shared: dict, own: dict) -> None:
+    assert parse_module_kw([item]) == (shared, own)
+
+
+@pytest.mark.parametrize("item", ["@heads=4", "mhsa@4=4", "mhsa@heads", "heads"])
+def test_malformed_kw_is_refused(item: str) -> None:
+    with pytest.raises(UsageError, match="MODULE@KEY=VALUE"):
+        parse_module_kw([item])
+
+
+def test_module_kwargs_may_name_a_user_module_by_its_name_alone(user_file: str) -> None:
+    sweep = Sweep((f"{user_file}:GatedConv", "lka"), module_kwargs={"GatedConv": {"kernel": 5}})
+    assert sweep.kwargs_for("models/attn.py:GatedConv") == {"kernel": 5}
+    assert sweep.kwargs_for("lka") == {}
+
+
+# ---------------------------------------------------------------- loading the code
+
+
+def test_importing_a_file_runs_its_code_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "noisy.py").write_text(
+        "import torch\nCALLS = []\nCALLS.append(1)\nclass A(torch.nn.Module):\n    def forward(self, x):\n"
+        "        return x\n"
+    )
+    spec = get_spec("noisy.py:A")
+    get_spec("noisy.py:A")
+    assert sys.modules[spec.factory.__module__].CALLS == [1]
+    assert spec.factory.__module__.startswith(user.PRIVATE_PREFIX)
+
+
+def test_sibling_files_import_as_under_pytest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import attnbench
+    from attnbench.settings import RunOptions
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pkg_a").mkdir()
+    (tmp_path / "pkg_a" / "helpers_specs_test.py").write_text(
+        "import torch\nclass Inner(torch.nn.Identity):\n    pass\n"
+    )
+    (tmp_path / "pkg_a" / "main.py").write_text(
+        "import torch\nfrom helpers_specs_test import Inner\nclass Outer(torch.nn.Module):\n"
+        "    def __init__(self, dim):\n        super().__init__()\n        self.inner = Inner()\n"
+        "    def forward(self, x):\n        return self.inner(x)\n"
+    )
+    options = RunOptions(metrics=("params", "macs"), counters=("attnbench",))
+    (row,) = attnbench.profile("pkg_a/main.py:Outer", 8, 4, options=options)
+    assert row.ok and row.params == 0
+
+
+@pytest.mark.parametrize(
+    ("source", "spec", "needle"),
+    [
+        ("x = (\n", "f.py:A", "f.py:1: importing f.py failed: SyntaxError"),
+        (
+            "import torch\n\nraise RuntimeError('no GPU here')\n",
+            "f.py:A",
+            "f.py:3: importing f.py failed: RuntimeError: no GPU",
+        ),
+        ("import torch\nclass Attn(torch.nn.Module):\n    pass\n", "f.py:Atn", "did you mean Attn?"),
+        ("import torch\nclass Attn(torch.nn.Module):\n    pass\n", "f.py:Zzz", "nn.Module classes there: Attn"),
+        ("import torch\nclass Attn(torch.nn.Module):\n    pass\n", "f.py", "add :Name, e.g. f.py:Attn"),
+        ("", "missing.py:A", "missing.py: no such file"),
+        ("", "f.py:1A", "is not a Python name"),
+        ("class A:\n    pass\n", "f.py:A", "not an nn.Module subclass"),
+        ("import torch\nm = torch.nn.Identity()\n", "f.py:m", "nn.Module instance"),
+        ("x = 3\n", "f.py:x", "is of type int, not an nn.Module subclass or a factory"),
+        ("x = 3\n", "f.py:Zzz", "it has no nn.Module class"),
+        ("", "missing.py", "no such file, and a spec needs :Name"),
+        ("", "attnbench_no_such_pkg.attn:MyAttn", "no module named 'attnbench_no_such_pkg'"),
+        ("", "pkg.mod", "add :Name, e.g. pkg.mod:MyAttention"),
+        ("", "a-b.c:A", "neither a .py file nor a dotted module path"),
+    ],
+)
+def test_bad_specs_raise_one_line_naming_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, spec: str, needle: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f.py").write_text(source)
+    with pytest.raises(ModuleSpecError) as info:
+        get_spec(spec)
+    message = str(info.value)
+    assert needle in message and "\n" not in message
+
+
+def test_a_directory_is_not_a_file_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pkg.py").mkdir()
+    with pytest.raises(ModuleSpecError, match=r"pkg\.py: is a directory"):
+        get_spec("pkg.py:A")
+
+
+def test_an_error_inside_an_imported_package_names_its_file_and_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "attnbench_broken_pkg").mkdir()
+    (tmp_path / "attnbench_broken_pkg" / "__init__.py").write_text("")
+    (tmp_path / "attnbench_broken_pkg" / "attn.py").write_text("import torch\n\n\nraise ImportError('needs CUDA')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModuleSpecError) as info:
+        get_spec("attnbench_broken_pkg.attn:A")
+    assert "attnbench_broken_pkg/attn.py:4: importing attnbench_broken_pkg.attn failed: ImportError: needs CUDA" in (
+        str(info.value)
+    )
+
+
+# ---------------------------------------------------------------- the ad-hoc spec
+
+
+def test_a_user_spec_has_no_formulas_and_judges_kwargs_by_calling_the_constructor(user_file: str) -> None:
+    spec = get_spec(f"{user_file}:GatedConv")
+    assert spec.adhoc and spec.params_formula is None and spec.macs_formula is None
+    assert (spec.name, spec.layout, spec.defaults) == ("models/attn.py:GatedConv", "image", {})
+    assert spec.title == "GatedConv (models/attn.py)"
+    assert (spec.reference.file, spec.reference.cls) == ("models/attn.py", "GatedConv")
+    assert spec.source_hash == hashlib.sha256(USER_FILE.encode()).hexdigest()[:12]
+    (constraint,) = spec.constraints
+    assert constraint.name == "constructor" and not constraint.needs_resolution
+    assert constraint.check(Setting(16, {"kernel": 5})) is None
+    reason = constraint.check(Setting(16, {"haeds": 2}))
+    assert reason is not None and reason.startswith("GatedConv(16, haeds=2) raised TypeError")
+    assert "(it takes: dim, kernel)" in reason
+    module = spec.builder(16, None, kernel=5)
+    assert sum(p.numel() for p in module.parameters()) == gated_params(16, 5)
+
+
+def test_constructor_reason_passes_the_users_message_on() -> None:
+    class Picky(nn.Module):
+        def __init__(self, dim: int, heads: int = 4) -> None:
+            super().__init__()
+            if dim % heads:
+                raise ValueError(f"dim {dim} % heads {heads} != 0")
+
+    assert user.constructor_reason(Picky, 16, {}) is None
+    assert user.constructor_reason(Picky, 18, {}) == "Picky(18) raised ValueError: dim 18 % heads 4 != 0"
+
+    def not_a_module(dim: int) -> Any:
+        return [dim]
+
+    reason = user.constructor_reason(not_a_module, 8, {})
+    assert reason == "not_a_module(8) returned an object of type list, not an nn.Module"
+
+
+def test_a_constructor_that_needs_real_tensors_is_judged_on_the_cpu() -> None:
+    class NeedsData(nn.Module):
+        def __init__(self, dim: int) -> None:
+            super().__init__()
+            self.scale = float(torch.ones(dim).sum().item())  # .item() fails on the meta device
+
+    assert user.constructor_reason(NeedsData, 8, {}) is None
+
+
+class Scale(nn.Module):
+    """y = w * x with one weight per channel."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1, dim, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w
+
+
+def make_scale(dim: int) -> Scale:
+    """A factory function, as a spec may name one."""
+    return Scale(dim)
+
+
+def test_objects_are_named_as_their_specs_would_be() -> None:
+    assert user.spec_for_object(Scale).name == "tests.zoo.test_user:Scale"
+    assert user.spec_for_object(make_scale).name == "tests.zoo.test_user:make_scale"
+    instance = Scale(4)
+    spec = user.spec_for_object(instance)
+    assert spec.name == "tests.zoo.test_user:Scale (instance)" and spec.constraints == ()
+    assert spec.builder(99, None) is instance  # an instance is measured as built
+    taken = {"tests.zoo.test_user:Scale (instance)", "tests.zoo.test_user:Scale (instance 2)"}
+    assert user.spec_for_object(Scale(4), taken).name == "tests.zoo.test_user:Scale (instance 3)"
+    with pytest.raises(ModuleSpecError, match=r"not an nn\.Module subclass"):
+        user.spec_for_object(int)
+
+
+# ---------------------------------------------------------------- through the command line
+
+
+def test_cli_profile_of_a_file_spec_writes_normalised_identity_and_hash(
+    user_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.csv"
+    md = tmp_path / "r.md"
+    code, stdout, err = run_cli(
+        capsys,
+        *f"profile ./{user_file}:GatedConv --dim 16 --res 8 --metrics params,macs -o {out} -o {md} --quiet".split(),
+    )
+    assert code == 0, err
+    (row,) = store.load(out).results
+    digest = hashlib.sha256((tmp_path / user_file).read_bytes()).hexdigest()[:12]
+    assert row.module == "models/attn.py:GatedConv"
+    assert row.source_hash == digest
+    assert row.macs_attnbench == gated_macs(1, 16, 8, 8, 3)
+    assert "models/attn.py:GatedConv" in stdout
+    assert f"| models/attn.py:GatedConv | `{digest}` |" in md.read_text()
+
+
+def test_forward_failing_at_one_resolution_is_a_failed_row_and_the_sweep_goes_on(
+    user_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.csv"
+    code, _, err = run_cli(
+        capsys,
+        *f"profile {user_file}:Windowed --dim 16 --res 6 --res 8 --metrics params,macs -o {out} --quiet".split(),
+    )
+    assert code == 1, err
+    rows = store.load(out).results
+    assert [(r.width, r.status) for r in rows] == [(6, R.FAILED), (8, R.OK)]
+    assert "width 6 is not a multiple of the window 4" in rows[0].reason
+    assert "layout image" in rows[0].reason and "--layout tokens" in rows[0].reason
+    assert "Traceback" not in err
+
+
+def test_import_path_spec(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    code, _, err = run_cli(
+        capsys, *f"profile torch.nn:Identity --dim 16 --res 8 --metrics params,macs -o {out} --quiet".split()
+    )
+    assert code == 0, err
+    (row,) = store.load(out).results
+    assert (row.module, row.params, row.macs_attnbench) == ("torch.nn:Identity", 0, 0)
+    assert len(row.source_hash) == 12
+
+
+def test_zoo_and_user_module_in_one_run_with_per_module_kwargs(
+    user_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "r.csv"
+    argv = (
+        f"profile mhsa lka {user_file}:GatedConv --dim 16 --res 8 --metrics params,macs --quiet -o {out} "
+        f"--kw mhsa@heads=4 --kw {user_file}:GatedConv@kernel=5 --layout image"
+    )
+    code, _, err = run_cli(capsys, *argv.split())
+    assert code == 0, err
+    rows = {r.module: r for r in store.load(out).results}
+    assert json.loads(rows["mhsa"].kwargs) == {"heads": 4}
+    assert rows["lka"].kwargs == ""
+    assert json.loads(rows["models/attn.py:GatedConv"].kwargs) == {"kernel": 5}
+    assert rows["models/attn.py:GatedConv"].params == gated_params(16, 5)
+    assert rows["mhsa"].macs_attnbench == rows["mhsa"].macs_formula
+    # --layout reaches the user's module only; the zoo keeps its own ("").
+    assert [rows[m].scenario.layout for m in ("mhsa", "lka", "models/attn.py:GatedConv")] == ["", "", "image"]
+
+
+def test_compare_accepts_specs_and_the_gate_matches_them_by_normalised_name(
+    user_file: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "base.csv"
+    code, _, err = run_cli(capsys, *f"compare {user_file}:GatedConv lka {COUNTS} -o {base}".split())
+    assert code == 0, err
+    absolute = tmp_path / user_file
+    code, out, err = run_cli(capsys, *f"compare {absolute}:GatedConv lka {COUNTS} --baseline {base}".split())
+    assert code == 0, err
+    assert "gate: PASSED: 2 case(s) compared" in out
+
+
+def test_info_of_a_user_module_says_where_it_is_and_how_it_is_called(
+    user_file: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(capsys, "info", f"./{user_file}:GatedConv")
+    assert code == 0, err
+    digest = hashlib.sha256(USER_FILE.encode()).hexdigest()[:12]
+    assert "models/attn.py:GatedConv: your own module" in out
+    assert f"source:     models/attn.py (sha256 {digest}...)" in out
+    assert "called as:  GatedConv(dim, kernel=3), first argument = channels C" in out
