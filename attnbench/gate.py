@@ -19,7 +19,8 @@ from typing import Any
 
 from attnbench import fmt
 from attnbench import results as R
-from attnbench.errors import BaselineError, UsageError
+from attnbench.backends import get_backend
+from attnbench.errors import BackendUnavailableError, BaselineError, UsageError
 from attnbench.instructions import INSTRUCTION_ENV_KEYS
 from attnbench.metrics import gated_exactly
 from attnbench.results import Case, Result
@@ -56,6 +57,8 @@ class GateSettings:
     metric: str = "wall"  # "wall" (latency) or "instructions" (work, immune to load)
     #: Fail latency regressions measured on a busy machine too.
     strict: bool = False
+    #: Pass although a row the instruction gate should judge has no count (in the baseline or in this run).
+    allow_uncounted: bool = False
 
     def check(self) -> None:
         """Refuse values no gate could use (UsageError naming the option)."""
@@ -102,11 +105,30 @@ class Change:
     failing: bool
 
 
+@dataclass(frozen=True)
+class Gated:
+    """One row the gate judged by its metric, passing or not: the baseline's value, this run's, the change."""
+
+    case: str
+    metric: str  # "instructions" or "latency"
+    before: float
+    after: float | None  # None: not counted in this run
+    limit: float
+    failing: bool
+
+    @property
+    def change(self) -> float | None:
+        """This run's value over the baseline's, minus one (None when there is no value)."""
+        return None if self.after is None or not self.before else self.after / self.before - 1
+
+
 @dataclass
 class Verdict:
-    """All differences, whether latency was compared, and the outcome."""
+    """All differences, every row judged by the gate metric, whether latency was compared, and the outcome."""
 
     changes: list[Change] = field(default_factory=list)
+    #: Every row judged by the gate metric (instructions or latency), passing or not.
+    gated: list[Gated] = field(default_factory=list)
     latency_compared: bool = True
     latency_note: str = ""
     compared_cases: int = 0
@@ -290,12 +312,48 @@ def _row_changes(
     """One backend's row against the baseline's: a case that stopped working, then work or latency."""
     if then.status == R.OK and now.status != R.OK:
         return [Change(_label(now), "status", f"was ok, now {now.status}: {now.reason}", True)]
-    if settings.metric == "instructions" and then.instructions is not None:
-        verdict.compared_instructions += 1
-        return _instructions(now, then, settings.tolerance)
+    if settings.metric == "instructions":
+        return _instruction_changes(now, then, settings, verdict)
     if verdict.latency_compared and then.latency_median_s and now.latency_median_s:
-        return _latency(now, then, settings.tolerance, remeasure, settings.strict)
+        changes, gated = _latency(now, then, settings.tolerance, remeasure, settings.strict)
+        verdict.gated.append(gated)
+        return changes
     return []
+
+
+def _instruction_changes(now: Result, then: Result, settings: GateSettings, verdict: Verdict) -> list[Change]:
+    """The instruction gate on one row; a row it should judge but that has no count fails, unless allowed."""
+    if then.instructions is None or now.instructions is None:
+        if not _countable(now):
+            return []
+        where = "the baseline" if then.instructions is None else "this run"
+        why = (then if then.instructions is None else now).extra_dict.get("instructions_error", "")
+        detail = f"instructions not counted in {where}{': ' + why if why else ''}" + (
+            " (--allow-uncounted: not failed)" if settings.allow_uncounted else " (--allow-uncounted passes it)"
+        )
+        if then.instructions is not None:
+            tol = _instruction_tolerance(settings.tolerance)
+            failing = not settings.allow_uncounted
+            verdict.gated.append(Gated(_label(now), "instructions", then.instructions, None, tol, failing))
+        return [Change(_label(now), "uncounted", detail, not settings.allow_uncounted)]
+    verdict.compared_instructions += 1
+    changes = _instructions(now, then, settings.tolerance)
+    tol = _instruction_tolerance(settings.tolerance)
+    failing = any(c.failing for c in changes)
+    verdict.gated.append(Gated(_label(now), "instructions", then.instructions, now.instructions, tol, failing))
+    return changes
+
+
+def _countable(row: Result) -> bool:
+    """Whether the valgrind pass counts this row's case (its backend says so)."""
+    try:
+        return get_backend(row.backend).counts_instructions(row.case)
+    except BackendUnavailableError:  # the counts-only placeholder, or a backend not installed here
+        return False
+
+
+def _instruction_tolerance(tolerance: float | None) -> float:
+    return INSTRUCTIONS_TOLERANCE if tolerance is None else tolerance
 
 
 def _as_loaded(baseline: LoadedResults | str | Path | Sequence[Result], env: Mapping[str, Any]) -> LoadedResults:
@@ -318,14 +376,11 @@ def _source_changes(rows: Sequence[Result], baseline: Sequence[Result]) -> list[
 
 
 def _instructions(now: Result, then: Result, tolerance: float | None) -> list[Change]:
-    """A change of work beyond the tolerance fails (more) or is reported (less); a missing count fails."""
-    base = int(then.instructions)  # type: ignore[arg-type]
-    if now.instructions is None:
-        why = now.extra_dict.get("instructions_error", "")
-        return [Change(_label(now), "instructions", f"not counted in this run{': ' + why if why else ''}", True)]
-    tol = INSTRUCTIONS_TOLERANCE if tolerance is None else tolerance
-    change = now.instructions / base - 1 if base else 0.0
-    detail = f"instructions {fmt.si(base)} -> {fmt.si(now.instructions)} per call ({change:+.2%}, limit {tol:.0%})"
+    """A change of work beyond the tolerance fails (more) or is reported (less)."""
+    base, counted = int(then.instructions), int(now.instructions)  # type: ignore[arg-type]
+    tol = _instruction_tolerance(tolerance)
+    change = counted / base - 1 if base else 0.0
+    detail = f"instructions {fmt.si(base)} -> {fmt.si(counted)} per call ({change:+.2%}, limit {tol:.0%})"
     if change > tol:
         return [Change(_label(now), "instructions", detail, True)]
     if change < -tol:
@@ -339,7 +394,7 @@ def _latency(
     tolerance: float | None,
     remeasure: Callable[[Case], Sequence[Result]] | None,
     strict: bool = False,
-) -> list[Change]:
+) -> tuple[list[Change], Gated]:
     base_s = float(then.latency_median_s)  # type: ignore[arg-type]
     tol = default_tolerance(base_s) if tolerance is None else tolerance
     limit = max(tol, _spread(now), _spread(then))
@@ -361,6 +416,13 @@ def _latency(
         + (f", after {tries} re-measurement(s)" if tries else "")
         + ")"
     )
+    changes = _latency_changes(now, change, limit, detail, tries, clean, strict)
+    return changes, Gated(_label(now), "latency", base_s, best, limit, any(c.failing for c in changes))
+
+
+def _latency_changes(
+    now: Result, change: float, limit: float, detail: str, tries: int, clean: bool, strict: bool
+) -> list[Change]:
     if change > limit and not clean:
         # Every measurement that shows the slowdown shared the CPU with other processes: no evidence either way.
         detail += "; inconclusive (machine busy): other processes used the CPU during every measurement"

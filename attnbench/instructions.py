@@ -42,9 +42,12 @@ from typing import TYPE_CHECKING, Any
 
 from attnbench import scratch
 from attnbench.errors import BackendUnavailableError
+from attnbench.zoo.spec import PRIVATE_PREFIX
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from attnbench.results import Case
 
 #: Forwards run natively (not instrumented) before counting: Python 3.11 specialises bytecode after a few.
 WARMUP_CALLS = 3
@@ -146,11 +149,28 @@ class InstructionBatch:
         #: Seconds of the worker's phases in the last run (start, load and warm-up; instrumentation on).
         self.phases: dict[str, float] = {}
 
-    def add(self, module: nn.Module, input_shape: Sequence[int], seed: int = 0) -> int:
-        """Queue `module` on a standard-normal input of `input_shape` (drawn from `seed`); its index."""
+    def add(self, module: nn.Module, input_shape: Sequence[int], seed: int = 0, build: Case | None = None) -> int:
+        """Queue `module` on a standard-normal input of `input_shape` (drawn from `seed`); its index.
+
+        The module travels pickled, except one built from a user's file (`build`: the case it was built for by
+        name): that file is imported under a private module name that a pickle cannot find in another process,
+        so the worker builds it again from the name, as the runner did (same seed, same weights). Only then: a
+        count depends slightly on how its objects were made (rebuilding a pickled zoo module moved lka's count by
+        0.5%), and baselines hold counts of pickled modules.
+        """
         index = len(self._cases)
         path = self._dir / f"case{index}.pt"
         entry: dict[str, Any] = {"path": str(path), "shape": list(input_shape), "seed": seed}
+        if build is not None and any(type(m).__module__.startswith(PRIVATE_PREFIX) for m in module.modules()):
+            entry["build"] = {
+                "module": build.module,
+                "dim": build.dim,
+                "res": [build.height, build.width],
+                "kwargs": build.kwargs_dict,
+                "layout": build.scenario.layout,
+            }
+            self._cases.append(entry)
+            return index
         import torch  # torch: the CLI checks for valgrind before anything imports torch
 
         try:
@@ -284,6 +304,20 @@ def _instrumentation_on() -> None:
         raise RuntimeError(f"callgrind_control --instr=on failed: {' '.join(answer.split())[:300]}")
 
 
+def _load(case: dict[str, Any]) -> nn.Module:
+    """A queued case's module: built again by name (seeded as the runner seeds its build), or unpickled."""
+    import torch  # torch: the worker imports it uninstrumented, after start-up
+
+    if "build" not in case:
+        return torch.load(case["path"], weights_only=False).eval()
+    from attnbench.zoo.build import build_module  # torch (a user's file may import it): as above
+
+    spec = case["build"]
+    torch.manual_seed(case["seed"])
+    hw = tuple(spec["res"])
+    return build_module(spec["module"], spec["dim"], hw, spec["kwargs"], spec["layout"]).eval()
+
+
 def _worker(plan_path: str) -> int:
     """Load every case, warm up, switch instrumentation on, count each case into its own dump."""
 
@@ -303,7 +337,7 @@ def _worker(plan_path: str) -> int:
             try:
                 if "error" in case:
                     raise RuntimeError(case["error"])
-                module = torch.load(case["path"], weights_only=False).eval()
+                module = _load(case)
                 fn = functools.partial(module, make_input(case["shape"], torch.float32, case["seed"]))
                 for _ in range(WARMUP_CALLS):
                     fn()

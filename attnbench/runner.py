@@ -43,7 +43,7 @@ from attnbench.settings import RunOptions
 from attnbench.sysalloc import SystemAllocatorWorker, headline_budget, other_state
 from attnbench.zoo.adapters import forward_failure
 from attnbench.zoo.build import build_module, check_case
-from attnbench.zoo.registry import source_hash
+from attnbench.zoo.registry import rebuildable, source_hash
 from attnbench.zoo.spec import ModuleSpec, Setting
 
 if TYPE_CHECKING:
@@ -239,7 +239,8 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
         row = _run_case(module, case, spec, counted[case.scenario.mode], run_)
         run_.emit(row)
         if run_.batch is not None and row.status == R.OK and get_backend(case.backend).counts_instructions(case):
-            run_.batch.add(module, case.input_shape, options.seed)
+            by_name = case if rebuildable(case.module) else None
+            run_.batch.add(module, case.input_shape, options.seed, by_name)
             run_.queued.append(len(run_.outcome.results) - 1)
 
 

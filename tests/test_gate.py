@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -331,20 +332,68 @@ def test_a_changed_source_hash_is_reported_not_failed() -> None:
     ]
 
 
+MEANING = (
+    "(a case: one module at one geometry and mode, its params and MACs compared once; a row: a case on one backend "
+    "in one scenario)"
+)
+
+
 def test_the_gate_s_verdict_on_the_terminal() -> None:
     verdict = gate.compare_to_baseline([row(params=11)], base(row()), env=ENV)
     console = Console(file=io.StringIO(), width=200)
     show_gate(verdict, console)
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert "Changes against the baseline" in text and "params 10 -> 11 (+1)" in text
-    assert text.rstrip().endswith("gate: FAILED: 1 case(s) compared, 1 failing change(s)")
+    # The outcome counts cases and rows, and says what each is.
+    assert text.rstrip().splitlines()[-2:] == [
+        "gate: FAILED: 1 case(s) compared, 1 row(s) judged on wall, 1 failing change(s)",
+        MEANING,
+    ]
     console = Console(file=io.StringIO(), width=200)
     show_gate(gate.compare_to_baseline([row()], base(row()), env=ENV), console, failed_cases=2)
-    assert console.file.getvalue().strip() == (  # type: ignore[attr-defined]
-        "gate: FAILED: 1 case(s) compared, 0 failing change(s), 2 case(s) of this run failed"
-    )
+    lines = console.file.getvalue().strip().splitlines()  # type: ignore[attr-defined]
+    failed = "gate: FAILED: 1 case(s) compared, 1 row(s) judged on wall, 0 failing change(s), 2 case(s) of this run"
+    assert lines[-2] == failed + " failed"
     console = Console(file=io.StringIO(), width=200)
     show_gate(gate.compare_to_baseline([row()], base(row(), env={**ENV, "gpu": "H100"}), env=ENV), console)
     lines = console.file.getvalue().strip().splitlines()  # type: ignore[attr-defined]
     assert lines[0].startswith("gate: baseline is from other hardware or versions (gpu: baseline 'H100' vs here None)")
-    assert lines[-1] == "gate: PASSED: 1 case(s) compared, 0 failing change(s)"
+    assert lines[-2] == "gate: PASSED: 1 case(s) compared, 0 row(s) judged on wall, 0 failing change(s)"
+
+
+def test_every_gated_row_is_listed_largest_change_first() -> None:
+    rows = [row("lka", instructions=1_009_000), row("mhsa", instructions=950_000), row("sk", instructions=1_030_000)]
+    baseline = [
+        row("lka", instructions=1_000_000),
+        row("mhsa", instructions=1_000_000),
+        row("sk", instructions=1_000_000),
+    ]
+    verdict = gate.compare_to_baseline(rows, base(*baseline), GateSettings(BASE, metric="instructions"), ENV)
+    assert [(g.case.split()[0], round(g.change, 3), g.failing) for g in verdict.gated] == [
+        ("lka", 0.009, False),
+        ("mhsa", -0.05, False),
+        ("sk", 0.03, True),
+    ]
+    console = Console(file=io.StringIO(), width=200)
+    show_gate(verdict, console)
+    text = console.file.getvalue()  # type: ignore[attr-defined]
+    listed = [line.split()[1] for line in text.splitlines() if line.startswith("│ ")]
+    assert listed[:3] == ["sk", "lka", "mhsa"], text  # passing rows are listed too
+    assert "Gated on instructions: every row, the largest change first" in text
+
+
+def test_a_row_the_instruction_gate_should_judge_but_has_no_count_fails_unless_allowed() -> None:
+    # Neither the baseline nor this run counted the row (a module the valgrind worker could not load): not silent.
+    settings = GateSettings(BASE, metric="instructions")
+    rows, baseline = [row("lka", instructions=100), row()], base(row("lka", instructions=100), row())
+    verdict = gate.compare_to_baseline(rows, baseline, settings, ENV)
+    (uncounted,) = [c for c in verdict.changes if c.kind == "uncounted"]
+    assert not verdict.passed and uncounted.case.startswith("mhsa") and uncounted.failing
+    assert "instructions not counted in the baseline" in uncounted.detail and "--allow-uncounted" in uncounted.detail
+    allowed = dataclasses.replace(settings, allow_uncounted=True)
+    assert gate.compare_to_baseline(rows, baseline, allowed, ENV).passed
+    # A backend whose rows are never counted (ONNX Runtime) is not "uncounted".
+    ort = dataclasses.replace(row(), backend="ort")
+    assert gate.compare_to_baseline(
+        [row("lka", instructions=100), ort], base(row("lka", instructions=100), ort), settings, ENV
+    ).passed

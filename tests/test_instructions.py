@@ -169,3 +169,45 @@ def test_real_counts_repeat_and_see_more_work() -> None:
     # Two more tanh-and-add passes over 64x256 elements are tens of thousands of instructions more.
     assert heavier.instructions / first.instructions > 1.01  # type: ignore[operator]
     assert set(batch.phases) == {"start_load_warm_s", "instrumentation_on_s"}
+
+
+def test_a_module_from_a_users_file_travels_by_name(tmp_path: Path) -> None:
+    # A user's file is imported under a private module name a pickle cannot find in another process: the
+    # worker builds the module again from its spec, seeded as the runner seeds its build.
+    import torch
+
+    from attnbench.results import Case, Scenario
+    from attnbench.zoo.build import build_module
+
+    (tmp_path / "mine.py").write_text(
+        "from torch import nn\n\nclass Mine(nn.Module):\n    def __init__(self, dim):\n        super().__init__()\n"
+        "        self.fc = nn.Linear(dim, dim)\n\n    def forward(self, x):\n        return self.fc(x)\n"
+    )
+    spec = f"{tmp_path / 'mine.py'}:Mine"
+    case = Case(spec, 8, 4, 4, scenario=Scenario(layout="tokens"))
+    torch.manual_seed(3)
+    module = build_module(spec, 8, (4, 4), {}, "tokens")
+    with instructions.InstructionBatch() as batch:
+        batch.add(module, (1, 8, 4, 4), seed=3, build=case)
+        batch.add(torch.nn.Linear(2, 2), (1, 2), seed=0, build=None)  # an importable class still travels pickled
+        entries = batch._cases
+        assert "build" in entries[0] and not Path(entries[0]["path"]).exists()
+        assert "build" not in entries[1] and Path(entries[1]["path"]).exists()
+        rebuilt = instructions._load(entries[0])
+    assert all(
+        torch.equal(a, b) for a, b in zip(module.state_dict().values(), rebuilt.state_dict().values(), strict=True)
+    )
+
+
+def test_a_zoo_module_travels_pickled_even_with_its_case() -> None:
+    # Counts depend a little on how a module's objects were made: zoo modules travel as the baselines' did.
+    import torch
+
+    from attnbench.results import Case
+    from attnbench.zoo.build import build_module
+
+    module = build_module("lka", 16, (8, 8))
+    with instructions.InstructionBatch() as batch:
+        batch.add(module, (1, 16, 8, 8), seed=0, build=Case("lka", 16, 8, 8))
+        assert "build" not in batch._cases[0] and Path(batch._cases[0]["path"]).exists()
+        assert isinstance(torch.load(batch._cases[0]["path"], weights_only=False), torch.nn.Module)

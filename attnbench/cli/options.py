@@ -412,7 +412,12 @@ def _gate(given: Mapping[str, Any]) -> Any:
         return None
 
     gate = GateSettings(
-        given["baseline"] or Path(), given["tolerance"], given["force_latency"], given["gate_metric"], given["strict"]
+        given["baseline"] or Path(),
+        given["tolerance"],
+        given["force_latency"],
+        given["gate_metric"],
+        given["strict"],
+        given["allow_uncounted"],
     )
     gate.check()
     return gate if given["baseline"] is not None else None

@@ -136,6 +136,10 @@ def compare_cmd(
     strict: Annotated[
         bool, typer.Option("--strict", help="Wall gate: fail latency regressions measured on a busy machine too.")
     ] = False,
+    allow_uncounted: Annotated[
+        bool,
+        typer.Option("--allow-uncounted", help="Instruction gate: pass although a row it should judge has no count."),
+    ] = False,
     scenario: Mapping[str, Any] | None = None,
 ) -> None:
     """Compare modules side by side (defaults: C=64 at 14, 28, 56 on cpu and ort), best per column in bold."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from attnbench import fmt
 from attnbench import results as R
 from attnbench.merge import machines as machines_of
 from attnbench.report.columns import cross_columns, cross_unit, highlights, scaling_columns, summary_columns
@@ -120,36 +122,59 @@ def show(
 
 
 def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
-    """Print what changed against the baseline and the gate's outcome: passed, inconclusive (machine busy) or failed
-    (also when cases of the run failed)."""
+    """Print every row the gate judged (largest change first), what else changed, and the outcome: passed,
+    inconclusive (machine busy) or failed (also when cases of the run failed)."""
     if verdict.latency_note:
         console.print(f"[yellow]gate: {verdict.latency_note}[/yellow]", highlight=False)
-    if verdict.changes:
+    if verdict.gated:
+        console.print(_gated_table(verdict))
+    others = [c for c in verdict.changes if c.kind not in ("instructions", "instructions-less", "latency-ok")]
+    if others:
         table = Table(title="Changes against the baseline", header_style="bold", title_justify="left")
         for header in ("Case", "Kind", "Change", "Fails"):
             table.add_column(header)
-        for c in verdict.changes:
+        for c in others:
             table.add_row(c.case, c.kind, c.detail, "yes" if c.failing else "no", style="red" if c.failing else None)
         console.print(table)
+    console.print(_gate_line(verdict, failed_cases), highlight=False)
+
+
+def _gated_table(verdict: Verdict) -> Table:
+    """Every gated row, its baseline and current value, the change and the limit, the largest change first."""
+    title = f"Gated on {verdict.metric}: every row, the largest change first"
+    table = Table(title=title, header_style="bold", title_justify="left")
+    for header, justify in (("Case", "left"), ("Baseline", "right"), ("Now", "right"), ("Change", "right")):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    table.add_column("Limit", justify="right")
+    table.add_column("Fails")
+    value = fmt.si if verdict.metric == "instructions" else fmt.seconds
+    ranked = sorted(verdict.gated, key=lambda g: -math.inf if g.change is None else -g.change)
+    for g in ranked:
+        change = "not counted" if g.change is None else f"{g.change:+.2%}"
+        cells = (g.case, value(g.before), value(g.after), change, f"{g.limit:.0%}", "yes" if g.failing else "no")
+        table.add_row(*cells, style="red" if g.failing else None)
+    return table
+
+
+def _gate_line(verdict: Verdict, failed_cases: int) -> str:
+    """The outcome in one line, then what its counts count: a case is one module at one geometry and mode (its
+    params and MACs are compared once), a row is a case on one backend in one scenario (judged by the metric)."""
     failing = sum(c.failing for c in verdict.changes)
-    compared = f"{verdict.compared_cases} case(s) compared"
-    if verdict.metric == "instructions":
-        compared += f", instructions of {verdict.compared_instructions} row(s)"
+    compared = f"{verdict.compared_cases} case(s) compared, {len(verdict.gated)} row(s) judged on {verdict.metric}"
+    meaning = (
+        "\n[dim](a case: one module at one geometry and mode, its params and MACs compared once; a row: a case on "
+        "one backend in one scenario)[/dim]"
+    )
     if verdict.inconclusive and not failed_cases:
         busy = sum(c.kind == "latency-busy" for c in verdict.changes)
-        console.print(
+        return (
             f"gate: [yellow]INCONCLUSIVE (machine busy)[/yellow]: {compared}; {busy} latency regression(s) seen "
             "only while other processes used the CPU, not failed (--strict fails them; --gate-metric "
-            "instructions is immune to load)",
-            highlight=False,
+            "instructions is immune to load)" + meaning
         )
-        return
     outcome = "[green]PASSED[/green]" if verdict.passed and not failed_cases else "[red]FAILED[/red]"
-    console.print(
-        f"gate: {outcome}: {compared}, {failing} failing change(s)"
-        + (f", {failed_cases} case(s) of this run failed" if failed_cases else ""),
-        highlight=False,
-    )
+    failed = f", {failed_cases} case(s) of this run failed" if failed_cases else ""
+    return f"gate: {outcome}: {compared}, {failing} failing change(s){failed}" + meaning
 
 
 def machines_legend(results: Sequence[Result]) -> list[str]:

@@ -32,6 +32,9 @@ _LOADED: dict[str, ModuleSpec] = {}
 #: (a file's real path, not the name relative to today's directory): a file is imported once per process,
 #: and every later lookup returns the same classes.
 _ADHOC: dict[str, ModuleSpec] = {}
+#: Cache keys of the user specs resolved from their text: another process can resolve the same text again (an
+#: object given to the Python API cannot be rebuilt elsewhere).
+_FROM_TEXT: set[str] = set()
 #: Source hashes by module name, taken once: the hash of the code this process runs, even if the file
 #: changes on disk later.
 _HASHES: dict[str, str] = {}
@@ -71,6 +74,7 @@ def get_spec(name: str) -> ModuleSpec:
             raise ModuleSpecError(user.missing_name(name))
         raise UnknownModuleError(name, list(ZOO))
     _ADHOC[key] = user.resolve(name)
+    _FROM_TEXT.add(key)
     return _ADHOC[key]
 
 
@@ -78,8 +82,20 @@ def add_spec(spec: ModuleSpec) -> ModuleSpec:
     """Cache a user's spec under its name (objects passed to the Python API), replacing an older one."""
     from attnbench.zoo import user  # torch: see get_spec
 
-    _ADHOC[user.cache_key(spec.name)] = spec
+    key = user.cache_key(spec.name)
+    _ADHOC[key] = spec
+    _FROM_TEXT.discard(key)
     return spec
+
+
+def rebuildable(name: str) -> bool:
+    """Whether another process can build this module from its name alone: a zoo name, or a spec typed as text
+    (a class, factory or instance given to the Python API lives in this process only)."""
+    if name in ZOO:
+        return True
+    from attnbench.zoo import user  # torch: see get_spec
+
+    return user.cache_key(name) in _FROM_TEXT
 
 
 def source_hash(name: str) -> str:

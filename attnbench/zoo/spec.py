@@ -119,6 +119,9 @@ class ModuleSpec:
         return requested or DEFAULT_USER_LAYOUT
 
 
+#: A user's file is imported under this prefix plus a hash of its absolute path (attnbench.zoo.user): private,
+#: and never a clash with an installed package or with the same file name in two directories.
+PRIVATE_PREFIX = "_attnbench_user_"
 #: Hex digits of a source file's SHA-256 shown in reports: enough to tell two versions apart at a glance.
 SOURCE_HASH_DIGITS = 12
 

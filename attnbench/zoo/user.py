@@ -30,11 +30,8 @@ from torch import nn
 
 from attnbench.errors import ModuleSpecError
 from attnbench.results import DEFAULT_USER_LAYOUT
-from attnbench.zoo.spec import Constraint, ModuleSpec, Reference, Setting, file_hash
+from attnbench.zoo.spec import PRIVATE_PREFIX, Constraint, ModuleSpec, Reference, Setting, file_hash
 
-#: Files are imported under this prefix plus a hash of their absolute path: private, and never a clash with
-#: an installed package or with the same file name in two directories.
-PRIVATE_PREFIX = "_attnbench_user_"
 #: Suffix of the names given to module instances passed to the Python API (they cannot be rebuilt from text).
 INSTANCE_SUFFIX = " (instance)"
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")

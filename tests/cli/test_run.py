@@ -263,7 +263,7 @@ def test_gate_that_compares_nothing_fails(tmp_path: Path, capsys: pytest.Capture
         "--quiet",
     )
     assert code == 0 and "1 case(s) compared" in out, err
-    assert "gate: PASSED: 1 case(s) compared, 0 failing change(s)" in out
+    assert "gate: PASSED: 1 case(s) compared, 0 row(s) judged on wall, 0 failing change(s)" in out
 
 
 def test_a_count_change_fails_the_gate_and_shows_the_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -277,7 +277,7 @@ def test_a_count_change_fails_the_gate_and_shows_the_change(tmp_path: Path, caps
     assert code == 1
     assert "Changes against the baseline" in out
     assert f"params {row.params - 1:,} -> {row.params:,} (+1)" in out
-    assert "gate: FAILED: 1 case(s) compared, 1 failing change(s)" in out
+    assert "gate: FAILED: 1 case(s) compared, 0 row(s) judged on wall, 1 failing change(s)" in out
 
 
 def test_instruction_gate_end_to_end(
@@ -301,7 +301,7 @@ def test_instruction_gate_end_to_end(
     counts["now"] = 1_250_000
     code, out, _ = run(capsys, *args, "--baseline", str(base))
     assert code == 1 and "gate: FAILED" in out and "+25.00%" in out and "lka C=16 8x8" in out
-    assert "instructions of 1 row(s)" in out
+    assert "1 row(s) judged on instructions" in out
     # A wall-time baseline (no counts) cannot gate on instructions: refused before measuring.
     wall = tmp_path / "wall.csv"
     run(capsys, *"compare lka --dim 16 --res 8 --backend cpu --metrics params -q -o".split(), str(wall))
