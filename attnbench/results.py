@@ -381,6 +381,10 @@ class Result:
     exporter: str = ""
     seconds: float | None = None  # wall time of this row's measurement (or of building and counting, if only counted)
     extra: str = ""  # JSON of backend-specific details
+    # Columns added since schema 2 go last, so that a reader by position still finds the others where they were.
+    latency_p90_s: float | None = None  # percentiles of the blocks' per-call times (see TimingStats)
+    latency_p99_s: float | None = None
+    latency_first_s: float | None = None  # the first call, cold (see TimingStats.first_call_s)
 
     @classmethod
     def for_case(cls, case: Case, **values: Any) -> Result:

@@ -129,6 +129,13 @@ class TimingStats:
     #: Achieved precision: half-width of the 95% CI on the median over the median (the larger side); inf when
     #: there are too few blocks for a 95% interval.
     median_ci_rel: float = math.inf
+    #: The 90th and 99th percentiles of the per-call times of the blocks (a block's mean per call, not single
+    #: calls: with blocks of one call, where a call lasts a block, they are single calls), and the first call's
+    #: time (cold: for PyTorch eager, the module's first run in the process, lazy initialisation and all; an ORT
+    #: session has run its parity check before, a compiled module its compiling call); None where unknown.
+    p90_s: float | None = None
+    p99_s: float | None = None
+    first_call_s: float | None = None
     #: The precision asked for (None: a fixed budget, no target).
     precision_target: float | None = None
     #: Which rule stopped the timing (a STOP_* value); "" when not recorded.
@@ -163,6 +170,9 @@ class TimingStats:
             "median_s": self.median_s,
             "iqr_s": self.iqr_s,
             "p10_s": self.p10_s,
+            "p90_s": self.p90_s,
+            "p99_s": self.p99_s,
+            "first_call_s": self.first_call_s,
             "min_s": self.min_s,
             "mean_s": self.mean_s,
             "iqr_over_median": self.iqr_over_median,
@@ -274,6 +284,8 @@ def summarize(
         median_s=median,
         iqr_s=iqr,
         p10_s=quantile(values, 0.10),
+        p90_s=quantile(values, 0.90),
+        p99_s=quantile(values, 0.99),
         min_s=values[0],
         mean_s=sum(values) / len(values),
         n_calls=len(values) * calls_per_block,
@@ -386,11 +398,22 @@ def time_callable(
     budget = budget or TimingBudget()
     clock = clock or time.perf_counter
     sync = sync or _no_sync
-    n_warm, warm_elapsed, per_call_estimate = warm_up(fn, budget.warmup_calls, budget.warmup_s, clock, sync)
+    # The first call is the cold one: timed on its own, it counts as one of the warm-up's calls.
+    sync()
+    started = clock()
+    fn()
+    sync()
+    first = clock() - started
+    n_warm, warm_elapsed, per_call_estimate = 1, first, first
+    if budget.warmup_calls > 1 or budget.warmup_s > first:
+        more = warm_up(fn, budget.warmup_calls - 1, budget.warmup_s - first, clock, sync)
+        n_warm, warm_elapsed, per_call_estimate = 1 + more[0], first + more[1], more[2]
     cpb = calls_for_block(per_call_estimate, block_target_s)
     probe = SystemProbe()
     probe.start()
     times, stop = time_blocks(fn, cpb, budget, min_blocks, clock, sync)
     faults, other = probe.stop(len(times) * cpb)
     stats = summarize(times, cpb, n_warm, warm_elapsed, budget.precision)
-    return dataclasses.replace(stats, minor_faults_per_call=faults, other_cpu_cores=other, stop=stop)
+    return dataclasses.replace(
+        stats, minor_faults_per_call=faults, other_cpu_cores=other, stop=stop, first_call_s=first
+    )

@@ -300,10 +300,17 @@ def test_extra_dict() -> None:
 # ---------------------------------------------------------------- flat columns
 
 
+#: The metric columns added since schema 2, in their order.
+NEW_METRIC_COLUMNS = ("latency_p90_s", "latency_p99_s", "latency_first_s")
+
+
 def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() -> None:
     at = R.COLUMNS.index("allocator")
     assert R.COLUMNS[at + 1 : at + 4] == ("compile_mode", "autocast", "ort_opt_level")
-    assert tuple(c for c in R.COLUMNS if c not in ("compile_mode", "autocast", "ort_opt_level")) == SCHEMA_2_COLUMNS
+    new = ("compile_mode", "autocast", "ort_opt_level", *NEW_METRIC_COLUMNS)
+    assert tuple(c for c in R.COLUMNS if c not in new) == SCHEMA_2_COLUMNS
+    # Metric columns added since schema 2 come last: a reader by position finds the old ones where they were.
+    assert R.COLUMNS[len(SCHEMA_2_COLUMNS) + 3 :] == NEW_METRIC_COLUMNS
     assert set(R.SCENARIO_FIELDS) <= set(R.COLUMNS) and "scenario" not in R.COLUMNS
     assert len(R.COLUMNS) == len(set(R.COLUMNS))
     assert R.COLUMNS[:6] == R.IDENTITY_FIELDS

@@ -288,9 +288,11 @@ def test_sync_hook_brackets_every_block() -> None:
         clock=clock,
         sync=sync,
     )
-    # Warm-up: a sync before starting and after each call; each block: sync, calls, sync.
-    assert events[:5] == ["sync", "call", "sync", "call", "sync"]
-    timed = events[5:]
+    # The first (cold) call bracketed by syncs, then the rest of the warm-up: a sync before starting and after
+    # each call; each block: sync, calls, sync.
+    assert events[:6] == ["sync", "call", "sync", "sync", "call", "sync"]
+    assert stats.first_call_s == 1.0 and stats.warmup_calls == 2
+    timed = events[6:]
     assert timed == ["sync", "call", "sync"] * stats.n_blocks
 
 
@@ -345,6 +347,18 @@ def test_adaptive_stops_early_on_stable_data() -> None:
     assert stats.median_ci_rel == 0.0 and stats.precision_met is True and not stats.noisy
     assert stats.precision_target == timing.DEFAULT_PRECISION
     assert work.calls == 1 + 8 * timing.MIN_BLOCKS
+    assert stats.first_call_s == 0.0625 and stats.warmup_calls == 1  # the one warm-up call is the cold one
+
+
+def test_percentiles_and_the_first_call() -> None:
+    clock = FakeClock()
+    # A slow first call (lazy initialisation), then blocks of one call each: 1, 2, ... 10 s.
+    work = Workload(clock, [5.0, *[float(s) for s in range(1, 11)]])
+    stats = time_callable(
+        work, TimingBudget(min_run_time=0.0, warmup_s=0, warmup_calls=1, precision=None), min_blocks=10, clock=clock
+    )
+    assert stats.first_call_s == 5.0 and stats.n_blocks == 10
+    assert stats.p90_s == pytest.approx(9.1) and stats.p99_s == pytest.approx(9.91) and stats.median_s == 5.5
 
 
 def test_adaptive_gives_up_early_on_hopeless_data() -> None:
