@@ -47,6 +47,9 @@ class InvalidCaseError(AttnbenchError, ValueError):
         self.reason = reason
         super().__init__(f"{module}: {constraint}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:  # travels back from a worker process whole
+        return type(self), (self.module, self.constraint, self.reason)
+
 
 class BackendUnavailableError(AttnbenchError, RuntimeError):
     """A backend (cuda, ort) or counter that cannot run on this machine."""

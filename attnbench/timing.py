@@ -17,6 +17,14 @@ the budget would have given (target missed, noisy), and the time is not spent. `
 fixed budget: blocks until `min_run_time` and MIN_BLOCKS, as blocked_autorange does. The stats say which rule
 stopped (`stop`).
 
+Interleaving (time_lanes): a shared machine has slow and fast phases that last seconds; timed one after another, a
+slow phase lands on whichever case happens to run. So the cases of one backend are Lanes of one rotation: each first
+warms up (its first call timed apart), then round r gives every lane still timing one block of its own calls, and
+each lane keeps its own stop rule. Block r of two lanes ran seconds apart at most, so their ratio cancels what the
+machine did meanwhile (attnbench.ratios pairs blocks by round). Page faults and other processes' CPU are read
+around each block and summed per lane; a lane whose call raises leaves the rotation with its error. A rotation of
+one lane is the sequential protocol (time_callable).
+
 An accelerator backend passes a `sync` hook, called before each clock read, so that the host clock never
 reads while work is still queued.
 
@@ -25,13 +33,15 @@ Threads are not touched here: backends set them (1 intra-op thread unless asked)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 try:
@@ -199,7 +209,8 @@ class SystemProbe:
         self._start: tuple[int, float, float, float] | None = None
 
     @staticmethod
-    def _read() -> tuple[int, float, float, float] | None:
+    def read() -> tuple[int, float, float, float] | None:
+        """(minor faults, own CPU s, machine busy s, monotonic s) now; None where unreadable."""
         if resource is None:
             return None
         try:
@@ -216,11 +227,11 @@ class SystemProbe:
 
     def start(self) -> None:
         """Take the first reading."""
-        self._start = self._read()
+        self._start = self.read()
 
     def stop(self, n_calls: int) -> tuple[float | None, float | None]:
         """(minor faults per call, other processes' CPU in cores) since start()."""
-        end = self._read()
+        end = self.read()
         if self._start is None or end is None or n_calls <= 0:
             return None, None
         faults = (end[0] - self._start[0]) / n_calls
@@ -352,35 +363,134 @@ def stop_reason(
     return None
 
 
-def time_blocks(
-    fn: Callable[[], Any],
-    calls_per_block: int,
-    budget: TimingBudget,
-    min_blocks: int = MIN_BLOCKS,
-    clock: Clock = time.perf_counter,
-    sync: Sync = _no_sync,
-) -> tuple[list[float], str]:
-    """Time blocks of `calls_per_block` calls until stop_reason() says why; (per-call time of each block, why)."""
-    per_call: list[float] = []
-    total = 0.0
-    reason: str | None = None
+def _nothing() -> contextlib.AbstractContextManager[Any]:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Lane:
+    """One case in the rotation: what it calls, the settings it runs under, its budget, and what it has timed."""
+
+    fn: Callable[[], Any]
+    budget: TimingBudget
+    sync: Sync | None = None
+    #: Entered around the warm-up and around each block: the case's threads, grad mode, autocast...
+    context: Callable[[], contextlib.AbstractContextManager[Any]] = _nothing
+    first_s: float = 0.0
+    warmup_calls: int = 0
+    warmup_s: float = 0.0
+    calls_per_block: int = 1
+    #: Per-call time of each block; block k ran in round k.
+    times: list[float] = field(default_factory=list)
+    timed_s: float = 0.0
+    stop: str = ""
+    error: BaseException | None = None
+    _faults: float = 0.0
+    _own_cpu_s: float = 0.0
+    _busy_s: float = 0.0
+    _wall_s: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        """Still timing: warmed up, not stopped, not failed."""
+        return not self.stop and self.error is None
+
+    def stats(self) -> TimingStats:
+        """This lane's statistics, as time_callable reports them."""
+        calls = len(self.times) * self.calls_per_block
+        stats = summarize(self.times, self.calls_per_block, self.warmup_calls, self.warmup_s, self.budget.precision)
+        faults = self._faults / calls if calls else None
+        other = max(0.0, (self._busy_s - self._own_cpu_s) / self._wall_s) if self._wall_s > 0 else None
+        return dataclasses.replace(
+            stats, minor_faults_per_call=faults, other_cpu_cores=other, stop=self.stop, first_call_s=self.first_s
+        )
+
+
+def _call_sync(sync: Sync | None) -> None:
+    if sync is not None:
+        sync()
+
+
+def _warm(lane: Lane, clock: Clock, block_target_s: float) -> None:
+    """The lane's first (cold) call timed apart, then its warm-up; sets its calls per block."""
+    sync = lane.sync or (lambda: None)
+    with lane.context():
+        sync()
+        started = clock()
+        lane.fn()
+        sync()
+        first = clock() - started
+        calls, elapsed, estimate = 1, first, first
+        budget = lane.budget
+        if budget.warmup_calls > 1 or budget.warmup_s > first:
+            more = warm_up(lane.fn, budget.warmup_calls - 1, budget.warmup_s - first, clock, sync)
+            calls, elapsed, estimate = 1 + more[0], first + more[1], more[2]
+    lane.first_s, lane.warmup_calls, lane.warmup_s = first, calls, elapsed
+    lane.calls_per_block = calls_for_block(estimate, block_target_s)
+
+
+def _block(lane: Lane, clock: Clock, min_blocks: int) -> None:
+    """One block of the lane's calls, its system readings, and its stop rule."""
+    with lane.context():
+        before = SystemProbe.read()
+        _call_sync(lane.sync)
+        t0 = clock()
+        for _ in range(lane.calls_per_block):
+            lane.fn()
+        _call_sync(lane.sync)
+        block = clock() - t0
+        after = SystemProbe.read()
+    lane.timed_s += block
+    lane.times.append(block / lane.calls_per_block)
+    if before is not None and after is not None:
+        lane._faults += after[0] - before[0]
+        lane._own_cpu_s += after[1] - before[1]
+        lane._busy_s += after[2] - before[2]
+        lane._wall_s += after[3] - before[3]
+    lane.stop = stop_reason(lane.times, lane.timed_s, lane.budget, min_blocks) or ""
+
+
+@contextlib.contextmanager
+def _gc_off() -> Iterator[None]:
     # Like timeit, keep the cyclic GC out of the timed region: a collection lands in one block at random.
-    gc_was_enabled = gc.isenabled()
+    was_enabled = gc.isenabled()
     gc.disable()
     try:
-        while (reason := stop_reason(per_call, total, budget, min_blocks)) is None:
-            sync()
-            t0 = clock()
-            for _ in range(calls_per_block):
-                fn()
-            sync()
-            block = clock() - t0
-            total += block
-            per_call.append(block / calls_per_block)
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
-    return per_call, reason or ""
+
+
+def time_lanes(
+    lanes: Sequence[Lane],
+    clock: Clock | None = None,
+    block_target_s: float = BLOCK_TARGET_S,
+    min_blocks: int = MIN_BLOCKS,
+    on_round: Callable[[int, int], None] | None = None,
+) -> None:
+    """Warm every lane up, then time them in rounds of one block each until every lane has stopped.
+
+    Fills each lane in place (`stats()` then reads it); a lane whose call raised keeps its `error`. `on_round(r,
+    active)` is told each round's number and how many lanes are still timing (progress).
+    """
+    clock = clock or time.perf_counter
+    for lane in lanes:
+        try:
+            _warm(lane, clock, block_target_s)
+        except Exception as exc:  # this case fails; the others are timed
+            lane.error = exc
+    rounds = 0
+    with _gc_off():
+        while active := [lane for lane in lanes if lane.active]:
+            if on_round is not None:
+                on_round(rounds, len(active))
+            for lane in active:
+                try:
+                    _block(lane, clock, min_blocks)
+                except Exception as exc:  # this case fails; the others are timed
+                    lane.error = exc
+            rounds += 1
 
 
 def time_callable(
@@ -393,27 +503,10 @@ def time_callable(
 ) -> TimingStats:
     """Warm up `fn`, then time it in blocks until its median is known to the budget's precision (or it is spent).
 
-    The one timing protocol every backend uses; see the module docstring for the stop rule.
+    The one timing protocol every backend uses (a rotation of one lane); see the module docstring for the stop rule.
     """
-    budget = budget or TimingBudget()
-    clock = clock or time.perf_counter
-    sync = sync or _no_sync
-    # The first call is the cold one: timed on its own, it counts as one of the warm-up's calls.
-    sync()
-    started = clock()
-    fn()
-    sync()
-    first = clock() - started
-    n_warm, warm_elapsed, per_call_estimate = 1, first, first
-    if budget.warmup_calls > 1 or budget.warmup_s > first:
-        more = warm_up(fn, budget.warmup_calls - 1, budget.warmup_s - first, clock, sync)
-        n_warm, warm_elapsed, per_call_estimate = 1 + more[0], first + more[1], more[2]
-    cpb = calls_for_block(per_call_estimate, block_target_s)
-    probe = SystemProbe()
-    probe.start()
-    times, stop = time_blocks(fn, cpb, budget, min_blocks, clock, sync)
-    faults, other = probe.stop(len(times) * cpb)
-    stats = summarize(times, cpb, n_warm, warm_elapsed, budget.precision)
-    return dataclasses.replace(
-        stats, minor_faults_per_call=faults, other_cpu_cores=other, stop=stop, first_call_s=first
-    )
+    lane = Lane(fn, budget or TimingBudget(), sync)
+    time_lanes([lane], clock, block_target_s, min_blocks)
+    if lane.error is not None:
+        raise lane.error
+    return lane.stats()

@@ -3,13 +3,16 @@ sizing, the adaptive stop, noise."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
+from collections.abc import Iterator
 
 import pytest
 
 from attnbench import timing
 from attnbench.timing import (
+    Lane,
     TimingBudget,
     TimingStats,
     calls_for_block,
@@ -18,8 +21,8 @@ from attnbench.timing import (
     quantile,
     stop_reason,
     summarize,
-    time_blocks,
     time_callable,
+    time_lanes,
     warm_up,
 )
 
@@ -203,7 +206,7 @@ def test_calls_for_block() -> None:
     assert calls_for_block(0.0, 0.02) == 1000
 
 
-def test_time_blocks_runs_until_the_stop_rule_with_gc_held_off() -> None:
+def test_one_lane_runs_blocks_until_the_stop_rule_with_gc_held_off() -> None:
     clock = FakeClock()
     work = Workload(clock, [0.25])
     gc_during: list[bool] = []
@@ -213,10 +216,59 @@ def test_time_blocks_runs_until_the_stop_rule_with_gc_held_off() -> None:
         work()
 
     assert gc.isenabled()
-    per_call, why = time_blocks(fn, 4, budget(2.0, 10.0, None), min_blocks=3, clock=clock)
-    # 4 calls of 0.25 s: 1 s per block, per call 0.25 s; the 2 s floor wants 2 blocks, min_blocks 3.
-    assert per_call == [0.25, 0.25, 0.25] and why == timing.STOP_FIXED and work.calls == 12
-    assert gc_during == [False] * 12 and gc.isenabled()  # like timeit: no collection lands in a block
+    lane = Lane(fn, TimingBudget(min_run_time=2.0, max_run_time=10.0, precision=None, warmup_s=0, warmup_calls=1))
+    time_lanes([lane], clock=clock, block_target_s=1.0, min_blocks=3)
+    # One warm-up call (0.25 s) sets 4 calls per block (1 s); the 2 s floor wants 2 blocks, min_blocks 3.
+    assert lane.times == [0.25, 0.25, 0.25] and lane.stop == timing.STOP_FIXED and work.calls == 1 + 12
+    assert gc_during[1:] == [False] * 12 and gc.isenabled()  # like timeit: no collection lands in a block
+
+
+def test_lanes_take_turns_one_block_per_round_each_with_its_own_stop_rule() -> None:
+    clock = FakeClock()
+    order: list[str] = []
+
+    def lane_of(name: str, per_call: float, min_run_time: float) -> Lane:
+        def fn() -> None:
+            order.append(name)
+            clock.now += per_call
+
+        budget = TimingBudget(min_run_time=min_run_time, max_run_time=99.0, precision=None, warmup_s=0, warmup_calls=1)
+        return Lane(fn, budget)
+
+    a, b = lane_of("a", 1.0, 0.0), lane_of("b", 1.0, 5.0)
+    rounds: list[tuple[int, int]] = []
+    time_lanes([a, b], clock=clock, block_target_s=1.0, min_blocks=2, on_round=lambda r, n: rounds.append((r, n)))
+    # Warm-ups one after the other, then alternating blocks; a stops after its 2 blocks, b runs to its 5 s floor.
+    assert order == ["a", "b"] + ["a", "b"] * 2 + ["b"] * 3
+    assert len(a.times) == 2 and len(b.times) == 5
+    assert rounds == [(0, 2), (1, 2), (2, 1), (3, 1), (4, 1)]
+
+
+def test_a_lane_that_raises_leaves_the_rotation_and_the_others_finish() -> None:
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def bad() -> None:
+        calls["n"] += 1
+        clock.now += 1.0
+        if calls["n"] == 3:
+            raise RuntimeError("boom in block 2")
+
+    budget = TimingBudget(min_run_time=0.0, max_run_time=99.0, precision=None, warmup_s=0, warmup_calls=1)
+    good, broken = Lane(Workload(clock, [1.0]), budget), Lane(bad, budget)
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def settings() -> Iterator[None]:
+        entered.append("in")
+        yield
+        entered.append("out")
+
+    good.context = settings
+    time_lanes([broken, good], clock=clock, block_target_s=1.0, min_blocks=3)
+    assert isinstance(broken.error, RuntimeError) and len(broken.times) == 1
+    assert good.error is None and len(good.times) == 3 and good.stats().n_blocks == 3
+    assert entered == ["in", "out"] * 4  # around its warm-up and each of its blocks
 
 
 def test_time_callable_exact_blocks() -> None:

@@ -28,7 +28,7 @@ import copy
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -168,9 +168,22 @@ class TorchPrepared(Prepared):
     def timed_callable(self) -> tuple[Callable[[], Any], Sync | None]:
         return self._step(), self._sync()
 
+    @contextlib.contextmanager
+    def _threads(self) -> Iterator[None]:
+        """torch's intra-op threads at the case's count for the block, then back to what they were."""
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        return self._threads()
+
     def run_once(self) -> Any:
         """One step (forward, or forward + backward in train mode), synchronised."""
-        with self.timing_context():
+        with self.running():
             out = self._step()()
         sync = self._sync()
         if sync is not None:
@@ -183,7 +196,7 @@ class TorchPrepared(Prepared):
 
     def _profiled_step(self, peak: Callable[[Callable[[], Any]], Any]) -> Any:
         """Run `peak` over one warmed-up step, with the grads already None (so the step allocates them)."""
-        with self.timing_context():
+        with self.running():
             self._step()()  # warm: lazy state (workspaces, compiled code) exists before the measured step
             if self.train:
                 self._clear_grads()

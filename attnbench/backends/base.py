@@ -9,9 +9,10 @@ through the `attnbench.backends` entry point group, value "module:Class").
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +33,7 @@ from attnbench.results import (
     Case,
     Scenario,
 )
-from attnbench.timing import Clock, Sync, TimingBudget, TimingStats, time_callable
+from attnbench.timing import Clock, Lane, Sync, TimingBudget, TimingStats, time_lanes
 
 # Statuses a backend reports, under the names its code has always used (the vocabulary is attnbench.results).
 STATUS_OK, STATUS_OOM, STATUS_SKIPPED = OK, OOM, SKIPPED
@@ -57,6 +58,13 @@ class CaseFailed(Exception):
         self.reason = reason
         #: Partial results worth keeping in the row (exporter, parity_max_abs, extra, ...).
         self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:  # travels back from a worker process whole
+        return _case_failed, (type(self), self.status, self.reason, self.details)
+
+
+def _case_failed(cls: type[CaseFailed], status: str, reason: str, details: dict[str, Any]) -> CaseFailed:
+    return cls(status, reason, **details)
 
 
 def torch_dtype(dtype: str, module_name: str = "measure") -> torch.dtype:
@@ -121,11 +129,32 @@ class Prepared(ABC):
         """Context the timed calls run in (inference_mode for PyTorch backends)."""
         return torch.inference_mode()
 
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        """The process-wide settings this case runs under (torch's threads...), set for a block and restored after.
+
+        Many prepared cases live at once while their timings take turns (attnbench.timing.time_lanes): none may
+        leave its settings behind for the next one.
+        """
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        """Its settings and its timing context: what every call of this case runs under."""
+        with self.active(), self.timing_context():
+            yield
+
+    def lane(self, budget: TimingBudget) -> Lane:
+        """This case as a lane of a timing rotation."""
+        fn, sync = self.timed_callable()
+        return Lane(fn, budget, sync, self.running)
+
     def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
         """Latency of one step with the shared protocol (warm-up, then blocks until the median is known)."""
-        fn, sync = self.timed_callable()
-        with self.timing_context():
-            return time_callable(fn, budget, clock=clock, sync=sync)
+        lane = self.lane(budget or TimingBudget())
+        time_lanes([lane], clock)
+        if lane.error is not None:
+            raise lane.error
+        return lane.stats()
 
     @abstractmethod
     def peak_memory(self) -> PeakMemory:

@@ -21,27 +21,27 @@ from attnbench.results import Case, Scenario
 
 
 class CpuPrepared(TorchPrepared):
-    """A module on the CPU with torch's intra-op threads set; close() restores them and the caller's module."""
+    """A module on the CPU run at the scenario's intra-op threads; close() gives the caller's module back."""
 
     backend = "cpu"
 
     def __init__(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int) -> None:
         super().__init__()
-        threads = self.threads = scenario.threads
+        self.threads = scenario.threads
         self.device = torch.device("cpu")
-        self._prev_threads = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        self.extra = {
-            "torch_num_threads": torch.get_num_threads(),
-            "torch_num_interop_threads": torch.get_num_interop_threads(),
-            "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-            "mkl_num_threads_env": os.environ.get("MKL_NUM_THREADS"),
-            "grad_mode": "enable_grad" if scenario.mode == "train" else "inference_mode",
-        }
         try:
-            self._setup(module, input_shape, seed, scenario)
+            # Set up (and compile) at the case's threads; they are set again around every block it runs.
+            with self._threads():
+                self.extra = {
+                    "torch_num_threads": torch.get_num_threads(),
+                    "torch_num_interop_threads": torch.get_num_interop_threads(),
+                    "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+                    "mkl_num_threads_env": os.environ.get("MKL_NUM_THREADS"),
+                    "grad_mode": "enable_grad" if scenario.mode == "train" else "inference_mode",
+                }
+                self._setup(module, input_shape, seed, scenario)
         except BaseException:
-            # A failed compile never reaches measure()'s `with prepared:`: restore threads and module here.
+            # A failed compile never reaches measure()'s `with prepared:`: restore the module here.
             self.close()
             raise
 
@@ -51,8 +51,7 @@ class CpuPrepared(TorchPrepared):
         return PeakMemory(peak_bytes=peak, method=CPU_TRAIN_PEAK_METHOD if self.train else CPU_PEAK_METHOD)
 
     def close(self) -> None:
-        """Restore the thread count and the caller's module (mode, no grads)."""
-        torch.set_num_threads(self._prev_threads)
+        """Give the caller's module back (mode, no grads)."""
         self._restore_module()
 
 

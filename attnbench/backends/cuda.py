@@ -10,9 +10,10 @@ synchronize / max_memory_allocated - base, with max_memory_reserved reported sep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ def gpu_free_bytes() -> int | None:
 
 
 class CudaPrepared(TorchPrepared):
-    """A copy of the module on the GPU for the scenario, with cudnn.benchmark on until close()."""
+    """A copy of the module on the GPU for the scenario, run with cudnn.benchmark on."""
 
     backend = "cuda"
 
@@ -60,12 +61,6 @@ class CudaPrepared(TorchPrepared):
         super().__init__()
         threads = self.threads = scenario.threads
         self.device = torch.device("cuda", torch.cuda.current_device())
-        self._prev_benchmark = torch.backends.cudnn.benchmark
-        self._prev_threads = torch.get_num_threads()
-        # cudnn.benchmark autotunes convolution algorithms on the first calls of each shape: the warm-up
-        # pays for it, the timed blocks do not.
-        torch.backends.cudnn.benchmark = True
-        torch.set_num_threads(threads)
         self.extra = {
             "cudnn_benchmark": True,
             "host_threads": threads,
@@ -74,11 +69,28 @@ class CudaPrepared(TorchPrepared):
         }
         try:
             # Always a copy (see TorchPrepared._setup), so the caller's CPU float32 module stays where it was.
-            self._setup(module, input_shape, seed, scenario)
+            with self.active():
+                self._setup(module, input_shape, seed, scenario)
         except BaseException:
             # An OOM while copying or a failed compile: measure() never gets a Prepared to close.
             self.close()
             raise
+
+    @contextlib.contextmanager
+    def _settings(self) -> Iterator[None]:
+        """cudnn.benchmark on and the case's host threads for the block, then back to what they were."""
+        before = torch.backends.cudnn.benchmark
+        # cudnn.benchmark autotunes convolution algorithms on the first calls of each shape: the warm-up
+        # pays for it, the timed blocks do not.
+        torch.backends.cudnn.benchmark = True
+        try:
+            with self._threads():
+                yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        return self._settings()
 
     def _sync(self) -> Sync | None:
         return functools.partial(torch.cuda.synchronize, self.device)
@@ -91,9 +103,7 @@ class CudaPrepared(TorchPrepared):
         return mem
 
     def close(self) -> None:
-        """Restore cudnn.benchmark and threads; drop the GPU copy and return its cached blocks."""
-        torch.backends.cudnn.benchmark = self._prev_benchmark
-        torch.set_num_threads(self._prev_threads)
+        """Drop the GPU copy and return its cached blocks."""
         self._restore_module()
         torch.cuda.empty_cache()
 

@@ -50,7 +50,7 @@ from attnbench.capture import captured
 from attnbench.memory import PeakMemory
 from attnbench.results import Case, Scenario
 from attnbench.scratch import scratch_dir
-from attnbench.timing import Clock, Sync, TimingBudget, TimingStats
+from attnbench.timing import Lane, Sync, TimingBudget
 
 #: Largest |ORT - PyTorch| accepted; float32 graphs of these modules agree to ~1e-6.
 PARITY_ATOL = 1e-4
@@ -489,11 +489,10 @@ class OrtPrepared(Prepared):
 
         return contextlib.nullcontext()
 
-    def time(self, budget: TimingBudget | None = None, clock: Clock | None = None) -> TimingStats:
+    def lane(self, budget: TimingBudget) -> Lane:
         """The shared protocol with at least ORT_WARMUP_MIN_CALLS warm-up runs."""
-        budget = budget or TimingBudget()
         budget = dataclasses.replace(budget, warmup_calls=max(budget.warmup_calls, ORT_WARMUP_MIN_CALLS))
-        return super().time(budget, clock)
+        return super().lane(budget)
 
     def peak_memory(self) -> PeakMemory:
         """Not measured for ORT; the method string says why."""
