@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import Backend, CaseFailed
+from attnbench.backends.base import Backend, CaseFailed, Prepared
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.results import OK, OOM, SKIPPED, Scenario
-from attnbench.timing import CONTENTION_THRESHOLD, Clock, TimingBudget, TimingStats
+from attnbench.timing import CONTENTION_THRESHOLD, Clock, Lane, TimingBudget, TimingStats, time_lanes
 
 #: What measure() measures unless told otherwise.
 MEASURES = ("latency", "memory")
@@ -155,10 +155,102 @@ def measure(
     (attnbench.timing): a warm-up, then blocks until the 95% CI on the median is within its precision or its
     time is spent. `metrics` picks "latency" and/or "memory"; `clock` replaces time.perf_counter (tests).
     Raises BackendUnavailableError for a backend this machine cannot run; a scenario the backend cannot run is
-    status "skipped", other failures a status with a reason.
+    status "skipped", other failures a status with a reason. (A sweep stages all its cases first and times them
+    together: attnbench.runner; this is the same path for one case.)
     """
-    scenario, budget = scenario or Scenario(), budget or TimingBudget()
-    shape = _check_args(module, input_shape, budget)
+    budget = budget or TimingBudget()
+    _check_args(module, input_shape, budget)
+    staged = stage(module, input_shape, backend, scenario, metrics, seed)
+    lanes = staged.lanes(budget) if "latency" in metrics else []
+    time_lanes(lanes, clock)
+    return staged.conclude(lanes[0] if lanes else None)
+
+
+def _never() -> None:
+    raise AssertionError("a failed lane is never timed")
+
+
+@dataclass
+class Staged:
+    """A case made ready to time: its prepared module and memory reading, or the Measurement of its failure."""
+
+    base: Measurement
+    backend: Backend
+    prepared: Prepared | None = None
+    failure: Measurement | None = None
+    memory: PeakMemory = field(default_factory=lambda: PeakMemory(None, "not requested"))
+    prepare_s: float = 0.0
+    memory_s: float = 0.0
+
+    def lanes(self, budget: TimingBudget) -> list[Lane]:
+        """Its lane for a timing rotation (none when it failed before timing)."""
+        if self.prepared is None:
+            return []
+        try:
+            return [self.prepared.lane(budget)]
+        except Exception as exc:  # a call that cannot even be made: the lane carries the failure, untimed
+            return [Lane(_never, budget, error=exc)]
+
+    def conclude(self, lane: Lane | None) -> Measurement:
+        """The Measurement, once its lane (if it was timed) has run; the prepared module is closed."""
+        if self.prepared is None:
+            assert self.failure is not None
+            return self.failure
+        prepared, self.prepared = self.prepared, None
+        failure: tuple[str, str, dict[str, Any]] | None = None
+        if lane is not None and lane.error is not None:
+            error, lane.error = lane.error, None
+            outcome = _failure_of(error, self.backend, "running", prepared.exporter)
+            if isinstance(outcome, BaseException):
+                prepared.close()
+                raise outcome
+            # Its traceback's frames hold the failed step's tensors: drop them before the cleanup frees memory.
+            error.__traceback__ = None
+            del error
+            failure = outcome
+        prepared.close()
+        if failure is not None:
+            self.backend.cleanup_after_failure()
+            return _failed(self.base, *failure)
+        return self._measured(prepared, lane.stats() if lane is not None else None)
+
+    def _measured(self, prepared: Prepared, timing: TimingStats | None) -> Measurement:
+        mem = self.memory
+        extra = {"prepare_s": self.prepare_s, "memory_s": self.memory_s, "seed": self.seed, **prepared.extra}
+        return dataclasses.replace(
+            self.base,
+            status=OK,
+            timing=timing,
+            peak_bytes=mem.peak_bytes,
+            peak_method=mem.method,
+            reserved_bytes=mem.reserved_bytes,
+            parity_max_abs=prepared.parity_max_abs,
+            parity_checked_shapes=prepared.parity_checked_shapes,
+            exporter=prepared.exporter,
+            extra=extra,
+            compile_s=prepared.compile_s,
+        )
+
+    @property
+    def seed(self) -> int:
+        """The seed its input was drawn from."""
+        return int(self.base.extra.get("seed", 0))
+
+
+def stage(
+    module: nn.Module,
+    input_shape: Sequence[int],
+    backend: str = "cpu",
+    scenario: Scenario | None = None,
+    metrics: Collection[str] = MEASURES,
+    seed: int = 0,
+) -> Staged:
+    """Prepare one case to be timed (export, session, compile, parity) and read its peak memory, without timing it.
+
+    Raises BackendUnavailableError for a backend this machine lacks; any other failure is the Staged's `failure`.
+    """
+    scenario = scenario or Scenario()
+    shape = _check_args(module, input_shape, TimingBudget())
     allocator = pin_allocator()
     be = get_backend(backend)
     ok, why = be.available()
@@ -178,16 +270,19 @@ def measure(
         input_shape=shape,
         allocator=allocator,
         scenario=scenario,
+        extra={"seed": seed},
     )
+    staged = Staged(base, be)
     refusal = be.refusal(scenario)
     if refusal is not None:
-        return _failed(base, SKIPPED, refusal)
-    failure = _prepare_and_run(be, module, base, budget, metrics, clock, seed)
-    if isinstance(failure, Measurement):
-        return failure
-    # Outside the handler: its traceback no longer holds the failed step's tensors, so they can be freed.
-    be.cleanup_after_failure()
-    return _failed(base, *failure)
+        staged.failure = _failed(base, SKIPPED, refusal)
+        return staged
+    failure = _prepare(staged, module, metrics, seed)
+    if failure is not None:
+        # Outside the handler: its traceback no longer holds the failed step's tensors, so they can be freed.
+        be.cleanup_after_failure()
+        staged.failure = _failed(base, *failure)
+    return staged
 
 
 def _failed(base: Measurement, status: str, reason: str, details: dict[str, Any] | None = None) -> Measurement:
@@ -204,48 +299,42 @@ def _failed(base: Measurement, status: str, reason: str, details: dict[str, Any]
     )
 
 
-def _prepare_and_run(
-    be: Backend,
-    module: nn.Module,
-    base: Measurement,
-    budget: TimingBudget,
-    metrics: Collection[str],
-    clock: Clock | None,
-    seed: int,
-) -> Measurement | tuple[str, str, dict[str, Any]]:
-    """The measurement, or (status, reason, details) of the failure: the caller cleans up outside the handler."""
+def _failure_of(
+    exc: BaseException, be: Backend, while_: str, exporter: str | None = None
+) -> tuple[str, str, dict[str, Any]] | BaseException:
+    """(status, reason, details) of a backend's failure; the exception itself when it is not one (re-raised)."""
+    if isinstance(exc, CaseFailed):
+        details = exc.details if exporter is None else {**exc.details, "exporter": exporter}
+        return exc.status, exc.reason, details
+    if isinstance(exc, Exception) and is_oom(exc, be):
+        return OOM, f"out of memory while {while_}: {' '.join(str(exc).split())[:300]}", {}
+    return exc
+
+
+def _prepare(
+    staged: Staged, module: nn.Module, metrics: Collection[str], seed: int
+) -> tuple[str, str, dict[str, Any]] | None:
+    """Prepare and read the memory into `staged`; (status, reason, details) of a failure (the caller cleans up)."""
+    be, base = staged.backend, staged.base
     t0 = time.perf_counter()
     try:
         prepared = be.prepare(module, base.input_shape, base.scenario, seed)
-    except CaseFailed as exc:
-        return exc.status, exc.reason, exc.details
     except Exception as exc:
-        if not is_oom(exc, be):
+        failure = _failure_of(exc, be, "preparing")
+        if isinstance(failure, BaseException):
             raise
-        return OOM, f"out of memory while preparing: {' '.join(str(exc).split())[:300]}", {}
-    prepare_s = time.perf_counter() - t0
+        return failure
+    staged.prepare_s = time.perf_counter() - t0
     try:
-        with prepared:
-            timing = prepared.time(budget, clock) if "latency" in metrics else None
-            t_mem = time.perf_counter()
-            mem = prepared.peak_memory() if "memory" in metrics else PeakMemory(None, "not requested")
-            memory_s = time.perf_counter() - t_mem
-    except CaseFailed as exc:
-        return exc.status, exc.reason, {**exc.details, "exporter": prepared.exporter}
+        t_mem = time.perf_counter()
+        if "memory" in metrics:
+            staged.memory = prepared.peak_memory()
+        staged.memory_s = time.perf_counter() - t_mem
     except Exception as exc:
-        if not is_oom(exc, be):
+        prepared.close()
+        failure = _failure_of(exc, be, "running", prepared.exporter)
+        if isinstance(failure, BaseException):
             raise
-        return OOM, f"out of memory while running: {' '.join(str(exc).split())[:300]}", {}
-    return dataclasses.replace(
-        base,
-        status=OK,
-        timing=timing,
-        peak_bytes=mem.peak_bytes,
-        peak_method=mem.method,
-        reserved_bytes=mem.reserved_bytes,
-        parity_max_abs=prepared.parity_max_abs,
-        parity_checked_shapes=prepared.parity_checked_shapes,
-        exporter=prepared.exporter,
-        extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
-        compile_s=prepared.compile_s,
-    )
+        return failure
+    staged.prepared = prepared
+    return None

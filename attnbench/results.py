@@ -385,6 +385,13 @@ class Result:
     latency_p90_s: float | None = None  # percentiles of the blocks' per-call times (see TimingStats)
     latency_p99_s: float | None = None
     latency_first_s: float | None = None  # the first call, cold (see TimingStats.first_call_s)
+    #: Latency over the reference module's at the same setting (attnbench.ratios), and its 95% interval.
+    latency_ratio: float | None = None
+    latency_ratio_lo: float | None = None
+    latency_ratio_hi: float | None = None
+    latency_ratio_wide: bool | None = None  # the interval is wider than +-5% of the ratio
+    ratio_reference: str = ""  # the module the ratio is taken to
+    ratio_rounds: int | None = None  # rounds timed together it rests on (0: timed apart, from the two medians)
 
     @classmethod
     def for_case(cls, case: Case, **values: Any) -> Result:

@@ -7,6 +7,7 @@ kept beside the loop that spends it. RunOptions holds everything else a run need
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 from attnbench.errors import UsageError
@@ -27,6 +28,15 @@ DEFAULT_THREADS = 1
 DEFAULT_SEED = 0
 
 
+#: Overrides the automatic number of worker processes (0: everything in the run's own process).
+WORKERS_ENV = "ATTNBENCH_WORKERS"
+
+
+def _workers_from_env() -> int | None:
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    return int(value) if value.isdigit() else None
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to measure: which metrics and counters, the timing budget, the guards, the seed, the machine label."""
@@ -41,6 +51,13 @@ class RunOptions:
     seed: int = DEFAULT_SEED
     #: Label every row with this machine name; None: attnbench.env.machine_label() of this machine.
     machine: str | None = None
+    #: Worker processes for the work that is not a timing (counting, exports); 0: all in this process; None:
+    #: $ATTNBENCH_WORKERS if set, else the cores this process may use.
+    workers: int | None = field(default_factory=lambda: _workers_from_env())
+    #: Time the cases of one backend in round-robin blocks (False: one after the other).
+    interleave: bool = True
+    #: The module latency ratios are taken to at each setting (None: the fastest there; attnbench.ratios).
+    reference: str | None = None
 
     @property
     def measures(self) -> bool:
@@ -67,3 +84,5 @@ class RunOptions:
             raise UsageError(f"--time-limit {self.time_limit_s!r}: must be > 0 seconds")
         if self.machine is not None and not self.machine.strip():
             raise UsageError("--label must not be empty")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers {self.workers!r}: must be >= 0 (0: everything in this process)")

@@ -236,6 +236,33 @@ def other_state(
     return combine_states(values, extra, system, system_headline)
 
 
+class SystemAllocators:
+    """The allocator states of a run's CPU rows: probes submitted in phase 1, timed and combined in phase 2."""
+
+    def __init__(self) -> None:
+        self.worker = SystemAllocatorWorker()
+
+    @property
+    def startup_s(self) -> float:
+        """Seconds spent starting the worker."""
+        return self.worker.startup_s
+
+    def submit(self, case: Case, seed: int) -> None:
+        """Queue the case's probe (the one worker probes when the case is finished)."""
+
+    def finish(
+        self, case: Case, values: dict[str, Any], extra: dict[str, Any], budget: TimingBudget, seed: int
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The row's values with the other allocator state (see other_state)."""
+        return other_state(self.worker, case, (values, extra), budget, seed)
+
+    def __enter__(self) -> SystemAllocators:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.close()
+
+
 def _system_answer(
     worker: SystemAllocatorWorker,
     case: Case,

@@ -468,18 +468,24 @@ def time_lanes(
     block_target_s: float = BLOCK_TARGET_S,
     min_blocks: int = MIN_BLOCKS,
     on_round: Callable[[int, int], None] | None = None,
+    on_stop: Callable[[Lane], None] | None = None,
 ) -> None:
     """Warm every lane up, then time them in rounds of one block each until every lane has stopped.
 
     Fills each lane in place (`stats()` then reads it); a lane whose call raised keeps its `error`. `on_round(r,
-    active)` is told each round's number and how many lanes are still timing (progress).
+    active)` is told each round's number and how many lanes are still timing (progress); `on_stop(lane)` is
+    called as soon as a lane is done (stopped or failed), between blocks, so its result can be used at once.
     """
     clock = clock or time.perf_counter
+    done = on_stop or (lambda lane: None)
     for lane in lanes:
-        try:
-            _warm(lane, clock, block_target_s)
-        except Exception as exc:  # this case fails; the others are timed
-            lane.error = exc
+        if lane.error is None:  # else it failed before it could be timed
+            try:
+                _warm(lane, clock, block_target_s)
+            except Exception as exc:  # this case fails; the others are timed
+                lane.error = exc
+        if lane.error is not None:
+            done(lane)
     rounds = 0
     with _gc_off():
         while active := [lane for lane in lanes if lane.active]:
@@ -490,6 +496,8 @@ def time_lanes(
                     _block(lane, clock, min_blocks)
                 except Exception as exc:  # this case fails; the others are timed
                     lane.error = exc
+                if not lane.active:
+                    done(lane)
             rounds += 1
 
 

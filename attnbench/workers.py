@@ -8,7 +8,7 @@ job's limit or answered nonsense; the next job then gets a fresh worker. So a fa
 failure, never the run's end.
 
 Workers are started on first use and run in a session of their own: Ctrl-C at the terminal reaches this process
-only, which stops them (close()). They compute on one intra-op thread each, as the timing does.
+only, which stops them (close()). They compute on one intra-op thread each (OMP_NUM_THREADS=1), as the timing does.
 """
 
 from __future__ import annotations
@@ -76,12 +76,14 @@ class Worker:
         self.env = env or {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._stopped = False
         #: Seconds spent starting this worker (interpreter and imports), over all its starts.
         self.startup_s = 0.0
 
     def _start(self) -> subprocess.Popen[bytes]:
         started = time.perf_counter()
-        env = {**os.environ, **self.env, WORKER_ENV: "1"}
+        # One intra-op thread each, as the timing runs: torch reads these when the first job imports it.
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **self.env, WORKER_ENV: "1"}
         # The worker imports the same attnbench as this process, wherever it was imported from.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
@@ -94,12 +96,17 @@ class Worker:
             env=env,
             start_new_session=True,  # Ctrl-C goes to the run, which stops its workers
         )
+        if self._stopped:  # stop() came while the process was being started: it may not have seen it
+            self.stop()
+            raise WorkerError("the worker was stopped")
         self.call("attnbench.workers:ping", (), None)
         self.startup_s += time.perf_counter() - started
         return self._proc
 
     def call(self, fn: str, args: tuple[Any, ...], timeout_s: float | None) -> Any:
         """Run fn(*args) in the worker and return its result (or raise what it raised, or WorkerError)."""
+        if self._stopped:
+            raise WorkerError("the worker was stopped")
         if self._proc is None or self._proc.poll() is not None:
             if fn == "attnbench.workers:ping":
                 raise WorkerError("worker not started")
@@ -138,6 +145,14 @@ class Worker:
         code = self._proc.returncode if self._proc is not None else None
         signal_name = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         return f"{signal_name}; {text[-limit:] or 'no output'}"
+
+    def stop(self) -> None:
+        """Kill the worker now, whatever it is doing (its job fails); it takes no further job."""
+        self._stopped = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Stop the worker (end of input, then a kill if it does not exit)."""
@@ -205,10 +220,8 @@ class Pool:
         for _ in self._threads:
             self._jobs.put(None)
         for worker in self._workers:
-            if worker._proc is not None and worker._proc.poll() is None:
-                # A thread blocked on a long job would keep the run waiting: kill its process.
-                with contextlib.suppress(OSError):
-                    os.killpg(worker._proc.pid, signal.SIGKILL)
+            # A thread blocked on a long job would keep the run waiting: kill its process.
+            worker.stop()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -244,9 +257,6 @@ def serve() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     requests = sys.stdin.buffer
-    import torch  # the worker's work is torch's; one intra-op thread each, as the timing runs
-
-    torch.set_num_threads(1)
     while True:
         try:
             fn, args = _receive(requests)
@@ -263,4 +273,7 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    # Run the module's own copy, not __main__'s, so that what the worker pickles names attnbench.workers.
+    from attnbench.workers import serve as _serve
+
+    _serve()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import attnbench
+from attnbench.settings import WORKERS_ENV
 from attnbench.zoo.catalog import CACHE_ENV
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, ModuleSpec
@@ -18,6 +19,9 @@ from attnbench.zoo.spec import Example, ModuleSpec
 def pytest_configure(config: pytest.Config) -> None:
     # Tests are about numbers, not speed: one thread keeps them deterministic and leaves the other core free.
     torch.set_num_threads(1)
+    # Runs count and export in this process unless a test asks for workers: a worker process costs seconds of
+    # imports, which dominate a test's tiny cases (tests/test_phases.py runs the workers themselves).
+    os.environ.setdefault(WORKERS_ENV, "0")
     # `list` and `info` cache the zoo's metadata: in a scratch directory, not the user's home.
     if CACHE_ENV not in os.environ:
         cache = tempfile.mkdtemp(prefix="attnbench-test-cache-")

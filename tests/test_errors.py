@@ -125,22 +125,25 @@ def test_gate_that_compares_nothing_never_says_passed(tmp_path: Path, capsys: py
 def test_gate_verdict_is_failed_when_a_case_of_the_run_failed(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import attnbench.runner as runner
+    import attnbench.counts as counts
 
     base = tmp_path / "base.csv"
     run_cli(capsys, "profile", "lka", "--dim", "16", "--res", "8", *COUNTS, "-o", str(base))
-    real = runner.count
+    real = counts.count
 
     def flaky(module: Any, case: Case, *args: Any, **kwargs: Any) -> Any:
         if case.height == 16:  # a case the baseline does not hold, so the comparison itself passes
             raise RuntimeError("simulated fault")
         return real(module, case, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "count", flaky)
+    monkeypatch.setattr(counts, "count", flaky)
     argv = "compare lka --dim 16 --res 8 --res 16".split()
     code, out, _ = run_cli(capsys, *argv, *COUNTS, "--baseline", str(base))
     assert code == 1
-    assert "gate: FAILED: 1 case(s) compared, 0 failing change(s), 1 case(s) of this run failed" in out
+    assert (
+        "gate: FAILED: 1 case(s) compared, 0 row(s) judged on wall, 0 failing change(s), 1 case(s) of this run failed"
+        in out
+    )
     assert "PASSED" not in out
 
 

@@ -18,14 +18,15 @@ from typing import Any
 import pytest
 import torch
 
-import attnbench.runner as runner
-from attnbench import guards, store
+import attnbench.counts
+from attnbench import guards, phases, store
 from attnbench import results as R
 from attnbench.backends import base, get_backend
 from attnbench.errors import CaseTimeoutError, ResourceGuardError
 from attnbench.guards import GUARD_MARGIN, guard, time_limit
 from attnbench.settings import RunOptions
 from tests.conftest import run_cli as _cli
+from tests.stubs import stub_measure
 
 GIB = 2**30
 
@@ -45,7 +46,7 @@ def _no_real_measure(monkeypatch: pytest.MonkeyPatch) -> list[R.Case]:
         seen.append(case)
         return {"status": R.OK, "reason": ""}, {}
 
-    monkeypatch.setattr(runner, "_measure", fake)
+    stub_measure(monkeypatch, fake)
     return seen
 
 
@@ -55,7 +56,7 @@ def _refusing_measure(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise AssertionError("the guard let a case through that it must refuse")
 
-    monkeypatch.setattr(runner, "_measure", fail)
+    stub_measure(monkeypatch, fail)
 
 
 def _sleep_forever(*args: Any, **kwargs: Any) -> Any:
@@ -239,7 +240,7 @@ def test_mixed_refused_and_failed_exits_1(
     def boom(*args: Any, **kwargs: Any) -> dict[str, Any]:
         raise RuntimeError("simulated fault")
 
-    monkeypatch.setattr(runner, "_measure", boom)
+    stub_measure(monkeypatch, boom)
     code, _, err = _cli(
         capsys, "profile", "mhsa", "--dim", "16", "--res", "8", "--res", "512", "--metrics", "memory", "-q"
     )
@@ -267,14 +268,15 @@ def test_huge_case_is_counted_without_allocating_and_guarded_before_building(
     # da at 512x512 holds a Linear(262144, 262144): 256 GiB of weights. Counting builds it on the meta
     # device (nothing allocated); a real build must never happen for a case the guard refuses.
     _free(monkeypatch, tmp_path, 16 * GIB)
-    real_build = runner.build_module
+    real_build = phases.build_module
 
     def meta_only(*args: Any, **kwargs: Any) -> torch.nn.Module:
         if torch.get_default_device().type != "meta":
             raise AssertionError("built a module in RAM that the guard must refuse")
         return real_build(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "build_module", meta_only)
+    monkeypatch.setattr(phases, "build_module", meta_only)
+    monkeypatch.setattr(attnbench.counts, "build_module", meta_only)
     counts = tmp_path / "counts.csv"
     code, _, err = _cli(
         capsys, "profile", "da", "--dim", "64", "--res", "512", "--metrics", "params,macs", "-o", str(counts)

@@ -301,7 +301,17 @@ def test_extra_dict() -> None:
 
 
 #: The metric columns added since schema 2, in their order.
-NEW_METRIC_COLUMNS = ("latency_p90_s", "latency_p99_s", "latency_first_s")
+NEW_METRIC_COLUMNS = (
+    "latency_p90_s",
+    "latency_p99_s",
+    "latency_first_s",
+    "latency_ratio",
+    "latency_ratio_lo",
+    "latency_ratio_hi",
+    "latency_ratio_wide",
+    "ratio_reference",
+    "ratio_rounds",
+)
 
 
 def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() -> None:

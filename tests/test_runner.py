@@ -3,6 +3,7 @@ every failure with their statuses, time limits, the memory guard, Ctrl-C, and co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import attnbench.runner as runner
-from attnbench import guards, store
+from attnbench import counts, guards, phases, store
 from attnbench import results as R
 from attnbench.backends import base
 from attnbench.errors import (
@@ -33,6 +34,7 @@ from attnbench.settings import RunOptions
 from attnbench.sweep import Sweep
 from attnbench.timing import TimingBudget
 from tests.conftest import run_cli as _cli
+from tests.stubs import stub_measure, stub_timed
 from tests.test_fuzz import cases as fuzzed_cases
 
 FAST_OPTIONS = RunOptions(budget=TimingBudget(min_run_time=0.01, max_run_time=0.05))
@@ -54,6 +56,10 @@ class Recorder(Sink):
         """The environment and the plan."""
         self.env, self.planned = env, list(cases)
         self.events.append(("start", len(cases)))
+
+    def phase(self, phase: str, cases: Sequence[Case], note: str = "") -> None:
+        """A phase begins."""
+        self.events.append((f"phase {phase}", len(cases)))
 
     def stage(self, case: Case, stage: str) -> None:
         """A case's stage."""
@@ -93,7 +99,7 @@ def _stub_measure(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -
             raise KeyboardInterrupt
         return {"status": R.OK, "reason": ""}, {"stub": True}
 
-    monkeypatch.setattr(runner, "_measure", fake)
+    stub_measure(monkeypatch, fake)
     return seen
 
 
@@ -125,22 +131,27 @@ def test_run_sweep_streams_every_row_to_the_sink_between_start_and_finish() -> N
     sink = Recorder()
     outcome = run_sweep(sweep, RunOptions(metrics=("params", "memory"), machine="test box"), sink)
     assert not outcome.interrupted and [r.status for r in outcome.results] == [R.OK] * 4
-    assert sink.planned == sweep.cases() and sink.outcome is outcome and sink.rows == outcome.results
+    assert sink.planned == sweep.cases() and sink.outcome is outcome
+    # Rows are handed on as they finish (backend by backend) and end in plan order.
+    assert [r.case for r in outcome.results] == sweep.cases()
+    assert sorted(sink.rows, key=lambda r: r.label) == sorted(outcome.results, key=lambda r: r.label)
     labels = [c.label for c in sweep.cases()]
-    # Per geometry: counted once, built once, then each backend's case measured and its row handed on at once.
+    # Phase 1: every geometry counted, then each built once and its cases prepared; then (no latency asked for,
+    # nothing to time) each backend's rows in turn.
     assert sink.events == [
         ("start", 4),
+        ("phase prepare", 4),
         ("counting", labels[0]),
-        ("building", labels[0]),
-        ("measuring", labels[0]),
-        ("row", labels[0]),
-        ("measuring", labels[1]),
-        ("row", labels[1]),
         ("counting", labels[2]),
+        ("building", labels[0]),
+        ("preparing", labels[0]),
+        ("preparing", labels[1]),
         ("building", labels[2]),
-        ("measuring", labels[2]),
+        ("preparing", labels[2]),
+        ("preparing", labels[3]),
+        ("row", labels[0]),
         ("row", labels[2]),
-        ("measuring", labels[3]),
+        ("row", labels[1]),
         ("row", labels[3]),
         ("finish", 4),
     ]
@@ -215,13 +226,13 @@ def test_train_counts_are_three_forwards_and_the_other_counters_say_why_not(modu
 
 def test_counted_once_per_geometry_and_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     modes: list[str] = []
-    real = runner.count_all
+    real = counts.count_all
 
     def spy(*args: Any, mode: str = "infer", **kwargs: Any) -> Any:
         modes.append(mode)
         return real(*args, mode=mode, **kwargs)
 
-    monkeypatch.setattr(runner, "count_all", spy)
+    monkeypatch.setattr(counts, "count_all", spy)
     sweep = Sweep(("lka",), (16,), ((8, 8),), scenarios={"dtype": ("float32", "bfloat16"), "mode": ("infer", "train")})
     rows = run(sweep.cases(), RunOptions(metrics=("params", "macs", "memory"))).results
     assert len(rows) == 4 and sorted(modes) == ["infer", "train"]
@@ -415,7 +426,7 @@ def test_out_of_memory_is_an_oom_row(monkeypatch: pytest.MonkeyPatch, where: str
         raise torch.OutOfMemoryError("simulated: out of memory")
 
     # Inside a backend, measure() turns it into a status; outside one, the runner's failure row does.
-    monkeypatch.setattr(*((CpuBackend, "prepare", oom) if where == "backend" else (runner, "_measure", oom)))
+    monkeypatch.setattr(*((CpuBackend, "prepare", oom) if where == "backend" else (phases, "_stage_case", oom)))
     outcome = run([Case("lka", 16, 8, 8), Case("lka", 16, 16, 16)], FAST_OPTIONS)
     assert [r.status for r in outcome.results] == [R.OOM, R.OOM]
     assert "out of memory" in outcome.results[0].reason
@@ -423,14 +434,14 @@ def test_out_of_memory_is_an_oom_row(monkeypatch: pytest.MonkeyPatch, where: str
 
 
 def test_a_failing_build_fails_every_case_of_its_geometry_and_the_next_runs(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = runner.build_module
+    real = phases.build_module
 
     def build(name: str, dim: int, hw: tuple[int, int], *args: Any, **kwargs: Any) -> torch.nn.Module:
         if hw == (8, 8) and torch.get_default_device().type != "meta":
             raise RuntimeError("simulated build fault")
         return real(name, dim, hw, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "build_module", build)
+    monkeypatch.setattr(phases, "build_module", build)
     seen = _stub_measure(monkeypatch)
     cases = Sweep(("lka",), (16,), ((8, 8), (12, 12)), backends=("cpu", "ort")).cases()
     rows = run(cases, RunOptions(metrics=("params", "memory"))).results
@@ -450,7 +461,7 @@ def test_debug_prints_the_traceback_of_a_failing_case(
     def boom(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("simulated fault")
 
-    monkeypatch.setattr(runner, "_measure", boom)
+    stub_measure(monkeypatch, boom)
     monkeypatch.delenv(runner.DEBUG_ENV, raising=False)
     assert not runner.debug()
     run([Case("lka", 16, 8, 8)], RunOptions(metrics=("memory",)))
@@ -501,15 +512,36 @@ def test_counting_alone_is_not_guarded(tmp_path: Path, monkeypatch: pytest.Monke
 # ---------------------------------------------------------------- Ctrl-C and time limits
 
 
-def test_ctrl_c_keeps_the_rows_measured_so_far(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_while_preparing_ends_the_run_with_the_rows_finished_before(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = _stub_measure(monkeypatch, fail_at=2)
     sweep = Sweep(("lka",), (16,), ((8, 8), (12, 12), (16, 16)))
     sink = Recorder()
     outcome = run_sweep(sweep, RunOptions(metrics=("params", "memory")), sink)
-    assert outcome.interrupted and len(seen) == 2
+    # The three cases are prepared together, then timed: the second one's preparation was cut, none was finished.
+    assert outcome.interrupted and len(seen) == 2 and outcome.results == []
+    assert sink.outcome is outcome and sink.events[-1] == ("finish", 0)
+
+
+def test_ctrl_c_while_timing_keeps_the_rows_whose_timing_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = {"n": 0}
+
+    def slow_then_interrupted() -> None:
+        calls["n"] += 1
+        if calls["n"] > 100:  # after the quick case's six blocks (ten calls a block here)
+            raise KeyboardInterrupt
+        time.sleep(0.002)
+
+    budget = TimingBudget(max_run_time=10.0, precision=None, min_run_time=0.0, warmup_s=0.0, warmup_calls=1)
+    longer = dataclasses.replace(budget, min_run_time=5.0)
+    stub_timed(monkeypatch, lambda case: (lambda: None, None) if case.height == 8 else (slow_then_interrupted, longer))
+    sweep = Sweep(("lka",), (16,), ((8, 8), (12, 12)))
+    sink = Recorder()
+    outcome = run_sweep(sweep, RunOptions(metrics=("params", "latency"), budget=budget), sink)
+    assert outcome.interrupted
     assert [(r.height, r.status) for r in outcome.results] == [(8, R.OK)]
+    assert outcome.results[0].latency_median_s is not None and outcome.results[0].extra_dict["blocks"] == 6
     # The sink still hears the end, with the rows that were finished.
-    assert sink.outcome is outcome and sink.rows == outcome.results and sink.events[-1] == ("finish", 1)
+    assert sink.rows == outcome.results and sink.events[-1] == ("finish", 1)
 
 
 def test_slow_case_times_out_and_the_next_runs(
@@ -523,7 +555,7 @@ def test_slow_case_times_out_and_the_next_runs(
             _sleep_forever()
         return {"status": R.OK, "reason": ""}, {}
 
-    monkeypatch.setattr(runner, "_measure", measure)
+    stub_measure(monkeypatch, measure)
     path = tmp_path / "r.csv"
     code, _, err = _cli(
         capsys, "profile", "lka", "--dim", "16", "--res", "8", "--res", "16", "--time-limit", "0.3", "-o", str(path)
@@ -540,7 +572,7 @@ def test_time_limit_covers_building_and_counting(
     monkeypatch: pytest.MonkeyPatch, alarm_checked: None, where: str
 ) -> None:
     # Counters catch every Exception of a module's forward: the alarm must fire again until the case gives up.
-    monkeypatch.setattr(runner, "build_module", _sleep_forever if where == "build" else lambda *a, **k: _Hangs())
+    monkeypatch.setattr(counts, "build_module", _sleep_forever if where == "build" else lambda *a, **k: _Hangs())
     options = RunOptions(metrics=("params", "macs"), time_limit_s=0.2)
     outcome = run([Case("lka", 16, 8, 8)], options)
     assert [r.status for r in outcome.results] == [R.TIMEOUT]
@@ -553,7 +585,7 @@ def test_time_limit_covers_the_measurement(monkeypatch: pytest.MonkeyPatch, alar
 
     # Counting once first does the process's lazy imports: the limit is for the stubbed measurement.
     run([Case("lka", 16, 8, 8)], COUNTS)
-    monkeypatch.setattr(runner, "_measure", measure)
+    stub_measure(monkeypatch, measure)
     cases = Sweep(("lka",), (16,), ((8, 8),), backends=("cpu", "ort")).cases()
     rows = run(cases, RunOptions(metrics=("memory",), time_limit_s=1.0)).results
     # The limit is per case: the cpu case ran out of it, the ort case of the same geometry had its own.

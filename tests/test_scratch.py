@@ -111,13 +111,14 @@ def test_sigterm_during_an_onnx_export_removes_its_temporary_directory(tmp_path:
         text=True,
     )
     deadline = time.monotonic() + 120
-    while not list(scratch_root.glob("attnbench-onnx-*")):  # the cpu row is done, the ORT export under way
+    # Both cases are prepared before either is timed: the cpu case is staged, the ORT export under way.
+    while not list(scratch_root.glob("attnbench-onnx-*")):
         assert proc.poll() is None and time.monotonic() < deadline, "the export never started"
         time.sleep(0.01)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "terminated (SIGTERM): 1 completed row(s) kept" in err
+    assert "terminated (SIGTERM): 0 completed row(s) kept" in err
     assert list(scratch_root.glob("attnbench-onnx-*")) == []
-    assert [r.backend for r in store.load(out).results] == ["cpu"]
+    assert store.load(out).results == []  # a valid, empty report
     assert not list(tmp_path.glob(".*.lock"))

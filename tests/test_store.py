@@ -410,9 +410,9 @@ def test_an_output_another_run_is_writing_is_refused(tmp_path: Path, capsys: pyt
 def test_sigterm_stops_like_ctrl_c_keeping_rows(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import attnbench.runner as runner
+    import attnbench.counts as counts
 
-    real = runner.count
+    real = counts.count
 
     def terminate(module: Any, case: Case, *args: Any, **kwargs: Any) -> Any:
         if case.height == 16:
@@ -420,7 +420,7 @@ def test_sigterm_stops_like_ctrl_c_keeping_rows(
             time.sleep(5)  # the handler interrupts this sleep
         return real(module, case, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "count", terminate)
+    monkeypatch.setattr(counts, "count", terminate)
     path = tmp_path / "r.csv"
     argv = "profile lka --dim 16 --res 8 --res 16 --res 32".split()
     code, _, err = run_cli(capsys, *argv, *COUNTS, "-o", str(path))

@@ -11,6 +11,7 @@ from attnbench.errors import InvalidCaseError, UnknownModuleError, UsageError
 from attnbench.results import SCENARIO_DEFAULTS, Case, Scenario
 from attnbench.sweep import Sweep
 from tests.conftest import run_cli
+from tests.stubs import stub_measure
 
 
 def test_every_combination_once_with_geometries_adjacent() -> None:
@@ -204,13 +205,12 @@ def test_threads_beyond_the_usable_cores_are_warned_about(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import attnbench.env
-    import attnbench.runner as runner
 
     monkeypatch.setattr(attnbench.env, "usable_cores", lambda: 2)
     assert Sweep(("lka",), scenarios={"threads": (1, 2)}).warnings() == []
     (warning,) = Sweep(("lka",), scenarios={"threads": (1, 64)}).warnings()
     assert warning.startswith("--threads 64 exceeds the 2 usable core(s)")
-    monkeypatch.setattr(runner, "_measure", lambda *a, **k: ({"status": "ok", "reason": ""}, {}))
+    stub_measure(monkeypatch, lambda *a, **k: ({"status": "ok", "reason": ""}, {}))
     code, _, err = run_cli(capsys, *"profile lka --dim 16 --res 8 --threads 64 --metrics memory --quiet".split())
     assert code == 0 and "attnbench: warning: --threads 64 exceeds the 2 usable core(s)" in err
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -97,6 +98,19 @@ def host_available_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Work that cases need before prepare() and a worker process can do: `fn(module, *args)` there.
+
+    `fn` is named "package.module:function"; the worker builds the module again from the case's name and the
+    run's seed and passes it first. Jobs with equal `key` are one job: cases at several resolutions may share it.
+    """
+
+    key: str
+    fn: str
+    args: tuple[Any, ...]
 
 
 class Prepared(ABC):
@@ -230,6 +244,15 @@ class Backend(ABC):
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Make `module` ready to run on `input_shape` in `scenario`; a case it cannot run raises CaseFailed."""
+
+    def offload(self, module: nn.Module, cases: Sequence[Case], seed: int) -> list[Job]:
+        """Jobs that would make preparing `cases` (one module setting, at one or more resolutions) quicker, for
+        worker processes while this one prepares others (ONNX Runtime: the exports); none by default."""
+        return []
+
+    def receive(self, job: Job, answer: Any) -> None:
+        """A job's answer, or the exception it ended with, handed back in this process before prepare()."""
+        return None
 
     def free_memory(self) -> int | None:
         """Bytes the next case can allocate where this backend computes (None: unknown); the memory guard reads it."""

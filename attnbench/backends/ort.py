@@ -41,16 +41,25 @@ from attnbench.backends.base import (
     STATUS_SESSION_FAILED,
     Backend,
     CaseFailed,
+    Job,
     Prepared,
     make_input,
 )
 from attnbench.backends.cuda import gpu_free_bytes
-from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
+from attnbench.backends.export_cache import (
+    EXPORTS,
+    ORIGIN_DISK,
+    ORIGIN_WORKER,
+    ExportAnswer,
+    Graph,
+    module_fingerprint,
+)
 from attnbench.capture import captured
 from attnbench.memory import PeakMemory
 from attnbench.results import Case, Scenario
 from attnbench.scratch import scratch_dir
 from attnbench.timing import Lane, Sync, TimingBudget
+from attnbench.workers import WorkerError
 
 #: Largest |ORT - PyTorch| accepted; float32 graphs of these modules agree to ~1e-6.
 PARITY_ATOL = 1e-4
@@ -245,6 +254,92 @@ def session_options(threads: int, opt_level: str = "all") -> Any:
     return opts
 
 
+def export_inputs(shape: Sequence[int], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The case's input and one at another batch size (1 or 2): parity checks both, the export traces batch >= 2."""
+    shape = tuple(shape)
+    alt_batch = 2 if shape[0] == 1 else 1
+    x = make_input(shape, torch.float32, seed)
+    return x, make_input((alt_batch, *shape[1:]), torch.float32, seed + 1)
+
+
+def export_graph(
+    module: nn.Module,
+    x: torch.Tensor,
+    example: torch.Tensor,
+    spatial: bool,
+    opener: Callable[[str, str], Any] | None = None,
+) -> tuple[Graph, Any]:
+    """Export `module` (traced on `example`, for inputs like `x`) as a Graph, and `opener(path, exporter)` on its file.
+
+    The file lives in a temporary directory removed on every exit path; a graph over 2 GB keeps its weights in
+    external files, so it has no bytes (it is opened from the file, and not kept for reuse).
+    """
+    batch = x.shape[0]
+    with scratch_dir("attnbench-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        info = export_onnx(module, example, path, spatial=spatial)
+        dims = input_dims(path)
+        if not spatial and isinstance(dims[0], int) and dims[0] != batch:
+            # The exporter fixed the batch to the example's: export again at the measured shape.
+            first = {f"dynamic_attempt_{k}": v for k, v in info.items() if k != "export_s"}
+            again = export_onnx(module, x, path, dynamic=False)
+            again["export_s"] += info["export_s"]
+            info = {
+                **first,
+                **again,
+                "static_reexport_reason": f"dynamic batch requested, exporter fixed it to {dims[0]}",
+            }
+            dims = input_dims(path)
+        single_file = [p.name for p in Path(tmp).iterdir()] == [path.name]
+        graph = Graph(
+            model=path.read_bytes() if single_file else b"",
+            exporter=info["exporter"],
+            dims=tuple(dims),
+            opset=_opset(path),
+            info=info,
+            exported_at=tuple(x.shape),
+        )
+        opened = opener(str(path), graph.exporter) if opener is not None else None
+    return graph, opened
+
+
+def _mode_of(graph: Graph, first_use: bool, otherwise: str) -> str:
+    """How a row got its graph: exported in a worker or read from the cache (its first user), else `otherwise`."""
+    if not first_use:
+        return otherwise
+    return {ORIGIN_WORKER: "exported in a worker", ORIGIN_DISK: "from the cache"}.get(graph.origin, otherwise)
+
+
+def export_setting(
+    module: nn.Module, seed: int, key: str, shapes: list[tuple[int, ...]], spatial: bool
+) -> ExportAnswer:
+    """A worker's export of one module setting: one graph for every shape if `spatial` works, else one per shape.
+
+    `module` was built again in the worker from its name and the run's seed; one that differs from the run's
+    build (its fingerprint `key`) raises, and the run then exports in its own process. Parity is the run's to check.
+    """
+    if module_fingerprint(module) != key:
+        raise RuntimeError("the module built in a worker differs from the run's build (not seeded alike)")
+    answer = ExportAnswer()
+    if spatial:
+        x, x_alt = export_inputs(shapes[0], seed)
+        try:
+            graph, _ = export_graph(module, x, x if x.shape[0] >= 2 else x_alt, spatial=True)
+            if graph.spatial_dynamic:
+                answer.spatial = graph
+                return answer
+            raise CaseFailed(STATUS_EXPORT_FAILED, f"the exporter fixed the input dims to {list(graph.dims)}")
+        except CaseFailed as exc:
+            answer.refused = f"dynamic H, W export: {exc.status}: {exc.reason}"
+    for shape in shapes:
+        x, x_alt = export_inputs(shape, seed)
+        try:
+            answer.fixed[tuple(shape)], _ = export_graph(module, x, x if x.shape[0] >= 2 else x_alt, spatial=False)
+        except CaseFailed as exc:
+            answer.failed[tuple(shape)] = exc
+    return answer
+
+
 class OrtPrepared(Prepared):
     """A verified ONNX Runtime session over one input, from a graph exported once per module setting."""
 
@@ -264,9 +359,7 @@ class OrtPrepared(Prepared):
         module.eval()
         try:
             shape = tuple(input_shape)
-            alt_batch = 2 if shape[0] == 1 else 1
-            x = make_input(shape, torch.float32, seed)
-            x_alt = make_input((alt_batch, *shape[1:]), torch.float32, seed + 1)
+            x, x_alt = export_inputs(shape, seed)
             with torch.inference_mode():
                 ref = module(x).numpy()
                 ref_alt = module(x_alt).numpy()
@@ -284,7 +377,7 @@ class OrtPrepared(Prepared):
             shared = EXPORTS.get(key)
             if shared is not None and shared.dims[1] == shape[1]:
                 try:
-                    self._use(shared, "reused", self._open(shared.model))
+                    self._use(shared, _mode_of(shared, EXPORTS.claim(key), "reused"), self._open(shared.model))
                     self._check_parity(x, ref, x_alt, ref_alt, list(shared.dims))
                 except CaseFailed as exc:
                     # The graph holds where it was exported but not here: this setting goes per resolution.
@@ -318,55 +411,53 @@ class OrtPrepared(Prepared):
             started = time.perf_counter()
             try:
                 graph, session = self._export(module, x, example, spatial=True)
-                if not graph.spatial_dynamic:
-                    raise CaseFailed(STATUS_EXPORT_FAILED, f"the exporter fixed the input dims to {list(graph.dims)}")
-                self._use(graph, "exported", session)
-                self._check_parity(x, ref, x_alt, ref_alt, list(graph.dims))
             except CaseFailed as exc:
                 why_not = f"dynamic H, W export: {exc.status}: {exc.reason}"
-                EXPORTS.refuse(key, why_not)
-                self._reset_parity()
-                # Seconds the failed attempt cost, so that export time is accounted for in full.
+                EXPORTS.refuse(key, why_not, lasting=True)
                 self.extra["export_spatial_attempt_s"] = time.perf_counter() - started
             else:
-                self.extra["onnx_graph_cached"] = EXPORTS.put(key, graph)
-                return
+                why_not = self._try_spatial(graph, session, key, (x, ref, x_alt, ref_alt))
+                if why_not is None:
+                    return
+                # Seconds the failed attempt cost, so that export time is accounted for in full.
+                self.extra["export_spatial_attempt_s"] = time.perf_counter() - started
         # As in attnbench 0.1: a dynamic batch only, for this resolution.
-        graph, session = self._export(module, x, example, spatial=False)
-        self._use(graph, "exported per resolution", session)
+        shape = tuple(x.shape)
+        failure = EXPORTS.failure(key, shape)
+        if failure is not None:
+            raise failure
+        fixed = EXPORTS.get_fixed(key, shape)
+        if fixed is not None:
+            graph, session = fixed, self._open(fixed.model, fixed.exporter)
+            mode = _mode_of(fixed, EXPORTS.claim(key, shape), "reused per resolution")
+        else:
+            graph, session = self._export(module, x, example, spatial=False)
+            EXPORTS.put_fixed(key, shape, graph)
+            mode = "exported per resolution"
+        self._use(graph, mode, session)
         self.extra["onnx_per_resolution_reason"] = why_not
         self._check_parity(x, ref, x_alt, ref_alt, list(graph.dims))
 
+    def _try_spatial(self, graph: Graph, session: Any, key: str, checks: tuple[Any, ...]) -> str | None:
+        """Use a graph just exported with H, W dynamic if it is one and holds here; else why not (refused)."""
+        try:
+            if not graph.spatial_dynamic:
+                why = f"the exporter fixed the input dims to {list(graph.dims)}"
+                EXPORTS.refuse(key, f"dynamic H, W export: {STATUS_EXPORT_FAILED}: {why}", lasting=True)
+                raise CaseFailed(STATUS_EXPORT_FAILED, why)
+            self._use(graph, "exported", session)
+            self._check_parity(*checks, list(graph.dims))
+        except CaseFailed as exc:
+            why_not = f"dynamic H, W export: {exc.status}: {exc.reason}"
+            EXPORTS.refuse(key, why_not)
+            self._reset_parity()
+            return why_not
+        self.extra["onnx_graph_cached"] = EXPORTS.put(key, graph)
+        return None
+
     def _export(self, module: nn.Module, x: torch.Tensor, example: torch.Tensor, spatial: bool) -> tuple[Graph, Any]:
-        """Export to a temporary directory (removed on every exit path) and open a session on the file."""
-        batch = x.shape[0]
-        with scratch_dir("attnbench-onnx-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            info = export_onnx(module, example, path, spatial=spatial)
-            dims = input_dims(path)
-            if not spatial and isinstance(dims[0], int) and dims[0] != batch:
-                # The exporter fixed the batch to the example's: export again at the measured shape.
-                first = {f"dynamic_attempt_{k}": v for k, v in info.items() if k != "export_s"}
-                again = export_onnx(module, x, path, dynamic=False)
-                again["export_s"] += info["export_s"]
-                info = {
-                    **first,
-                    **again,
-                    "static_reexport_reason": f"dynamic batch requested, exporter fixed it to {dims[0]}",
-                }
-                dims = input_dims(path)
-            # Weights in external files (graphs over 2 GB) would not travel as bytes: such a graph is not kept.
-            single_file = [p.name for p in Path(tmp).iterdir()] == [path.name]
-            graph = Graph(
-                model=path.read_bytes() if single_file else b"",
-                exporter=info["exporter"],
-                dims=tuple(dims),
-                opset=_opset(path),
-                info=info,
-                exported_at=tuple(x.shape),
-            )
-            session = self._open(str(path), graph.exporter)
-        return graph, session
+        """Export (export_graph) and open a session on the graph."""
+        return export_graph(module, x, example, spatial, opener=self._open)
 
     def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
         """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
@@ -556,6 +647,31 @@ class OrtCpuBackend(Backend):
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
         return self._prepared_cls(module, input_shape, scenario, seed, self)
+
+    def offload(self, module: nn.Module, cases: Sequence[Case], seed: int) -> list[Job]:
+        """The export of this module setting for every shape of `cases` not already in the cache (a worker's job)."""
+        if MISSING is not None:
+            return []
+        key = module_fingerprint(module)
+        shapes = sorted({c.input_shape for c in cases})
+        spatial = EXPORTS.refused(key) is None and all(len(s) == 4 for s in shapes)
+        if spatial and EXPORTS.get(key) is not None:
+            return []
+        if not spatial:
+            shapes = [s for s in shapes if EXPORTS.get_fixed(key, s) is None and EXPORTS.failure(key, s) is None]
+        if not shapes:
+            return []
+        return [Job(f"onnx-export:{key}", "attnbench.backends.ort:export_setting", (seed, key, shapes, spatial))]
+
+    def receive(self, job: Job, answer: Any) -> None:
+        """The worker's graphs into the export cache; an export that killed its worker fails those shapes."""
+        _, key, shapes, _ = job.args
+        if isinstance(answer, ExportAnswer):
+            EXPORTS.receive(key, answer)
+        elif isinstance(answer, WorkerError):
+            for shape in shapes:
+                EXPORTS.fail(key, shape, CaseFailed(STATUS_EXPORT_FAILED, f"the export's worker process: {answer}"))
+        # Anything else (a build that differs in the worker): prepare() exports in this process, as it always did.
 
     def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
         """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""

@@ -48,6 +48,7 @@ from attnbench.cli.options import (
     scenario_options,
 )
 from attnbench.errors import AttnbenchError
+from attnbench.sink import PREPARE, TIME
 from attnbench.timing import DEFAULT_MAX_RUN_TIME, DEFAULT_MIN_RUN_TIME, DEFAULT_PRECISION, WARMUP_MIN_S
 
 if TYPE_CHECKING:
@@ -235,10 +236,20 @@ class Sinks:
         for sink in self.sinks:
             sink.start(env, cases)
 
+    def phase(self, phase: str, cases: Sequence[R.Case], note: str = "") -> None:
+        """Every sink's phase."""
+        for sink in self.sinks:
+            getattr(sink, "phase", lambda *a: None)(phase, cases, note)
+
     def stage(self, case: R.Case, stage: str) -> None:
         """Every sink's stage."""
         for sink in self.sinks:
             sink.stage(case, stage)
+
+    def rotation(self, round_: int, timing: int) -> None:
+        """Every sink's rotation."""
+        for sink in self.sinks:
+            getattr(sink, "rotation", lambda *a: None)(round_, timing)
 
     def row(self, row: R.Result) -> None:
         """Every sink's row."""
@@ -256,6 +267,13 @@ class Sinks:
             sink.finish(outcome)
 
 
+#: What each phase does, for the progress line.
+PHASE_WORDS = {
+    PREPARE: "counting, building, exporting and probing {n} case(s)",
+    TIME: "timing {n} case(s) alone",
+}
+
+
 class Progress:
     """Progress on stderr, naming each case's stage: a bar on a terminal, one plain line per finished case in a
     log (a bar would be redrawn into it)."""
@@ -265,6 +283,7 @@ class Progress:
         self.done, self.total = 0, 0
         self._bar: Any = None
         self._task: Any = None
+        self._phase = ""
 
     def start(self, env: Mapping[str, Any], cases: Sequence[R.Case]) -> None:
         """Count the steps (cases, or geometries and modes when only counting) and open the bar."""
@@ -284,11 +303,28 @@ class Progress:
         self._bar.start()
         self._task = self._bar.add_task(_geometry_text(steps[0]), total=self.total)
 
+    def phase(self, phase: str, cases: Sequence[R.Case], note: str = "") -> None:
+        """Say which phase begins: on the bar as a prefix, in a log as a line."""
+        number = 1 if phase == PREPARE else 2
+        self._phase = f"{number}/2 {phase}"
+        what = PHASE_WORDS[phase].format(n=len(cases))
+        if self._bar is not None:
+            self._bar.update(self._task, description=f"[{self._phase}] {what}")
+        elif not self.quiet and self.measures:
+            print(f"attnbench: phase {self._phase}: {what} ({note})", file=sys.stderr, flush=True)
+
     def stage(self, case: R.Case, stage: str) -> None:
         """Name the case and what it is doing on the bar."""
         if self._bar is not None:
-            where = f" {case.backend}" if stage == "measuring" else ""
-            self._bar.update(self._task, description=f"{_geometry_text(case)}{where}: {stage}")
+            where = f" {case.backend}" if stage in ("preparing", "timing") else ""
+            prefix = f"[{self._phase}] " if self._phase else ""
+            self._bar.update(self._task, description=f"{prefix}{_geometry_text(case)}{where}: {stage}")
+
+    def rotation(self, round_: int, timing: int) -> None:
+        """On the bar: the timing rotation's round and how many cases are still timed."""
+        if self._bar is not None:
+            text = f"[{self._phase}] round {round_ + 1}: {timing} case(s) taking turns"
+            self._bar.update(self._task, description=text)
 
     def row(self, row: R.Result) -> None:
         """Advance; in a log, one line for the finished case."""

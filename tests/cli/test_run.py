@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from attnbench import counts, runner, store
 from attnbench import results as R
-from attnbench import runner, store
 from attnbench.cli import app as A
 from attnbench.cli.run import Progress, Sinks, progress_line
 from attnbench.results import Case, Result, Scenario
 from attnbench.runner import RunOutcome
+from attnbench.sink import PREPARE, TIME
 from tests.conftest import run_cli as run
 from tests.samples import markdown_tables, parse_rich
 
@@ -85,8 +86,8 @@ def test_every_case_refused_ends_like_bad_input(tmp_path: Path, capsys: pytest.C
 
 
 def _failing_at(height: int, exc: BaseException) -> Any:
-    """runner.count that raises `exc` for cases of this height."""
-    real = runner.count
+    """counts.count that raises `exc` for cases of this height."""
+    real = counts.count
 
     def count(module: Any, case: Case, *args: Any, **kwargs: Any) -> Any:
         if case.height == height:
@@ -99,7 +100,7 @@ def _failing_at(height: int, exc: BaseException) -> Any:
 def test_failing_case_is_a_row_and_exit_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "count", _failing_at(8, RuntimeError("simulated fault")))
+    monkeypatch.setattr(counts, "count", _failing_at(8, RuntimeError("simulated fault")))
     path = tmp_path / "r.csv"
     code, _, err = run(
         capsys,
@@ -117,7 +118,7 @@ def test_failing_case_is_a_row_and_exit_1(
 def test_interrupt_keeps_finished_rows_in_valid_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runner, "count", _failing_at(16, KeyboardInterrupt()))
+    monkeypatch.setattr(counts, "count", _failing_at(16, KeyboardInterrupt()))
     csv_path, json_path, md_path = tmp_path / "r.csv", tmp_path / "r.json", tmp_path / "r.md"
     code, _, err = run(
         capsys,
@@ -198,8 +199,15 @@ def test_a_terminal_gets_a_bar_that_names_the_stage(monkeypatch: pytest.MonkeyPa
     case = Case("lka", 16, 8, 8, backend="ort")
     progress.start({}, [case])
     assert progress._bar is not None
-    progress.stage(case, "measuring")
-    assert progress._bar.tasks[0].description == "lka C=16 8x8 B=1 ort: measuring"
+    progress.stage(case, "building")
+    assert progress._bar.tasks[0].description == "lka C=16 8x8 B=1: building"
+    progress.phase(PREPARE, [case], "2 worker process(es)")
+    progress.stage(case, "preparing")
+    assert progress._bar.tasks[0].description == "[1/2 prepare] lka C=16 8x8 B=1 ort: preparing"
+    progress.phase(TIME, [case], "interleaved")
+    assert progress._bar.tasks[0].description == "[2/2 time] timing 1 case(s) alone"
+    progress.rotation(2, 1)
+    assert progress._bar.tasks[0].description == "[2/2 time] round 3: 1 case(s) taking turns"
     progress.row(Result.for_case(case))
     assert progress._bar.tasks[0].completed == 1
     progress.finish(RunOutcome())
@@ -366,8 +374,9 @@ def test_autocast_and_warmup_reach_the_row(
     argv = ["profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,latency", "--max-run-time", "0.02"]
     code, _, err = run(capsys, *argv, "--warmup", "0.01", "--autocast", "bf16", "-o", str(path))
     assert code == 0, err
-    assert warmups == [0.01]  # the headline timing in this process warmed up for the seconds asked
     (row,) = store.load(path).results
+    # The headline timing in this process warmed up for the seconds asked: its first (cold) call, then the rest.
+    assert row.latency_first_s is not None and warmups == [pytest.approx(0.01 - row.latency_first_s)]
     assert row.ok and row.scenario == Scenario(autocast="bfloat16") and row.latency_median_s
     assert row.label == "lka C=16 8x8 B=1 cpu autocast=bfloat16"
     progress = [line for line in err.splitlines() if line.startswith("attnbench: [")]
