@@ -16,8 +16,8 @@ from attnbench import backends, phases
 from attnbench import results as R
 from attnbench.backends import base
 from attnbench.backends.base import CaseFailed, Job, Prepared
-from attnbench.backends.export_cache import EXPORTS
 from attnbench.backends.cpu import CpuBackend
+from attnbench.backends.export_cache import EXPORTS
 from attnbench.counts import count_geometry
 from attnbench.results import Case, Scenario
 from attnbench.runner import Sink, run, run_sweep

@@ -56,7 +56,8 @@ def test_rows_of_one_rotation_are_paired_others_are_not() -> None:
     apart = _row("sk", 2.0, [2.0] * 6, rotation="2", latency_ci_rel=0.01)
     assert ratio_of(together, ref) == Ratio(3.0, 3.0, 3.0, 6)
     ref_ci = dataclass_replace(ref, latency_ci_rel=0.02)
-    assert ratio_of(apart, ref_ci).rounds == 0 and ratio_of(apart, ref_ci).half_width == pytest.approx(math.hypot(0.01, 0.02))
+    unpaired_ratio = ratio_of(apart, ref_ci)
+    assert unpaired_ratio.rounds == 0 and unpaired_ratio.half_width == pytest.approx(math.hypot(0.01, 0.02))
 
 
 def dataclass_replace(row: Result, **values: object) -> Result:
