@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from attnbench.cache import default_dir
 from attnbench.errors import UsageError
 from attnbench.timing import TimingBudget
 
@@ -41,6 +43,9 @@ class RunOptions:
     seed: int = DEFAULT_SEED
     #: Label every row with this machine name; None: attnbench.env.machine_label() of this machine.
     machine: str | None = None
+    #: Where ONNX exports and counts are cached across runs (attnbench.cache); None: no cache. The default,
+    #: attnbench.cache.default_dir(), is read from the environment when the options are built.
+    cache_dir: Path | None = field(default_factory=default_dir)
 
     @property
     def measures(self) -> bool:
