@@ -390,6 +390,32 @@ def test_a_directory_that_turns_read_only_mid_run_disables_the_cache(tmp_path: P
         shard.chmod(0o700)
 
 
+def test_a_write_that_fails_half_way_leaves_no_entry_and_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache(tmp_path)
+    key = cache.key("exports", PARTS)
+    real_fdopen = os.fdopen
+
+    def half_then_full(fd: int, mode: str) -> Any:
+        file = real_fdopen(fd, mode)
+        real_write = file.write
+        file.write = lambda blob: (real_write(blob[: len(blob) // 2]), _raise(OSError(28, "No space left on device")))
+        return file
+
+    monkeypatch.setattr(C.os, "fdopen", half_then_full)
+    assert cache.put("exports", key, b"x" * 10_000) is False
+    shard = tmp_path / "exports" / key[:2]
+    assert cache.note == f"cache disabled: cannot write {shard} (No space left on device); running without it"
+    assert list(shard.iterdir()) == []  # neither a torn entry nor its temporary
+    monkeypatch.undo()
+    assert Cache(tmp_path).get("exports", key) is None
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
 # ---------------------------------------------------------------- info, clear, stats
 
 
@@ -425,7 +451,13 @@ def test_clear_removes_one_kind_or_all_and_says_how_much(tmp_path: Path) -> None
     assert cache.clear("counts") == Cleared(3, counts.bytes)
     assert cache.info().kinds["counts"] == KindInfo(0, 0) and cache.info().kinds["exports"].entries == 2
     assert not (tmp_path / "counts").exists()  # its empty directories pruned
+    shard = next((tmp_path / "exports").iterdir())
+    writing, dead = shard / ".writing.abc.tmp", shard / ".dead.abc.tmp"
+    writing.write_bytes(b"half")
+    dead.write_bytes(b"half")
+    os.utime(dead, (1000.0, 1000.0))
     assert cache.clear().entries == 2 and cache.info().entries == 0
+    assert writing.exists() and not dead.exists()  # another process's write in flight is left alone
     assert (tmp_path / "zoo-0123.json").exists()  # not an entry: left alone
     with pytest.raises(ValueError, match="cache kind"):
         cache.clear("../x")
