@@ -56,11 +56,11 @@ def info_cmd(cache_dir: CacheDirOpt = None) -> None:
 
 def info_table(info: CacheInfo) -> Table:
     """Entries and size per kind, and their total; the size in the unit its column reads best in."""
-    unit, factor = fmt.pick_unit([k.bytes for k in info.kinds.values()], fmt.BYTE_UNITS)
-    table = Table(box=None, pad_edge=False)
-    table.add_column("kind")
-    table.add_column("entries", justify="right")
-    table.add_column(f"size ({unit})", justify="right")
+    unit, factor = fmt.pick_unit([*(k.bytes for k in info.kinds.values()), info.bytes], fmt.BYTE_UNITS)
+    table = Table(title="attnbench cache", header_style="bold", title_justify="left")
+    table.add_column("Kind")
+    table.add_column("Entries", justify="right")
+    table.add_column(f"Size ({unit})", justify="right")
     for name, kind in info.kinds.items():
         table.add_row(name, str(kind.entries), fmt.in_unit(kind.bytes, factor))
     table.add_section()
@@ -75,7 +75,7 @@ def info_lines(info: CacheInfo) -> list[str]:
     width = max(len(name) for name in info.versions)
     return [
         f"root: {root}{state}",
-        f"cap: {fmt.nbytes(info.max_bytes)}, set by ${MAX_MB_ENV} (MiB); beyond it, least recently used entries go",
+        f"cap: {fmt.nbytes(info.max_bytes)} (least recently used go first; ${MAX_MB_ENV})",
         "versions every key covers (another version: entries rebuilt):",
         *(f"  {name:{width}s}  {version}" for name, version in info.versions.items()),
     ]

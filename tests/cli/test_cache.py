@@ -29,8 +29,9 @@ def _filled(root: Path) -> Cache:
 
 
 def _rows(out: str) -> dict[str, list[str]]:
-    """The info table's rows by kind: [entries, size]."""
-    return {cells[0]: cells[1:] for cells in (line.split() for line in out.splitlines()) if len(cells) == 3}
+    """The info table's rows by kind: [entries, size]; the header's too."""
+    rows = [line.strip("│┃ ").replace("┃", "│").split("│") for line in out.splitlines() if line[:1] in "│┃"]
+    return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows if len(cells) == 3}
 
 
 def test_info_shows_entries_and_size_per_kind_where_the_cap_and_the_versions(
@@ -41,11 +42,11 @@ def test_info_shows_entries_and_size_per_kind_where_the_cap_and_the_versions(
     assert (code, err) == (0, "")
     rows = _rows(out)
     kib = {k: f"{v.bytes / 1024:.3g}" for k, v in info.kinds.items()}
-    assert out.splitlines()[0].split() == ["kind", "entries", "size", "(KiB)"]
+    assert rows["Kind"] == ["Entries", "Size (KiB)"]
     assert rows["exports"] == ["2", kib["exports"]] and rows["counts"] == ["3", kib["counts"]]
     assert rows["total"] == ["5", f"{info.bytes / 1024:.3g}"]
     assert f"root: {tmp_path}\n" in out
-    assert "cap: 1 GiB, set by $ATTNBENCH_CACHE_MAX_MB (MiB)" in out
+    assert "cap: 1 GiB (least recently used go first; $ATTNBENCH_CACHE_MAX_MB)\n" in out
     for package, version in C.versions().items():
         assert any(line.split() == [package, version] for line in out.splitlines()), package
 
