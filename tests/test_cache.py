@@ -271,7 +271,7 @@ def _aged(cache: Cache, names: dict[str, float]) -> dict[str, str]:
 
 def test_least_recently_used_entries_go_first_and_a_read_is_a_use(tmp_path: Path) -> None:
     size = len(C.encode("0" * 64, b"x" * 1000, {}))
-    cache = Cache(tmp_path, max_bytes=3 * size)
+    cache = Cache(tmp_path, max_bytes=int(3.4 * size))  # three fit; evicted down to 0.9 of it, three stay
     keys = _aged(cache, {"a": 1000.0, "b": 3000.0, "c": 2000.0})
     assert cache.get("counts", keys["a"]) is not None  # a: the oldest, now the most recently used
     keys.update(_aged(cache, {"d": time.time()}))
@@ -285,13 +285,39 @@ def test_least_recently_used_entries_go_first_and_a_read_is_a_use(tmp_path: Path
 
 def test_eviction_spans_every_kind(tmp_path: Path) -> None:
     size = len(C.encode("0" * 64, b"x" * 1000, {}))
-    cache = Cache(tmp_path, max_bytes=2 * size)
+    cache = Cache(tmp_path, max_bytes=int(2.5 * size))
     old = cache.key("exports", {"old": 1})
     cache.put("exports", old, b"x" * 1000)
     os.utime(_entry_path(cache, "exports", old), (1000.0, 1000.0))
     _aged(cache, {"a": time.time(), "b": time.time()})
     assert not _entry_path(cache, "exports", old).exists()
     assert cache.info().kinds["counts"] == KindInfo(2, 2 * size)
+
+
+def test_a_full_cache_is_evicted_down_to_its_low_water_mark(tmp_path: Path) -> None:
+    size = len(C.encode("0" * 64, b"x" * 1000, {}))
+    cache = Cache(tmp_path, max_bytes=10 * size)
+    _aged(cache, {str(i): 1000.0 + i for i in range(11)})
+    assert cache.stats.evicted == 2 and cache.info().bytes == 9 * size  # not just under the cap: 0.9 of it
+
+
+def test_writes_walk_the_directory_only_when_the_cap_may_be_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walks = []
+    real = Cache._files
+    monkeypatch.setattr(Cache, "_files", lambda self, kind=None: walks.append(kind) or real(self, kind))
+    size = len(C.encode("0" * 64, b"x" * 1000, {}))
+    cache = Cache(tmp_path, max_bytes=100 * size)
+    _aged(cache, {str(i): 1000.0 + i for i in range(4)})
+    assert len(walks) == 1  # the first write: how full is it?
+    _aged(cache, {str(i): 2000.0 + i for i in range(4, 6)})
+    assert len(walks) == 1  # 5 entries written since: 5% of the cap, not past it
+    _aged(cache, {"6": 2006.0})
+    assert len(walks) == 2
+    other = Cache(tmp_path, max_bytes=6 * size)  # another process, with a smaller cap
+    _aged(other, {"x": 3000.0})  # its first write walks, sees the 7 entries of the first, and evicts
+    assert len(walks) == 3 and other.stats.evicted == 3 and other.info().entries == 5
 
 
 def test_an_entry_larger_than_the_cap_is_not_stored_and_evicts_nothing(tmp_path: Path) -> None:
@@ -324,7 +350,8 @@ def test_temporary_files_of_dead_writers_are_swept_and_live_ones_kept(tmp_path: 
     dead.write_bytes(b"half")
     live.write_bytes(b"half")
     os.utime(dead, (1000.0, 1000.0))
-    cache.put("exports", cache.key("exports", {"another": 1}), b"x")
+    again = Cache(tmp_path / "cache")  # the next process: its first write walks the directory
+    again.put("exports", again.key("exports", {"another": 1}), b"x")
     assert not dead.exists() and live.exists()
     assert cache.info().kinds["exports"].entries == 2  # temporaries are no entries
 
@@ -356,6 +383,7 @@ def test_a_cache_under_a_file_is_disabled_with_a_note_not_an_error(tmp_path: Pat
         "enabled": False,
         "max_bytes": cache.max_bytes,
         "note": cache.note,
+        **C.CacheStats().as_dict(),  # nothing looked up or stored: the cache was not in use
     }
 
 
@@ -531,4 +559,8 @@ def test_two_processes_share_one_cache_without_a_bad_read(tmp_path: Path) -> Non
     # Writes are atomic: neither process ever read a partial or mixed entry.
     assert [s["rejected"] for s in stats] == [0, 0]
     assert all(s["hits"] > 0 and s["evicted"] > 0 for s in stats)
-    assert Cache(tmp_path).info().entries <= 20
+    # Each process keeps the cap at its own walks; a last write walks and brings the total within it.
+    cap = 20 * len(C.encode("0" * 64, b"x" * 2000, {"n": 0}))
+    last = Cache(tmp_path, max_bytes=cap)
+    last.put("counts", last.key("counts", {"n": "last"}), b"x")
+    assert last.info().bytes <= cap
