@@ -9,8 +9,8 @@ An entry is never trusted: its header repeats the key and carries a checksum, an
 what was asked for (corrupt, truncated, foreign, of another format) is deleted and reported as a miss, so the
 caller rebuilds it. Writes are atomic (a temporary file in the same directory, then os.replace), so several
 attnbench processes (shards run in parallel) may share one cache; reads and eviction tolerate files vanishing
-under them. The cache has a size cap: after a write, the least recently used entries (a read refreshes an
-entry's mtime) are removed until the total fits.
+under them. The cache has a size cap: once a write takes it past the cap, the least recently used entries (a
+read refreshes an entry's mtime) are removed down to LOW_WATER of it.
 
 A cache directory that cannot be read or written disables the cache with a one-line `note`, never an error that
 ends a run: the cache only saves time. Plain Python only: `attnbench cache info` imports it without torch.
