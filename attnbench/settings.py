@@ -9,7 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from attnbench.cache import default_dir
 from attnbench.errors import UsageError
 from attnbench.timing import TimingBudget
 
@@ -58,6 +60,9 @@ class RunOptions:
     interleave: bool = True
     #: The module latency ratios are taken to at each setting (None: the fastest there; attnbench.ratios).
     reference: str | None = None
+    #: Where ONNX exports and counts are cached across runs (attnbench.cache); None: no cache. The default,
+    #: attnbench.cache.default_dir(), is read from the environment when the options are built.
+    cache_dir: Path | None = field(default_factory=default_dir)
 
     @property
     def measures(self) -> bool:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 
 import attnbench
+from attnbench.cache import CACHE_ENV
 from attnbench.settings import WORKERS_ENV
-from attnbench.zoo.catalog import CACHE_ENV
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, ModuleSpec
 
@@ -22,11 +24,25 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs count and export in this process unless a test asks for workers: a worker process costs seconds of
     # imports, which dominate a test's tiny cases (tests/test_phases.py runs the workers themselves).
     os.environ.setdefault(WORKERS_ENV, "0")
-    # `list` and `info` cache the zoo's metadata: in a scratch directory, not the user's home.
-    if CACHE_ENV not in os.environ:
-        cache = tempfile.mkdtemp(prefix="attnbench-test-cache-")
-        os.environ[CACHE_ENV] = cache
-        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    # The cache across runs (and the zoo's catalog in it) lives in a scratch directory, never the user's own:
+    # also for what tests build at import time (RunOptions constants read the directory when built).
+    global _CACHE_ROOT
+    _CACHE_ROOT = Path(tempfile.mkdtemp(prefix="attnbench-test-cache-"))
+    os.environ[CACHE_ENV] = str(_CACHE_ROOT / "session")
+    config.add_cleanup(lambda: shutil.rmtree(_CACHE_ROOT, ignore_errors=True))
+
+
+_CACHE_ROOT = Path()
+_TEST_NUMBER = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(monkeypatch: pytest.MonkeyPatch) -> Path:
+    # Each test gets its own cache directory (made when first written): an entry one test stored never serves
+    # another, so no test passes because of the order tests ran in.
+    path = _CACHE_ROOT / f"test-{next(_TEST_NUMBER)}"
+    monkeypatch.setenv(CACHE_ENV, str(path))
+    return path
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,5 @@
 """The Python examples of the docs run as written: the worked example module, profile(), run_sweep() and the
-one-module calls of docs/own-modules.md, in a scratch directory."""
+one-module calls of docs/own-modules.md, and the cache's example in docs/cache.md, in a scratch directory."""
 
 from __future__ import annotations
 
@@ -38,3 +38,13 @@ def test_the_own_module_examples_run(tmp_path: Path) -> None:
     assert lines[2] == "torch.Size([2, 64, 32, 32])" and int(lines[3]) > 0
     assert (tmp_path / "mine.csv").exists() and (tmp_path / "mine.md").exists()
     assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"macs.png", "latency_cpu.png", "memory_cpu.png"}
+
+
+def test_the_cache_example_runs_without_torch(tmp_path: Path) -> None:
+    (block,) = python_blocks(ROOT / "docs" / "cache.md")
+    probe = block + "\nimport sys\nprint(sorted(m for m in ('torch', 'pandas') if m in sys.modules))\n"
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "ATTNBENCH_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == ["b'{\"macs\": 1234}' {'counter': 'attnbench'} 1 1", "[]"]
+    assert [p.parent.parent.name for p in tmp_path.rglob("*") if p.is_file()] == ["counts"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from attnbench import settings
+from attnbench.cache import CACHE_ENV
 from attnbench.errors import UsageError
 from attnbench.settings import COUNTERS, DEFAULT_METRICS, MEASURED_METRICS, METRICS, RunOptions
 from attnbench.timing import TimingBudget
@@ -23,6 +25,17 @@ def test_defaults_are_the_named_constants() -> None:
     assert set(DEFAULT_METRICS) == set(METRICS) - {"instructions"}
     assert set(MEASURED_METRICS) <= set(METRICS)
     options.check()
+
+
+def test_the_cache_directory_is_read_when_the_options_are_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "one"))
+    first = RunOptions()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "two"))
+    assert (first.cache_dir, RunOptions().cache_dir) == (tmp_path / "one", tmp_path / "two")
+    assert RunOptions(cache_dir=None).cache_dir is None  # no cache
+    assert RunOptions().without_instructions().cache_dir == tmp_path / "two"
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import typer
 
+from attnbench.cache import default_dir, max_bytes_from_env
 from attnbench.errors import UsageError
 from attnbench.gate import GateSettings
 from attnbench.instructions import check_available
@@ -185,6 +186,22 @@ def check_plots_dir(path: Path | None) -> None:
                 break
 
 
+def check_cache_dir(path: Path) -> Path:
+    """The --cache-dir given, made (with its parents) and tried for writing; a UsageError naming it if it cannot be.
+
+    Unlike --plots, what is made stays: it is where the cache will live."""
+    path = path.expanduser().absolute()  # workers may run elsewhere
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--cache-dir {path}: is a file, expected a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".attnbench-probe-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--cache-dir {path}: cannot create or write this directory ({exc.strerror})") from None
+    return path
+
+
 @dataclass(frozen=True)
 class Outputs:
     """Where a run's rows go (files, plots) and how its tables look."""
@@ -288,6 +305,17 @@ ShardOpt = Annotated[
     str | None,
     typer.Option("--shard", help="Run only shard K of N of the cases (e.g. 2/3); merge the parts with `report`."),
 ]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Cache ONNX exports and counts across runs here. [default: $ATTNBENCH_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/attnbench, else ~/.cache/attnbench]",
+    ),
+]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Export and count afresh: neither read nor write the cache across runs.")
+]
 LabelOpt = Annotated[
     str | None,
     typer.Option("--label", help="Machine label for every row (default: hardware, torch and ORT versions)."),
@@ -385,9 +413,22 @@ def _options(given: Mapping[str, Any], gate: Any) -> RunOptions:
         time_limit_s=given["time_limit"],
         force=given["force"],
         machine=" ".join(label.split()) if label is not None and label.strip() else label,
+        cache_dir=_cache_dir(given),
     )
     options.check()
     return options
+
+
+def _cache_dir(given: Mapping[str, Any]) -> Path | None:
+    """The cache directory a run uses (None: --no-cache); a --cache-dir that cannot be made is refused."""
+    path, off = given.get("cache_dir"), given.get("no_cache", False)
+    if off and path is not None:
+        raise UsageError(f"--no-cache and --cache-dir {path}: give one or the other")
+    if off:
+        return None
+    max_bytes_from_env()  # a bad $ATTNBENCH_CACHE_MAX_MB is refused before anything runs
+    # The default directory is not checked: if it cannot be written, the run goes on without the cache.
+    return check_cache_dir(path) if path is not None else default_dir()
 
 
 def _outputs(defaults: Defaults, given: Mapping[str, Any]) -> Outputs:

@@ -24,6 +24,7 @@ from attnbench.cli.options import (
     AllOpt,
     BackendOpt,
     BatchOpt,
+    CacheDirOpt,
     CountersOpt,
     Defaults,
     DimOpt,
@@ -34,6 +35,7 @@ from attnbench.cli.options import (
     MetricsOpt,
     MinRunOpt,
     ModulesArg,
+    NoCacheOpt,
     OutputOpt,
     PlotsOpt,
     PrecisionOpt,
@@ -79,6 +81,8 @@ def profile_cmd(
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     breakdown: Annotated[
         bool,
         typer.Option(
@@ -119,6 +123,8 @@ def compare_cmd(
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")] = None,
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Latency (or instructions) regression tolerance (fraction).")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench.cache import CACHE_ENV, default_dir  # noqa: F401  (CACHE_ENV: named here before the cache had a module)
 from attnbench.errors import UnknownModuleError
 from attnbench.zoo.registry import get_spec, list_modules
 from attnbench.zoo.spec import Setting
@@ -22,8 +23,6 @@ from attnbench.zoo.spec import Setting
 if TYPE_CHECKING:
     from attnbench.zoo.spec import ModuleSpec
 
-#: Environment variable naming the cache directory (default: $XDG_CACHE_HOME/attnbench or ~/.cache/attnbench).
-CACHE_ENV = "ATTNBENCH_CACHE_DIR"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the whole attnbench package
 
 
@@ -80,11 +79,8 @@ def source_key() -> str:
 
 
 def cache_dir() -> Path:
-    """Where the catalog is cached."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "attnbench"
+    """Where the catalog is cached: the directory of attnbench's cache across runs (attnbench.cache)."""
+    return default_dir()
 
 
 def live() -> list[dict[str, Any]]:

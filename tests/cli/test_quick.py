@@ -1,5 +1,5 @@
-"""The quick commands (`--version`, bare `attnbench`, `list`, `info`, `env`): they answer without importing torch,
-pandas or ONNX Runtime, and what they say is true to the registry and the machine."""
+"""The quick commands (`--version`, bare `attnbench`, `list`, `info`, `env`, `cache info`): they answer without
+importing torch, pandas or ONNX Runtime, and what they say is true to the registry and the machine."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, out, err) == (0, f"attnbench {attnbench.__version__}\n", "")
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["list"], ["info", "clo"], ["env"], ["env", "--json"]], ids=" ".join)
+@pytest.mark.parametrize(
+    "argv", [["--version"], ["list"], ["info", "clo"], ["env"], ["env", "--json"], ["cache", "info"]], ids=" ".join
+)
 def test_quick_commands_import_nothing_heavy(argv: list[str]) -> None:
     catalog.zoo()  # the catalog cache is warm, as after any first use
     probe = (
