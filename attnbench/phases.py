@@ -17,7 +17,9 @@ A failure anywhere (in a worker too) is that case's row, with its status and rea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -25,6 +27,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +36,7 @@ from torch import nn
 from attnbench import results as R
 from attnbench.backends import get_backend
 from attnbench.backends.base import Job, host_available_bytes
+from attnbench.cache import Cache, source_key
 from attnbench.counts import Counted, GeometryCounts, count_geometry
 from attnbench.errors import (
     AttnbenchError,
@@ -44,7 +48,7 @@ from attnbench.errors import (
 from attnbench.guards import guard, time_limit
 from attnbench.instructions import InstructionBatch
 from attnbench.measurement import Staged, is_oom, stage
-from attnbench.results import Case, Result
+from attnbench.results import Case, Result, kwargs_text
 from attnbench.settings import RunOptions
 from attnbench.sink import PREPARE, TIME, RunOutcome, Sink
 from attnbench.sysalloc import headline_budget
@@ -121,6 +125,8 @@ class RunState:
     queued: list[int] = field(default_factory=list)
     #: Plan index of each outcome row (rows are put back in plan order at the end).
     order: list[int] = field(default_factory=list)
+    #: The cache across runs (counts here; the backends keep their exports in it).
+    cache: Cache | None = None
     jobs: dict[str, tuple[Job, Future[Any]]] = field(default_factory=dict)
     received: set[str] = field(default_factory=set)
     rotations: int = 0
@@ -221,7 +227,8 @@ def _start_counts(plan: list[Geometry], state: RunState) -> None:
         except Exception as exc:  # a case its module cannot run, or a spec that cannot be read: its rows fail
             geometry.counts = GeometryCounts(failure=exc)
             continue
-        if state.pool is not None and rebuildable(geometry.first.module):
+        geometry.counts = _cached_counts(geometry, state)
+        if geometry.counts is None and state.pool is not None and rebuildable(geometry.first.module):
             fn = "attnbench.counts:count_geometry"
             geometry.future = state.pool.submit(fn, geometry.first, geometry.modes, state.options)
 
@@ -236,6 +243,7 @@ def _counts_of(geometry: Geometry, state: RunState) -> GeometryCounts | None:
                 geometry.counts = GeometryCounts(failure=exc)
         else:
             geometry.counts = count_geometry(geometry.first, geometry.modes, state.options)
+        _cache_counts(geometry, state)
     counts = geometry.counts
     if counts.failure is not None:
         state.fail(geometry.items, counts.failure, geometry.base)
@@ -249,6 +257,63 @@ def _counts_of(geometry: Geometry, state: RunState) -> GeometryCounts | None:
             item.values = {**geometry.base, **counted.values}
             item.estimate_bytes = counted.estimate_bytes
     return counts
+
+
+#: Kind of the cache entries holding a geometry's counts.
+COUNTS_KIND = "counts"
+
+
+@functools.lru_cache(maxsize=1)
+def _counting_code() -> str:
+    """A digest of the attnbench code that counts: the counters, the zoo (modules, formulas, adapters)."""
+    root = Path(__file__).resolve().parent
+    files = [root / "counts.py", *sorted((root / "counting").rglob("*.py")), *sorted((root / "zoo").rglob("*.py"))]
+    return source_key(*files)
+
+
+def _counts_key(geometry: Geometry, state: RunState) -> str | None:
+    """The cache key of a geometry's counts: what is counted, how, by which code and versions (None: no cache)."""
+    cache, options, first = state.cache, state.options, geometry.first
+    if cache is None or not cache.ready() or not geometry.base.get("source_hash"):
+        return None
+    parts = {
+        "module": first.module,
+        "source_hash": geometry.base["source_hash"],
+        "geometry": [first.dim, first.height, first.width, first.batch, first.scenario.layout],
+        "kwargs": kwargs_text(first.kwargs),
+        "modes": geometry.modes,
+        "metrics": [m for m in options.metrics if m in ("params", "macs")],
+        "counters": list(options.counters),
+        "estimate": options.measures,
+        "code": _counting_code(),
+    }
+    return cache.key(COUNTS_KIND, parts)
+
+
+def _cached_counts(geometry: Geometry, state: RunState) -> GeometryCounts | None:
+    """The geometry's counts from a run before, if the cache holds them (an entry that does not decode: None)."""
+    key = _counts_key(geometry, state)
+    entry = state.cache.get(COUNTS_KIND, key) if state.cache is not None and key is not None else None
+    if entry is None:
+        return None
+    try:
+        modes = json.loads(entry.data)
+        counts = {m: Counted(dict(v["values"]), v["estimate"]) for m, v in modes.items()}
+    except (ValueError, KeyError, TypeError):
+        return None
+    return GeometryCounts(modes=dict(counts)) if set(counts) == set(geometry.modes) else None
+
+
+def _cache_counts(geometry: Geometry, state: RunState) -> None:
+    """Keep a geometry's counts for later runs when every mode was counted."""
+    counts, key = geometry.counts, _counts_key(geometry, state)
+    if counts is None or key is None or state.cache is None or counts.failure is not None:
+        return
+    if not all(isinstance(c, Counted) for c in counts.modes.values()):
+        return
+    data = {m: {"values": c.values, "estimate": c.estimate_bytes} for m, c in counts.modes.items()}  # type: ignore[union-attr]
+    with contextlib.suppress(TypeError, ValueError):  # values JSON cannot hold are simply not cached
+        state.cache.put(COUNTS_KIND, key, json.dumps(data, sort_keys=True).encode(), {"module": geometry.first.module})
 
 
 def _emit_counts(geometry: Geometry, state: RunState) -> None:

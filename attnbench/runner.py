@@ -11,6 +11,7 @@ end, and a gate, when asked, judges the rows against its baseline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -20,7 +21,9 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from attnbench.backends import get_backend
+from attnbench.cache import Cache
 from attnbench.env import environment, machine_label
+from attnbench.errors import BackendUnavailableError
 from attnbench.instructions import InstructionBatch, check_available
 from attnbench.phases import DEBUG_ENV, TOKENS_CHANNELS_LAST, RunState, debug, failure_row, geometries, run_plan
 from attnbench.ratios import check_reference, with_ratios
@@ -74,6 +77,7 @@ def run_sweep(
     sink.start(env, cases)
     outcome = run(cases, options, sink)
     outcome.results = with_ratios(outcome.results, options.reference)
+    env["cache"] = outcome.cache
     outcome.env = env
     sink.finish(outcome)
     if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
@@ -102,8 +106,12 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
         check_available()
     machine = options.machine if options.machine is not None else machine_label()
     plan = geometries(list(cases), options)
-    state = RunState(options, sink, RunOutcome(), machine)
+    state = RunState(options, sink, RunOutcome(), machine, cache=Cache(options.cache_dir))
     with ExitStack() as stack:
+        disk = state.cache if state.cache.ready() else None
+        for name in dict.fromkeys(i.case.backend for g in plan for i in g.items):
+            with contextlib.suppress(BackendUnavailableError):  # its cases fail with why, later
+                stack.enter_context(get_backend(name).cached(disk))
         size = pool_size(options, plan)
         # A job has the case's time limit inside; the pool's own limit catches a worker that hangs past it.
         limit = 2 * options.time_limit_s + 30 if options.time_limit_s else None
@@ -117,6 +125,7 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
         except KeyboardInterrupt:
             state.outcome.interrupted = True
         state.outcome.system_worker_startup_s = state.allocators.startup_s
+    state.outcome.cache = state.cache.record()
     _in_plan_order(state)
     return state.outcome
 

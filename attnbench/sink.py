@@ -53,6 +53,8 @@ class RunOutcome:
     #: Seconds spent starting the system-allocator worker (0 when no CPU case was timed).
     system_worker_startup_s: float = 0.0
     verdict: Verdict | None = None
+    #: What the cache across runs did (attnbench.cache.Cache.record): recorded in the environment.
+    cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Result]:

@@ -245,6 +245,11 @@ class Backend(ABC):
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Make `module` ready to run on `input_shape` in `scenario`; a case it cannot run raises CaseFailed."""
 
+    def cached(self, cache: Any) -> contextlib.AbstractContextManager[Any]:
+        """For the block, keep what this backend prepares slowly (ONNX exports) in `cache` across runs too (an
+        attnbench.cache.Cache; None: no cache); nothing by default."""
+        return contextlib.nullcontext()
+
     def offload(self, module: nn.Module, cases: Sequence[Case], seed: int) -> list[Job]:
         """Jobs that would make preparing `cases` (one module setting, at one or more resolutions) quicker, for
         worker processes while this one prepares others (ONNX Runtime: the exports); none by default."""

@@ -648,6 +648,10 @@ class OrtCpuBackend(Backend):
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
         return self._prepared_cls(module, input_shape, scenario, seed, self)
 
+    def cached(self, cache: Any) -> contextlib.AbstractContextManager[Any]:
+        """Exported graphs (and refused spatial exports) read from and written to `cache` for the block."""
+        return EXPORTS.attached(cache)
+
     def offload(self, module: nn.Module, cases: Sequence[Case], seed: int) -> list[Job]:
         """The export of this module setting for every shape of `cases` not already in the cache (a worker's job)."""
         if MISSING is not None:
