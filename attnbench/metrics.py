@@ -14,6 +14,7 @@ from dataclasses import dataclass
 #: identity columns, the headline metric and Status never go.
 P_PARAMS = 10
 P_MACS = 12
+P_RATIO = 16  # the latency over the reference module's: what compare answers
 P_OTHER_LATENCY = 20
 P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
 P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
@@ -64,6 +65,8 @@ class Metric:
     when: tuple[str, ...] = ()
     #: A renderer of attnbench.report.columns for a metric shown in a way of its own ("" = by `units`).
     cell: str = ""
+    #: Summary columns of an interval around it (low, high; "{backend}" filled in), drawn as error bars.
+    band: tuple[str, str] = ()
 
     def summary_column(self, backend: str = "") -> str:
         """The summary column holding this metric (for one backend, if it is pivoted)."""
@@ -117,6 +120,25 @@ METRICS: tuple[Metric, ...] = (
         axis="latency {backend} [{unit}], median",
         scaling="latency {backend}",
         cell="latency",
+    ),
+    Metric(
+        "ratio",
+        "latency_ratio",
+        "plain",
+        "{backend} ÷{reference}",
+        P_RATIO,
+        pivot="ratio_{backend}",
+        details=(
+            ("ratio_lo_{backend}", "latency_ratio_lo"),
+            ("ratio_hi_{backend}", "latency_ratio_hi"),
+            ("ratio_wide_{backend}", "latency_ratio_wide"),
+            ("ratio_ref_{backend}", "ratio_reference"),
+            ("ratio_rounds_{backend}", "ratio_rounds"),
+        ),
+        plot="ratio_{backend}.png",
+        axis="latency {backend} ÷ the reference's",
+        band=("ratio_lo_{backend}", "ratio_hi_{backend}"),
+        cell="ratio",
     ),
     Metric("instructions", "instructions", "count", "{backend} instr/call", P_INSTRUCTIONS, pivot="instr_{backend}"),
     Metric(

@@ -316,6 +316,28 @@ CacheDirOpt = Annotated[
 NoCacheOpt = Annotated[
     bool, typer.Option("--no-cache", help="Export and count afresh: neither read nor write the cache across runs.")
 ]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        help="Worker processes for counting and ONNX exports while this one prepares (0: all in this process). "
+        "[default: $ATTNBENCH_WORKERS, else the usable cores]",
+    ),
+]
+InterleaveOpt = Annotated[
+    bool,
+    typer.Option(
+        "--interleave/--no-interleave",
+        help="Time the cases of a backend in round-robin blocks, so each samples the machine's slow and fast phases "
+        "alike (--no-interleave: one case after the other).",
+    ),
+]
+ReferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reference", help="Latency ratios are taken to this module at each setting [default: the fastest there]."
+    ),
+]
 LabelOpt = Annotated[
     str | None,
     typer.Option("--label", help="Machine label for every row (default: hardware, torch and ORT versions)."),
@@ -414,6 +436,9 @@ def _options(given: Mapping[str, Any], gate: Any) -> RunOptions:
         force=given["force"],
         machine=" ".join(label.split()) if label is not None and label.strip() else label,
         cache_dir=_cache_dir(given),
+        interleave=given.get("interleave", True),
+        reference=given.get("reference"),
+        **({"workers": given["workers"]} if given.get("workers") is not None else {}),
     )
     options.check()
     return options

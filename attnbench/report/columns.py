@@ -228,6 +228,32 @@ def _other_allocator_columns(m: Metric, view: View) -> list[Column]:
     return cols
 
 
+def _ratio_columns(m: Metric, view: View) -> list[Column]:
+    """Each backend's latency over the reference module's, with the 95% interval's half-width; ~ when it is wide."""
+    cols = []
+    for i, b in enumerate(view.backends):
+        column = m.summary_column(b)
+        if not has(view.table, column):
+            continue
+        refs = {str(v) for v in view.table[f"ratio_ref_{b}"].dropna() if v}
+        header = m.header.format(backend=b, reference=refs.pop() if len(refs) == 1 else "fastest")
+        cols.append(Column(header, lambda r, b=b: ratio_cell(r, b), m.priority + i, key=column))
+    return cols
+
+
+def ratio_cell(r: Mapping[str, Any], b: str) -> str:
+    """'3.02 ±4%' (a ratio and its interval's half-width), 'ref' for the reference itself, ~ when wide."""
+    value = r.get(f"ratio_{b}")
+    if fmt.missing(value):
+        return fmt.MISSING
+    if r.get(f"ratio_ref_{b}") == r.get("module"):
+        return "ref"
+    lo, hi = r.get(f"ratio_lo_{b}"), r.get(f"ratio_hi_{b}")
+    half = None if fmt.missing(lo) or fmt.missing(hi) else max(value - lo, hi - value) / value
+    spread = " ±?" if half is None else f" ±{fmt.percent(half)}"
+    return fmt.sig(value) + spread + (" ~" if flag(r.get(f"ratio_wide_{b}")) else "")
+
+
 def _roofline_columns(m: Metric, view: View) -> list[Column]:
     """Achieved FLOP/s per backend and its share of the machine's measured peak (where FLOPs were counted)."""
     table = view.table
@@ -256,6 +282,7 @@ RENDERERS = {
     "counter_ratio": _counter_ratio,
     "latency": _latency_columns,
     "other_allocator": _other_allocator_columns,
+    "ratio": _ratio_columns,
     "roofline": _roofline_columns,
 }
 

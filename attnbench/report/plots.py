@@ -26,7 +26,7 @@ from attnbench.report.summary import (
     achieved,
     backends_of,
     identity_text,
-    scaled_metrics,
+    plotted_metrics,
     summary,
     varying,
 )
@@ -95,17 +95,27 @@ def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
     ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
 
 
-def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str, str]]:
-    """(column, axis label with unit, scale to that unit, file name, backend) for each declared metric plotted."""
+def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str, str, tuple[str, ...]]]:
+    """(column, axis label with unit, scale to that unit, file name, backend, interval columns) per metric plotted."""
     out = []
-    for m, backend in scaled_metrics(backends):
+    for m, backend in plotted_metrics(backends):
         column = m.summary_column(backend)
         if not m.plot or column not in table:
             continue
         unit, factor = fmt.pick_unit(table[column], UNIT_FAMILIES[m.units]) if m.units in UNIT_FAMILIES else ("", 1.0)
         axis = m.axis.format(backend=backend, unit=unit)
-        out.append((column, axis, 1 / factor, m.plot.format(backend=backend), backend))
+        band = tuple(c.format(backend=backend) for c in m.band)
+        out.append((column, axis, 1 / factor, m.plot.format(backend=backend), backend, band))
     return out
+
+
+def _bars(grp: pd.DataFrame, column: str, band: Sequence[str], scale: float) -> Any:
+    """Error bars from a metric's interval columns (None where it has none)."""
+    if not band or not all(c in grp for c in band):
+        return None
+    y = grp[column].astype(float)
+    lo, hi = (grp[c].astype(float).fillna(y) for c in band)
+    return [(y - lo).clip(lower=0) * scale, (hi - y).clip(lower=0) * scale]
 
 
 def scaling_figures(results: Sequence[Result]) -> list[Plot]:
@@ -116,7 +126,7 @@ def scaling_figures(results: Sequence[Result]) -> list[Plot]:
     plots = []
     varies = _varies(table)
     styles = machine_styles(table)
-    for column, metric, scale, name, backend in _metrics(table, backends_of(results)):
+    for column, metric, scale, name, backend, band in _metrics(table, backends_of(results)):
         if column not in table or table[column].notna().sum() == 0:
             continue
         fig, ax = _figure()
@@ -132,14 +142,17 @@ def scaling_figures(results: Sequence[Result]) -> list[Plot]:
             ident = {**dict(zip(series_key, key, strict=True)), **{k: "" for k in ignored}}
             series = _series_label(ident, varies)
             new = series not in colors
-            ax.plot(
-                grp["tokens"],
-                grp[column].astype(float) * scale,
-                marker="o",
-                color=colors.setdefault(series, f"C{len(colors) % 10}"),
-                linestyle=styles.get(ident["machine"], "-"),
-                label=series if new else "_nolegend_",
-            )
+            style = {
+                "marker": "o",
+                "color": colors.setdefault(series, f"C{len(colors) % 10}"),
+                "linestyle": styles.get(ident["machine"], "-"),
+                "label": series if new else "_nolegend_",
+            }
+            xs, ys, bars = grp["tokens"], grp[column].astype(float) * scale, _bars(grp, column, band, scale)
+            if bars is None:
+                ax.plot(xs, ys, **style)
+            else:
+                ax.errorbar(xs, ys, yerr=bars, capsize=3, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens N = H x W")

@@ -178,6 +178,13 @@ def scaled_metrics(backends: Sequence[str]) -> list[tuple[Metric, str]]:
     return [(m, "") for m in scaled if not m.pivot] + [(m, b) for b in backends for m in pivoted]
 
 
+def plotted_metrics(backends: Sequence[str]) -> list[tuple[Metric, str]]:
+    """The metrics drawn against N, with their backend: the scaled ones, then the others that declare a plot."""
+    scaled = scaled_metrics(backends)
+    others = sorted((m for m in METRICS if m.plot and not m.scaling and m.pivot), key=lambda m: m.priority)
+    return scaled + [(m, b) for b in backends for m in others]
+
+
 def _scaled_columns(table: pd.DataFrame) -> list[str]:
     """The summary columns whose exponent the scaling table shows."""
     backends = [c[len("latency_") : -2] for c in table.columns if c.startswith("latency_") and c.endswith("_s")]
