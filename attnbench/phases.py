@@ -130,6 +130,8 @@ class RunState:
     jobs: dict[str, tuple[Job, Future[Any]]] = field(default_factory=dict)
     received: set[str] = field(default_factory=set)
     rotations: int = 0
+    #: Wall seconds spent in phase 2 (timing, and the allocator states timed as cases stop).
+    time_s: float = 0.0
 
     def emit(self, item: Item, row: Result) -> None:
         """A finished row: labelled with the machine (merged reports keep runs apart), kept, and handed on."""
@@ -408,7 +410,7 @@ def _prepare_geometry(
 
 
 def _workers_note(state: RunState) -> str:
-    return f"{state.pool.size} worker process(es)" if state.pool is not None else "in this process"
+    return f"up to {state.pool.size} worker process(es)" if state.pool is not None else "in this process"
 
 
 def _build(geometry: Geometry, items: list[Item], counts: GeometryCounts, state: RunState) -> nn.Module | None:
@@ -535,6 +537,15 @@ def _time_group(group: _Group, state: RunState) -> None:
     items = [i for g in group.geometries for i in g.items if i.staged is not None]
     if not items:
         return
+    started = time.perf_counter()
+    try:
+        _time_items(items, state)
+    finally:
+        state.time_s += time.perf_counter() - started
+
+
+def _time_items(items: list[Item], state: RunState) -> None:
+    """Phase 2 for a group's staged items: backend by backend."""
     if "latency" in state.options.metrics:
         state.sink.phase(TIME, [i.case for i in items], "interleaved" if state.options.interleave else "one by one")
     by_backend: dict[str, list[Item]] = {}

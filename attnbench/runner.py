@@ -77,7 +77,7 @@ def run_sweep(
     sink.start(env, cases)
     outcome = run(cases, options, sink)
     outcome.results = with_ratios(outcome.results, options.reference)
-    env["cache"] = outcome.cache
+    env["cache"], env["phases"] = outcome.cache, outcome.phases
     outcome.env = env
     sink.finish(outcome)
     if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
@@ -107,6 +107,7 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
     machine = options.machine if options.machine is not None else machine_label()
     plan = geometries(list(cases), options)
     state = RunState(options, sink, RunOutcome(), machine, cache=Cache(options.cache_dir))
+    started = time.perf_counter()
     with ExitStack() as stack:
         disk = state.cache if state.cache.ready() else None
         for name in dict.fromkeys(i.case.backend for g in plan for i in g.items):
@@ -126,6 +127,13 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
             state.outcome.interrupted = True
         state.outcome.system_worker_startup_s = state.allocators.startup_s
     state.outcome.cache = state.cache.record()
+    total = time.perf_counter() - started
+    state.outcome.phases = {
+        "workers": state.pool.started if state.pool is not None else 0,
+        "worker_startup_s": state.pool.startup_s if state.pool is not None else 0.0,
+        "prepare_s": total - state.time_s,
+        "time_s": state.time_s,
+    }
     _in_plan_order(state)
     return state.outcome
 

@@ -55,6 +55,8 @@ class RunOutcome:
     verdict: Verdict | None = None
     #: What the cache across runs did (attnbench.cache.Cache.record): recorded in the environment.
     cache: dict[str, Any] = field(default_factory=dict)
+    #: Wall seconds of each phase (the work before the timings, the timings) and the worker processes used.
+    phases: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Result]:

@@ -207,6 +207,11 @@ class Pool:
         worker.close()
 
     @property
+    def started(self) -> int:
+        """How many workers were started (jobs start them; a pool given none starts none)."""
+        return len(self._workers)
+
+    @property
     def startup_s(self) -> float:
         """Seconds spent starting workers, summed over them (they start in parallel)."""
         return sum(w.startup_s for w in self._workers)

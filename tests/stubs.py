@@ -74,8 +74,9 @@ class TimedStaged(StubStaged):
         """Its latency from the lane (or its failure)."""
         if lane.error is not None:
             return StubMeasurement({"status": "failed", "reason": str(lane.error)}, {})
-        stats = lane.stats()
-        values = {"status": "ok", "reason": "", "latency_median_s": stats.median_s, "latency_calls": stats.n_calls}
+        from attnbench.measurement import latency_values
+
+        values = {"status": "ok", "reason": "", **latency_values(lane.stats(), 1)}
         return StubMeasurement(values, {"blocks": len(lane.times)})
 
 

@@ -61,7 +61,8 @@ def test_the_plan_groups_cases_by_geometry_and_counting_alone_keeps_one_per_mode
 @pytest.mark.slow
 def test_workers_count_and_export_and_the_rows_are_those_of_one_process() -> None:
     cases = Sweep(("lka",), (16,), ((8, 8), (12, 12)), backends=("cpu", "ort")).cases()
-    options = RunOptions(metrics=("params", "macs", "memory"), counters=("attnbench",))
+    # No cache across runs: the second run must count and export for itself, in its workers.
+    options = RunOptions(metrics=("params", "macs", "memory"), counters=("attnbench",), cache_dir=None)
     here = run(cases, options).results
     EXPORTS.clear()  # the graphs of the first run stay in this process: the second must export its own
     pooled = run(cases, RunOptions(**{**options.__dict__, "workers": 2})).results
