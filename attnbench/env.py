@@ -83,6 +83,14 @@ def git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+#: How attnbench sets TF32 on a GPU (recorded in the environment of a machine with one).
+TF32_POLICY = (
+    "float32 rows run in true float32 unless the scenario says --tf32: cuda sets torch.backends.cuda.matmul."
+    "allow_tf32 and torch.backends.cudnn.allow_tf32 per case (restored after it), ort-cuda the CUDA provider's "
+    "use_tf32"
+)
+
+
 def gpu_info() -> dict[str, Any]:
     """GPU name, driver and CUDA versions, or Nones without a GPU."""
     import torch  # torch: env without --probe never imports it
@@ -92,6 +100,10 @@ def gpu_info() -> dict[str, Any]:
         return info
     info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     info["gpu_count"] = torch.cuda.device_count()
+    from attnbench.backends.cuda import tf32_flags  # torch's CUDA switches: only a machine with a GPU reads them
+
+    # What this process had before attnbench pins TF32 per case (off for float32 unless --tf32).
+    info["tf32"] = {"policy": TF32_POLICY, "torch_flags_at_start": tf32_flags()}
     smi = nvidia_smi()
     info["gpu_driver"] = smi.get("gpu_driver")
     info["gpu_sm_clock"] = smi.get("gpu_sm_clock")

@@ -16,26 +16,17 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import Backend, CaseFailed
+from attnbench.backends.base import Backend, CaseFailed, out_of_memory
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.results import OK, OOM, SKIPPED, Scenario
-from attnbench.timing import CONTENTION_THRESHOLD, Clock, TimingBudget, TimingStats
+from attnbench.timing import CONTENTION_THRESHOLD, LAUNCH_BOUND_FRACTION, Clock, TimingBudget, TimingStats
 
 #: What measure() measures unless told otherwise.
 MEASURES = ("latency", "memory")
-#: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
-OOM_MARKERS = (
-    "out of memory",
-    "can't allocate memory",
-    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
-    "not enough memory",
-    "failed to allocate memory",
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +53,8 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
     #: torch.compile: wall time of the first (compiling) call, not part of the timing; None when not compiled.
     compile_s: float | None = None
+    #: Seconds per call the device was busy (kernels, copies) on a warmed-up call; None on the host, or untimed.
+    device_busy_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,7 +75,16 @@ class Measurement:
         }
         if self.timing is not None:
             values.update(latency_values(self.timing, batch))
+            share = self.busy_share
+            values["latency_launch_bound"] = None if share is None else share < LAUNCH_BOUND_FRACTION
         return values
+
+    @property
+    def busy_share(self) -> float | None:
+        """The device's busy time over the median call (None without both): well under 1, the launches set the time."""
+        if self.device_busy_s is None or self.timing is None or not self.timing.median_s > 0:
+            return None
+        return self.device_busy_s / self.timing.median_s
 
     def extra_values(self) -> dict[str, Any]:
         """The row's `extra`: the allocator settings, the backend's details and how the timing went."""
@@ -97,6 +99,8 @@ class Measurement:
                 timing_blocks=t.n_blocks,
                 timing_stop=t.stop,
             )
+        if self.device_busy_s is not None:
+            extra.update(device_busy_s=self.device_busy_s, device_busy_share=self.busy_share)
         return extra
 
 
@@ -119,10 +123,7 @@ def latency_values(timing: TimingStats, batch: int) -> dict[str, Any]:
 
 def is_oom(exc: BaseException, backend: Backend | None = None) -> bool:
     """True for an out-of-memory error: the backend's own type, torch's or Python's, or one that says so."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or (backend is not None and backend.is_oom(exc)):
-        return True
-    # ONNX Runtime raises its own exception types, which derive from Exception, not RuntimeError.
-    return any(marker in str(exc).lower() for marker in OOM_MARKERS)
+    return out_of_memory(exc) or (backend is not None and backend.is_oom(exc))
 
 
 def _check_args(module: nn.Module, input_shape: Sequence[int], budget: TimingBudget) -> tuple[int, ...]:
@@ -224,6 +225,8 @@ def _prepare_and_run(
     try:
         with prepared:
             timing = prepared.time(budget, clock) if "latency" in metrics else None
+            # Right after the timed calls, so the device is as warm as the timing found it.
+            busy = prepared.device_busy_s() if timing is not None else None
             t_mem = time.perf_counter()
             mem = prepared.peak_memory() if "memory" in metrics else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem
@@ -245,4 +248,5 @@ def _prepare_and_run(
         exporter=prepared.exporter,
         extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
         compile_s=prepared.compile_s,
+        device_busy_s=busy,
     )

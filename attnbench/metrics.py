@@ -111,6 +111,7 @@ METRICS: tuple[Metric, ...] = (
             ("noisy_{backend}", "latency_noisy"),
             ("contended_{backend}", "latency_contended"),
             ("alloc_slower_{backend}", "system_allocator_slower"),
+            ("launch_bound_{backend}", "latency_launch_bound"),
         ),
         best=True,
         plot="latency_{backend}.png",

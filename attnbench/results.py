@@ -223,6 +223,15 @@ class Scenario:
         label=" ort_opt={}",
         words={level: f"ORT graph optimisation {level}" for level in ORT_OPT_LEVELS[:-1]},
     )
+    tf32: bool = _axis(
+        False,
+        option="--tf32",
+        help="TensorFloat-32 for float32 matmuls and convolutions on CUDA (torch and ONNX Runtime); off: true float32",
+        choices=_ON_OFF,
+        header="TF32",
+        label=" tf32",
+        words={True: "TF32 on"},
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -362,6 +371,9 @@ class Result:
     latency_calls: int | None = None
     latency_noisy: bool | None = None  # IQR/median > 10%, or the median not known to the asked precision in budget
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
+    #: GPU busy (kernels and copies, from the profiler) for less than LAUNCH_BOUND_FRACTION of the median call: the
+    #: host's launches, not the GPU, set the time (cuda, ort-cuda only).
+    latency_launch_bound: bool | None = None
     latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
     minor_faults_per_call: float | None = None  # in the headline allocator state (`allocator`)

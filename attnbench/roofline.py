@@ -124,6 +124,12 @@ def _measure(device: str, dtype: str, threads: int) -> Peak:
     previous = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
+    tf32 = None
+    if device == "cuda":
+        from attnbench.backends.cuda import restore_tf32, set_tf32  # torch's CUDA switches: a GPU roof only
+
+        # The float32 roof is true float32's, as attnbench runs float32 rows unless --tf32.
+        tf32 = set_tf32(False)
 
     def sync() -> None:
         if device == "cuda":
@@ -143,9 +149,12 @@ def _measure(device: str, dtype: str, threads: int) -> Peak:
         bandwidth = _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * src.element_size(), sync)
     finally:
         torch.set_num_threads(previous)
+        if tf32 is not None:
+            restore_tf32(tf32)
     method = (
-        f"best call of square {dtype} matmuls ({', '.join(map(str, sizes))}) and of a "
-        f"{size // 2**20} MiB copy (read + write), each over >= {MIN_SECONDS} s"
+        f"best call of square {dtype} matmuls ({', '.join(map(str, sizes))}"
+        + ("; TF32 off" if device == "cuda" and dtype == "float32" else "")
+        + f") and of a {size // 2**20} MiB copy (read + write), each over >= {MIN_SECONDS} s"
     )
     return Peak(device, dtype, threads, flops, bandwidth, method)
 

@@ -410,7 +410,11 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     except Exception as exc:
         if debug():
             traceback.print_exc()
-        return failure_row(case, exc, base)
+        row = failure_row(case, exc, base)
+    # Outside the handler: its traceback no longer holds the failed step's frames and tensors, so the backend can
+    # really give their memory back before the next case's guard reads what is free (PyTorch's FAQ on OOM).
+    backend.cleanup_after_failure()
+    return row
 
 
 def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> tuple[dict[str, Any], dict[str, Any]]:

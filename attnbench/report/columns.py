@@ -42,6 +42,8 @@ from attnbench.report.tables import KEY, Column
 
 #: Marks a CPU latency that a default (unpinned) glibc process would see more than 10% slower.
 ALLOC_MARK = "†"
+#: Marks a GPU latency set by the host's launches: the GPU was busy for less than half of the call.
+LAUNCH_MARK = "L"
 #: Units a column of FLOP/s is printed in (picked per column, like memory and time).
 RATE_UNITS = (("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12))
 #: The unit families a column of seconds or bytes picks its unit from.
@@ -185,6 +187,7 @@ def _latency_column(table: pd.DataFrame, b: str, key: str, priority: int) -> Col
     def marks(r: Mapping[str, Any]) -> str:
         text = " ~" if flag(r.get(f"noisy_{b}")) else ""
         text += " !" if flag(r.get(f"contended_{b}")) else ""
+        text += f" {LAUNCH_MARK}" if flag(r.get(f"launch_bound_{b}")) else ""
         return text + (f" {ALLOC_MARK}" if flag(r.get(f"alloc_slower_{b}")) else "")
 
     def full(r: Mapping[str, Any]) -> str:

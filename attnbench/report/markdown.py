@@ -12,7 +12,7 @@ from attnbench import fmt
 from attnbench import results as R
 from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import ALLOC_MARK, cross_columns, metric_label, summary_columns
+from attnbench.report.columns import ALLOC_MARK, LAUNCH_MARK, cross_columns, metric_label, summary_columns
 from attnbench.report.summary import (
     CONVENTION,
     RATIO_TOLERANCE,
@@ -31,6 +31,7 @@ from attnbench.report.summary import (
 )
 from attnbench.results import Result, axes
 from attnbench.roofline import peaks_of
+from attnbench.timing import LAUNCH_BOUND_FRACTION
 from attnbench.zoo.registry import get_spec, list_modules
 from attnbench.zoo.spec import SOURCE_HASH_DIGITS, Setting
 
@@ -98,6 +99,7 @@ def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
         "`under`/`over`: the counter differs from "
         f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
         + (f" {ALLOC_LEGEND}" if any(flag(r.system_allocator_slower) for r in results) else "")
+        + (f" {LAUNCH_LEGEND}" if any(flag(r.latency_launch_bound) for r in results) else "")
         + (
             " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
             "counted); % peak: of the machine's measured peak compute (below)."
@@ -202,6 +204,13 @@ ALLOC_LEGEND = (
     f"`{ALLOC_MARK}`: in a process that does not pin glibc's allocator (a default PyTorch process), the call "
     "is more than 10% slower in its median and its fastest call, and takes enough extra page faults to cost "
     "that; the `[ms] system` column gives that latency."
+)
+
+
+LAUNCH_LEGEND = (
+    f"`{LAUNCH_MARK}`: launch-bound: the GPU ran kernels and copies for less than "
+    f"{LAUNCH_BOUND_FRACTION:.0%} of the call (profiler), so the host's launches and synchronisation set its "
+    "latency, not the GPU's work."
 )
 
 
