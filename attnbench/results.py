@@ -388,6 +388,8 @@ class Result:
     instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
+    #: CUDA: the caching allocator's max_memory_reserved() during the step, a total (weights, input, cached blocks),
+    #: where peak_mem_bytes is a delta above what was allocated before the step.
     reserved_mem_bytes: int | None = None
     parity_max_abs: float | None = None
     exporter: str = ""
