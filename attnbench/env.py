@@ -103,7 +103,9 @@ def gpu_info() -> dict[str, Any]:
     from attnbench.backends.cuda import tf32_flags  # torch's CUDA switches: only a machine with a GPU reads them
 
     # What this process had before attnbench pins TF32 per case (off for float32 unless --tf32).
-    info["tf32"] = {"policy": TF32_POLICY, "torch_flags_at_start": tf32_flags()}
+    # NVIDIA_TF32_OVERRIDE=0 turns TF32 off in cuBLAS and cuDNN for every library, whatever they ask for.
+    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    info["tf32"] = {"policy": TF32_POLICY, "torch_flags_at_start": tf32_flags(), "NVIDIA_TF32_OVERRIDE": override}
     smi = nvidia_smi()
     info["gpu_driver"] = smi.get("gpu_driver")
     info["gpu_sm_clock"] = smi.get("gpu_sm_clock")

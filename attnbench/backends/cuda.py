@@ -14,17 +14,19 @@ synchronize / max_memory_allocated - base, with max_memory_reserved reported sep
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gc
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from attnbench.backends._torch import TorchBackend, TorchPrepared
-from attnbench.backends.base import SYNC_PER_CALL, Prepared
+from attnbench.backends._torch import TorchBackend, TorchPrepared, short_error
+from attnbench.backends.base import SYNC_PER_CALL, Prepared, out_of_memory
 from attnbench.capture import captured
 from attnbench.memory import CUDA_TRAIN_PEAK_METHOD, PeakMemory, cuda_peak
 from attnbench.results import Scenario
@@ -70,14 +72,23 @@ def gpu_free_bytes() -> int | None:
 # ---------------------------------------------------------------- TF32
 
 
+@contextlib.contextmanager
+def _no_deprecation_warning() -> Iterator[None]:
+    """Some torch releases warn (once) that allow_tf32 is deprecated: attnbench uses it on purpose (set_tf32)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def tf32_flags() -> dict[str, Any]:
     """torch's TF32 switches as they stand, under the API that can read them without raising."""
     try:
-        return {
-            "api": "allow_tf32",
-            "matmul": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn": torch.backends.cudnn.allow_tf32,
-        }
+        with _no_deprecation_warning():
+            return {
+                "api": "allow_tf32",
+                "matmul": torch.backends.cuda.matmul.allow_tf32,
+                "cudnn": torch.backends.cudnn.allow_tf32,
+            }
     except RuntimeError:
         # torch >= 2.9 refuses to read the legacy names once this process set the fp32_precision API.
         return {
@@ -96,16 +107,18 @@ def set_tf32(on: bool) -> dict[str, Any]:
     the fp32_precision state too (aten/src/ATen/Context.cpp, setAllowTF32CuBLAS / setAllowTF32CuDNN).
     """
     before = tf32_flags()
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
+    with _no_deprecation_warning():
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
     return before
 
 
 def restore_tf32(flags: dict[str, Any]) -> None:
     """Put the switches back as tf32_flags() read them."""
     if flags["api"] == "allow_tf32":
-        torch.backends.cuda.matmul.allow_tf32 = flags["matmul"]
-        torch.backends.cudnn.allow_tf32 = flags["cudnn"]
+        with _no_deprecation_warning():
+            torch.backends.cuda.matmul.allow_tf32 = flags["matmul"]
+            torch.backends.cudnn.allow_tf32 = flags["cudnn"]
         return
     torch.backends.cuda.matmul.fp32_precision = flags["matmul"]
     torch.backends.cudnn.conv.fp32_precision = flags["conv"]
@@ -146,6 +159,17 @@ def device_busy_per_call(call: Callable[[], Any], calls: int = BUSY_CALLS) -> fl
         if str(e.device_type()).endswith("CUDA") and not _annotation(e)
     ]
     return busy_ns(intervals) / 1e9 / calls if intervals else None
+
+
+def busy_or_note(call: Callable[[], Any], extra: dict[str, Any]) -> float | None:
+    """device_busy_per_call, or None with the profiler's error in `extra`: the busy time is an extra, not the row."""
+    try:
+        return device_busy_per_call(call)
+    except Exception as exc:  # another profiler running, CUPTI refused: the latency still stands
+        if out_of_memory(exc):
+            raise
+        extra["device_busy_error"] = short_error(exc, 300)
+        return None
 
 
 def _annotation(event: Any) -> bool:
@@ -210,7 +234,7 @@ class CudaPrepared(TorchPrepared):
         """The GPU's busy seconds per warmed-up step, then its clock and power right after the timed calls."""
         fn, _ = self.timed_callable()
         with self.timing_context():
-            busy = device_busy_per_call(fn)
+            busy = busy_or_note(fn, self.extra)
         self.extra.update(gpu_load_facts(self.device))
         return busy
 
@@ -269,6 +293,12 @@ def release_gpu_memory() -> None:
     """Collect unreachable objects (a failed step's tensors can sit in reference cycles), then return the caching
     allocator's free blocks to the driver; called outside any exception handler (PyTorch's FAQ on OOM recovery)."""
     gc.collect()
-    if torch.cuda.is_available():
+    if not torch.cuda.is_available():
+        return
+    try:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
+    except RuntimeError:
+        # A sticky CUDA error (an illegal memory access) leaves the context unusable: the next case reports it in
+        # its own row; the cleanup must not take the sweep down.
+        pass

@@ -46,7 +46,7 @@ from attnbench.backends.base import (
     make_input,
     out_of_memory,
 )
-from attnbench.backends.cuda import device_busy_per_call, gpu_free_bytes, gpu_load_facts, release_gpu_memory
+from attnbench.backends.cuda import busy_or_note, gpu_free_bytes, gpu_load_facts, release_gpu_memory
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.capture import captured
 from attnbench.memory import PeakMemory
@@ -618,7 +618,7 @@ class OrtCudaPrepared(OrtPrepared):
 
     def device_busy_s(self) -> float | None:
         """The GPU's busy seconds per warmed-up run (CUPTI sees ORT's kernels too), then its clock and power."""
-        busy = device_busy_per_call(self._call)
+        busy = busy_or_note(self._call, self.extra)
         self.extra.update(gpu_load_facts(self.device_id))
         return busy
 

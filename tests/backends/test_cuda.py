@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from attnbench.backends import cuda as cuda_backend
 from attnbench.backends import get_backend
 from attnbench.backends.base import Prepared
 from attnbench.backends.cuda import (
@@ -261,3 +262,22 @@ def test_ort_cuda_runs_without_tf32_and_without_fallback() -> None:
     options = m.extra["ort_cuda_options"]
     assert options["use_tf32"] == "0" and options["device_id"] == str(torch.cuda.current_device())
     assert m.device_busy_s is not None and m.parity_max_abs is not None and m.parity_max_abs <= 1e-4
+
+
+def test_a_profiler_that_cannot_run_leaves_the_row_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(call: object, calls: int = 5) -> float:
+        raise RuntimeError("Can't profile: another profiler is running")
+
+    monkeypatch.setattr(cuda_backend, "device_busy_per_call", refused)
+    extra: dict[str, object] = {}
+    assert cuda_backend.busy_or_note(lambda: None, extra) is None
+    assert extra == {"device_busy_error": "RuntimeError: Can't profile: another profiler is running"}
+
+
+def test_cleanup_survives_a_cuda_context_broken_by_the_failed_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    def sticky(device: object = None) -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", sticky)
+    CudaBackend().cleanup_after_failure()  # the next case reports the broken context; the sweep goes on

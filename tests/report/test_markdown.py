@@ -85,6 +85,22 @@ def test_noisy_and_contended_timings_are_marked() -> None:
     assert "| 1 ±0.2 ~ |" in md and "| 1 ±0.01 ! |" in md
 
 
+def test_launch_bound_gpu_timings_are_marked_and_the_legend_says_why() -> None:
+    def gpu(name: str, bound: bool | None) -> Result:
+        return Result.for_case(
+            Case(name, 16, 8, 8, backend="cuda"),
+            params=1,
+            latency_median_s=1e-4,
+            latency_iqr_s=1e-6,
+            latency_launch_bound=bound,
+        )
+
+    md = markdown([gpu("a", True), gpu("b", False)], {})
+    assert "| 100 ±1 L |" in md and "| 100 ±1 |" in md
+    assert "`L`: launch-bound: the GPU ran kernels and copies for less than 50% of the call" in md
+    assert "launch-bound" not in markdown([gpu("a", False), gpu("b", None)], {})
+
+
 def test_the_summary_table_reads_back_cell_for_cell() -> None:
     md = markdown(sample_results(), ENV, title="sample")
     assert md.startswith("# sample\n\n| Module |")
