@@ -170,6 +170,7 @@ def memory_truth() -> list[dict[str, Any]]:
     from torch import nn
 
     import attnbench
+    from attnbench.backends.cuda import restore_tf32, set_tf32
 
     checks = []
     linear = nn.Linear(LINEAR_SHAPE[1], LINEAR_SHAPE[1])
@@ -183,9 +184,16 @@ def memory_truth() -> list[dict[str, Any]]:
         ours = attnbench.measure(module, shape, backend="cuda", metrics=("memory",)).peak_bytes
         gpu = module.to("cuda").eval()
         x = torch.randn(shape, device="cuda")
-        with torch.inference_mode():
-            gpu(x)  # warm: cuBLAS workspace and cuDNN plans are allocated on the first call
-            direct = direct_peak(functools.partial(gpu, x))
+        # The settings attnbench's cuda backend runs under (TF32 off, cuDNN autotuning), so both pick the same kernels.
+        tf32, benchmark = set_tf32(False), torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            with torch.inference_mode():
+                gpu(x)  # warm: cuBLAS workspace and cuDNN plans are allocated on the first call
+                direct = direct_peak(functools.partial(gpu, x))
+        finally:
+            restore_tf32(tf32)
+            torch.backends.cudnn.benchmark = benchmark
         checks.append(
             {
                 "case": name,
