@@ -160,7 +160,9 @@ run_step() {
 
 # setup: python3 must hold a CUDA torch (none is installed); the carried wheels go to a scratch folder.
 if run_step setup "$PY" benchmarks/gpu_check.py setup --wheels "$WHEELS" --site "$site"; then
-    run_step cuda-tests "$PY" -m pytest -q -m cuda -p no:cacheprovider
+    # Only the files that hold CUDA tests: collecting the whole suite would take a third of the step.
+    mapfile -t cuda_files < <(grep -rlE --include='*.py' '^@pytest\.mark\.cuda\b' tests | sort)
+    run_step cuda-tests "$PY" -m pytest -q -m cuda -p no:cacheprovider "${cuda_files[@]}"
     run_step checks "$PY" benchmarks/gpu_check.py check --out "$out/gpu_check.json"
     run_step compare-fp32 "${attnbench[@]}" compare "${common[@]}" --backend cuda --backend ort-cuda \
         --dtype float32 -o "$work/fp32.csv"

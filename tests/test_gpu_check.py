@@ -191,7 +191,23 @@ def test_dry_run_commands_are_the_cli_s_and_replay_here(
     out.mkdir()
     steps, _, _ = _dry_run(tmp_path, out)
     assert list(steps) == STEPS
-    assert steps["cuda-tests"] == [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    # Every file with a CUDA test, and only those (collecting the whole suite would take a third of the step).
+    marked = re.compile(r"^@pytest\.mark\.cuda\b", re.MULTILINE)
+    cuda_files = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("*.py") if marked.search(p.read_text())
+    )
+    assert "tests/backends/test_cuda.py" in cuda_files and "tests/test_gpu_check.py" not in cuda_files
+    assert steps["cuda-tests"] == [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "cuda",
+        "-p",
+        "no:cacheprovider",
+        *cuda_files,
+    ]
     # Without CUDA the checker says so, exits 0 and writes nothing.
     checks = steps["checks"]
     assert checks[1:] == ["benchmarks/gpu_check.py", "check", "--out", str(out / "gpu_check.json")]
