@@ -412,8 +412,10 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
             traceback.print_exc()
         row = failure_row(case, exc, base)
     # Outside the handler: its traceback no longer holds the failed step's frames and tensors, so the backend can
-    # really give their memory back before the next case's guard reads what is free (PyTorch's FAQ on OOM).
-    backend.cleanup_after_failure()
+    # really give their memory back before the next case's guard reads what is free (PyTorch's FAQ on OOM). A case
+    # refused before it ran (unavailable backend, the guard) left nothing to give back.
+    if row.status not in R.REFUSED:
+        backend.cleanup_after_failure()
     return row
 
 
