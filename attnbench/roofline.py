@@ -115,6 +115,12 @@ def measure_peaks(keys: Iterable[PeakKey]) -> list[dict[str, Any]]:
     return records
 
 
+def measured_here() -> list[dict[str, Any]]:
+    """The roofs this process has measured, as env["peaks"] records them (for rows that come without their
+    environment, such as attnbench.profile()'s)."""
+    return [asdict(peak) for peak in _CACHE.values()]
+
+
 def _measure(device: str, dtype: str, threads: int) -> Peak:
     import torch  # torch: env records without --probe measure no roof
 
