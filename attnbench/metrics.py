@@ -195,7 +195,7 @@ METRICS: tuple[Metric, ...] = (
         P_OTHER_ALLOC,
         pivot="other_alloc_{backend}_s",
         cell="other_allocator",
-        label="latency, other allocator",
+        label="other allocator",
         doc="The latency in the other glibc allocator state, where it is more than 10% slower.",
     ),
     Metric(

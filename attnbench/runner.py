@@ -77,7 +77,7 @@ class Sink:
         """A line about the run as a whole (the valgrind pass)."""
 
     def finish(self, outcome: RunOutcome) -> None:
-        """The run ended (completed, failed cases, or interrupted): every row, final."""
+        """The run ended (completed, failed cases, or interrupted): every row, final, and the gate's verdict."""
 
 
 @dataclass
@@ -128,10 +128,13 @@ def run_sweep(
     sink.start(env, cases)
     outcome = run(cases, options, sink)
     outcome.env = env
-    sink.finish(outcome)
-    if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
-        again = options.without_instructions()
-        outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    try:
+        if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
+            again = options.without_instructions()
+            outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    finally:
+        # After the gate, so a report can carry its verdict; whatever the gate does, the sink hears the end.
+        sink.finish(outcome)
     return outcome
 
 

@@ -40,7 +40,7 @@ from attnbench.timing import (
 from attnbench.zoo.registry import get_spec, list_modules
 
 #: The report formats `-o` writes, by suffix (any case: X.CSV is a CSV).
-OUTPUT_SUFFIXES = (".csv", ".md", ".json")
+OUTPUT_SUFFIXES = (".csv", ".md", ".json", ".html")
 #: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
 BREAKDOWN_DEPTH = 3
 
@@ -142,9 +142,9 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
         if any(path.resolve() == seen.resolve() for seen in checked):
             raise UsageError(f"output {path}: given twice")
         if path.is_dir():
-            raise UsageError(f"output {path}: is a directory; name a file ending in .csv, .md or .json")
+            raise UsageError(f"output {path}: is a directory; name a file ending in {_suffixes()}")
         if path.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json")
+            raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use {_suffixes()}")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output {path}: directory {parent} does not exist")
@@ -158,6 +158,10 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
             raise UsageError(f"output {path}: not writable")
         checked.append(path)
     return checked
+
+
+def _suffixes() -> str:
+    return ", ".join(OUTPUT_SUFFIXES[:-1]) + f" or {OUTPUT_SUFFIXES[-1]}"
 
 
 def check_plots_dir(path: Path | None) -> None:
@@ -258,7 +262,10 @@ MetricsOpt = Annotated[
 ]
 CountersOpt = Annotated[str, typer.Option("--counters", help=f"Comma list of {','.join(COUNTERS)}.")]
 OutputOpt = Annotated[
-    list[Path] | None, typer.Option("--output", "-o", help="Write a report: .csv, .md or .json (by suffix); repeat.")
+    list[Path] | None,
+    typer.Option(
+        "--output", "-o", help="Write a report: .csv, .md, .json or .html (a page to open offline), by suffix; repeat."
+    ),
 ]
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for scaling plots (PNG).")]
 MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Floor: time every case at least this many seconds.")]
