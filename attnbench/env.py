@@ -146,7 +146,6 @@ def static_environment() -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
-        "command": command_line(),
     }
     record.update({name: _version(dists) for name, dists in _VERSIONS.items()})
     return record

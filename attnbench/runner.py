@@ -25,7 +25,7 @@ from attnbench import results as R
 from attnbench.backends import get_backend
 from attnbench.backends.base import host_available_bytes
 from attnbench.counting import count_all, count_params
-from attnbench.env import environment, machine_label
+from attnbench.env import command_line, environment, machine_label
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
@@ -119,6 +119,7 @@ def run_sweep(
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
+    env["command"] = command_line()  # what a report's reader would type to measure again
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"

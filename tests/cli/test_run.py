@@ -71,7 +71,7 @@ def test_sweep_with_some_invalid_cases_keeps_the_valid_ones(tmp_path: Path, caps
     assert [r.status for r in rows] == [R.INVALID, R.OK]
     assert "window_size" in rows[0].reason
     assert code == 0  # refused-by-design cases are reported, not failures
-    assert f"clo C=32 14x14 B=1 none: invalid: {rows[0].reason}" in err.splitlines()
+    assert f"clo C=32 14x14 B=1 none: invalid: {rows[0].reason}" in " ".join(err.split())
 
 
 def test_every_case_refused_ends_like_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
