@@ -36,7 +36,7 @@ from attnbench.errors import (
 )
 from attnbench.guards import guard, time_limit
 from attnbench.instructions import InstructionBatch, check_available
-from attnbench.measurement import is_oom, measure
+from attnbench.measurement import is_oom, measure, stages
 from attnbench.results import Case, Result
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
@@ -68,7 +68,8 @@ class Sink:
         """The run begins: its environment record and the cases it plans."""
 
     def stage(self, case: Case, stage: str) -> None:
-        """`case` enters a stage: "counting", "building" or "measuring"."""
+        """`case` enters a stage: "counting", "building", "measuring", then the measurement's own ("exporting",
+        "compiling", "preparing", "timing", "memory", "timing the other allocator")."""
 
     def row(self, row: Result) -> None:
         """A case finished (ok or not): its row."""
@@ -402,10 +403,11 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     try:
         estimate = backend.memory_estimate(counted.estimate_bytes, case)
         guard(estimate, backend.free_memory(), backend.memory_name, options.force)
-        with time_limit(options.time_limit_s):
+        with time_limit(options.time_limit_s), stages(lambda stage: run_.sink.stage(case, stage)):
             values, extra = _measure(module, case, options)
             timed = values.get("status") == R.OK and values.get("latency_median_s") is not None
             if backend.allocator_states and timed and run_.worker is not None:
+                run_.sink.stage(case, "timing the other allocator")
                 values, extra = other_state(run_.worker, case, (values, extra), options.budget, options.seed)
         values["extra"] = json.dumps(extra, sort_keys=True, default=str)
         return Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - started})

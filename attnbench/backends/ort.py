@@ -558,6 +558,10 @@ class OrtCpuBackend(Backend):
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
         return self._prepared_cls(module, input_shape, scenario, seed, self)
 
+    def preparing(self, scenario: Scenario) -> str:
+        """Exporting the graph (once per module setting) is most of an ORT case's first seconds."""
+        return "exporting"
+
     def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
         """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""
         if eager_bytes is None:
