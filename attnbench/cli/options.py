@@ -238,16 +238,38 @@ ModulesArg = Annotated[
     ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]
-DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
-ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
+
+
+def _said(values: Sequence[Any]) -> str:
+    return ", ".join(map(str, values))
+
+
+# The sweep's options, once per command: each --help says its own command's defaults.
+ProfileDimOpt = Annotated[
+    list[int] | None,
+    typer.Option("--dim", "-d", help=f"Channels C; repeat for a sweep. [default: {_said(PROFILE.dims)}]"),
+]
+CompareDimOpt = Annotated[
+    list[int] | None,
+    typer.Option("--dim", "-d", help=f"Channels C; repeat for a sweep. [default: {_said(COMPARE.dims)}]"),
+]
+ProfileResOpt = Annotated[
+    list[str] | None,
+    typer.Option("--res", "-r", help=f"Resolution H or HxW; repeat for a sweep. [default: {_said(PROFILE.res)}]"),
+]
+CompareResOpt = Annotated[
+    list[str] | None,
+    typer.Option("--res", "-r", help=f"Resolution H or HxW; repeat for a sweep. [default: {_said(COMPARE.res)}]"),
+]
 BatchOpt = Annotated[
     list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep. [default: 1]")
 ]
-BackendOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--backend", help="A backend (see `attnbench env`: cpu, cuda, ort, ort-cuda, ...); repeat for several."
-    ),
+_BACKEND_HELP = "A backend (see `attnbench env`: cpu, cuda, ort, ort-cuda, ...); repeat for several."
+ProfileBackendOpt = Annotated[
+    list[str] | None, typer.Option("--backend", help=f"{_BACKEND_HELP} [default: {_said(PROFILE.backends)}]")
+]
+CompareBackendOpt = Annotated[
+    list[str] | None, typer.Option("--backend", help=f"{_BACKEND_HELP} [default: {_said(COMPARE.backends)}]")
 ]
 KwOpt = Annotated[
     list[str] | None,
@@ -285,11 +307,14 @@ PrecisionOpt = Annotated[
 WarmupOpt = Annotated[
     float, typer.Option("--warmup", help=f"Warm-up seconds before timing (and at least {WARMUP_MIN_CALLS} calls).")
 ]
-TimeLimitOpt = Annotated[float | None, typer.Option("--time-limit", help="Per-case time limit in seconds.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
-SortOpt = Annotated[
-    str | None, typer.Option("--sort", help="params, macs, module, latency[-BACKEND], memory[-BACKEND].")
+TimeLimitOpt = Annotated[
+    float | None, typer.Option("--time-limit", help="Per-case time limit in seconds. [default: none]")
 ]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
+_SORT_HELP = "params, macs, module, latency[-BACKEND], memory[-BACKEND]."
+ProfileSortOpt = Annotated[str | None, typer.Option("--sort", help=f"{_SORT_HELP} [default: as measured]")]
+#: compare sorts by MACs, and so does report (a saved comparison reads the same re-rendered).
+CompareSortOpt = Annotated[str | None, typer.Option("--sort", help=f"{_SORT_HELP} [default: {COMPARE.sort}]")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ShardOpt = Annotated[
     str | None,

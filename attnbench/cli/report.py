@@ -8,7 +8,7 @@ import typer
 
 from attnbench import report
 from attnbench.cli.app import app, consoles
-from attnbench.cli.options import COMPARE, OutputOpt, Outputs, PlotsOpt, SortOpt
+from attnbench.cli.options import COMPARE, CompareSortOpt, OutputOpt, Outputs, PlotsOpt
 from attnbench.errors import UsageError
 from attnbench.merge import expand, merge
 from attnbench.store import load
@@ -21,7 +21,7 @@ def report_cmd(
     ],
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    sort: SortOpt = None,
+    sort: CompareSortOpt = None,
     label: Annotated[
         str | None,
         typer.Option("--label", help="Machine label for rows that have none (default: from their file's environment)."),

@@ -23,11 +23,13 @@ from attnbench.cli.options import (
     METRICS_DEFAULT,
     PROFILE,
     AllOpt,
-    BackendOpt,
     BatchOpt,
+    CompareBackendOpt,
+    CompareDimOpt,
+    CompareResOpt,
+    CompareSortOpt,
     CountersOpt,
     Defaults,
-    DimOpt,
     ForceOpt,
     KwOpt,
     LabelOpt,
@@ -38,17 +40,20 @@ from attnbench.cli.options import (
     OutputOpt,
     PlotsOpt,
     PrecisionOpt,
+    ProfileBackendOpt,
+    ProfileDimOpt,
+    ProfileResOpt,
+    ProfileSortOpt,
     QuietOpt,
     Request,
-    ResOpt,
     ShardOpt,
-    SortOpt,
     TimeLimitOpt,
     WarmupOpt,
     build_request,
     scenario_options,
 )
 from attnbench.errors import AttnbenchError
+from attnbench.gate import FAST_CASE_S, INSTRUCTIONS_TOLERANCE, TOLERANCE_FAST, TOLERANCE_SLOW
 from attnbench.timing import DEFAULT_MAX_RUN_TIME, DEFAULT_MIN_RUN_TIME, DEFAULT_PRECISION, WARMUP_MIN_S
 
 if TYPE_CHECKING:
@@ -60,10 +65,10 @@ if TYPE_CHECKING:
 def profile_cmd(
     modules: ModulesArg = None,
     all_: AllOpt = False,
-    dim: DimOpt = None,
-    res: ResOpt = None,
+    dim: ProfileDimOpt = None,
+    res: ProfileResOpt = None,
     batch: BatchOpt = None,
-    backend: BackendOpt = None,
+    backend: ProfileBackendOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = METRICS_DEFAULT,
     counters: CountersOpt = COUNTERS_DEFAULT,
@@ -75,7 +80,7 @@ def profile_cmd(
     warmup: WarmupOpt = WARMUP_MIN_S,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
-    sort: SortOpt = None,
+    sort: ProfileSortOpt = None,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
@@ -100,10 +105,10 @@ def profile_cmd(
 def compare_cmd(
     modules: ModulesArg = None,
     all_: AllOpt = False,
-    dim: DimOpt = None,
-    res: ResOpt = None,
+    dim: CompareDimOpt = None,
+    res: CompareResOpt = None,
     batch: BatchOpt = None,
-    backend: BackendOpt = None,
+    backend: CompareBackendOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = METRICS_DEFAULT,
     counters: CountersOpt = COUNTERS_DEFAULT,
@@ -115,13 +120,18 @@ def compare_cmd(
     warmup: WarmupOpt = WARMUP_MIN_S,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
-    sort: SortOpt = None,
+    sort: CompareSortOpt = None,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")] = None,
     tolerance: Annotated[
-        float | None, typer.Option("--tolerance", help="Latency (or instructions) regression tolerance (fraction).")
+        float | None,
+        typer.Option(
+            "--tolerance",
+            help=f"Latency (or instructions) regression tolerance (fraction). [default: {TOLERANCE_FAST} below "
+            f"{FAST_CASE_S * 1e3:g} ms, {TOLERANCE_SLOW} above; instructions: {INSTRUCTIONS_TOLERANCE}]",
+        ),
     ] = None,
     force_latency: Annotated[
         bool, typer.Option("--force-latency", help="Compare latency with a baseline from other hardware.")

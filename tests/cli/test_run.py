@@ -425,3 +425,15 @@ def test_ort_parity_column_and_opt_level(tmp_path: Path, capsys: pytest.CaptureF
     parity = [r[header.index("ORT max|Δ|")] for r in rows]
     assert f"{ort.parity_max_abs:.1e}" in parity
     assert "ORT max|Δ|" in out
+
+
+def test_help_shows_each_commands_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one option a line
+    _, compare, _ = run(capsys, "compare", "--help")
+    _, profile, _ = run(capsys, "profile", "--help")
+    _, report, _ = run(capsys, "report", "--help")
+    for text in ("[default: 14, 28, 56]", "[default: cpu, ort]", "[default: macs]", "[default: 64]", "[default: 0.5]"):
+        assert text in compare, text
+    for text in ("[default: 56]", "[default: cpu]", "[default: as measured]", "[default: 64]"):
+        assert text in profile, text
+    assert "[default: macs]" in report  # report sorts as compare does
