@@ -49,6 +49,8 @@ PALETTE = (
 )
 #: Significant digits a hover shows of a measured value (the table shows three).
 HOVER_DIGITS = 5
+#: Height of the charts whose legend also holds a ring or a roof (pixels): ten modules and it fit unscrolled.
+TALL = 540
 #: Gap between two panels of a chart, as a fraction of its width.
 PANEL_GAP = 0.06
 #: Plotly's marker symbols of each backend on a roofline, by its matplotlib marker (a backend fact).
@@ -98,7 +100,9 @@ def _axes(panels: Sequence[str], x: dict[str, Any], y: dict[str, Any]) -> dict[s
         suffix = "" if i == 0 else str(i + 1)
         left = i * (width + PANEL_GAP)
         layout[f"xaxis{suffix}"] = {**x, "domain": [left, left + width], "anchor": f"y{suffix}"}
-        layout[f"yaxis{suffix}"] = {**y, "anchor": f"x{suffix}", **({"matches": "y"} if i else {})}
+        # The panels share one scale: only the first names it.
+        shared = {"matches": "y", "title": {"text": ""}} if i else {}
+        layout[f"yaxis{suffix}"] = {**y, "anchor": f"x{suffix}", **shared}
         if name:
             layout["annotations"].append(
                 {"text": f"<b>{name}</b>", "x": left + width / 2, "y": 1.02, "xref": "paper", "yref": "paper"}
@@ -340,6 +344,7 @@ def _cost_chart(
     )
     layout["updatemenus"] = [{"buttons": buttons, "x": 0, "xanchor": "left", "y": 1.16, "yanchor": "top", "active": 0}]
     layout["margin"]["t"] = 90
+    layout["height"] = TALL
     note = (
         "Lower left is cheaper. Ringed: nothing else is at least as cheap on both axes. The menu picks the "
         "resolution and the cost."
@@ -410,6 +415,7 @@ def _roofline(device: str, points: Sequence[RooflinePoint]) -> Chart:
     backends = ", ".join(
         f"{b}: {SYMBOL_OF.get(backend_facts(b)['marker'], 'circle')}" for b in dict.fromkeys(p.backend for p in points)
     )
+    layout["height"] = TALL
     note = f"FLOPs over (input + output + weights) bytes, against FLOPs over the median latency. Markers: {backends}."
     if not roofs:
         note += " No roof was measured for these rows."

@@ -160,7 +160,8 @@ def marks_legend(rows: Sequence[Result], fitted: Fitted, sort_by: str | None = N
     if slower:
         ratios = ", ".join(f"{r.module} {r.height}x{r.width} {_slowdown(r)}x" for r in slower)
         lines.append(
-            f"glibc's default allocator (the table: pinned) is slower for {ratios} (docs/scenarios.md#the-allocator)."
+            f"{ratios}: slower with glibc's default allocator than pinned, as the table times them "
+            "(docs/scenarios.md#the-allocator)."
         )
     return lines
 
