@@ -4,6 +4,7 @@ progress a log gets, the gate's verdict and exit codes, shards, and the generate
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 from pathlib import Path
@@ -437,3 +438,15 @@ def test_help_shows_each_commands_defaults(capsys: pytest.CaptureFixture[str], m
     for text in ("[default: 56]", "[default: cpu]", "[default: as measured]", "[default: 64]"):
         assert text in profile, text
     assert "[default: macs]" in report  # report sorts as compare does
+
+
+def test_html_report_is_written_with_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page, csv = tmp_path / "r.html", tmp_path / "r.csv"
+    argv = [*"profile lka --dim 16 --res 8 --res 16 --metrics params,macs -q -o".split(), str(page), "-o", str(csv)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and f"wrote {page}" in err
+    assert text.count('<tr data-module="lka"') == len(store.load(csv).results) == 2
+    # The header's command line is the one that measured the rows (recorded in the environment).
+    assert html.escape(store.load(csv).env["command"]) in text
