@@ -11,9 +11,11 @@ import datetime as _dt
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,20 @@ def nvidia_smi() -> dict[str, Any]:
     first = out.stdout.strip().splitlines()[0].split(", ") if out.stdout.strip() else []
     keys = ("gpu", "gpu_driver", "gpu_sm_clock", "gpu_power_draw")
     return dict(zip(keys, first, strict=False))
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that made the record, as a shell would take it back: 'attnbench compare --all -o r.html' (the
+    command line interface under any of its names), else the Python program and its arguments."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    program = Path(argv[0])
+    if program.name == "attnbench" or program.parts[-3:] == ("attnbench", "cli", "__main__.py"):
+        head = ["attnbench"]
+    else:
+        head = ["python", program.name] if program.suffix == ".py" else [program.name]
+    return shlex.join(head + argv[1:])
 
 
 def static_environment() -> dict[str, Any]:

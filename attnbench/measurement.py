@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +128,26 @@ def is_oom(exc: BaseException, backend: Backend | None = None) -> bool:
     return out_of_memory(exc) or (backend is not None and backend.is_oom(exc))
 
 
+#: Who hears the stages of a measure() call ("exporting", "timing", "memory"): the runner's sink, set by `stages`.
+_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("attnbench_stage_listener", default=None)
+
+
+@contextmanager
+def stages(listener: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, measure() names each stage it enters to `listener` (a progress bar names it)."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def _stage(name: str) -> None:
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(name)
+
+
 def _check_args(module: nn.Module, input_shape: Sequence[int], budget: TimingBudget) -> tuple[int, ...]:
     name = type(module).__name__
     shape = tuple(input_shape)
@@ -213,6 +235,7 @@ def _prepare_and_run(
 ) -> Measurement | tuple[str, str, dict[str, Any]]:
     """The measurement, or (status, reason, details) of the failure: the caller cleans up outside the handler."""
     t0 = time.perf_counter()
+    _stage(be.preparing(base.scenario))
     try:
         prepared = be.prepare(module, base.input_shape, base.scenario, seed)
     except CaseFailed as exc:
@@ -224,10 +247,14 @@ def _prepare_and_run(
     prepare_s = time.perf_counter() - t0
     try:
         with prepared:
+            if "latency" in metrics:
+                _stage("timing")
             timing = prepared.time(budget, clock) if "latency" in metrics else None
             # Right after the timed calls, so the device is as warm as the timing found it.
             busy = prepared.device_busy_s() if timing is not None else None
             t_mem = time.perf_counter()
+            if "memory" in metrics:
+                _stage("memory")
             mem = prepared.peak_memory() if "memory" in metrics else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem
     except CaseFailed as exc:

@@ -25,7 +25,7 @@ from attnbench import results as R
 from attnbench.backends import get_backend
 from attnbench.backends.base import host_available_bytes
 from attnbench.counting import count_all, count_params
-from attnbench.env import environment, machine_label
+from attnbench.env import command_line, environment, machine_label
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
@@ -36,7 +36,7 @@ from attnbench.errors import (
 )
 from attnbench.guards import guard, time_limit
 from attnbench.instructions import InstructionBatch, check_available
-from attnbench.measurement import is_oom, measure
+from attnbench.measurement import is_oom, measure, stages
 from attnbench.results import Case, Result
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
@@ -68,7 +68,8 @@ class Sink:
         """The run begins: its environment record and the cases it plans."""
 
     def stage(self, case: Case, stage: str) -> None:
-        """`case` enters a stage: "counting", "building" or "measuring"."""
+        """`case` enters a stage: "counting", "building", "measuring", then the measurement's own ("exporting",
+        "compiling", "preparing", "timing", "memory", "timing the other allocator")."""
 
     def row(self, row: Result) -> None:
         """A case finished (ok or not): its row."""
@@ -77,7 +78,7 @@ class Sink:
         """A line about the run as a whole (the valgrind pass)."""
 
     def finish(self, outcome: RunOutcome) -> None:
-        """The run ended (completed, failed cases, or interrupted): every row, final."""
+        """The run ended (completed, failed cases, or interrupted): every row, final, and the gate's verdict."""
 
 
 @dataclass
@@ -119,6 +120,7 @@ def run_sweep(
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
+    env["command"] = command_line()  # what a report's reader would type to measure again
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
@@ -128,10 +130,13 @@ def run_sweep(
     sink.start(env, cases)
     outcome = run(cases, options, sink)
     outcome.env = env
-    sink.finish(outcome)
-    if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
-        again = options.without_instructions()
-        outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    try:
+        if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
+            again = options.without_instructions()
+            outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    finally:
+        # After the gate, so a report can carry its verdict; whatever the gate does, the sink hears the end.
+        sink.finish(outcome)
     return outcome
 
 
@@ -398,10 +403,11 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     try:
         estimate = backend.memory_estimate(counted.estimate_bytes, case)
         guard(estimate, backend.free_memory(), backend.memory_name, options.force)
-        with time_limit(options.time_limit_s):
+        with time_limit(options.time_limit_s), stages(lambda stage: run_.sink.stage(case, stage)):
             values, extra = _measure(module, case, options)
             timed = values.get("status") == R.OK and values.get("latency_median_s") is not None
             if backend.allocator_states and timed and run_.worker is not None:
+                run_.sink.stage(case, "timing the other allocator")
                 values, extra = other_state(run_.worker, case, (values, extra), options.budget, options.seed)
         values["extra"] = json.dumps(extra, sort_keys=True, default=str)
         return Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - started})

@@ -18,7 +18,7 @@ import attnbench
 import attnbench.backends as backends
 from attnbench.backends.base import Backend, CaseFailed, Prepared
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
-from attnbench.measurement import MEASURES, Measurement, is_oom, latency_values, measure
+from attnbench.measurement import MEASURES, Measurement, is_oom, latency_values, measure, stages
 from attnbench.memory import PeakMemory
 from attnbench.results import OK, OOM, PARITY_FAILED, SKIPPED, Scenario
 from attnbench.timing import LAUNCH_BOUND_FRACTION, MIN_BLOCKS, Sync, TimingBudget, summarize
@@ -351,3 +351,22 @@ def test_latency_values_guard_the_throughput_and_the_interval() -> None:
     assert latency_values(six, batch=2)["latency_ci_rel"] == pytest.approx(0.5)
     assert latency_values(six, batch=2)["throughput_per_s"] == 2.0
     assert not math.isinf(latency_values(six, batch=2)["latency_ci_rel"])
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_a_listener_hears_each_stage_of_a_measurement(scripted: Callable[..., Scripted]) -> None:
+    scripted()
+    heard: list[str] = []
+    with stages(heard.append):
+        assert measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3)).ok
+    assert heard == ["preparing", "timing", "memory"]
+    measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3))
+    assert len(heard) == 3  # outside the block nobody hears
+
+
+def test_each_backend_names_its_preparation() -> None:
+    assert backends.get_backend("ort").preparing(Scenario()) == "exporting"
+    assert backends.get_backend("cpu").preparing(Scenario(compile=True)) == "compiling"
+    assert backends.get_backend("cpu").preparing(Scenario()) == "preparing"

@@ -129,20 +129,29 @@ def test_run_sweep_streams_every_row_to_the_sink_between_start_and_finish() -> N
     assert not outcome.interrupted and [r.status for r in outcome.results] == [R.OK] * 4
     assert sink.planned == sweep.cases() and sink.outcome is outcome and sink.rows == outcome.results
     labels = [c.label for c in sweep.cases()]
-    # Per geometry: counted once, built once, then each backend's case measured and its row handed on at once.
+    # Per geometry: counted once, built once, then each backend's case measured, stage by stage (ORT exports;
+    # memory only, so no timing), and its row handed on at once.
     assert sink.events == [
         ("start", 4),
         ("counting", labels[0]),
         ("building", labels[0]),
         ("measuring", labels[0]),
+        ("preparing", labels[0]),
+        ("memory", labels[0]),
         ("row", labels[0]),
         ("measuring", labels[1]),
+        ("exporting", labels[1]),
+        ("memory", labels[1]),
         ("row", labels[1]),
         ("counting", labels[2]),
         ("building", labels[2]),
         ("measuring", labels[2]),
+        ("preparing", labels[2]),
+        ("memory", labels[2]),
         ("row", labels[2]),
         ("measuring", labels[3]),
+        ("exporting", labels[3]),
+        ("memory", labels[3]),
         ("row", labels[3]),
         ("finish", 4),
     ]

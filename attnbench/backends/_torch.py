@@ -109,6 +109,10 @@ class TorchBackend(Backend):
     ignores = ("ort_opt_level",)
     parity = "compiled"
 
+    def preparing(self, scenario: Scenario) -> str:
+        """torch.compile's first call is the slow part of preparing a compiled case."""
+        return "compiling" if scenario.compile else "preparing"
+
     def refusal(self, scenario: Scenario) -> str | None:
         """As Backend.refusal, and autocast only on a float32 module (`--dtype` converts the whole module)."""
         if scenario.autocast != "off" and scenario.dtype != "float32":

@@ -236,6 +236,10 @@ class Backend(ABC):
     def available(self) -> tuple[bool, str]:
         """(True, what will run) or (False, why not) on this machine."""
 
+    def preparing(self, scenario: Scenario) -> str:
+        """What prepare() does for `scenario`, in a word a progress bar shows ("exporting", "compiling")."""
+        return "preparing"
+
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Make `module` ready to run on `input_shape` in `scenario`; a case it cannot run raises CaseFailed."""

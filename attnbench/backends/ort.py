@@ -665,6 +665,10 @@ class OrtCpuBackend(Backend):
         """The provider's options for a session in `scenario` (None: the provider's defaults)."""
         return None
 
+    def preparing(self, scenario: Scenario) -> str:
+        """Exporting the graph (once per module setting) is most of an ORT case's first seconds."""
+        return "exporting"
+
     def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
         """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""
         if eager_bytes is None:
