@@ -12,30 +12,31 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import Backend, CaseFailed, Prepared
+from attnbench.backends.base import Backend, CaseFailed, Prepared, out_of_memory
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.results import OK, OOM, SKIPPED, Scenario
-from attnbench.timing import CONTENTION_THRESHOLD, Clock, Lane, TimingBudget, TimingStats, time_lanes
+from attnbench.timing import (
+    CONTENTION_THRESHOLD,
+    LAUNCH_BOUND_FRACTION,
+    Clock,
+    Lane,
+    TimingBudget,
+    TimingStats,
+    time_lanes,
+)
 
 #: What measure() measures unless told otherwise.
 MEASURES = ("latency", "memory")
-#: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
-OOM_MARKERS = (
-    "out of memory",
-    "can't allocate memory",
-    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
-    "not enough memory",
-    "failed to allocate memory",
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
     #: torch.compile: wall time of the first (compiling) call, not part of the timing; None when not compiled.
     compile_s: float | None = None
+    #: Seconds per call the device was busy (kernels, copies) on a warmed-up call; None on the host, or untimed.
+    device_busy_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,7 +85,16 @@ class Measurement:
         }
         if self.timing is not None:
             values.update(latency_values(self.timing, batch))
+            share = self.busy_share
+            values["latency_launch_bound"] = None if share is None else share < LAUNCH_BOUND_FRACTION
         return values
+
+    @property
+    def busy_share(self) -> float | None:
+        """The device's busy time over the median call (None without both): well under 1, the launches set the time."""
+        if self.device_busy_s is None or self.timing is None or not self.timing.median_s > 0:
+            return None
+        return self.device_busy_s / self.timing.median_s
 
     def extra_values(self) -> dict[str, Any]:
         """The row's `extra`: the allocator settings, the backend's details and how the timing went."""
@@ -97,6 +109,8 @@ class Measurement:
                 timing_blocks=t.n_blocks,
                 timing_stop=t.stop,
             )
+        if self.device_busy_s is not None:
+            extra.update(device_busy_s=self.device_busy_s, device_busy_share=self.busy_share)
         return extra
 
 
@@ -122,10 +136,27 @@ def latency_values(timing: TimingStats, batch: int) -> dict[str, Any]:
 
 def is_oom(exc: BaseException, backend: Backend | None = None) -> bool:
     """True for an out-of-memory error: the backend's own type, torch's or Python's, or one that says so."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or (backend is not None and backend.is_oom(exc)):
-        return True
-    # ONNX Runtime raises its own exception types, which derive from Exception, not RuntimeError.
-    return any(marker in str(exc).lower() for marker in OOM_MARKERS)
+    return out_of_memory(exc) or (backend is not None and backend.is_oom(exc))
+
+
+#: Who hears the stages of a measure() call ("exporting", "timing", "memory"): the runner's sink, set by `stages`.
+_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("attnbench_stage_listener", default=None)
+
+
+@contextmanager
+def stages(listener: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, measure() names each stage it enters to `listener` (a progress bar names it)."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def _stage(name: str) -> None:
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(name)
 
 
 def _check_args(module: nn.Module, input_shape: Sequence[int], budget: TimingBudget) -> tuple[int, ...]:
@@ -162,6 +193,8 @@ def measure(
     _check_args(module, input_shape, budget)
     staged = stage(module, input_shape, backend, scenario, metrics, seed)
     lanes = staged.lanes(budget) if "latency" in metrics else []
+    if lanes:
+        _stage("timing")
     time_lanes(lanes, clock)
     return staged.conclude(lanes[0] if lanes else None)
 
@@ -208,13 +241,24 @@ class Staged:
             error.__traceback__ = None
             del error
             failure = outcome
+        busy = None
+        if failure is None and lane is not None:
+            # Right after the timed calls, so the device is as warm as the timing found it.
+            try:
+                busy = prepared.device_busy_s()
+            except Exception as exc:
+                outcome = _failure_of(exc, self.backend, "running", prepared.exporter)
+                if isinstance(outcome, BaseException):
+                    prepared.close()
+                    raise
+                failure = outcome
         prepared.close()
         if failure is not None:
             self.backend.cleanup_after_failure()
             return _failed(self.base, *failure)
-        return self._measured(prepared, lane.stats() if lane is not None else None)
+        return self._measured(prepared, lane.stats() if lane is not None else None, busy)
 
-    def _measured(self, prepared: Prepared, timing: TimingStats | None) -> Measurement:
+    def _measured(self, prepared: Prepared, timing: TimingStats | None, busy: float | None) -> Measurement:
         mem = self.memory
         extra = {"prepare_s": self.prepare_s, "memory_s": self.memory_s, "seed": self.seed, **prepared.extra}
         return dataclasses.replace(
@@ -229,6 +273,7 @@ class Staged:
             exporter=prepared.exporter,
             extra=extra,
             compile_s=prepared.compile_s,
+            device_busy_s=busy,
         )
 
     @property
@@ -317,6 +362,7 @@ def _prepare(
     """Prepare and read the memory into `staged`; (status, reason, details) of a failure (the caller cleans up)."""
     be, base = staged.backend, staged.base
     t0 = time.perf_counter()
+    _stage(be.preparing(base.scenario))
     try:
         prepared = be.prepare(module, base.input_shape, base.scenario, seed)
     except Exception as exc:
@@ -328,6 +374,7 @@ def _prepare(
     try:
         t_mem = time.perf_counter()
         if "memory" in metrics:
+            _stage("memory")
             staged.memory = prepared.peak_memory()
         staged.memory_s = time.perf_counter() - t_mem
     except Exception as exc:

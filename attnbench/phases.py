@@ -47,7 +47,7 @@ from attnbench.errors import (
 )
 from attnbench.guards import guard, time_limit
 from attnbench.instructions import InstructionBatch
-from attnbench.measurement import Staged, is_oom, stage
+from attnbench.measurement import Staged, is_oom, stage, stages
 from attnbench.results import Case, Result, kwargs_text
 from attnbench.settings import RunOptions
 from attnbench.sink import PREPARE, TIME, RunOutcome, Sink
@@ -492,21 +492,30 @@ def _stage_item(item: Item, module: nn.Module, layout: str, state: RunState) -> 
     """Prepare one case and read its memory (phase 1); a case that cannot be prepared is emitted as its row."""
     case, options = item.case, state.options
     started = time.perf_counter()
-    state.sink.stage(case, "preparing")
+    why_not = _not_applicable(case, layout)
+    if why_not is not None:
+        state.emit(item, Result.for_case(case, **item.values, status=R.SKIPPED, reason=why_not))
+        return
+    failed = None
     try:
-        why_not = _not_applicable(case, layout)
-        if why_not is not None:
-            state.emit(item, Result.for_case(case, **item.values, status=R.SKIPPED, reason=why_not))
-            return
         backend = get_backend(case.backend)
         estimate = backend.memory_estimate(item.estimate_bytes, case)
         guard(estimate, backend.free_memory(), backend.memory_name, options.force)
-        with time_limit(options.time_limit_s):
+        with time_limit(options.time_limit_s), stages(lambda stage: state.sink.stage(case, stage)):
             staged = _stage_case(module, case, options)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
-        state.fail([item], exc, item.values)
+        if debug():
+            traceback.print_exception(exc)
+        failed = failure_row(case, exc, item.values)
+    if failed is not None:
+        # Outside the handler: its traceback no longer holds the failed step's frames and tensors, so the backend
+        # can give their memory back before the next case's guard reads what is free (PyTorch's FAQ on OOM). A
+        # case refused before it ran (unavailable backend, the guard) left nothing to give back.
+        state.emit(item, failed)
+        if failed.status not in R.REFUSED:
+            _cleanup(case)
         return
     item.spent_s += time.perf_counter() - started
     if staged.failure is not None:
@@ -515,6 +524,12 @@ def _stage_item(item: Item, module: nn.Module, layout: str, state: RunState) -> 
     item.staged = staged
     if backend.allocator_states and "latency" in options.metrics and state.allocators is not None:
         state.allocators.submit(case, options.seed)
+
+
+def _cleanup(case: Case) -> None:
+    """The case's backend gives back what a failure left behind (nothing when it is not available)."""
+    with contextlib.suppress(BackendUnavailableError):
+        get_backend(case.backend).cleanup_after_failure()
 
 
 def _stage_case(module: nn.Module, case: Case, options: RunOptions) -> Staged:
@@ -633,6 +648,7 @@ def _emit_measured(item: Item, measurement: Any, state: RunState, lane: Lane | N
     backend = get_backend(case.backend)
     timed = values.get("status") == R.OK and values.get("latency_median_s") is not None
     if backend.allocator_states and timed and state.allocators is not None:
+        state.sink.stage(case, "timing the other allocator")
         values, extra = state.allocators.finish(case, values, extra, options.budget, options.seed)
     values["extra"] = json.dumps(extra, sort_keys=True, default=str)
     item.spent_s += time.perf_counter() - started

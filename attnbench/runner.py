@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from attnbench.backends import get_backend
 from attnbench.cache import Cache
-from attnbench.env import environment, machine_label
+from attnbench.env import command_line, environment, machine_label
 from attnbench.errors import BackendUnavailableError
 from attnbench.instructions import InstructionBatch, check_available
 from attnbench.phases import DEBUG_ENV, TOKENS_CHANNELS_LAST, RunState, debug, failure_row, geometries, run_plan
@@ -68,6 +68,7 @@ def run_sweep(
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
+    env["command"] = command_line()  # what a report's reader would type to measure again
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
@@ -79,10 +80,13 @@ def run_sweep(
     outcome.results = with_ratios(outcome.results, options.reference)
     env["cache"], env["phases"] = outcome.cache, outcome.phases
     outcome.env = env
-    sink.finish(outcome)
-    if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
-        again = options.without_instructions()
-        outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    try:
+        if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
+            again = options.without_instructions()
+            outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    finally:
+        # After the gate, so a report can carry its verdict; whatever the gate does, the sink hears the end.
+        sink.finish(outcome)
     return outcome
 
 

@@ -28,7 +28,8 @@ class Sink:
         `note` says more (how many workers, which group of how many)."""
 
     def stage(self, case: Case, stage: str) -> None:
-        """`case` enters a stage: "counting", "building", "preparing" or "timing"."""
+        """`case` enters a stage: "counting", "building", "preparing" (then the backend's own: "exporting",
+        "compiling"; and "memory"), "timing", "timing the other allocator"."""
 
     def rotation(self, round_: int, timing: int) -> None:
         """The timing rotation begins a round: its number and how many cases are still being timed."""
@@ -40,7 +41,7 @@ class Sink:
         """A line about the run as a whole (the valgrind pass)."""
 
     def finish(self, outcome: RunOutcome) -> None:
-        """The run ended (completed, failed cases, or interrupted): every row, final."""
+        """The run ended (completed, failed cases, or interrupted): every row, final, and the gate's verdict."""
 
 
 @dataclass

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,8 +138,8 @@ def test_run_sweep_streams_every_row_to_the_sink_between_start_and_finish() -> N
     assert [r.case for r in outcome.results] == sweep.cases()
     assert sorted(sink.rows, key=lambda r: r.label) == sorted(outcome.results, key=lambda r: r.label)
     labels = [c.label for c in sweep.cases()]
-    # Phase 1: every geometry counted, then each built once and its cases prepared; then (no latency asked for,
-    # nothing to time) each backend's rows in turn.
+    # Phase 1: every geometry counted, then each built once and its cases prepared, stage by stage (ORT: its
+    # export, session and parity; memory only, so no timing); then each backend's rows in turn.
     assert sink.events == [
         ("start", 4),
         ("phase prepare", 4),
@@ -145,10 +147,14 @@ def test_run_sweep_streams_every_row_to_the_sink_between_start_and_finish() -> N
         ("counting", labels[2]),
         ("building", labels[0]),
         ("preparing", labels[0]),
-        ("preparing", labels[1]),
+        ("memory", labels[0]),
+        ("export, session, parity", labels[1]),
+        ("memory", labels[1]),
         ("building", labels[2]),
         ("preparing", labels[2]),
-        ("preparing", labels[3]),
+        ("memory", labels[2]),
+        ("export, session, parity", labels[3]),
+        ("memory", labels[3]),
         ("row", labels[0]),
         ("row", labels[2]),
         ("row", labels[1]),
@@ -431,6 +437,28 @@ def test_out_of_memory_is_an_oom_row(monkeypatch: pytest.MonkeyPatch, where: str
     assert [r.status for r in outcome.results] == [R.OOM, R.OOM]
     assert "out of memory" in outcome.results[0].reason
     assert outcome.failed == outcome.results
+
+
+def test_a_case_that_raised_is_cleaned_up_after_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.backends.cpu import CpuBackend
+
+    held: list[weakref.ref] = []
+    cleanups: list[tuple[bool, bool]] = []
+
+    def fails_holding_a_tensor(*args: Any) -> Any:
+        activations = torch.empty(1024)  # what a failed forward's frame holds on the GPU
+        held.append(weakref.ref(activations))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def cleanup(self: CpuBackend) -> None:
+        # No exception is being handled any more, and the traceback that kept the frame's tensors alive is gone.
+        cleanups.append((sys.exc_info()[0] is None, held[-1]() is None))
+
+    monkeypatch.setattr(phases, "_stage_case", fails_holding_a_tensor)
+    monkeypatch.setattr(CpuBackend, "cleanup_after_failure", cleanup)
+    outcome = run([Case("lka", 16, 8, 8)], FAST_OPTIONS)
+    assert [r.status for r in outcome.results] == [R.FAILED]
+    assert cleanups == [(True, True)]
 
 
 def test_a_failing_build_fails_every_case_of_its_geometry_and_the_next_runs(monkeypatch: pytest.MonkeyPatch) -> None:
