@@ -364,12 +364,13 @@ def test_a_listener_hears_each_stage_of_a_measurement(scripted: Callable[..., Sc
     heard: list[str] = []
     with stages(heard.append):
         assert measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3)).ok
-    assert heard == ["preparing", "timing", "memory"]
+    # The memory is read when the case is prepared (a sweep's first phase), before it is timed (the second).
+    assert heard == ["preparing", "memory", "timing"]
     measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3))
     assert len(heard) == 3  # outside the block nobody hears
 
 
 def test_each_backend_names_its_preparation() -> None:
-    assert backends.get_backend("ort").preparing(Scenario()) == "exporting"
+    assert backends.get_backend("ort").preparing(Scenario()) == "export, session, parity"
     assert backends.get_backend("cpu").preparing(Scenario(compile=True)) == "compiling"
     assert backends.get_backend("cpu").preparing(Scenario()) == "preparing"

@@ -194,6 +194,8 @@ class CudaPrepared(TorchPrepared):
     each block."""
 
     backend = "cuda"
+    #: TF32 for float32 matmuls and convolutions (the scenario's), set around each block.
+    tf32 = False
 
     def __init__(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int) -> None:
         super().__init__()

@@ -356,12 +356,12 @@ WorkersOpt = Annotated[
         "[default: $ATTNBENCH_WORKERS, else the usable cores]",
     ),
 ]
-InterleaveOpt = Annotated[
+NoInterleaveOpt = Annotated[
     bool,
     typer.Option(
-        "--interleave/--no-interleave",
-        help="Time the cases of a backend in round-robin blocks, so each samples the machine's slow and fast phases "
-        "alike (--no-interleave: one case after the other).",
+        "--no-interleave",
+        help="Time the cases one after the other, not a backend's cases in round-robin blocks (which let each "
+        "sample the machine's slow and fast phases alike, and pair them for the ratios).",
     ),
 ]
 ReferenceOpt = Annotated[
@@ -468,7 +468,7 @@ def _options(given: Mapping[str, Any], gate: Any) -> RunOptions:
         force=given["force"],
         machine=" ".join(label.split()) if label is not None and label.strip() else label,
         cache_dir=_cache_dir(given),
-        interleave=given.get("interleave", True),
+        interleave=not given.get("no_interleave", False),
         reference=given.get("reference"),
         **({"workers": given["workers"]} if given.get("workers") is not None else {}),
     )

@@ -162,8 +162,9 @@ def test_progress_line() -> None:
     assert progress_line(row, 3, 58) == '[3/58] sk C=64 28x28 B=1 cpu {"kernels": [3, 5]}: ok in 1.2 s'
     failed = Result.for_case(Case("lka", 16, 8, 8, scenario=Scenario(dtype="bfloat16", threads=2)), status=R.OOM)
     assert progress_line(failed, 1, 1) == "[1/1] lka C=16 8x8 B=1 cpu bfloat16 t=2: oom"
-    stages = {"counting": 0.02, "exporting": 8.12, "timing": 0.9}  # the stages' time, the short ones unsaid
-    assert progress_line(row, 3, 58, stages).endswith(": ok in 9.0 s (exporting 8.1 s, timing 0.9 s)")
+    # The case's own 1.2 s and its geometry's counting and building; the slow stages named, the short ones unsaid.
+    stages = {"counting": 0.02, "building": 0.5, "export, session, parity": 0.8}
+    assert progress_line(row, 3, 58, stages).endswith(": ok in 1.8 s (building 0.5 s, export, session, parity 0.8 s)")
 
 
 def test_a_log_line_says_where_the_time_went(capsys: pytest.CaptureFixture[str]) -> None:
