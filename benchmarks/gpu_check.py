@@ -130,15 +130,17 @@ def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> 
             torch.cuda.synchronize()
             return out
 
-        for _ in range(10):  # Timer's own warm-up is one call: warm cuDNN's autotuning first
-            forward()
+        with prepared.active():  # cudnn.benchmark, TF32 and threads as attnbench's own timing sets them
+            for _ in range(10):  # Timer's own warm-up is one call: warm cuDNN's autotuning first
+                forward()
         for r in range(rounds):
             for who in ("ours", "timer") if r % 2 == 0 else ("timer", "ours"):
                 if who == "ours":
                     ours.append(prepared.time(budget).median_s)
                 else:
                     timer = Timer(stmt="forward()", globals={"forward": forward})
-                    theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
+                    with prepared.active():  # the settings attnbench's timing runs under, for the whole reference
+                        theirs.append(timer.blocked_autorange(min_run_time=min_run_time).median)
     ratio = statistics.median(ours) / statistics.median(theirs)
     return {
         **case,

@@ -94,7 +94,8 @@ def agreement(name: str, rounds: int, min_run_time: float) -> dict[str, Any]:
                     faults.append(stats.minor_faults_per_call)
                     other.append(stats.other_cpu_cores)
                 else:
-                    med, warned, busy = timer_median(prepared.module, prepared.x, min_run_time)
+                    with prepared.active():  # the case's threads, as attnbench's own timing sets them
+                        med, warned, busy = timer_median(prepared.module, prepared.x, min_run_time)
                     theirs.append(med)
                     timer_warned.append(warned)
                     other.append(busy)
