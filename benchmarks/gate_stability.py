@@ -8,7 +8,10 @@ shared CI runner. Each gate run is a fresh process running the CI command of .ci
    (benchmarks/gate_variants.py): must fail, naming the module;
 4. for contrast, M runs of unchanged code gated on wall time against the same baseline: today's gate,
    which now says "inconclusive (machine busy)" instead of failing when the timings were contended;
-5. sensitivity: in one valgrind process, every zoo module with elementwise work, original and changed,
+5. a user's own module, by its file spec (`PATH:Block`, benchmarks/gate_variants.py writes the file), in every
+   run: N runs with that FILE changed to do at least 2% more instructions (extra scalar multiplications, sized
+   in one valgrind process beforehand): must fail, naming it (its valgrind worker builds it from the file);
+6. sensitivity: in one valgrind process, every zoo module with elementwise work, original and changed,
    at 16x16 and 32x32 (and the original again): how many more instructions 25% more elementwise work is,
    against how much a repeated count moves.
 Writes results/gate_stability.md and .json. Run: nohup python benchmarks/gate_stability.py &
@@ -42,6 +45,8 @@ TIMED = ["--max-run-time", "0.5"]
 COUNTS_ONLY = ["--metrics", "params,macs"]
 COMPETITORS = 2
 TARGET = "mhsa"
+#: The user's file module's change: at least this much more instructions per call, at every resolution.
+FILE_EXTRA = 0.02
 
 
 def child(mode: str, target: str, argv: list[str]) -> int:
@@ -111,6 +116,35 @@ def sensitivity(names: list[str]) -> list[dict[str, Any]]:
     return plan
 
 
+def calibrate_file(path: Path) -> dict[int, dict[str, int]]:
+    """Passes per H that make the user's block do at least FILE_EXTRA more instructions, counted in valgrind."""
+    import importlib
+
+    import torch
+    from gate_variants import write_user_block
+
+    from attnbench.instructions import InstructionBatch
+
+    write_user_block(path, {})
+    sys.path.insert(0, str(path.parent))  # the valgrind worker unpickles the block by its module's name
+    block = importlib.import_module(path.stem)
+    probe = 8
+    sides = (16, 32)
+    with InstructionBatch() as batch:
+        for side in sides:
+            for passes in ({}, {side: probe}):
+                torch.manual_seed(0)
+                batch.add(block.Block(64, passes).eval(), (1, 64, side, side))
+        counts = [c.instructions for c in batch.run()]
+    plan = {}
+    for i, side in enumerate(sides):
+        orig, more = counts[2 * i], counts[2 * i + 1]
+        per_pass = (more - orig) / probe
+        passes = int(-(-FILE_EXTRA * orig // per_pass))  # ceil
+        plan[side] = {"passes": passes, "orig": orig, "per_pass": round(per_pass), "expected": passes * per_pass}
+    return plan
+
+
 def attnbench_modules(spec: str) -> list[str]:
     """The zoo names that --modules names."""
     import attnbench
@@ -121,9 +155,10 @@ def attnbench_modules(spec: str) -> list[str]:
 def main() -> None:
     """Baseline, unchanged and changed runs under load; write the record."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--changed-runs", type=int, default=20)
-    parser.add_argument("--wall-runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--changed-runs", type=int, default=5)
+    parser.add_argument("--file-runs", type=int, default=5)
+    parser.add_argument("--wall-runs", type=int, default=2)
     parser.add_argument("--target", default=TARGET)
     parser.add_argument("--modules", default=MODULES, help="comma-separated modules, or 'all' (the CI's 10)")
     parser.add_argument(
@@ -138,12 +173,16 @@ def main() -> None:
     from attnbench.env import environment
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gate_variants import passes_for
+    from gate_variants import passes_for, write_user_block
 
+    tmp = Path(tempfile.mkdtemp())
+    user_file = tmp / "user_block.py"
+    calibration = calibrate_file(user_file)
+    file_spec = f"{user_file}:Block"
     modules = ["--all"] if args.modules == "all" else args.modules.split(",")
+    modules.append(file_spec)
     timed_args = ["compare", *modules, *SETTING, *TIMED]
     instr_args = timed_args if args.timed else ["compare", *modules, *SETTING, *COUNTS_ONLY]
-    tmp = Path(tempfile.mkdtemp())
     baseline = tmp / "baseline.csv"
     load_idle = busy_cores()
     yes = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(COMPETITORS)]
@@ -153,8 +192,9 @@ def main() -> None:
         base_cmd = [sys.executable, "-m", "attnbench.cli", *timed_args, "--gate-metric", "instructions", "-o"]
         subprocess.run([*base_cmd, str(baseline)], check=True, cwd=ROOT, capture_output=True)
         baseline_s = time.perf_counter() - started
-        results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "changed": [], "wall": []}
-        for i in range(max(args.runs, args.changed_runs)):
+        results: dict[str, list[dict[str, Any]]] = {"unchanged": [], "changed": [], "file": [], "wall": []}
+        file_change = {side: c["passes"] for side, c in calibration.items()}
+        for i in range(max(args.runs, args.changed_runs, args.file_runs)):
             # Interleaved, so that both kinds of run see the same phases of the machine's load.
             if i < args.runs:
                 results["unchanged"].append(gate_run("plain", baseline, "instructions", instr_args))
@@ -162,10 +202,13 @@ def main() -> None:
                 results["changed"].append(
                     gate_run("more-elementwise", baseline, "instructions", instr_args, args.target)
                 )
-            print(
-                f"round {i + 1}: {results['unchanged'][-1]['verdict']} | {results['changed'][-1]['verdict']}",
-                flush=True,
-            )
+            if i < args.file_runs:
+                write_user_block(user_file, file_change)  # the user changed their file
+                try:
+                    results["file"].append(gate_run("plain", baseline, "instructions", instr_args))
+                finally:
+                    write_user_block(user_file, {})
+            print(f"round {i + 1}: " + " | ".join(v[-1]["verdict"] for v in results.values() if v), flush=True)
         for _ in range(args.wall_runs):
             results["wall"].append(gate_run("plain", baseline, "wall", timed_args))
         sens = sensitivity(attnbench_modules(args.modules))
@@ -191,12 +234,37 @@ def main() -> None:
         "baseline_instructions": counts,
         "target": args.target,
         "target_change": added,
+        "file_spec": file_spec,
+        "file_calibration": calibration,
         "results": results,
         "sensitivity": sens,
         "env": environment(),
     }
     (ROOT / "results" / "gate_stability.json").write_text(json.dumps(record, indent=1, default=str))
     write_markdown(record)
+
+
+def _file_paragraph(record: dict[str, Any]) -> list[str]:
+    """How the user's file was changed, and what the changed runs' tables said of it."""
+    sizes = "; ".join(
+        f"{side}x{side}: {c['passes']} multiplications of {c['per_pass']:,} instructions each on top of "
+        f"{c['orig']:,} ({c['expected'] / c['orig']:+.2%})"
+        for side, c in record["file_calibration"].items()
+    )
+    example = next((r for r in record["results"]["file"] if r["code"] == 1), None)
+    return [
+        f"The user's module: `{record['file_spec']}`, a file spec (a 1x1-conv attention block written by "
+        "benchmarks/gate_variants.py), in the baseline and every run. For its changed runs the file itself was "
+        "rewritten before the run and restored after it, so only a gate that builds the module from the user's "
+        "file, in its valgrind worker too, can see the change. The change, sized in one valgrind process before "
+        f"the runs: {sizes}.",
+        "",
+        *(
+            ["A changed-file run's table and verdict:", "", "```", *example["changes"], example["verdict"], "```", ""]
+            if example
+            else []
+        ),
+    ]
 
 
 def _summary(runs: list[dict[str, Any]]) -> tuple[int, int, float]:
@@ -211,6 +279,9 @@ def write_markdown(record: dict[str, Any]) -> None:
     up, uf, uwall = _summary(res["unchanged"])
     cp, cf, cwall = _summary(res["changed"])
     wp, wf, wwall = _summary(res["wall"])
+    fp, ff, fwall = _summary(res.get("file", []))
+    spec = record.get("file_spec", "")
+    file_named = sum(spec in r["failing_modules"] for r in res.get("file", []) if r["code"] == 1)
     named = sum(record["target"] in r["failing_modules"] for r in res["changed"] if r["code"] == 1)
     inconclusive = sum("INCONCLUSIVE" in r["verdict"] for r in res["wall"])
     target = record["target"]
@@ -246,6 +317,14 @@ def write_markdown(record: dict[str, Any]) -> None:
         f"| unchanged code | instructions | {up + uf} | pass | **{up}** | {uf} | {uwall:.0f} s |",
         f"| {target} does ~25% more elementwise work (equal params and MACs) | instructions | {cp + cf} | fail | "
         f"{cp} | **{cf}** ({named} naming {target}) | {cwall:.0f} s |",
+        *(
+            [
+                f"| the user's file `{Path(spec).name}` changed to do >= {FILE_EXTRA:.0%} more instructions | "
+                f"instructions | {fp + ff} | fail | {fp} | **{ff}** ({file_named} naming it) | {fwall:.0f} s |"
+            ]
+            if spec
+            else []
+        ),
         f"| unchanged code | wall | {wp + wf} | pass or inconclusive | **{wp}** ({inconclusive} inconclusive "
         f"(machine busy)) | {wf} | {wwall:.0f} s |",
         "",
@@ -253,6 +332,7 @@ def write_markdown(record: dict[str, Any]) -> None:
         f"count of its elementwise arithmetic: {change}. Params and MACs are unchanged (a scalar multiplication "
         "is not a MAC), so only the work measure can see it.",
         "",
+        *(_file_paragraph(record) if spec else []),
         "Instruction counts per forward in the baseline (instructions, SSE4 kernels under Callgrind):",
         "",
         "| case | instructions |",

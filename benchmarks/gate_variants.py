@@ -102,3 +102,38 @@ def more_elementwise(name: str) -> None:
         return MoreElementwise(spec.builder(dim, res, **kwargs), passes)
 
     registry._LOADED[name] = type(spec)(**{**spec.__dict__, "builder": build_more})
+
+
+#: A user's own attention block, written to a file and profiled by its file spec (`PATH:Block`): the gate must
+#: see a change made in that file, in its valgrind worker too. PASSES maps H to extra scalar multiplications of
+#: the attention's output (none in the original; the changed file sets them).
+USER_BLOCK = '''"""A user's own attention block (written by benchmarks/gate_variants.py)."""
+import torch
+from torch import nn
+
+PASSES: dict[int, int] = {passes!r}
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, passes: dict[int, int] | None = None) -> None:
+        super().__init__()
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+        self.passes = PASSES if passes is None else passes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).flatten(2).chunk(3, dim=1)
+        attn = (q.transpose(1, 2) @ k * c**-0.5).softmax(-1)
+        y = (v @ attn.transpose(1, 2)).reshape(b, c, h, w)
+        for _ in range(self.passes.get(h, 0)):
+            y = y * 1.0
+        return self.proj(y)
+'''
+
+
+def write_user_block(path: Any, passes: dict[int, int]) -> None:
+    """Write the user's block file with `passes` extra multiplications per H ({} is the original)."""
+    from pathlib import Path
+
+    Path(path).write_text(USER_BLOCK.format(passes=passes))
