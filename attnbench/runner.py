@@ -40,7 +40,7 @@ from attnbench.measurement import is_oom, measure
 from attnbench.results import Case, Result
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
-from attnbench.sysalloc import SystemAllocatorWorker, headline_budget, other_state
+from attnbench.sysalloc import AllocatorServers, headline_budget
 from attnbench.zoo.adapters import forward_failure
 from attnbench.zoo.build import build_module, check_case
 from attnbench.zoo.registry import rebuildable, source_hash
@@ -87,7 +87,7 @@ class RunOutcome:
     results: list[Result] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
-    #: Seconds spent starting the system-allocator worker (0 when no CPU case was timed).
+    #: Seconds the allocator servers took to start, summed (0 when no CPU case was timed).
     system_worker_startup_s: float = 0.0
     verdict: Verdict | None = None
 
@@ -158,10 +158,10 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
     groups: dict[tuple[Any, ...], list[Case]] = {}
     for case in cases:
         groups.setdefault(case.geometry, []).append(case)
-    # One system-allocator worker for the whole sweep, started at its first timed CPU case; the modules of
-    # cases whose instructions are counted are queued as they are built, for one valgrind pass at the end.
-    with SystemAllocatorWorker() as worker, InstructionBatch() as batch:
-        run_.worker, run_.batch = worker, (batch if counting else None)
+    # The allocator servers for the whole sweep, started at its first timed CPU case; the modules of cases whose
+    # instructions are counted are queued as they are built, for one valgrind pass at the end.
+    with AllocatorServers() as servers, InstructionBatch() as batch:
+        run_.servers, run_.batch = servers, (batch if counting else None)
         try:
             for group in groups.values():
                 _run_geometry(group, run_)
@@ -169,7 +169,7 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
                 _count_instructions(run_)
         except KeyboardInterrupt:
             run_.outcome.interrupted = True
-        run_.outcome.system_worker_startup_s = worker.startup_s
+        run_.outcome.system_worker_startup_s = servers.startup_s
     return run_.outcome
 
 
@@ -181,7 +181,7 @@ class _Run:
     sink: Sink
     outcome: RunOutcome
     machine: str
-    worker: SystemAllocatorWorker | None = None
+    servers: AllocatorServers | None = None
     batch: InstructionBatch | None = None
     #: Outcome row index of each module queued for the valgrind pass, in queue order.
     queued: list[int] = field(default_factory=list)
@@ -402,8 +402,9 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
         with time_limit(options.time_limit_s):
             values, extra = _measure(module, case, options)
             timed = values.get("status") == R.OK and values.get("latency_median_s") is not None
-            if backend.allocator_states and timed and run_.worker is not None:
-                values, extra = other_state(run_.worker, case, (values, extra), options.budget, options.seed)
+            if backend.allocator_states and timed and run_.servers is not None:
+                run_.servers.submit(case, options.seed)
+                values, extra = run_.servers.finish(case, values, extra, options.budget, options.seed)
         values["extra"] = json.dumps(extra, sort_keys=True, default=str)
         return Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - started})
     except KeyboardInterrupt:
