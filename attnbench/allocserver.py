@@ -14,8 +14,10 @@ goes on with the next one. One JSON line per request on stdin, one JSON line per
   {"op": "probe", "id", "case", "seed", "timeout_s"} -> {"id", "status", "reason", "values", "allocator",
                                                         "library", "seconds"}
   {"op": "time", ... as probe, "budget"}             -> the same, its values the latency columns of a timing.
-A probe counts the minor page faults per call of a few calls after PROBE_WARMUP_CALLS warm-up calls (at least
-PROBE_MIN_CALLS calls and PROBE_MIN_S seconds): cheap, and what decides whether the state is worth timing.
+A probe counts the minor page faults per call of a few calls (at least PROBE_MIN_CALLS calls and PROBE_MIN_S
+seconds) after a warm-up that lets glibc's dynamic thresholds settle (PROBE_SETTLE_CALLS calls, or the timing's
+warm-up seconds for a slow module, and at least PROBE_WARMUP_CALLS): cheap, and what decides whether the state is
+worth timing.
 """
 
 from __future__ import annotations
@@ -39,17 +41,22 @@ from attnbench.backends.base import CaseFailed
 from attnbench.measurement import latency_values, measure
 from attnbench.memory import ALLOCATOR_ENV, mapped_library, pin_allocator
 from attnbench.results import FAILED, OK, Case, Scenario, frozen_kwargs
-from attnbench.timing import TimingBudget
+from attnbench.timing import WARMUP_MIN_S, TimingBudget
 from attnbench.zoo.build import build_module
 
-#: The probe: calls before the faults are counted (the first builds lazy state; by the second, glibc's dynamic
-#: thresholds have moved as far as this process's history takes them)...
+#: The probe's warm-up: at least this many calls (the first builds lazy state)...
 PROBE_WARMUP_CALLS = 2
+#: ...and this many, or WARMUP_MIN_S of calls for a slow module: a fresh process's first calls map and grow its
+#: heap (lka at 28x28: 458 and 197 faults, then none; mhsa at 28x28 settles at 9,719 from its third call).
+PROBE_SETTLE_CALLS = 10
 #: ...then at least this many calls and this many seconds, so a fast module's rare fault averages out.
 PROBE_MIN_CALLS = 3
 PROBE_MIN_S = 0.05
 #: A child that has not answered within its request's timeout is killed (SIGKILL) and the request fails.
 DEFAULT_CHILD_TIMEOUT_S = 900.0
+#: Environment variables that configure a preloaded allocator (recorded with its rows): jemalloc's; tcmalloc's
+#: all start with TCMALLOC_.
+PRELOAD_SETTINGS_ENV = ("MALLOC_CONF",)
 #: prctl(2): the signal a child gets when its parent (the server) dies.
 PR_SET_PDEATHSIG = 1
 
@@ -76,8 +83,12 @@ def probe(case: Case, seed: int) -> dict[str, Any]:
     with prepared:
         fn, sync = prepared.timed_callable()
         with prepared.timing_context():
-            for _ in range(PROBE_WARMUP_CALLS):
+            start, calls = time.perf_counter(), 0
+            while calls < PROBE_WARMUP_CALLS or (
+                calls < PROBE_SETTLE_CALLS and time.perf_counter() - start < WARMUP_MIN_S
+            ):
                 fn()
+                calls += 1
             if sync is not None:
                 sync()
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -106,6 +117,10 @@ def answer(request: dict[str, Any]) -> dict[str, Any]:
     allocator = os.environ.get(ALLOCATOR_ENV, "system")
     library = mapped_library(allocator)
     out: dict[str, Any] = {"allocator": pin_allocator(), "library": library}
+    # The preloaded allocators' own settings, as the user's environment gave them (jemalloc's MALLOC_CONF).
+    settings = {k: v for k, v in os.environ.items() if k in PRELOAD_SETTINGS_ENV or k.startswith("TCMALLOC_")}
+    if settings and library:
+        out["allocator"] = {**out["allocator"], "env": settings}
     if allocator != "system" and library is None:
         reason = f"{allocator} is not loaded in the server process (LD_PRELOAD={os.environ.get('LD_PRELOAD', '')!r})"
         return {**out, "status": FAILED, "reason": reason, "values": None}

@@ -54,9 +54,6 @@ HASH_SEED_BASE = 1
 SECONDARY_MAX_RUN_TIME = 0.25
 #: ...and the precision at which it stops early: a +-2% CI on its median cannot hide a 10% gap.
 SECONDARY_PRECISION = 0.02
-#: A secondary timing's warm-up, in a fresh child: the probe's calls (the fault mode is set by then) and at most
-#: this many seconds (a fast module settles its caches; a slow one is not called 10 times for a 10% question).
-SECONDARY_WARMUP_S = 0.1
 #: The system state is called slower (a marker in the table, a sentence in the report) when its median and its
 #: fastest call are both above this ratio of the pinned ones...
 SLOWDOWN_MARK = 1.10
@@ -70,8 +67,19 @@ WORKER_TIMEOUT_S = 900.0
 SERVER_SLACK_S = 60.0
 #: A wait for the servers' start longer than this is recorded in the row (system_worker_start_s).
 READY_WAIT_S = 0.01
-#: Environment variables that would change glibc's defaults in a system server (a user's own tuning).
-GLIBC_MALLOC_ENV_PREFIX = "MALLOC_"
+#: glibc's malloc environment variables (a user's own tuning): a system server stands for glibc's defaults, so
+#: they are dropped there (and the glibc.malloc entries of GLIBC_TUNABLES), and kept for the preloaded allocators.
+GLIBC_MALLOC_ENV = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_ARENA_TEST",
+    "MALLOC_CHECK_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_PERTURB_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_TRIM_THRESHOLD_",
+)
+GLIBC_TUNABLES = "GLIBC_TUNABLES"
 #: How a server is started (after the interpreter): the module whose __main__ serves.
 SERVER_ARGS = ("-m", "attnbench.allocserver")
 #: What the row of a module another process cannot build says (an object given to the Python API).
@@ -97,9 +105,9 @@ def secondary_budget(budget: TimingBudget) -> TimingBudget:
 
 
 def system_budget(budget: TimingBudget) -> TimingBudget:
-    """The secondary budget with a fresh child's short warm-up (the probe's calls, then SECONDARY_WARMUP_S)."""
-    warmup_s = min(budget.warmup_s, SECONDARY_WARMUP_S)
-    return dataclasses.replace(secondary_budget(budget), warmup_calls=PROBE_WARMUP_CALLS, warmup_s=warmup_s)
+    """The secondary budget in a fresh child: the run's warm-up seconds, but only the probe's warm-up calls (the
+    fault mode is set by then; a slow module is not called 10 times before a 10% question)."""
+    return dataclasses.replace(secondary_budget(budget), warmup_calls=PROBE_WARMUP_CALLS)
 
 
 def headline_budget(case: Case, budget: TimingBudget) -> TimingBudget:
@@ -311,8 +319,12 @@ class _Server:
 def _server_env(allocator: str, hash_seed: int) -> dict[str, str]:
     """The environment of a server: the allocator it serves, its own hash seed, this attnbench on its path."""
     env = dict(os.environ)
-    # A user's own allocator tuning or preloaded allocator would change the state the server stands for.
-    env = {k: v for k, v in env.items() if not k.startswith(GLIBC_MALLOC_ENV_PREFIX)}
+    if allocator == "system":  # glibc's defaults: not the user's tuning of them
+        env = {k: v for k, v in env.items() if k not in GLIBC_MALLOC_ENV}
+        tunables = [t for t in env.pop(GLIBC_TUNABLES, "").split(":") if t and not t.startswith("glibc.malloc.")]
+        if tunables:
+            env[GLIBC_TUNABLES] = ":".join(tunables)
+    # Another allocator preloaded by the user would replace the one the server stands for.
     others = [p for p in env.get("LD_PRELOAD", "").split(":") if p and not any(a in p for a in (*PRELOADS, "malloc"))]
     library = preload_library(allocator)
     preload = ([library] if library else []) + others

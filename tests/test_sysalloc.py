@@ -26,7 +26,6 @@ from attnbench.sysalloc import (
     FAULT_COST_BOUND_S,
     SECONDARY_MAX_RUN_TIME,
     SECONDARY_PRECISION,
-    SECONDARY_WARMUP_S,
     AllocatorServers,
     ProcessFigures,
     combine_headline,
@@ -310,9 +309,8 @@ def test_the_secondary_budget_has_no_floor_a_short_cap_and_a_looser_precision() 
     assert secondary_budget(TimingBudget(max_run_time=0.1, precision=0.05)).max_run_time == 0.1
     assert secondary_budget(TimingBudget(max_run_time=0.1, precision=0.05)).precision == 0.05
     assert secondary_budget(TimingBudget(precision=None)).precision is None
-    # In a fresh child: the probe's two warm-up calls, and at most SECONDARY_WARMUP_S.
-    assert system_budget(run) == TimingBudget(0.0, SECONDARY_MAX_RUN_TIME, SECONDARY_PRECISION, SECONDARY_WARMUP_S, 2)
-    assert system_budget(TimingBudget(warmup_s=0.0)).warmup_s == 0.0
+    # In a fresh child: the run's warm-up seconds, but the probe's two warm-up calls.
+    assert system_budget(run) == TimingBudget(0.0, SECONDARY_MAX_RUN_TIME, SECONDARY_PRECISION, 0.5, 2)
 
 
 def test_the_in_process_budget_is_the_runs_unless_another_allocator_is_the_headline() -> None:
@@ -482,3 +480,20 @@ def test_a_slower_system_state_is_marked_and_said() -> None:
     assert "takes 30 ms per call, 3x the 10 ms" in note and "24,600 minor page faults" in note
     md = markdown([row], {})
     assert "## Allocator" in md and ALLOC_MARK in md
+
+
+def test_a_system_server_gets_glibcs_defaults_and_a_preload_server_the_users_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1073741824")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1:glibc.cpu.hwcaps=-AVX512F")
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1")
+    monkeypatch.setenv("LD_PRELOAD", "/opt/libjemalloc.so.2:/opt/libmine.so")
+    system = sysalloc._server_env("system", 2)
+    assert "MALLOC_MMAP_THRESHOLD_" not in system and system["GLIBC_TUNABLES"] == "glibc.cpu.hwcaps=-AVX512F"
+    assert system["LD_PRELOAD"] == "/opt/libmine.so"  # the user's jemalloc is not the system state
+    assert (system["ATTNBENCH_ALLOCATOR"], system["PYTHONHASHSEED"]) == ("system", "2")
+    monkeypatch.setattr(sysalloc, "preload_library", lambda allocator: f"/usr/lib/lib{allocator}.so")
+    preload = sysalloc._server_env("tcmalloc", 1)
+    assert preload["LD_PRELOAD"] == "/usr/lib/libtcmalloc.so:/opt/libmine.so"
+    assert preload["MALLOC_MMAP_THRESHOLD_"] == "1073741824" and preload["MALLOC_CONF"] == "dirty_decay_ms:-1"
