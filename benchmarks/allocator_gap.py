@@ -248,6 +248,7 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     record: dict[str, Any] = {"env": environment(), "budget": dataclasses.asdict(BUDGET), "load": [busy_cores()]}
     record["loadavg"] = [os.getloadavg()]
     record["fresh"], record["children"] = FRESH, CHILDREN
+    record["argv"] = " ".join(sys.argv[1:])
     blocks: dict[str, Any] = {}
     with AllocatorServers() as servers:
         for name, res in cases:

@@ -43,14 +43,18 @@ def header(record: dict[str, Any]) -> list[str]:
     """What measured the figures, on what, under which load, with which protocol."""
     env, budget = record["env"], record["budget"]
     load = ", ".join(f"{x:.2f}" for x in record["load"])
+    command = " ".join(["benchmarks/allocator_gap.py", record.get("argv", "")]).strip()
+    loadavg = "; ".join("/".join(f"{x:.1f}" for x in avg) for avg in record.get("loadavg", [])) or "not recorded"
     return [
         "# The allocator as users meet it: fresh processes, forked children, pinned, jemalloc, tcmalloc",
         "",
         f"Measured {env['date_utc']} on {env['cpu_model']} ({env['usable_cores']} usable cores), 1 thread; torch "
         f"{env['torch']}, Python {env['python']}, {env['allocator'].get('allocator')}; `python "
-        f"benchmarks/allocator_gap.py` ({record['wall_s']:.0f} s). The machine is shared with other engineers' "
+        f"{command}` ({record['wall_s']:.0f} s). The machine is shared with other engineers' "
         f"tests: busy cores machine-wide (all processes, /proc/stat) at the start, between the parts and at the "
-        f"end: {load} (of {env['usable_cores']}); each case block's own reading is in the first table.",
+        f"end: {load} (of {env['usable_cores']}); load averages (1, 5, 15 min) at those points: {loadavg}; each "
+        "case block's own reading is in the first table. Absolute times under such load are several times a "
+        "quiet machine's (acmix 28x28 pinned: about 15 ms quiet); read the ratios and the page faults.",
         "",
         f"Every process builds the module (C=64, batch 1, inference) and times it with the code and budget "
         f"attnbench's system-state children use (`attnbench.allocserver.timed`, `sysalloc.system_budget`: warm-up "
