@@ -140,7 +140,10 @@ def test_gate_verdict_is_failed_when_a_case_of_the_run_failed(
     argv = "compare lka --dim 16 --res 8 --res 16".split()
     code, out, _ = run_cli(capsys, *argv, *COUNTS, "--baseline", str(base))
     assert code == 1
-    assert "gate: FAILED: 1 case(s) compared, 0 failing change(s), 1 case(s) of this run failed" in out
+    assert (
+        "gate: FAILED: 1 case(s) compared, 0 row(s) judged on wall, 0 failing change(s), 1 case(s) of this run failed"
+        in out
+    )
     assert "PASSED" not in out
 
 

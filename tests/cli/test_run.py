@@ -366,8 +366,10 @@ def test_autocast_and_warmup_reach_the_row(
     argv = ["profile", "lka", "--dim", "16", "--res", "8", "--metrics", "params,latency", "--max-run-time", "0.02"]
     code, _, err = run(capsys, *argv, "--warmup", "0.01", "--autocast", "bf16", "-o", str(path))
     assert code == 0, err
-    assert warmups == [0.01]  # the headline timing in this process warmed up for the seconds asked
     (row,) = store.load(path).results
+    # The headline timing in this process warmed up for the seconds asked: its first (cold) call, timed apart,
+    # then the rest of the 0.01 s (or the warm-up's calls alone, when the first call took longer).
+    assert len(warmups) <= 1 and all(w == pytest.approx(0.01 - row.latency_first_s, abs=1e-6) for w in warmups)
     assert row.ok and row.scenario == Scenario(autocast="bfloat16") and row.latency_median_s
     assert row.label == "lka C=16 8x8 B=1 cpu autocast=bfloat16"
     progress = [line for line in err.splitlines() if line.startswith("attnbench: [")]
