@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,21 @@ PINNED_THRESHOLD_BYTES = 1 << 30
 #: Set to "system" in a process that must keep glibc's default (dynamic) thresholds: the worker that measures
 #: the default-allocator state (attnbench.sysalloc). Nothing else should set it.
 ALLOCATOR_ENV = "ATTNBENCH_ALLOCATOR"
+
+#: The allocators a CPU row can be measured under by LD_PRELOAD (the `allocator` axis): the name ctypes looks
+#: up, the files tried in the library directories, and the Debian package that installs them.
+PRELOADS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "jemalloc": ("jemalloc", ("libjemalloc.so.2", "libjemalloc.so"), "libjemalloc2"),
+    "tcmalloc": (
+        "tcmalloc_minimal",
+        ("libtcmalloc_minimal.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so.4", "libtcmalloc.so"),
+        "libtcmalloc-minimal4",
+    ),
+}
+#: Where shared libraries usually live, after the directories of this platform's own multiarch triple.
+LIBRARY_DIRS = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib")
+#: Where a process lists the files it has mapped (the proof that a preloaded library is in it).
+PROC_MAPS = "/proc/self/maps"
 
 _ALLOCATOR: dict[str, Any] | None = None
 
@@ -156,3 +172,57 @@ def pin_allocator() -> dict[str, Any]:
 def allocator_settings() -> dict[str, Any] | None:
     """The settings pin_allocator() applied in this process, or None if it has not run."""
     return dict(_ALLOCATOR) if _ALLOCATOR is not None else None
+
+
+def _library_dirs() -> list[str]:
+    """The directories a preload library is looked for in: multiarch ones first (Debian's /usr/lib/<triple>)."""
+    triple = sysconfig.get_config_var("MULTIARCH") or f"{platform.machine()}-linux-gnu"
+    return [*(f"{d}/{triple}" for d in ("/usr/lib", "/lib")), *LIBRARY_DIRS]
+
+
+def preload_library(allocator: str) -> str | None:
+    """The file LD_PRELOAD loads for `allocator` ("jemalloc", "tcmalloc"), or None where it is not installed."""
+    if allocator not in PRELOADS:
+        return None
+    lookup, files, _ = PRELOADS[allocator]
+    # ctypes asks the linker's cache (ldconfig -p) for the soname; the file itself is found in the usual places.
+    found = ctypes.util.find_library(lookup)
+    for name in ([found] if found else []) + [f for f in files if f != found]:
+        for directory in _library_dirs():
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def preload_missing(allocator: str) -> str | None:
+    """Why a CPU row cannot be measured under `allocator` here (None: it can, or it needs no library)."""
+    if allocator not in PRELOADS:
+        return None
+    if _glibc_version() is None:
+        return f"--allocator {allocator} is loaded with LD_PRELOAD on a glibc Linux system; this one is not"
+    if preload_library(allocator) is None:
+        _, files, package = PRELOADS[allocator]
+        return (
+            f"--allocator {allocator}: {files[0]} is not installed (Debian/Ubuntu: apt-get install {package}); "
+            "rows under it are skipped"
+        )
+    return None
+
+
+def mapped_library(allocator: str, maps: str = PROC_MAPS) -> str | None:
+    """The file of `allocator`'s library mapped into this process (read from /proc/self/maps), or None."""
+    if allocator not in PRELOADS:
+        return None
+    _, files, _ = PRELOADS[allocator]
+    stems = tuple(f.split(".so")[0] + ".so" for f in files)
+    try:
+        with open(maps, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields = line.split(maxsplit=5)  # address, perms, offset, device, inode, path (if any)
+                path = fields[5].strip() if len(fields) == 6 else ""
+                if os.path.basename(path).startswith(stems):
+                    return path
+    except OSError:
+        return None
+    return None

@@ -45,8 +45,9 @@ MODES = ("infer", "train")
 DTYPES = ("float32", "float16", "bfloat16")
 #: Short names people type for a dtype.
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
-#: Which allocator state a CPU row's headline latency is taken in (see attnbench.sysalloc).
-ALLOCATORS = ("pinned", "system")
+#: Which allocator a CPU row's headline latency is taken under (see attnbench.sysalloc): glibc pinned by attnbench
+#: in its own process, glibc at its defaults in fresh processes, or jemalloc / tcmalloc loaded with LD_PRELOAD.
+ALLOCATORS = ("pinned", "system", "jemalloc", "tcmalloc")
 #: What a user's module takes and returns unless told otherwise: (B, C, H, W) maps; zoo modules keep their own.
 DEFAULT_USER_LAYOUT = "image"
 USER_LAYOUTS = ("image", "tokens")
@@ -188,11 +189,18 @@ class Scenario:
     allocator: str = _axis(
         "pinned",
         option="--allocator",
-        help="Which glibc state the CPU latency shows: pinned (stable) or system (a plain PyTorch process's)",
+        help="Which allocator the CPU latency is measured under: pinned (glibc pinned by attnbench: stable), system "
+        "(glibc's defaults, as in a plain PyTorch process: the median of several fresh processes), jemalloc or "
+        "tcmalloc (LD_PRELOAD; skipped where not installed)",
         choices=ALLOCATORS,
         header="alloc",
         label=" allocator={}",
-        words={"pinned": "pinned allocator", "system": "system allocator"},
+        words={
+            "pinned": "pinned allocator",
+            "system": "system allocator",
+            "jemalloc": "jemalloc (LD_PRELOAD)",
+            "tcmalloc": "tcmalloc (LD_PRELOAD)",
+        },
     )
     compile_mode: str = _axis(
         "default",
@@ -374,12 +382,15 @@ class Result:
     latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
     minor_faults_per_call: float | None = None  # in the headline allocator state (`allocator`)
-    #: The same call in the other allocator state (system when the headline is pinned, and the reverse), cpu only.
+    #: The same call in the other allocator state, cpu only: with the pinned headline, the system state of the
+    #: slowest of the fresh processes that measured it (its median and faults; the faults of the one with the
+    #: most when none was timed); with any other headline, the pinned state (this process).
     other_allocator_latency_s: float | None = None
     other_allocator_faults_per_call: float | None = None
-    #: Median latency in the system (glibc default) state over that in the pinned state.
+    #: The slowest fresh process's median latency in the system (glibc default) state over the pinned median.
     system_allocator_slowdown: float | None = None
-    #: True when the system state is > 10% slower in both the median and the fastest call (marked in tables).
+    #: True when any fresh process in the system state is > 10% slower than pinned in both the median and the
+    #: fastest call, with enough extra page faults to cost that (marked in tables).
     system_allocator_slower: bool | None = None
     compile_s: float | None = None  # torch.compile: the first (compiling) call's wall time, apart from latency
     instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
@@ -406,6 +417,14 @@ class Result:
     #: GPU busy (kernels and copies, from the profiler) for less than LAUNCH_BOUND_FRACTION of the median call: the
     #: host's launches, not the GPU, set the time (cuda, ort-cuda only).
     latency_launch_bound: bool | None = None
+    #: The system (glibc default) state over fresh processes, cpu only (attnbench.sysalloc): how many processes
+    #: measured it, the fastest and slowest of their medians (None where none was timed: too few extra faults to
+    #: cost 10%), and the fewest and most minor page faults per call they took.
+    system_processes: int | None = None
+    system_latency_lo_s: float | None = None
+    system_latency_hi_s: float | None = None
+    system_faults_lo_per_call: float | None = None
+    system_faults_hi_per_call: float | None = None
 
     @classmethod
     def for_case(cls, case: Case, **values: Any) -> Result:

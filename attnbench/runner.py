@@ -31,7 +31,7 @@ from attnbench.results import Case
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
 from attnbench.sink import RunOutcome, Sink
-from attnbench.sysalloc import SystemAllocators
+from attnbench.sysalloc import AllocatorServers
 from attnbench.workers import Pool
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
         # A job has the case's time limit inside; the pool's own limit catches a worker that hangs past it.
         limit = 2 * options.time_limit_s + 30 if options.time_limit_s else None
         state.pool = stack.enter_context(Pool(size, limit)) if size else None
-        state.allocators = stack.enter_context(SystemAllocators())
+        state.allocators = stack.enter_context(AllocatorServers())
         state.batch = stack.enter_context(InstructionBatch()) if counting else None
         try:
             run_plan(plan, state)

@@ -1,301 +1,274 @@
-"""The allocator gap: what a default PyTorch process pays that attnbench's pinned allocator hides, checked apart.
+"""The allocator as users meet it: glibc's defaults in fresh processes against attnbench's forked server children,
+and glibc pinned, jemalloc and tcmalloc, for the zoo at C=64 and 14/28/56 (1 thread, batch 1, inference).
 
-For mhsa and acmix at dim 64 (1 thread, batch 1, inference), at 32x32 and 56x56, in each of ROUNDS rounds:
-  * attnbench, --allocator pinned: the headline median (this process, glibc pinned) and the system-state
-    median from attnbench's worker (a process that leaves glibc alone, timed for at most
-    SECONDARY_MAX_RUN_TIME where its extra page faults could cost 10% of a call);
-  * attnbench, --allocator system: the same two states with the budgets swapped (system: the full budget);
-  * an independent check, no attnbench code in the timing: a fresh Python process builds the module, warms it
-    up (>= 1 s and >= 50 calls) and times it with torch.utils.benchmark.Timer(num_threads=1)
-    .blocked_autorange(min_run_time=MIN_RUN_TIME), once with glibc's defaults (the system state) and once
-    with glibc pinned through its own environment variables (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_,
-    not attnbench's mallopt call). Minor page faults per call are read around the timed region.
-Ratios are taken within a round (the machine is shared and noisy: absolute times move between runs).
-Also recorded: what the system state costs a sweep (the worker's start, and seconds per case).
+Per case, in one block (so the machine's slow and fast phases fall on all of them alike):
+  * FRESH fresh processes (`python -c`, a random PYTHONHASHSEED each, as a user's script) with glibc's defaults;
+  * CHILDREN children per system server of attnbench.sysalloc (three servers, PYTHONHASHSEED 1, 2, 3), forked;
+  * one fresh process each with glibc pinned by its own environment variables (MALLOC_MMAP_THRESHOLD_,
+    MALLOC_TRIM_THRESHOLD_ at 1 GiB: the reference of the ratios), jemalloc (LD_PRELOAD as installed), jemalloc
+    with MALLOC_CONF=dirty_decay_ms:-1, and tcmalloc (LD_PRELOAD).
+Every one of them builds the module and times it with the same code (attnbench.allocserver.timed) and the same
+budget, the one attnbench's children use for the system state (sysalloc.system_budget of the defaults), and
+reads its minor page faults per call: the only difference between a fresh process and a child is fork().
+Then, apart: attnbench's own rows (one `profile` sweep of the same cases: the spread over its three processes,
+the `†`, what the allocator work cost), `profile acmix --dim 64 --res 28` run DAGGER_RUNS times (does it carry
+its `†` every time?), and `compare --all`'s allocator seconds (with --old-tree, the same for another checkout).
 
-Writes results/allocator_gap.{json,md,png}. Run: python benchmarks/allocator_gap.py
+Writes results/allocator_gap.{json,md,png}. Run: python benchmarks/allocator_gap.py [--old-tree DIR]
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
-import attnbench
-from attnbench.env import environment
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# The allocator pinning and the system-state worker's budget (internals) are what this benchmark checks.
-from attnbench.memory import ALLOCATOR_ENV, PINNED_THRESHOLD_BYTES
-from attnbench.sysalloc import SECONDARY_MAX_RUN_TIME
+from machine_load import busy_cores  # noqa: E402
 
-MODULES = ("mhsa", "acmix")
-RESOLUTIONS = (32, 56)
+import attnbench  # noqa: E402
+from attnbench.env import environment  # noqa: E402
+
+# The servers, their children's budget and the preload libraries are the internals this benchmark checks.
+from attnbench.memory import ALLOCATOR_ENV, PINNED_THRESHOLD_BYTES, preload_library  # noqa: E402
+from attnbench.sysalloc import AllocatorServers, system_budget  # noqa: E402
+
 DIM = 64
-ROUNDS = 3
-MIN_RUN_TIME = 1.0
-OUT = Path(__file__).resolve().parent.parent / "results"
+RESOLUTIONS = (14, 28, 56)
+FRESH = 5
+CHILDREN = 2
+DAGGER_RUNS = 5
+OUT = ROOT / "results"
+BUDGET = system_budget(attnbench.TimingBudget())
+#: The fresh-process variants besides glibc's defaults: name -> (allocator env value, extra environment).
+VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
+    "pinned": (
+        "system",
+        {"MALLOC_MMAP_THRESHOLD_": str(PINNED_THRESHOLD_BYTES), "MALLOC_TRIM_THRESHOLD_": str(PINNED_THRESHOLD_BYTES)},
+    ),
+    "jemalloc": ("jemalloc", {}),
+    "jemalloc decay -1": ("jemalloc", {"MALLOC_CONF": "dirty_decay_ms:-1"}),
+    "tcmalloc": ("tcmalloc", {}),
+}
 
-#: The independent timer: no attnbench code runs between the build and the result.
-TIMER_SCRIPT = textwrap.dedent(
+#: A fresh process: the same build and timing as a server's child, nothing forked.
+FRESH_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys
     import torch
-    from torch.utils.benchmark import Timer
-    import attnbench
-    import attnbench.memory
-    name, dim, res, min_run_time = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    module = attnbench.build(name, dim, (res, res)).eval()
-    x = torch.randn(1, dim, res, res)
-    assert attnbench.memory.allocator_settings() is None  # attnbench never pinned this process
-    with torch.inference_mode():
-        start, calls = time.perf_counter(), 0
-        while calls < 50 or time.perf_counter() - start < 1.0:
-            module(x)
-            calls += 1
-        timer = Timer("module(x)", globals={"module": module, "x": x}, num_threads=1)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        m = timer.blocked_autorange(min_run_time=min_run_time)
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    # blocked_autorange runs one extra call to size its blocks: close enough to count faults per call.
-    n = sum(m.number_per_run for _ in m.raw_times) + 1
-    print(json.dumps({"median_s": m.median, "faults_per_call": faults / n, "calls": n}))
+    from attnbench.allocserver import case_of, timed
+    from attnbench.memory import mapped_library
+    from attnbench.timing import TimingBudget
+    case, budget = case_of(json.loads(sys.argv[1])), TimingBudget(**json.loads(sys.argv[2]))
+    status, reason, values = timed(case, 0, budget)
+    print(json.dumps({"status": status, "reason": reason, "values": values, "library": mapped_library(sys.argv[3])}))
     """
 )
 
 
-def independent(name: str, res: int, pinned: bool) -> dict[str, Any]:
-    """Timer in a fresh process; `pinned` sets glibc's own thresholds through its environment variables."""
-    env = {k: v for k, v in os.environ.items() if k != ALLOCATOR_ENV and not k.startswith("MALLOC_")}
-    if pinned:
-        env["MALLOC_MMAP_THRESHOLD_"] = str(PINNED_THRESHOLD_BYTES)
-        env["MALLOC_TRIM_THRESHOLD_"] = str(PINNED_THRESHOLD_BYTES)
-    env["OMP_NUM_THREADS"] = "1"
-    args = [sys.executable, "-c", TIMER_SCRIPT, name, str(DIM), str(res), str(MIN_RUN_TIME)]
-    out = subprocess.run(args, env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def fresh(case: attnbench.Case, allocator: str, extra_env: dict[str, str]) -> dict[str, Any]:
+    """One fresh `python -c` process timing the case under `allocator` (with `extra_env`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD",)}
+    env.pop("PYTHONHASHSEED", None)  # random, as in a user's process
+    env.update(extra_env, **{ALLOCATOR_ENV: allocator, "PYTHONPATH": str(ROOT)})
+    library = preload_library(allocator)
+    if library:
+        env["LD_PRELOAD"] = library
+    args = [json.dumps(dataclasses.asdict(case)), json.dumps(dataclasses.asdict(BUDGET)), allocator]
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_SCRIPT, *args], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert answer["status"] == "ok", answer
+    if allocator != "system":
+        assert answer["library"], f"{allocator} not loaded"
+    return _figures(answer["values"], library=answer["library"])
 
 
-def attnbench_row(name: str, res: int, allocator: str) -> attnbench.Result:
-    """One CPU case through attnbench's runner (both allocator states; `allocator` is the headline)."""
-    options = attnbench.RunOptions(metrics=("latency",), budget=attnbench.TimingBudget(min_run_time=MIN_RUN_TIME))
-    (row,) = attnbench.profile(name, DIM, res, scenario=attnbench.Scenario(allocator=allocator), options=options)
-    assert row.ok, row.reason
-    return row
-
-
-def measure_round(name: str, res: int) -> dict[str, Any]:
-    """Every measurement of one case, back to back (one round)."""
-    pinned_row = attnbench_row(name, res, "pinned")
-    system_row = attnbench_row(name, res, "system")
-    timer_system = independent(name, res, pinned=False)
-    timer_pinned = independent(name, res, pinned=True)
-    pe, se = json.loads(pinned_row.extra), json.loads(system_row.extra)
+def _figures(values: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {
-        "attnbench_pinned_s": pinned_row.latency_median_s,
-        "attnbench_pinned_faults": pinned_row.minor_faults_per_call,
-        "attnbench_system_short_s": pinned_row.other_allocator_latency_s,
-        "attnbench_system_short_faults": pinned_row.other_allocator_faults_per_call,
-        "attnbench_system_s": system_row.latency_median_s,
-        "attnbench_system_faults": system_row.minor_faults_per_call,
-        "attnbench_pinned_short_s": system_row.other_allocator_latency_s,
-        "marked_slower": pinned_row.system_allocator_slower,
-        "timer_system_s": timer_system["median_s"],
-        "timer_system_faults": timer_system["faults_per_call"],
-        "timer_pinned_s": timer_pinned["median_s"],
-        "timer_pinned_faults": timer_pinned["faults_per_call"],
-        # What the system state costs a row (the worker's start is per sweep, recorded apart).
-        "system_state_s": pe["system_allocator_s"],
-        "row_s": pinned_row.seconds,
-        "worker_start_s": pe.get("system_worker_start_s") or se.get("system_worker_start_s"),
+        "median_s": values["latency_median_s"],
+        "min_s": values["latency_min_s"],
+        "faults": values["minor_faults_per_call"],
+        "calls": values["latency_calls"],
+        **more,
     }
 
 
-def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-round ratios, then their median (and range) over the rounds."""
-
-    def ratio(a: str, b: str) -> list[float]:
-        # The short-budget system state is timed only where its extra page faults could cost 10% of a call.
-        return [r[a] / r[b] for r in rounds if r[a] is not None]
-
-    ratios = {
-        "attnbench system / pinned": ratio("attnbench_system_s", "attnbench_pinned_s"),
-        "attnbench system (short budget) / pinned": ratio("attnbench_system_short_s", "attnbench_pinned_s"),
-        "Timer system / Timer pinned": ratio("timer_system_s", "timer_pinned_s"),
-        "attnbench system / Timer system": ratio("attnbench_system_s", "timer_system_s"),
-        "attnbench pinned / Timer pinned": ratio("attnbench_pinned_s", "timer_pinned_s"),
-    }
-    return {
-        name: {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v}
-        if v
-        else {"median": None, "min": None, "max": None, "rounds": []}
-        for name, v in ratios.items()
-    }
+def children(servers: AllocatorServers, case: attnbench.Case) -> list[dict[str, Any]]:
+    """CHILDREN forked children of each system server, each timing the case as a fresh process does above."""
+    out = []
+    for round_ in range(CHILDREN):
+        for f in servers._timed(case, BUDGET, 0, servers._keys(case)):
+            assert f.timing is not None, f.note
+            out.append(_figures(f.timing, hash_seed=f.hash_seed, child=round_))
+    return out
 
 
-def plot(cases: dict[str, Any], path: Path) -> None:
-    """Grouped bars per case: each latency over attnbench's pinned one in the same round (median, range)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = [
-        ("timer_pinned_s", "Timer, fresh process, glibc pinned by its env variables"),
-        ("attnbench_system_s", "attnbench, system state (worker, full budget)"),
-        ("attnbench_system_short_s", "attnbench, system state (worker, 0.25 s budget)"),
-        ("timer_system_s", "Timer, fresh process, glibc defaults"),
-    ]
-    names = list(cases)
-    fig, ax = plt.subplots(figsize=(9, 5.2))
-    width = 0.2
-    for i, (key, label) in enumerate(series):
-        meds, lows, highs = [], [], []
-        for name in names:
-            vals = [r[key] / r["attnbench_pinned_s"] for r in cases[name]["rounds"] if r[key] is not None]
-            if not vals:  # the short-budget system state was not timed (too few extra faults)
-                meds.append(math.nan)
-                lows.append(0.0)
-                highs.append(0.0)
-                continue
-            med = statistics.median(vals)
-            meds.append(med)
-            lows.append(med - min(vals))
-            highs.append(max(vals) - med)
-        xs = [j + (i - 1.5) * width for j in range(len(names))]
-        ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=label)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.axhline(1.1, color="grey", linewidth=0.8, linestyle="--")
-    ax.set_xticks(range(len(names)), names)
-    ax.set_ylabel("latency / attnbench pinned (same round)")
-    ax.set_title("Allocator gap, dim 64, 1 thread: median over rounds, bars: range; dashed: +10%")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def block(servers: AllocatorServers, name: str, res: int) -> dict[str, Any]:
+    """Every measurement of one case, back to back, the kinds interleaved."""
+    case = attnbench.Case(name, DIM, res, res)
+    result: dict[str, Any] = {"fresh": [], "children": [], "busy_cores": busy_cores(1.0)}
+    result["pinned"] = fresh(case, *VARIANTS["pinned"])
+    for i in range(FRESH):
+        result["fresh"].append(fresh(case, "system", {}))
+        if i == 1:
+            result["children"] = children(servers, case)
+    for variant in ("jemalloc", "jemalloc decay -1", "tcmalloc"):
+        if preload_library(VARIANTS[variant][0]):
+            result[variant] = fresh(case, *VARIANTS[variant])
+    return result
 
 
-def markdown(cases: dict[str, Any], env: dict[str, Any], rounds: int) -> str:
-    """The report: latencies and faults per case, the ratios, and the cost."""
-    lines = [
-        "# The allocator gap: pinned vs system vs an independent Timer",
-        "",
-        f"Machine: {env['cpu_model']}, {env['usable_cores']} usable cores (shared, noisy VM), 1 thread; torch "
-        f"{env['torch']}, Python {env['python']}, {env['allocator'].get('allocator')}; {env['date_utc']}. "
-        f"{rounds} rounds; ratios are taken within a round, then the median (min..max) over rounds is shown.",
-        "",
-        "![allocator gap](allocator_gap.png)",
-        "",
-        "| case | attnbench pinned [ms] | Timer glibc-env pinned [ms] | attnbench system [ms] | Timer system [ms] "
-        "| faults/call pinned | faults/call system (attnbench) | faults/call system (Timer) | marked † |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, data in cases.items():
-        rs = data["rounds"]
+def attnbench_rows(cases: list[tuple[str, int]]) -> dict[str, Any]:
+    """attnbench's own rows of the cases (one sweep, pinned headline): spread, mark, cost."""
+    modules = sorted({n for n, _ in cases})
+    options = attnbench.RunOptions(metrics=("latency",))
+    started = time.perf_counter()
+    rows = attnbench.profile(modules, DIM, sorted({r for _, r in cases}), options=options)
+    wall = time.perf_counter() - started
+    out = {}
+    for row in rows:
+        extra = row.extra_dict
+        out[f"{row.module} {row.height}"] = {
+            "status": row.status,
+            "pinned_s": row.latency_median_s,
+            "lo_s": row.system_latency_lo_s,
+            "hi_s": row.system_latency_hi_s,
+            "faults_lo": row.system_faults_lo_per_call,
+            "faults_hi": row.system_faults_hi_per_call,
+            "processes": row.system_processes,
+            "marked": row.system_allocator_slower,
+            "allocator_s": extra.get("system_allocator_s", 0.0) + extra.get("system_worker_start_s", 0.0),
+            "row_s": row.seconds,
+        }
+    return {"rows": out, "wall_s": wall}
 
-        def med(key: str, rs: list[dict[str, Any]] = rs) -> float:
-            return statistics.median(r[key] for r in rs)
 
-        lines.append(
-            f"| {name} | {med('attnbench_pinned_s') * 1e3:.3g} | {med('timer_pinned_s') * 1e3:.3g} | "
-            f"{med('attnbench_system_s') * 1e3:.3g} | {med('timer_system_s') * 1e3:.3g} | "
-            f"{med('attnbench_pinned_faults'):,.0f} | {med('attnbench_system_faults'):,.0f} | "
-            f"{med('timer_system_faults'):,.0f} | {sum(bool(r['marked_slower']) for r in rs)}/{len(rs)} |"
+def cli_rows(args: list[str], tree: Path = ROOT) -> tuple[list[dict[str, Any]], float]:
+    """An attnbench command in a fresh process (the checkout at `tree`), its CSV rows and its wall time."""
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "rows.csv"
+        env = {**os.environ, "PYTHONPATH": str(tree), "COLUMNS": "120"}
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "attnbench.cli", *args, "-o", str(csv)],
+            cwd=tree,
+            env=env,
+            check=False,
+            capture_output=True,
         )
-    lines += [
-        "",
-        "Minor page faults per call in the system state, over the rounds (min..max): attnbench's worker against "
-        "the independent Timer.",
-        "",
-        "| case | attnbench (full budget) | attnbench (0.25 s) | Timer |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, data in cases.items():
-        cells = []
-        for key in ("attnbench_system_faults", "attnbench_system_short_faults", "timer_system_faults"):
-            vals = [r[key] for r in data["rounds"]]
-            cells.append(f"{min(vals):,.0f}..{max(vals):,.0f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    unstable = [
-        name
-        for name, data in cases.items()
-        if max(r["attnbench_system_faults"] for r in data["rounds"])
-        > 2 * max(1.0, min(r["attnbench_system_faults"] for r in data["rounds"]))
-    ]
-    lines += [
-        "",
-        "Where every block glibc returns is above its 32 MiB cap, both processes fault the same on every call "
-        "(the maps are mapped and unmapped each time). Below the cap, glibc's dynamic thresholds depend on the "
-        "process's history, and one process may keep the blocks (few faults) while another returns them (many): "
-        + (f"{', '.join(unstable)} switched between the two across rounds." if unstable else "no case did here."),
-    ]
-    lines += ["", "Ratios (median over rounds, min..max):", ""]
-    names = list(next(iter(cases.values()))["ratios"])
-    lines.append("| case | " + " | ".join(names) + " |")
-    lines.append("|---|" + "---:|" * len(names))
-    for name, data in cases.items():
-        cells = [
-            f"{v['median']:.2f} ({v['min']:.2f}..{v['max']:.2f})" if v["rounds"] else "not timed"
-            for v in data["ratios"].values()
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    all_rounds = [r for data in cases.values() for r in data["rounds"]]
-    starts = [r["worker_start_s"] for r in all_rounds if r["worker_start_s"]]
-    state = [r["system_state_s"] / r["row_s"] for r in all_rounds]
-    lines += [
-        "",
-        "## What the system state costs",
-        "",
-        f"- Starting the worker (once per sweep): median {statistics.median(starts):.1f} s over {len(starts)} "
-        "starts (an interpreter importing torch and attnbench).",
-        f"- Per case, with --min-run-time {MIN_RUN_TIME:g} and at most {SECONDARY_MAX_RUN_TIME:g} s of timing "
-        f"for the second state: the system state took a median {statistics.median(state):.0%} of the row's "
-        "time (build, warm-up and timing in the worker).",
-        "",
-    ]
-    return "\n".join(lines)
+        wall = time.perf_counter() - started
+        import pandas as pd  # only the CLI parts read CSVs
+
+        rows = pd.read_csv(csv).to_dict("records")
+    return rows, wall
+
+
+def dagger_runs() -> list[dict[str, Any]]:
+    """`profile acmix --dim 64 --res 28`, DAGGER_RUNS times: the mark, the spread and the faults of each run."""
+    runs = []
+    for _ in range(DAGGER_RUNS):
+        (row,), wall = cli_rows(["profile", "acmix", "--dim", "64", "--res", "28"])
+        runs.append(
+            {
+                "marked": bool(row["system_allocator_slower"]),
+                "pinned_s": row["latency_median_s"],
+                "lo_s": row["system_latency_lo_s"],
+                "hi_s": row["system_latency_hi_s"],
+                "faults_lo": row["system_faults_lo_per_call"],
+                "faults_hi": row["system_faults_hi_per_call"],
+                "wall_s": wall,
+                "busy_cores": busy_cores(1.0),
+            }
+        )
+    return runs
+
+
+#: A small `compare --all` (every zoo module, CPU only, short timings): what the allocator servers add to it.
+COMPARE_ARGS = ["compare", "--all", "--dim", "64", "--res", "16", "--backend", "cpu", "--max-run-time", "0.1"]
+
+
+def compare_cost(tree: Path = ROOT) -> dict[str, Any]:
+    """A small `compare --all`: wall time, and the seconds its rows spent on the allocator states (its record)."""
+    rows, wall = cli_rows(COMPARE_ARGS, tree)
+    seconds = 0.0
+    for row in rows:
+        extra = json.loads(row["extra"]) if isinstance(row.get("extra"), str) and row["extra"] else {}
+        seconds += extra.get("system_allocator_s", 0.0) + extra.get("system_worker_start_s", 0.0)
+    cpu = [r for r in rows if r["backend"] == "cpu"]
+    marked = sum(bool(r.get("system_allocator_slower")) is True for r in cpu)
+    return {
+        "wall_s": wall,
+        "allocator_s": seconds,
+        "cpu_rows": len(cpu),
+        "marked": marked,
+        "tree": str(tree),
+        "args": " ".join(COMPARE_ARGS),
+    }
 
 
 def main() -> None:
-    """Run every round and write the reports (--out elsewhere for a quick try)."""
-    import argparse
-
+    """Measure everything (or re-render the saved JSON with --render) and write the reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--modules", nargs="+", default=list(MODULES))
+    parser.add_argument("--modules", nargs="+", default=attnbench.list_modules())
     parser.add_argument("--res", nargs="+", type=int, default=list(RESOLUTIONS))
+    parser.add_argument("--old-tree", type=Path, help="Another checkout whose compare --all cost to report beside")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--render", action="store_true", help="Re-render the .md and .png from the saved JSON.")
     args = parser.parse_args()
+    path = args.out / "allocator_gap.json"
     if args.render:
-        saved = json.loads((args.out / "allocator_gap.json").read_text())
-        rounds = len(next(iter(saved["cases"].values()))["rounds"])
-        plot(saved["cases"], args.out / "allocator_gap.png")
-        (args.out / "allocator_gap.md").write_text(markdown(saved["cases"], saved["env"], rounds))
-        return
-    env = environment()
-    cases: dict[str, Any] = {}
-    for round_index in range(args.rounds):
-        for name in args.modules:
-            for res in args.res:
-                key = f"{name} {res}x{res}"
-                result = measure_round(name, res)
-                cases.setdefault(key, {"rounds": []})["rounds"].append(result)
-                print(round_index, key, json.dumps(result), flush=True)
-    for data in cases.values():
-        data["ratios"] = summarise(data["rounds"])
-    args.out.mkdir(exist_ok=True)
-    (args.out / "allocator_gap.json").write_text(json.dumps({"env": env, "cases": cases}, indent=2, default=str))
-    plot(cases, args.out / "allocator_gap.png")
-    (args.out / "allocator_gap.md").write_text(markdown(cases, env, args.rounds))
+        record = json.loads(path.read_text())
+    else:
+        record = measure_all(args)
+        args.out.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record, indent=1, default=str))
+    from allocator_gap_report import markdown, plot  # the rendering lives apart (matplotlib, tables)
+
+    plot(record, args.out / "allocator_gap.png")
+    (args.out / "allocator_gap.md").write_text(markdown(record))
+
+
+def measure_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Every part, in order, with the machine's load between them."""
+    started = time.perf_counter()
+    cases = [(m, r) for r in args.res for m in args.modules]
+    record: dict[str, Any] = {"env": environment(), "budget": dataclasses.asdict(BUDGET), "load": [busy_cores()]}
+    record["loadavg"] = [os.getloadavg()]
+    record["fresh"], record["children"] = FRESH, CHILDREN
+    record["argv"] = " ".join(sys.argv[1:])
+    blocks: dict[str, Any] = {}
+    with AllocatorServers() as servers:
+        for name, res in cases:
+            blocks[f"{name} {res}"] = block(servers, name, res)
+            print(name, res, json.dumps(blocks[f"{name} {res}"])[:300], flush=True)
+        record["startup_s"] = servers.startup_s
+    record["blocks"] = blocks
+    record["load"].append(busy_cores())
+    record["loadavg"].append(os.getloadavg())
+    record["attnbench"] = attnbench_rows(cases)
+    record["load"].append(busy_cores())
+    record["loadavg"].append(os.getloadavg())
+    record["dagger"] = dagger_runs()
+    record["compare"] = [compare_cost()]
+    if args.old_tree:
+        record["compare"].append(compare_cost(args.old_tree))
+    record["load"].append(busy_cores())
+    record["loadavg"].append(os.getloadavg())
+    record["wall_s"] = time.perf_counter() - started
+    return record
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("time-limit-negative", ["profile", "lka", "--time-limit", "-1"], "time-limit"),
     ("dtype-unknown", ["profile", "lka", "--dtype", "int8"], "dtype"),
     ("mode-unknown", ["profile", "lka", "--mode", "eval"], "--mode 'eval': allowed: infer, train"),
-    ("allocator-unknown", ["profile", "lka", "--allocator", "jemalloc"], "allowed: pinned, system"),
+    ("allocator-unknown", ["profile", "lka", "--allocator", "mimalloc"], "allowed: pinned, system, jemalloc, tcmalloc"),
     ("dtype-alias-unknown", ["profile", "lka", "--dtype", "bf17"], "--dtype 'bf17': allowed: float32, float16"),
     ("threads-not-int", ["profile", "lka", "--threads", "two"], "--threads 'two': must be an int >= 1"),
     ("autocast-unknown", ["profile", "lka", "--autocast", "int8"], "--autocast 'int8': allowed: off, bfloat16"),

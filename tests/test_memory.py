@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,36 @@ def test_cuda_peak_linear() -> None:
     # The caching allocator rounds blocks up to 512 B; the output is 16,384 B.
     assert peak.peak_bytes is not None and peak.peak_bytes >= 32 * 128 * 4
     assert peak.reserved_bytes is not None and peak.reserved_bytes >= peak.peak_bytes
+
+
+# ---------------------------------------------------------------- preloaded allocators (jemalloc, tcmalloc)
+
+
+def test_a_preload_library_is_found_in_the_library_dirs_or_not_at_all(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(memory, "_library_dirs", lambda: [str(tmp_path / "none"), str(tmp_path)])
+    monkeypatch.setattr(memory.ctypes.util, "find_library", lambda name: None)
+    assert memory.preload_library("jemalloc") is None and memory.preload_library("system") is None
+    assert memory.preload_missing("jemalloc") == (
+        "--allocator jemalloc: libjemalloc.so.2 is not installed (Debian/Ubuntu: apt-get install libjemalloc2); "
+        "rows under it are skipped"
+    )
+    # Any of the allocator's known file names will do; the linker cache's soname is tried first.
+    (tmp_path / "libtcmalloc.so.4").write_bytes(b"")
+    assert memory.preload_library("tcmalloc") == str(tmp_path / "libtcmalloc.so.4")
+    assert memory.preload_missing("tcmalloc") is None
+    assert memory.preload_missing("pinned") is None and memory.preload_missing("system") is None
+
+
+def test_the_mapped_library_is_read_from_the_process_maps(tmp_path: Path) -> None:
+    maps = tmp_path / "maps"
+    maps.write_text(
+        "7f0000000000-7f0000001000 r--p 00000000 08:01 123 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+        "7f0000002000-7f0000003000 rw-p 00000000 00:00 0\n"
+        "7f0000004000-7f0000005000 r-xp 00000000 08:01 456 /usr/lib/x86_64-linux-gnu/libjemalloc.so.2\n"
+    )
+    assert memory.mapped_library("jemalloc", str(maps)) == "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+    assert memory.mapped_library("tcmalloc", str(maps)) is None
+    assert memory.mapped_library("system", str(maps)) is None
+    assert memory.mapped_library("jemalloc", str(tmp_path / "absent")) is None

@@ -64,7 +64,7 @@ def test_every_field_has_an_axis_with_option_help_and_header(name: str) -> None:
 def test_vocabulary_is_the_axes_choices() -> None:
     assert R.axis("dtype").choices == R.DTYPES == ("float32", "float16", "bfloat16")
     assert R.axis("mode").choices == R.MODES == ("infer", "train")
-    assert R.axis("allocator").choices == R.ALLOCATORS == ("pinned", "system")
+    assert R.axis("allocator").choices == R.ALLOCATORS == ("pinned", "system", "jemalloc", "tcmalloc")
     assert R.axis("layout").choices == ("", *R.USER_LAYOUTS) == ("", "image", "tokens")
     assert R.axis("compile_mode").choices == R.COMPILE_MODES
     assert R.axis("autocast").choices == R.AUTOCAST == ("off", "bfloat16", "float16")
@@ -87,7 +87,7 @@ def test_vocabulary_is_the_axes_choices() -> None:
         ({"channels_last": 1}, "--channels-last 1: allowed: False, True"),
         ({"compile": "on"}, "--compile 'on': allowed"),
         ({"layout": "nchw"}, "--layout 'nchw': allowed: , image, tokens"),
-        ({"allocator": "jemalloc"}, "--allocator 'jemalloc': allowed: pinned, system"),
+        ({"allocator": "mimalloc"}, "--allocator 'mimalloc': allowed: pinned, system, jemalloc, tcmalloc"),
         ({"compile_mode": "fast"}, "--compile-mode 'fast': allowed: default, reduce-overhead"),
         ({"autocast": "float32"}, "--autocast 'float32': allowed: off, bfloat16, float16"),
         ({"ort_opt_level": "max"}, "--ort-opt-level 'max': allowed: disable, basic, extended, all"),
@@ -316,6 +316,11 @@ NEW_METRIC_COLUMNS = (
     "ratio_reference",
     "ratio_rounds",
     "latency_launch_bound",
+    "system_processes",
+    "system_latency_lo_s",
+    "system_latency_hi_s",
+    "system_faults_lo_per_call",
+    "system_faults_hi_per_call",
 )
 
 

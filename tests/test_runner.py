@@ -184,7 +184,7 @@ def test_run_sweep_records_the_shard_and_plans_only_its_cases() -> None:
         (RunOptions(metrics=("flops",)), Sweep(("lka",)), "--metrics 'flops': unknown flops"),
         (RunOptions(time_limit_s=0.0), Sweep(("lka",)), "--time-limit 0.0: must be > 0 seconds"),
         (COUNTS, Sweep(("lka",), scenarios={"mode": ("eval",)}), "--mode 'eval': allowed: infer, train"),
-        (COUNTS, Sweep(("lka",), scenarios={"allocator": ("jemalloc",)}), "--allocator 'jemalloc': allowed: pinned"),
+        (COUNTS, Sweep(("lka",), scenarios={"allocator": ("mimalloc",)}), "--allocator 'mimalloc': allowed: pinned"),
         (COUNTS, Sweep(("lka",), scenarios={"speed": ("fast",)}), "'speed' is not a scenario field"),
     ],
     ids=["metric", "time-limit", "mode", "allocator", "field"],

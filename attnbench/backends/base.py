@@ -239,7 +239,8 @@ class Backend(ABC):
     why_not: ClassVar[dict[str, str]] = {}
     #: Scenario fields that do not concern this backend: its cases take their defaults (no duplicate rows).
     ignores: ClassVar[tuple[str, ...]] = ()
-    #: Whether glibc's allocator states apply: a PyTorch process on the host allocates through it per call.
+    #: Whether the allocator axis applies (glibc pinned or at its defaults, jemalloc, tcmalloc): a PyTorch process
+    #: on the host allocates through malloc on every call.
     allocator_states: ClassVar[bool] = False
     #: What the row's parity figure compares ("" when the backend checks none); the report names its column so.
     parity: ClassVar[str] = ""
@@ -269,10 +270,12 @@ class Backend(ABC):
         if scenario.autocast != "off" and not self.autocasts:
             return self.why_not.get("autocast", f"backend {self.name!r} does not run torch.autocast")
         if scenario.allocator != SCENARIO_DEFAULTS["allocator"] and not self.allocator_states:
-            return (
-                f"the allocator state is a glibc setting of the PyTorch CPU process; {self.name} does not allocate "
-                "through it per call"
+            where = (
+                "the allocator state is a glibc setting of the PyTorch CPU process"
+                if scenario.allocator == "system"
+                else f"{scenario.allocator} is loaded with LD_PRELOAD into the PyTorch CPU process"
             )
+            return f"{where}; {self.name} does not allocate through it per call"
         return None
 
     @abstractmethod

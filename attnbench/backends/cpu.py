@@ -16,7 +16,7 @@ from torch import nn
 
 from attnbench.backends._torch import TorchBackend, TorchPrepared
 from attnbench.backends.base import Prepared
-from attnbench.memory import CPU_PEAK_METHOD, CPU_TRAIN_PEAK_METHOD, PeakMemory, cpu_peak_bytes
+from attnbench.memory import CPU_PEAK_METHOD, CPU_TRAIN_PEAK_METHOD, PeakMemory, cpu_peak_bytes, preload_missing
 from attnbench.results import Case, Scenario
 
 
@@ -70,8 +70,13 @@ class CpuBackend(TorchBackend):
         return True, f"torch {torch.__version__} on the CPU"
 
     def refusal(self, scenario: Scenario) -> str | None:
-        """As TorchBackend.refusal, and torch.compile only where inductor can build its C++ kernels."""
-        return super().refusal(scenario) or (inductor_missing() if scenario.compile else None)
+        """As TorchBackend.refusal; torch.compile only where inductor can build its C++ kernels, and jemalloc or
+        tcmalloc only where the library is installed (it is loaded with LD_PRELOAD in a server process)."""
+        return (
+            super().refusal(scenario)
+            or preload_missing(scenario.allocator)
+            or (inductor_missing() if scenario.compile else None)
+        )
 
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
         """Set threads, set up the module for the scenario (copying it if it must change), draw the input."""
