@@ -111,12 +111,24 @@ def test_a_case_with_few_faults_gets_its_faults_counted_but_no_timing(rows: dict
     row = rows["lka cpu pinned"]
     extra = row.extra_dict
     assert row.ok, row.reason
-    # Counted in three processes, but a few faults cannot cost 10% of a call: no process timed, no latency shown.
+    processes = extra["allocator_processes"]
     assert row.system_processes == 3 and row.system_faults_hi_per_call < 100
-    assert row.other_allocator_faults_per_call == row.system_faults_hi_per_call
-    assert all(p["probe_calls"] >= 3 and p["latency_median_s"] is None for p in extra["allocator_processes"])
-    assert row.other_allocator_latency_s is None and row.system_latency_lo_s is None
-    assert row.system_allocator_slower is False and row.system_allocator_slowdown is None
+    assert all(p["probe_calls"] >= 3 for p in processes)
+    # Timed exactly where a probe's extra faults could cost 10% of the pinned call. A fresh process's probe may
+    # still take a fraction of a fault per call here, which at 100 us per fault can reach 10% of a call this
+    # short: which branch a run takes depends on that fraction, so both are checked.
+    pinned = {"latency_median_s": row.latency_median_s, "minor_faults_per_call": row.minor_faults_per_call}
+    needed = any(
+        sysalloc.faults_could_slow(pinned, {"minor_faults_per_call": p["probe_faults_per_call"]}) for p in processes
+    )
+    medians = [p["latency_median_s"] for p in processes if p["latency_median_s"] is not None]
+    assert bool(medians) == needed
+    if not needed:  # counted, not timed: no latency shown, not slower
+        assert row.other_allocator_faults_per_call == row.system_faults_hi_per_call
+        assert row.other_allocator_latency_s is None and row.system_latency_lo_s is None
+        assert row.system_allocator_slower is False and row.system_allocator_slowdown is None
+    else:  # timed: the slowest process is the other state
+        assert row.other_allocator_latency_s == max(medians) and row.system_latency_lo_s == min(medians)
 
 
 @pytest.mark.slow
@@ -477,7 +489,8 @@ def test_a_slower_system_state_is_marked_and_said() -> None:
     assert cols["cpu [ms] med±IQR"](first).endswith(ALLOC_MARK)
     assert cols["cpu [ms] system"](first) == "30"
     [note] = allocator_notes([row])
-    assert "30 ms with glibc's default allocator, 3x the pinned 10 ms" in note and "24,600 page faults" in note
+    assert "30 ms with glibc's default allocator (the slowest of 3 fresh processes), 3x the pinned 10 ms" in note
+    assert "24,600 page faults" in note
     md = markdown([row], {})
     assert "## Allocator" in md and ALLOC_MARK in md
 

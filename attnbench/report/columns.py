@@ -234,7 +234,9 @@ def _latency_column(view: View, b: str, key: str, priority: int) -> Column:
 def _other_allocator_columns(m: Metric, view: View) -> list[Column]:
     """The latency in the other allocator state, only where it is > 10% slower (elsewhere the states agree)."""
     table = view.table
-    other = {("pinned",): "system", ("system",): "pinned"}.get(tuple(table["allocator"].unique()), "other")
+    states = set(table["allocator"].unique())
+    # The other state is pinned for any other headline (system, jemalloc, tcmalloc); mixed tables say "other".
+    other = "system" if states == {"pinned"} else "pinned" if "pinned" not in states else "other"
     cols = []
     for i, b in enumerate(view.backends):
         column, slower = m.summary_column(b), f"alloc_slower_{b}"

@@ -235,8 +235,10 @@ def allocator_notes(results: Sequence[Result]) -> list[str]:
         system_s = r.latency_median_s if system_headline else r.other_allocator_latency_s
         pinned_s = r.other_allocator_latency_s if system_headline else r.latency_median_s
         faults = r.minor_faults_per_call if system_headline else r.other_allocator_faults_per_call
+        processes = f" of {r.system_processes} fresh processes" if r.system_processes else ""
+        which = f"the median{processes}" if system_headline else f"the slowest{processes}"
         notes.append(
-            f"{r.label}: {fmt.seconds(system_s)} with glibc's default allocator, "
+            f"{r.label}: {fmt.seconds(system_s)} with glibc's default allocator ({which}), "
             f"{fmt.sig(system_s / pinned_s, 2)}x the pinned {fmt.seconds(pinned_s)}"
             + (f" ({faults:,.0f} page faults per call)" if faults is not None else "")
             + "."

@@ -161,8 +161,7 @@ def marks_legend(rows: Sequence[Result], fitted: Fitted, sort_by: str | None = N
     if slower:
         ratios = ", ".join(f"{r.module} {r.height}x{r.width} {_slowdown(r)}x" for r in slower)
         lines.append(
-            f"{ratios}: slower with glibc's default allocator than pinned, as the table times them "
-            "(docs/scenarios.md#the-allocator)."
+            f"{ratios}: slower with glibc's default allocator than pinned, in fresh processes (docs/allocators.md)."
         )
     return lines
 

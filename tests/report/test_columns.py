@@ -3,6 +3,8 @@ backend, the headline that never gives way, and the best values highlighted."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from attnbench import fmt
@@ -108,6 +110,12 @@ def test_latency_marks_noise_contention_and_the_slower_system_allocator() -> Non
     assert cells(rows, ["cpu"], "cpu [ms] med±IQR") == marked
     # The other allocator state's latency, only where it is the slower one.
     assert cells(rows, ["cpu"], "cpu [ms] system") == ["", "", "", "1.5"]
+    # The header names the other state: pinned beside any other headline allocator; "other" in a mixed table.
+    for allocator, other in (("system", "pinned"), ("jemalloc", "pinned")):
+        moved = [dataclasses.replace(r, scenario=Scenario(allocator=allocator)) for r in rows]
+        assert cells(moved, ["cpu"], f"cpu [ms] {other}") == ["", "", "", "1.5"]
+    mixed = [*rows[:3], dataclasses.replace(rows[3], scenario=Scenario(allocator="system"))]
+    assert cells(mixed, ["cpu"], "cpu [ms] other") == ["", "", "", "1.5"]
 
 
 def test_parity_columns_are_one_per_backend_named_by_what_they_compare() -> None:

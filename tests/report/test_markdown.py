@@ -242,11 +242,21 @@ def test_allocator_notes_say_how_much_slower_the_system_allocator_is() -> None:
     )
     (note,) = allocator_notes([row])
     # Short: what the section is about is said once above its lines.
-    want = "lka C=16 8x8 B=1 cpu: 1.5 ms with glibc's default allocator, 1.5x the pinned 1 ms"
+    want = "lka C=16 8x8 B=1 cpu: 1.5 ms with glibc's default allocator (the slowest), 1.5x the pinned 1 ms"
     assert note == want + " (120 page faults per call)."
     md = markdown([row], {})
     assert "## Allocator" in md and f"- {note}" in md and "`†`" in md and ALLOCATOR_NOTE in md
     assert allocator_notes([dataclasses.replace(row, system_allocator_slower=False)]) == []
+    # With the processes counted, the note says how many the slowest was taken from; a system-headline row's
+    # latency is their median and its other state the pinned one.
+    (three,) = allocator_notes([dataclasses.replace(row, system_processes=3)])
+    assert "1.5 ms with glibc's default allocator (the slowest of 3 fresh processes), 1.5x" in three
+    system = dataclasses.replace(
+        row, system_processes=3, scenario=Scenario(allocator="system"), latency_median_s=1.5e-3,
+        other_allocator_latency_s=1e-3,
+    )  # fmt: skip
+    (median,) = allocator_notes([system])
+    assert "1.5 ms with glibc's default allocator (the median of 3 fresh processes), 1.5x the pinned 1 ms" in median
 
 
 def test_zoo_markdown_has_one_row_per_module() -> None:
