@@ -10,12 +10,13 @@ baseline.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +42,8 @@ from attnbench.results import Case, Result
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
 from attnbench.sysalloc import SystemAllocatorWorker, headline_budget, other_state
-from attnbench.zoo.adapters import forward_failure
-from attnbench.zoo.build import build_module, check_case
+from attnbench.zoo.adapters import forward_failure, layouts_that_run
+from attnbench.zoo.build import CountingBuild, build_for_counting, build_module, check_case
 from attnbench.zoo.registry import source_hash
 from attnbench.zoo.spec import ModuleSpec, Setting
 
@@ -112,10 +113,11 @@ def run_sweep(
 
     options, sink = options or RunOptions(), sink or Sink()
     options.check()
-    sweep.check(options.measures)
+    threads = max(sweep.values("threads"))
+    with torch_threads(threads):  # the constructor checks build with the run's threads, as counting does
+        sweep.check(options.measures)
     baseline = gate.load() if gate is not None else None
     cases = sweep.cases()
-    threads = max(sweep.values("threads"))
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
@@ -126,13 +128,25 @@ def run_sweep(
         gate.check_baseline(baseline, env)  # before minutes are spent measuring
     options = dataclasses.replace(options, machine=env["machine"])
     sink.start(env, cases)
-    outcome = run(cases, options, sink)
+    with torch_threads(threads):
+        outcome = run(cases, options, sink)
     outcome.env = env
     sink.finish(outcome)
     if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
         again = options.without_instructions()
         outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
     return outcome
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to the run's while building and counting (a timed case sets its own)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _roof_key(case: Case) -> tuple[str, str, int]:
@@ -222,7 +236,7 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
     prepared = _count_geometry(first, cases, run_)
     if prepared is None:
         return
-    spec, counted = prepared
+    spec, counted, built = prepared
     cases = [c for c in cases if c.scenario.mode in counted]
     if not options.measures:
         for case in cases:
@@ -231,7 +245,7 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
         return
     if not cases:
         return
-    module = _build(first, cases, counted, run_)
+    module = _build(first, cases, counted, built, run_)
     if module is None:
         return
     for case in cases:
@@ -243,8 +257,11 @@ def _run_geometry(group: list[Case], run_: _Run) -> None:
             run_.queued.append(len(run_.outcome.results) - 1)
 
 
-def _count_geometry(first: Case, cases: list[Case], run_: _Run) -> tuple[ModuleSpec, dict[str, _Counted]] | None:
-    """The spec and each mode's counts of a geometry; None (its rows failed) when it cannot even be built."""
+def _count_geometry(
+    first: Case, cases: list[Case], run_: _Run
+) -> tuple[ModuleSpec, dict[str, _Counted], CountingBuild] | None:
+    """The spec, each mode's counts and the module counted of a geometry; None (its rows failed) when it cannot
+    even be built."""
     options = run_.options
     run_.sink.stage(first, "counting")
     base: dict[str, Any] = {}
@@ -253,9 +270,11 @@ def _count_geometry(first: Case, cases: list[Case], run_: _Run) -> tuple[ModuleS
         hw = (first.height, first.width)
         spec, setting = check_case(first.module, first.dim, hw, first.batch, first.kwargs_dict, first.scenario.layout)
         with time_limit(options.time_limit_s):
-            # Count on a meta-device build: no weights exist, so counting allocates nothing (da at 512x512
-            # holds a 256 GiB Linear) and the guard knows the case's peak before anything real is built.
-            meta = _build_for_counting(first, spec, setting, options)
+            # Count on a meta-device build where the constructor allows: no weights exist, so counting allocates
+            # nothing (da at 512x512 holds a 256 GiB Linear) and the guard knows the case's peak before anything
+            # real is built. A constructor that needs data is built once on the CPU (its check's build if any).
+            built = _build_for_counting(first, options)
+        base.update(built_on=built.where, build_s=built.seconds)
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -265,19 +284,24 @@ def _count_geometry(first: Case, cases: list[Case], run_: _Run) -> tuple[ModuleS
     for mode in dict.fromkeys(c.scenario.mode for c in cases):
         try:
             with time_limit(options.time_limit_s):
-                result = count(meta, first, setting, spec, options, mode)
+                result = count(built.module, first, setting, spec, options, mode)
             # Only now: the limit may bite as its block ends.
             counted[mode] = _Counted({**base, **result.values}, result.estimate_bytes)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # this mode's cases fail; the other mode's still run
             run_.fail([c for c in cases if c.scenario.mode == mode], exc, base)
-    return spec, counted
+    return spec, counted, built
 
 
-def _build(first: Case, cases: list[Case], counted: dict[str, _Counted], run_: _Run) -> torch.nn.Module | None:
-    """The geometry's module, built for real once the host's memory guard let it (None: its rows failed)."""
+def _build(
+    first: Case, cases: list[Case], counted: dict[str, _Counted], built: CountingBuild, run_: _Run
+) -> torch.nn.Module | None:
+    """The geometry's module, built for real once the host's memory guard let it (None: its rows failed); a
+    module already built for real to be counted, from the run's seed, is measured as it is (built once)."""
     options = run_.options
+    if built.real and built.seed == options.seed:
+        return built.module.eval()
     estimates = [c.estimate_bytes for c in counted.values() if c.estimate_bytes is not None]
     run_.sink.stage(first, "building")
     try:
@@ -318,8 +342,9 @@ def count(
     for report in count_all(module, case.input_shape, counters=counters, mode=mode):
         if report.counter == "attnbench":
             if report.status == "failed":  # the module's own forward raised: no backend will run it either
-                raise ForwardError(forward_failure(case.scenario.layout, case.input_shape, report.reason))
+                raise ForwardError(_forward_failure(module, case, report.reason))
             estimate = report.peak_live_bytes_estimate
+            values.update(output_values(report.output_shapes, report.first_output_shape, case))
             if "macs" not in options.metrics:
                 continue
         _counter_values(report, values, notes)
@@ -335,9 +360,40 @@ def count(
     return _Counted(values, estimate if estimate is not None else weights)
 
 
+def _forward_failure(module: torch.nn.Module, case: Case, reason: str) -> str:
+    """The line of a forward that raised; for a user's module, the other layouts are tried on meta first."""
+    layout = case.scenario.layout
+    runs_with = layouts_that_run(module, layout, case.input_shape) if layout in R.USER_LAYOUTS else []
+    return forward_failure(layout, case.input_shape, reason, runs_with)
+
+
+def output_values(shapes: str, first: tuple[int, ...] | None, case: Case) -> dict[str, Any]:
+    """The output columns of a row, and the note an output deserves (its `reason`; the status stays ok)."""
+    if not shapes:
+        return {}
+    notes = []
+    differs = first is not None and tuple(first) != case.input_shape
+    if differs:
+        notes.append(
+            f"output {tuple(first)} differs from the input {case.input_shape}: normal for a network, a mistake for "
+            "a block"
+        )
+    if ";" in shapes or ":" in shapes:
+        adapter = (
+            "; the tokens adapter converted the first back to (B, C, H, W)"
+            if case.scenario.layout in R.TOKEN_LAYOUTS
+            else ""
+        )
+        notes.append(f"the module returns several tensors ({shapes}): each is counted, timed and checked{adapter}")
+    return {"output_shapes": shapes, "output_differs": differs, "reason": "; ".join(notes)}
+
+
 def _counter_values(report: Any, values: dict[str, Any], notes: list[str]) -> None:
-    """One counter's columns of a row (MACs, FLOPs, what it left uncounted), or a note saying why it has none."""
+    """One counter's columns of a row (MACs, FLOPs, what it left uncounted, where it ran and how long), or a
+    note saying why it has none."""
     counter = report.counter
+    values[f"counted_on_{counter}"] = report.device
+    values[f"count_s_{counter}"] = report.seconds
     if report.status == "ok":
         values[f"macs_{counter}"] = report.macs
         if counter == "attnbench":
@@ -352,19 +408,19 @@ def _counter_values(report: Any, values: dict[str, Any], notes: list[str]) -> No
         values["uncounted_fvcore"] = _uncounted_summary(report)
 
 
-def _build_for_counting(case: Case, spec: ModuleSpec, setting: Setting, options: RunOptions) -> torch.nn.Module:
+def _build_for_counting(case: Case, options: RunOptions) -> CountingBuild:
     """The module built on the meta device (no weights allocated); a real build if a constructor needs data."""
-    hw = (case.height, case.width)
-    try:
-        with torch.device("meta"):
-            return build_module(case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout).eval()
-    except (NotImplementedError, RuntimeError):
+
+    def before_cpu(spec: ModuleSpec, setting: Setting) -> None:
         # Only the weights are known before counting: guard them before allocating (a user's module has no
-        # formula; its constructor already ran once, on the CPU, when the sweep was checked).
+        # formula; its constructor check's CPU build, if it made one, was taken over instead).
         if spec.params_formula is not None:
             guard(4 * spec.params_formula(setting), host_available_bytes(), "RAM", options.force)
-        torch.manual_seed(options.seed)
-        return build_module(case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout).eval()
+
+    hw = (case.height, case.width)
+    return build_for_counting(
+        case.module, case.dim, hw, case.kwargs_dict, case.scenario.layout, options.seed, before_cpu
+    )
 
 
 def _counts_only(group: list[Case]) -> list[Case]:
@@ -381,7 +437,7 @@ def _counts_only(group: list[Case]) -> list[Case]:
 def _not_applicable(case: Case, spec: ModuleSpec) -> str | None:
     """Why a scenario field of `case` does not apply to its module, or None."""
     layout = case.scenario.layout or spec.layout
-    if case.scenario.channels_last and layout == "tokens":
+    if case.scenario.channels_last and layout in R.TOKEN_LAYOUTS:
         return TOKENS_CHANNELS_LAST.format(module=case.module)
     return None
 
@@ -404,6 +460,8 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
             if backend.allocator_states and timed and run_.worker is not None:
                 values, extra = other_state(run_.worker, case, (values, extra), options.budget, options.seed)
         values["extra"] = json.dumps(extra, sort_keys=True, default=str)
+        # The output's note (counted once) stays beside the backend's own reason.
+        values["reason"] = "; ".join(r for r in (values.get("reason"), base.get("reason")) if r)
         return Result.for_case(case, **{**base, **values, "seconds": time.perf_counter() - started})
     except KeyboardInterrupt:
         raise

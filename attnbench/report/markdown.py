@@ -12,7 +12,7 @@ from attnbench import fmt
 from attnbench import results as R
 from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import ALLOC_MARK, cross_columns, metric_label, summary_columns
+from attnbench.report.columns import ALLOC_MARK, SHAPE_MARK, cross_columns, metric_label, summary_columns
 from attnbench.report.summary import (
     CONVENTION,
     RATIO_TOLERANCE,
@@ -60,6 +60,7 @@ def markdown(
         lines += _scaling_markdown(results)
     lines += cross_hardware_markdown(results, env)
     lines += _failures_markdown(results)
+    lines += _output_notes_markdown(results)
     lines += _sources_markdown(results)
     lines += ["## Counting convention", "", CONVENTION, "", *environment_markdown(results, env)]
     return "\n".join(lines)
@@ -151,6 +152,26 @@ def _failures_markdown(results: Sequence[Result]) -> list[str]:
             f"| {r.module} | {r.dim} | {r.height}x{r.width} | {r.batch} | {r.backend} | {r.status} | "
             f"{md_escape(r.reason)} |"
         )
+    return [*lines, ""]
+
+
+def _output_notes_markdown(results: Sequence[Result]) -> list[str]:
+    """Completed cases whose output deserves a note: a shape other than the input's (marked), several tensors."""
+    notes = list(
+        dict.fromkeys((r.module, r.dim, r.height, r.width, r.batch, r.reason) for r in results if r.ok and r.reason)
+    )
+    if not notes:
+        return []
+    lines = [
+        "## Notes on outputs",
+        "",
+        f"`{SHAPE_MARK}` in the Status column: the output's shape differs from the input's (normal for a network, "
+        "a mistake for a block).",
+        "",
+        "| Module | C | H x W | B | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    lines += [f"| {md_escape(m)} | {d} | {h}x{w} | {b} | {md_escape(note)} |" for m, d, h, w, b, note in notes]
     return [*lines, ""]
 
 

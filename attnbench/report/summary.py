@@ -75,7 +75,7 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
         row: dict[str, Any] = dict(zip(ROW_KEY, key, strict=True))
         first = grp.iloc[0]
         # Counted once per geometry: the first value any of its rows holds.
-        for col in (*(m.column for m in COUNTED), "macs_formula", "counter_notes"):
+        for col in (*(m.column for m in COUNTED), "macs_formula", "counter_notes", "output_shapes", "output_differs"):
             vals = grp[col].dropna()
             row[col] = vals.iloc[0] if len(vals) else None
         statuses = []

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from attnbench import results as R
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import cross_columns, cross_unit, highlights, scaling_columns, summary_columns
+from attnbench.report.columns import SHAPE_MARK, cross_columns, cross_unit, highlights, scaling_columns, summary_columns
 from attnbench.report.markdown import allocator_notes
 from attnbench.report.summary import (
     CONVENTION,
@@ -116,7 +116,20 @@ def show(
                 highlight=False,
                 soft_wrap=True,
             )
+    for line in output_notes(rows):
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     err.print(f"[dim]{CONVENTION}[/dim]", highlight=False, soft_wrap=True)
+
+
+def output_notes(rows: Sequence[Result]) -> list[str]:
+    """One line per geometry whose output deserves a note (a shape other than the input's, several tensors)."""
+    notes: dict[tuple[Any, ...], str] = {}
+    for row in rows:
+        if row.status == R.OK and row.reason:
+            mark = f"{SHAPE_MARK} " if row.output_differs else ""
+            where = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch}"
+            notes.setdefault(row.case.geometry, f"{mark}{where}: {row.reason}")
+    return list(notes.values())
 
 
 def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:
