@@ -169,6 +169,8 @@ class Backend(ABC):
     parity: ClassVar[str] = ""
     #: Marker of its points in plots.
     marker: ClassVar[str] = "x"
+    #: Whether torch.profiler sees its operators' times (a timed --breakdown reads them).
+    profiles_operators: ClassVar[bool] = False
 
     def settle(self, scenario: Scenario) -> Scenario:
         """The scenario as this backend runs it: fields it ignores at their defaults, idle dependants too."""

@@ -63,6 +63,7 @@ class CpuBackend(TorchBackend):
     description = "PyTorch on the CPU (eager or torch.compile; inference or training; explicit intra-op threads)"
     allocator_states = True
     marker = "o"
+    profiles_operators = True
 
     def available(self) -> tuple[bool, str]:
         """Always available."""
