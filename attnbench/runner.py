@@ -26,6 +26,7 @@ from attnbench import results as R
 from attnbench.backends import get_backend
 from attnbench.backends.base import host_available_bytes
 from attnbench.counting import count_all, count_params
+from attnbench.counting.rules import VIEW
 from attnbench.env import environment, machine_label
 from attnbench.errors import (
     AttnbenchError,
@@ -320,8 +321,11 @@ def _build(
 
 
 def _uncounted_summary(report: Any) -> str:
+    """What a counter saw but did not count, most output elements first; pure views (no data moved) left out."""
     items = sorted(report.uncounted.items(), key=lambda kv: -kv[1].elements)
-    return "; ".join(f"{op} x{u.calls} ({u.elements} el)" for op, u in items)
+    listed = [f"{op} x{u.calls} ({u.elements} el)" for op, u in items if u.category != VIEW]
+    views = sum(u.calls for u in report.uncounted.values() if u.category == VIEW)
+    return "; ".join(listed + ([f"{views} view call(s) left out (no data moved)"] if views else []))
 
 
 def count(

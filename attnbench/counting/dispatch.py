@@ -88,6 +88,7 @@ from attnbench.counting.rules import (
     PRODUCT_RULES,
     SCALAR_SCALING,
     SCALINGS,
+    VIEW,
     first_output,
     op_category,
     summed_inputs,
@@ -368,7 +369,7 @@ class DispatchCounter(TorchDispatchMode):
         outputs = _tensors(out)
         written = {_cdata(t) for t in outputs} - {None}
         sources = [t for t in _tensors((args, kwargs)) if _cdata(t) not in written]
-        if op_category(func) == MOVEMENT:
+        if op_category(func) in (MOVEMENT, VIEW):
             record = next((r for t in sources if (r := self._recall(t)) is not None), None)
             if record is not None:
                 for t in outputs:
