@@ -453,7 +453,7 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     base = counted.values
     why_not = _not_applicable(case, spec)
     if why_not is not None:
-        return Result.for_case(case, **base, status=R.SKIPPED, reason=why_not)
+        return Result.for_case(case, **{**base, "status": R.SKIPPED, "reason": why_not})
     backend = get_backend(case.backend)
     try:
         estimate = backend.memory_estimate(counted.estimate_bytes, case)

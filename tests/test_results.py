@@ -61,7 +61,8 @@ def test_vocabulary_is_the_axes_choices() -> None:
     assert R.axis("dtype").choices == R.DTYPES == ("float32", "float16", "bfloat16")
     assert R.axis("mode").choices == R.MODES == ("infer", "train")
     assert R.axis("allocator").choices == R.ALLOCATORS == ("pinned", "system")
-    assert R.axis("layout").choices == ("", *R.USER_LAYOUTS) == ("", "image", "tokens")
+    assert R.axis("layout").choices == ("", *R.USER_LAYOUTS) == ("", "image", "tokens", "tokens-hw")
+    assert R.TOKEN_LAYOUTS == ("tokens", "tokens-hw")
     assert R.axis("compile_mode").choices == R.COMPILE_MODES
     assert R.axis("autocast").choices == R.AUTOCAST == ("off", "bfloat16", "float16")
     assert R.axis("ort_opt_level").choices == R.ORT_OPT_LEVELS == ("disable", "basic", "extended", "all")
@@ -300,10 +301,21 @@ def test_extra_dict() -> None:
 # ---------------------------------------------------------------- flat columns
 
 
+#: Columns added since schema 2 after the count columns: where each counter ran and for how long, the build, the
+#: output shapes (issue 21).
+COUNTING_COLUMNS = (
+    "counted_on_attnbench", "counted_on_fvcore", "counted_on_thop", "count_s_attnbench", "count_s_fvcore",
+    "count_s_thop", "built_on", "build_s", "output_shapes", "output_differs",
+)  # fmt: skip
+
+
 def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() -> None:
     at = R.COLUMNS.index("allocator")
     assert R.COLUMNS[at + 1 : at + 4] == ("compile_mode", "autocast", "ort_opt_level")
-    assert tuple(c for c in R.COLUMNS if c not in ("compile_mode", "autocast", "ort_opt_level")) == SCHEMA_2_COLUMNS
+    at = R.COLUMNS.index("counter_notes")
+    assert R.COLUMNS[at + 1 : at + 1 + len(COUNTING_COLUMNS)] == COUNTING_COLUMNS
+    added = ("compile_mode", "autocast", "ort_opt_level", *COUNTING_COLUMNS)
+    assert tuple(c for c in R.COLUMNS if c not in added) == SCHEMA_2_COLUMNS
     assert set(R.SCENARIO_FIELDS) <= set(R.COLUMNS) and "scenario" not in R.COLUMNS
     assert len(R.COLUMNS) == len(set(R.COLUMNS))
     assert R.COLUMNS[:6] == R.IDENTITY_FIELDS

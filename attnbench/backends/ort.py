@@ -502,7 +502,7 @@ class OrtPrepared(Prepared):
                 f"{tuple(xi.shape)}",
                 exporter=self.exporter,
                 parity_max_abs=max(diff, self.parity_max_abs or 0.0),
-                parity_checked_shapes=tuple(details["parity_checked_shapes"]),
+                parity_checked_shapes=(*details["parity_checked_shapes"], tuple(xi.shape)),
                 extra=self.extra,
             )
         return diff

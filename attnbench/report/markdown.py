@@ -73,7 +73,7 @@ def _summary_markdown(
     if sort_by:
         table = sort_summary(table, sort_by)
     cols = summary_columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
-    lines = ["| " + " | ".join(md_escape(c.header) for c in cols) + " |"]
+    lines = ["| " + " | ".join(md_escape(PAPER_HEADERS.get(c.header, c.header)) for c in cols) + " |"]
     lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(md_escape(c.cell(r)) for c in cols) + " |")
@@ -81,9 +81,15 @@ def _summary_markdown(
     return [*lines, "", scenario_text(table), "", _legend(results, cols), ""]
 
 
+#: Headers that say what a paper's table calls the column: papers' "FLOPs" are multiply-adds.
+PAPER_HEADERS = {"MACs": "MACs (papers' FLOPs)"}
+
+
 def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
     """What the summary table's latency, marks, memory, ratios and rates mean (the parts that apply)."""
     return (
+        "MACs (papers' FLOPs): a paper's \"FLOPs\" are usually multiply-adds, so hold them against this column; "
+        "FLOPs counts 2 per multiply-add. "
         "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
         "confidence interval on the median is within the asked precision (±1% by default), or its time "
         "budget is spent, or the interval's width says the budget cannot reach that precision. `~` marks "

@@ -24,7 +24,8 @@ CONVENTION = (
     "MACs and FLOPs: one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product (a gate x * g) = 1 MAC = "
     "1 FLOP. attnbench counts convolutions, matmuls/linear/einsum, "
     "scaled-dot-product attention and elementwise tensor-by-tensor products; softmax, activations, norms, "
-    "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs."
+    "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs. "
+    "Papers' \"FLOPs\" are usually MACs: hold a paper's figure against the MACs column."
 )
 
 

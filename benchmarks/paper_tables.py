@@ -1,0 +1,341 @@
+"""The papers' tables against attnbench: the official model factories of the zoo's papers, from local checkouts.
+
+Each network is built from its repository's own, unmodified file by an explicit call spec
+(`models/van.py:van_b0(pretrained=False)`), at 224x224 with 3 input channels, and counted by `attnbench.profile`
+(params, MACs from the attnbench counter, fvcore and thop). Its published params and FLOPs sit beside them, with
+where each claim is written, the ratios, and what explains every gap above 2%. Nothing of the repositories is
+copied into attnbench: this script only names their files.
+
+The papers' "FLOPs" are multiply-accumulates (MACs): they are held against the MACs columns.
+
+Run (in a throwaway environment that has the repositories' imports: timm, efficientnet_pytorch; see
+results/paper_tables.md for the exact one):
+    python benchmarks/paper_tables.py CHECKOUT... [-o results/paper_tables.md]
+where each CHECKOUT is a local copy of one of: Visual-Attention-Network/VAN-Classification, AFeng-x/SMT,
+qhfan/CloFormer, murufeng/EPSANet, LeapLabTHU/ACmix. Each repository is counted in a process of its own (VAN, SMT
+and EPSANet all name their package `models`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: The gap above which a ratio needs an explanation.
+GAP = 0.02
+RES = 224
+
+
+@dataclass(frozen=True)
+class Model:
+    """One network of a paper's table: where its factory is, what the paper claims, where the claim is."""
+
+    name: str
+    repo: str  # the marker file that identifies the checkout
+    file: str
+    call: str
+    params_m: float  # claimed parameters, millions
+    flops_g: float  # claimed "FLOPs" (multiply-accumulates), billions
+    where: str
+
+
+VAN = "models/van.py"
+SMT = "models/smt.py"
+CLO = "classification/models/model_factory.py"
+EPSA = "models/epsanet.py"
+ACMIX_R = "ResNet/ResNet_ImageNet.py"
+ACMIX_S = "Swin-Transformer/models/swin_transformer_acmix.py"
+SWIN_T = "SwinTransformer_acmix(depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], drop_path_rate=0.2)"
+SWIN_S = "SwinTransformer_acmix(depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], drop_path_rate=0.3)"
+CLO_PAPER = "paper (arXiv 2303.17803), ImageNet-1K table"
+
+MODELS = (
+    Model("VAN-B0", VAN, VAN, "van_b0(pretrained=False)", 4.1, 0.9, "VAN-Classification README table"),
+    Model("VAN-B1", VAN, VAN, "van_b1(pretrained=False)", 13.9, 2.5, "VAN-Classification README table"),
+    Model("VAN-B2", VAN, VAN, "van_b2(pretrained=False)", 26.6, 5.0, "VAN-Classification README table"),
+    Model("VAN-B3", VAN, VAN, "van_b3(pretrained=False)", 44.8, 9.0, "VAN-Classification README table"),
+    Model("SMT-T", SMT, SMT, "smt_t(pretrained=False)", 12, 2.4, "SMT README table"),
+    Model("SMT-S", SMT, SMT, "smt_s(pretrained=False)", 21, 4.7, "SMT README table"),
+    Model("SMT-B", SMT, SMT, "smt_b(pretrained=False)", 32, 7.7, "SMT README table"),
+    Model("CloFormer-XXS", CLO, CLO, "cloformer_xxs()", 4.2, 0.6, CLO_PAPER),
+    Model("CloFormer-XS", CLO, CLO, "cloformer_xs()", 7.2, 1.1, CLO_PAPER),
+    Model("CloFormer-S", CLO, CLO, "cloformer_s()", 12.3, 2.0, CLO_PAPER),
+    Model("EPSANet-50 (Small)", EPSA, EPSA, "epsanet50()", 22.56, 3.62, "EPSANet README table"),
+    Model("EPSANet-101 (Small)", EPSA, EPSA, "epsanet101()", 38.90, 6.82, "EPSANet README table"),
+    Model("ACmix ResNet-50", ACMIX_R, ACMIX_R, "ACmix_ResNet([3, 4, 6, 3])", 18.6, 3.6, "ACmix README table"),
+    Model("ACmix Swin-T", ACMIX_S, ACMIX_S, SWIN_T, 30, 4.6, "ACmix README table"),
+    Model("ACmix Swin-S", ACMIX_S, ACMIX_S, SWIN_S, 51, 9.0, "ACmix README table"),
+)
+
+#: Operators whose MACs are the "conv/linear/matmul" core every counter agrees on (attnbench's names; fvcore's).
+CORE_ATTNBENCH = ("aten.conv2d", "aten.convolution", "aten.linear", "aten.matmul", "aten.bmm", "aten.mm",
+                  "aten.addmm", "aten.einsum", "aten.baddbmm", "aten.scaled_dot_product_attention")  # fmt: skip
+CORE_FVCORE = ("conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "baddbmm")
+
+
+# ---------------------------------------------------------------- the worker: one repository per process
+
+
+def count_models(checkout: Path, models: list[Model]) -> list[dict[str, Any]]:
+    """Count each model of one checkout with attnbench.profile, plus the per-operator totals a gap is read from."""
+    import attnbench  # in the worker only: the parent never imports torch
+    from attnbench.counting import count_macs  # per-operator totals of one counter (the explanations)
+
+    out = []
+    for m in models:
+        spec = f"{checkout / m.file}:{m.call}"
+        started = time.perf_counter()
+        try:
+            options = attnbench.RunOptions(metrics=("params", "macs"))
+            (row,) = attnbench.profile(spec, dim=3, res=RES, options=options)
+        except attnbench.AttnbenchError as exc:
+            out.append({"name": m.name, "spec": spec, "error": str(exc)})
+            continue
+        wall = time.perf_counter() - started
+        record = {"name": m.name, "spec": spec, "wall_s": wall, **_row_fields(row)}
+        module = attnbench.build(spec, 3, RES)
+        for counter in ("attnbench", "fvcore"):
+            report = count_macs(module, (1, 3, RES, RES), counter)
+            record[f"by_op_{counter}"] = dict(report.by_op)
+        out.append(record)
+    return out
+
+
+def _row_fields(row: Any) -> dict[str, Any]:
+    names = ("status", "reason", "params", "macs_attnbench", "macs_fvcore", "macs_thop", "flops_attnbench",
+             "counter_notes", "counted_on_attnbench", "counted_on_fvcore", "counted_on_thop", "count_s_attnbench",
+             "count_s_fvcore", "count_s_thop", "built_on", "build_s", "seconds", "output_shapes")  # fmt: skip
+    return {n: getattr(row, n) for n in names}
+
+
+# ---------------------------------------------------------------- the parent: run, compare, explain
+
+
+def _checkouts(paths: list[Path]) -> dict[str, Path]:
+    """Marker file -> the checkout holding it."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        for marker in {m.repo for m in MODELS}:
+            if (path / marker).is_file():
+                found[marker] = path
+    return found
+
+
+def _run_worker(checkout: Path, models: list[Model]) -> list[dict[str, Any]]:
+    names = [m.name for m in models]
+    cmd = [sys.executable, __file__, "--worker", str(checkout), json.dumps(names)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = " ".join(proc.stderr.split())[-400:]
+        return [{"name": n, "spec": f"{checkout}", "error": f"worker failed: {tail}"} for n in names]
+    return [json.loads(ln) for ln in lines]
+
+
+def _core(by_op: dict[str, int], names: tuple[str, ...]) -> int:
+    return sum(n for op, n in by_op.items() if op in names)
+
+
+def analyse(record: dict[str, Any], model: Model) -> dict[str, Any]:
+    """Ratios to the claims, and the components a gap is read from (attnbench's products, fvcore's charges)."""
+    if "error" in record:
+        return record
+    ours, fv, th = record["macs_attnbench"], record["macs_fvcore"], record["macs_thop"]
+    claim_macs, claim_params = model.flops_g * 1e9, model.params_m * 1e6
+    a_ops, f_ops = record.pop("by_op_attnbench"), record.pop("by_op_fvcore")
+    core_a, core_f = _core(a_ops, CORE_ATTNBENCH), _core(f_ops, CORE_FVCORE)
+    record.update(
+        claim_params=claim_params,
+        claim_macs=claim_macs,
+        params_ratio=record["params"] / claim_params,
+        ours_ratio=ours / claim_macs if ours else None,
+        fvcore_ratio=fv / claim_macs if fv else None,
+        thop_ratio=th / claim_macs if th else None,
+        core_attnbench=core_a,
+        core_fvcore=core_f,
+        products_attnbench=ours - core_a,
+        other_fvcore=fv - core_f if fv is not None else None,
+        fvcore_other_ops={op: n for op, n in f_ops.items() if op not in CORE_FVCORE},
+        attnbench_other_ops={op: n for op, n in a_ops.items() if op not in CORE_ATTNBENCH},
+    )
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkouts", nargs="*", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path("results/paper_tables.md"))
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        checkout, names = Path(args.worker[0]), json.loads(args.worker[1])
+        for record in count_models(checkout, [m for m in MODELS if m.name in names]):
+            print(json.dumps(record, default=str), flush=True)
+        return 0
+    found = _checkouts(args.checkouts)
+    records = []
+    started = time.perf_counter()
+    for marker, checkout in found.items():
+        models = [m for m in MODELS if m.repo == marker]
+        for record, model in zip(_run_worker(checkout, models), models, strict=True):
+            records.append(analyse(record, model))
+            print(f"{model.name}: {record.get('error') or 'counted'}", file=sys.stderr, flush=True)
+    write(records, args.output, _environment(time.perf_counter() - started, found))
+    return 0
+
+
+# ---------------------------------------------------------------- the report
+
+
+#: What explains a gap that no counting convention covers: read in the repository and the paper (see the report).
+NOTES: dict[str, str] = {}
+
+
+def _decimals(value: float) -> int:
+    """Decimals a claim is written with (4.1 -> 1, 22.56 -> 2, 12 -> 0)."""
+    text = f"{value:g}"
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def _rounds_to(ours: float, claim: float) -> bool:
+    """True when our figure, written with the claim's decimals, is the claim (the claim's own rounding)."""
+    return round(ours, _decimals(claim)) == claim
+
+
+def explain(r: dict[str, Any], model: Model) -> list[str]:
+    """Why each figure differs from the claim by more than GAP: rounding, another counter's convention, or a note."""
+    lines = []
+    if abs(r["params_ratio"] - 1) > GAP:
+        if _rounds_to(r["params"] / 1e6, model.params_m):
+            lines.append(f"params: {r['params'] / 1e6:.2f} M written as {model.params_m:g} M (the claim's rounding)")
+        else:
+            lines.append(
+                f"params: {r['params'] / 1e6:.2f} M against {model.params_m:g} M: "
+                f"{NOTES.get(model.name, 'unexplained')}"
+            )
+    counters = {"attnbench": r["macs_attnbench"], "fvcore": r["macs_fvcore"], "thop": r["macs_thop"]}
+    off = {c: v for c, v in counters.items() if v and abs(v / r["claim_macs"] - 1) > GAP}
+    if off:
+        if all(_rounds_to(v / 1e9, model.flops_g) for v in off.values()):
+            figures = ", ".join(f"{c} {v / 1e9:.3f} G" for c, v in off.items())
+            lines.append(f"MACs: {figures} written as {model.flops_g:g} G (the claim's rounding)")
+        else:
+            lines.append(f"MACs: {NOTES.get(model.name + ' MACs', NOTES.get(model.name, 'unexplained'))}")
+    return lines
+
+
+def conventions(r: dict[str, Any]) -> str:
+    """How attnbench's total and fvcore's differ from their common conv/linear/matmul core."""
+    same = (
+        "equal to the unit"
+        if r["core_attnbench"] == r["core_fvcore"]
+        else (f"attnbench {r['core_attnbench']:,} vs fvcore {r['core_fvcore']:,}")
+    )
+    products = ", ".join(f"{op} {n / 1e6:.1f} M" for op, n in r["attnbench_other_ops"].items() if n) or "none"
+    charges = ", ".join(f"{op} {n / 1e6:.1f} M" for op, n in r["fvcore_other_ops"].items() if n) or "none"
+    core = f"core {r['core_attnbench'] / 1e9:.4f} G ({same})"
+    return f"{core}; attnbench's products: {products}; fvcore's charges: {charges}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> None:
+    """results/paper_tables.md and .json: the claims beside the three counters, and every gap explained."""
+    by_name = {m.name: m for m in MODELS}
+    lines = [
+        "# The papers' tables, from their official code",
+        "",
+        "`benchmarks/paper_tables.py`: each network built from its repository's own, unmodified file by an explicit "
+        'call spec, counted by `attnbench.profile` at 224x224, batch 1 (3 input channels). **The papers\' "FLOPs" '
+        "are multiply-accumulates: they are held against the MACs columns** (attnbench's FLOPs, 2 per multiply-add, "
+        "would read about 2x).",
+        "",
+        f"Machine: {env['machine']}, load {env['load_1min']:.1f} (1 min) at the end, {env['seconds']:.0f} s in all. "
+        "Versions: "
+        + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        + f". PYTHONPATH={env['pythonpath'] or '-'}.",
+        "",
+        "| model | params | claim | ratio | MACs (attnbench) | fvcore | thop | claimed FLOPs (MACs) | ours÷claim | "
+        "fvcore÷claim | thop÷claim | claims from |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in records:
+        m = by_name[r["name"]]
+        if "error" in r:
+            lines.append(
+                f"| {m.name} | - | {m.params_m:g} M | - | - | - | - | {m.flops_g:g} G | - | - | - | {m.where} |"
+            )
+            continue
+        lines.append(
+            f"| {m.name} | {r['params'] / 1e6:.2f} M | {m.params_m:g} M | {_ratio(r['params_ratio'])} | "
+            f"{r['macs_attnbench'] / 1e9:.3f} G | {r['macs_fvcore'] / 1e9:.3f} G | {r['macs_thop'] / 1e9:.3f} G | "
+            f"{m.flops_g:g} G | {_ratio(r['ours_ratio'])} | {_ratio(r['fvcore_ratio'])} | {_ratio(r['thop_ratio'])} | "
+            f"{m.where} |"
+        )
+    lines += ["", "## Every gap above 2%, explained", ""]
+    for r in records:
+        m = by_name[r["name"]]
+        if "error" in r:
+            lines.append(f"- **{m.name}**: did not load: {r['error']}")
+            continue
+        for line in explain(r, m):
+            lines.append(f"- **{m.name}**: {line}")
+    lines += ["", "## The counters against each other", "",
+              "Where attnbench and fvcore differ is their conventions, never the convolutions, linears and matmuls: "
+              "the core below is the conv + linear + matmul MACs, and each counter's total is that core plus what "
+              "its convention adds (attnbench: elementwise tensor products; fvcore: norms and pooling). thop "
+              "charges norms, softmax and pooling like fvcore.", ""]  # fmt: skip
+    lines += [
+        "| model | conv/linear/matmul core, and each convention's part | built on | fvcore ran on |",
+        "|---|---|---|---|",
+    ]
+    for r in records:
+        if "error" not in r:
+            lines.append(f"| {r['name']} | {conventions(r)} | {r['built_on']} | {r['counted_on_fvcore']} |")
+    lines += ["", "## Notes", "", *[f"- {n}" for n in NOTES_TEXT], "",
+              "Checkouts: " + ", ".join(f"`{p}` at {c[:7]}" for p, c in env["checkouts"].items()) + "."]  # fmt: skip
+    output.write_text("\n".join(lines) + "\n")
+    output.with_suffix(".json").write_text(json.dumps({"environment": env, "models": records}, indent=1, default=str))
+
+
+#: Free notes under the report (the environment's shims, what failed to load unmodified).
+NOTES_TEXT: list[str] = []
+
+
+def _environment(seconds: float, found: dict[str, Path]) -> dict[str, Any]:
+    """Machine, versions and checkouts the figures were taken with."""
+    versions = {}
+    for name in ("torch", "timm", "fvcore", "ultralytics-thop", "efficientnet_pytorch"):
+        code = f"import importlib.metadata as m; print(m.version({name!r}))"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        versions[name] = proc.stdout.strip() or "not installed"
+    proc = subprocess.run([sys.executable, "-c", "import timm; print(timm.__version__)"], capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    versions["timm (imported)"] = proc.stdout.strip() or "not importable"
+    commits = {}
+    for path in found.values():
+        commit = (path / ".commit").read_text().strip() if (path / ".commit").is_file() else "unknown"
+        commits[str(path)] = commit
+    return {
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "load_1min": os.getloadavg()[0],
+        "seconds": seconds,
+        "versions": versions,
+        "checkouts": commits,
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+    }
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    raise SystemExit(main())
