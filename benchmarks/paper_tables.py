@@ -195,8 +195,45 @@ def main(argv: list[str] | None = None) -> int:
 # ---------------------------------------------------------------- the report
 
 
-#: What explains a gap that no counting convention covers: read in the repository and the paper (see the report).
-NOTES: dict[str, str] = {}
+_PTFLOPS = (
+    "another counter's convention: SMT's own script (models/smt.py, `__main__`) counts with ptflops' "
+    "get_model_complexity_info, whose module hooks see nn.Conv2d and nn.Linear but not the functional q·kᵀ and "
+    "attn·v of the MSA blocks. Conv + linear alone are 2.380 G (SMT-T), 4.657 G (SMT-S) and 7.686 G (SMT-B), "
+    "written 2.4, 4.7 and 7.7 G; attnbench, fvcore and thop all add those matmuls (81.1 M, 181.9 M, 280.3 M)"
+)
+_CLOFORMER = (
+    "paper vs code: all three counters read the repository's model 8-11% above the paper, and its conv + linear "
+    "+ matmul core alone (every counter agrees on it to the unit) is already above the claim; no counting "
+    "convention covers that (fvcore's largest extra, the norms, is under 1%). Neither the paper nor the "
+    "repository says how the figures were counted (classification/main.py asks the model for a flops() method "
+    "that it does not have). The five-conv stem is 82.4 M MACs of CloFormer-XXS's 0.661 G"
+)
+#: What explains a gap that no rounding covers: read in the repository and the paper; keyed by model, and by
+#: "model MACs" where the MACs need their own note.
+NOTES: dict[str, str] = {
+    "SMT-T MACs": _PTFLOPS,
+    "SMT-S MACs": _PTFLOPS,
+    "SMT-B MACs": _PTFLOPS,
+    "SMT-S": (
+        "paper vs code: the repository's smt_s, the configuration of its configs/smt/smt_small_224.yaml, builds "
+        "22.55 M parameters (exactly sum(p.numel())) against the README's 21 M (the paper: 20.5 M): the published "
+        "figure does not describe the released code"
+    ),
+    "CloFormer-XXS MACs": _CLOFORMER,
+    "CloFormer-XS MACs": _CLOFORMER,
+    "CloFormer-S MACs": _CLOFORMER,
+    "ACmix ResNet-50 MACs": (
+        "ours (3.502 G) counts ACmix's windowed q·(k+pe) and attn·v products, 135.2 M MACs that fvcore (3.389 G) "
+        "and thop (3.420 G) skip. The README's 3.6 G matches the conv and linear MACs (3.367 G) plus those "
+        "products at 2 operations each (3.637 G); the repository does not say how it counted, and no other mix of "
+        "the three conventions reaches 3.6 G"
+    ),
+    "ACmix Swin-T": (
+        "paper vs code: the released SwinTransformer_acmix in the Swin-T configuration "
+        "(configs/acmix_swin_tiny_patch4_window7_224.yaml) builds 28.65 M parameters against the README's 30 M "
+        "(Swin-S: 50.35 M against 51 M, within 2%)"
+    ),
+}
 
 
 def _decimals(value: float) -> int:
@@ -308,8 +345,23 @@ def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> N
     output.with_suffix(".json").write_text(json.dumps({"environment": env, "models": records}, indent=1, default=str))
 
 
-#: Free notes under the report (the environment's shims, what failed to load unmodified).
-NOTES_TEXT: list[str] = []
+#: Free notes under the report: the environment, and what failed to load unmodified.
+NOTES_TEXT: list[str] = [
+    "Environment: a throwaway venv outside the repository with torch 2.13.0 (CPU), timm installed with --no-deps, "
+    "efficientnet_pytorch 0.7.1 (CloFormer's MemoryEfficientSwish), fvcore, ultralytics-thop and attnbench itself. "
+    "VAN's and SMT's READMEs pin timm 0.4.12: it is put first on PYTHONPATH (a --no-deps install in a folder of its "
+    "own), and VAN, CloFormer and ACmix's Swin load with it as with timm 1.0.31.",
+    "Found: SMT does not load unmodified with timm 1.x: models/smt.py:14 `from timm.data.transforms import "
+    "_pil_interp` raises ImportError (the name left timm after 0.4); with the pinned 0.4.12 it loads.",
+    "Stand-ins, since torchvision is not installed (its wheels would pull another torch): a `torchvision` package "
+    "with the names imported at load time (timm's FrozenBatchNorm2d and transforms, ACmix ResNet's "
+    "`torchvision.models.utils.load_state_dict_from_url`, mapped to torch.hub's) and a `ptflops` module (imported "
+    "by SMT's models/smt.py, never called while building). Nothing in them runs while a model is built or counted.",
+    "Every model was built from its repository's file as it is, by an explicit call spec: "
+    "`models/van.py:van_b0(pretrained=False)`, `models/epsanet.py:epsanet50()` (a package with relative imports), "
+    "`ResNet/ResNet_ImageNet.py:ACmix_ResNet([3, 4, 6, 3])`, "
+    "`Swin-Transformer/models/swin_transformer_acmix.py:SwinTransformer_acmix(depths=[2, 2, 6, 2], ...)`.",
+]
 
 
 def _environment(seconds: float, found: dict[str, Path]) -> dict[str, Any]:

@@ -565,3 +565,83 @@ def test_a_file_in_a_package_is_imported_as_part_of_it(tmp_path: Path) -> None:
     other = write_package(tmp_path / "elsewhere", name)  # another package of the same name
     with pytest.raises(ModuleSpecError, match=f"its package '{name}' .* has the name of a package this process"):
         get_spec(f"{other}:build()")
+
+
+OUTPUTS_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+
+    class ImagePair(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.conv = nn.Conv2d(dim, dim, 1)
+
+        def forward(self, x):
+            return self.conv(x), x.mean(1)  # (B, C, H, W) and (B, H, W)
+
+
+    class TokenPair(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(dim, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x)  # (out, attention weights), as nn.MultiheadAttention returns them
+
+
+    class SpatialReduction(nn.Module):
+        # PVT's attention: queries from every token, keys and values from a map reduced by a strided conv.
+        def __init__(self, dim, heads=2, sr=2):
+            super().__init__()
+            self.heads = heads
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+            self.sr = nn.Conv2d(dim, dim, sr, stride=sr)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x, H, W):
+            B, N, C = x.shape
+            q = self.q(x).reshape(B, N, self.heads, C // self.heads).transpose(1, 2)
+            r = self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+            k, v = self.kv(r).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
+    """
+)
+
+
+def test_tuple_outputs_run_in_both_layouts_on_cpu_and_ort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("outs.py").write_text(OUTPUTS_FILE)
+    rows = []
+    for spec, layout in (("outs.py:ImagePair", "image"), ("outs.py:TokenPair", "tokens")):
+        argv = f"profile {spec} --layout {layout} --dim 8 --res 4 --backend cpu --backend ort --max-run-time 0.05"
+        code, _, err = run_cli(capsys, *argv.split(), "--metrics", "params,macs,latency", "-o", f"{layout}.csv", "-q")
+        assert code == 0, err
+        rows += store.load(f"{layout}.csv").results
+    assert [(r.backend, r.status) for r in rows] == [("cpu", R.OK), ("ort", R.OK)] * 2
+    assert rows[0].output_shapes == "0: (1, 8, 4, 4); 1: (1, 4, 4)" and not rows[0].output_differs
+    assert rows[2].output_shapes == "0: (1, 8, 4, 4); 1: (1, 16, 16)"  # the adapter converted the first back
+    assert "the tokens adapter converted the first back" in rows[2].reason
+    assert all(r.latency_median_s for r in rows) and rows[1].parity_max_abs < 1e-5
+
+
+def test_tokens_hw_profiles_a_pvt_style_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("outs.py").write_text(OUTPUTS_FILE)
+    code, out, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens-hw {COUNTS} -o r.csv".split())
+    assert code == 0, err
+    (row,) = store.load("r.csv").results
+    c, n, m = 16, 64, 16  # 8x8 tokens; keys and values from the 4x4 reduced map
+    linears = n * c * c + m * 2 * c * c + n * c * c
+    assert row.macs_attnbench == linears + m * c * c * 4 + 2 * n * m * c  # sr conv: each output sums 2x2xC
+    assert row.output_shapes == "(1, 16, 8, 8)" and not row.output_differs
+    code, _, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens {COUNTS}".split())
+    assert code == 1 and "it runs with --layout tokens-hw" in err  # the input was the problem: say which layout
