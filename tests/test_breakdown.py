@@ -54,7 +54,7 @@ def test_by_type_counts_outermost_instances_inclusively_with_shares() -> None:
     assert rows["Block"].macs_share == pytest.approx(3 * (conv3 + conv1) / macs.macs)
     assert (rows["Conv2d"].instances, rows["Conv2d"].macs, rows["Conv2d"].macs_share) == (7, macs.macs, 1.0)
     assert rows["Conv2d"].params == params.total and rows["Block"].params == params.total - (2 * c + 2)
-    assert list(rows)[0] == "Conv2d" and rows["Conv2d"].flops == 2 * macs.macs  # most MACs first
+    assert next(iter(rows)) == "Conv2d" and rows["Conv2d"].flops == 2 * macs.macs  # most MACs first
 
 
 def test_a_container_without_a_forward_holds_its_childrens_time() -> None:

@@ -636,7 +636,7 @@ def test_tokens_hw_profiles_a_pvt_style_attention(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     Path("outs.py").write_text(OUTPUTS_FILE)
-    code, out, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens-hw {COUNTS} -o r.csv".split())
+    code, _, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens-hw {COUNTS} -o r.csv".split())
     assert code == 0, err
     (row,) = store.load("r.csv").results
     c, n, m = 16, 64, 16  # 8x8 tokens; keys and values from the 4x4 reduced map
