@@ -6,7 +6,8 @@ papers' "FLOPs" are usually MACs. Additions, divisions and every listed operator
 What is counted, each family by a named rule below, registered for the aten overload packets it covers:
 
 * @macs rules (MAC_RULES): matrix products, convolutions, attention kernels, nn.MultiheadAttention's fused path
-  and the backward kernels of convolution and attention. Every MAC is a multiply-add, 2 FLOPs. A composite
+  and the backward kernels of convolution and attention. Every MAC is a multiply-add, 2 FLOPs. Attention is
+  counted dense: a causal mask (is_causal=True) is not discounted, as in PyTorch's FlopCounterMode. A composite
   operator with a rule here is counted whole; one without is decomposed by the engine (attnbench.counting.dispatch)
   so that the products inside are found.
 * @products rules (PRODUCT_RULES): elementwise tensor-by-tensor products, 1 MAC per output element. Alone a
