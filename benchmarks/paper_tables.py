@@ -42,9 +42,17 @@ class Model:
     repo: str  # the marker file that identifies the checkout
     file: str
     call: str
-    params_m: float  # claimed parameters, millions
-    flops_g: float  # claimed "FLOPs" (multiply-accumulates), billions
+    params: str  # claimed parameters in millions, as written ("4.1", "21")
+    flops: str  # claimed "FLOPs" (multiply-accumulates) in billions, as written ("0.9", "2.0")
     where: str
+
+    @property
+    def params_m(self) -> float:
+        return float(self.params)
+
+    @property
+    def flops_g(self) -> float:
+        return float(self.flops)
 
 
 VAN = "models/van.py"
@@ -58,21 +66,21 @@ SWIN_S = "SwinTransformer_acmix(depths=[2, 2, 18, 2], num_heads=[3, 6, 12, 24], 
 CLO_PAPER = "paper (arXiv 2303.17803), ImageNet-1K table"
 
 MODELS = (
-    Model("VAN-B0", VAN, VAN, "van_b0(pretrained=False)", 4.1, 0.9, "VAN-Classification README table"),
-    Model("VAN-B1", VAN, VAN, "van_b1(pretrained=False)", 13.9, 2.5, "VAN-Classification README table"),
-    Model("VAN-B2", VAN, VAN, "van_b2(pretrained=False)", 26.6, 5.0, "VAN-Classification README table"),
-    Model("VAN-B3", VAN, VAN, "van_b3(pretrained=False)", 44.8, 9.0, "VAN-Classification README table"),
-    Model("SMT-T", SMT, SMT, "smt_t(pretrained=False)", 12, 2.4, "SMT README table"),
-    Model("SMT-S", SMT, SMT, "smt_s(pretrained=False)", 21, 4.7, "SMT README table"),
-    Model("SMT-B", SMT, SMT, "smt_b(pretrained=False)", 32, 7.7, "SMT README table"),
-    Model("CloFormer-XXS", CLO, CLO, "cloformer_xxs()", 4.2, 0.6, CLO_PAPER),
-    Model("CloFormer-XS", CLO, CLO, "cloformer_xs()", 7.2, 1.1, CLO_PAPER),
-    Model("CloFormer-S", CLO, CLO, "cloformer_s()", 12.3, 2.0, CLO_PAPER),
-    Model("EPSANet-50 (Small)", EPSA, EPSA, "epsanet50()", 22.56, 3.62, "EPSANet README table"),
-    Model("EPSANet-101 (Small)", EPSA, EPSA, "epsanet101()", 38.90, 6.82, "EPSANet README table"),
-    Model("ACmix ResNet-50", ACMIX_R, ACMIX_R, "ACmix_ResNet([3, 4, 6, 3])", 18.6, 3.6, "ACmix README table"),
-    Model("ACmix Swin-T", ACMIX_S, ACMIX_S, SWIN_T, 30, 4.6, "ACmix README table"),
-    Model("ACmix Swin-S", ACMIX_S, ACMIX_S, SWIN_S, 51, 9.0, "ACmix README table"),
+    Model("VAN-B0", VAN, VAN, "van_b0(pretrained=False)", "4.1", "0.9", "VAN-Classification README table"),
+    Model("VAN-B1", VAN, VAN, "van_b1(pretrained=False)", "13.9", "2.5", "VAN-Classification README table"),
+    Model("VAN-B2", VAN, VAN, "van_b2(pretrained=False)", "26.6", "5.0", "VAN-Classification README table"),
+    Model("VAN-B3", VAN, VAN, "van_b3(pretrained=False)", "44.8", "9.0", "VAN-Classification README table"),
+    Model("SMT-T", SMT, SMT, "smt_t(pretrained=False)", "12", "2.4", "SMT README table"),
+    Model("SMT-S", SMT, SMT, "smt_s(pretrained=False)", "21", "4.7", "SMT README table"),
+    Model("SMT-B", SMT, SMT, "smt_b(pretrained=False)", "32", "7.7", "SMT README table"),
+    Model("CloFormer-XXS", CLO, CLO, "cloformer_xxs()", "4.2", "0.6", CLO_PAPER),
+    Model("CloFormer-XS", CLO, CLO, "cloformer_xs()", "7.2", "1.1", CLO_PAPER),
+    Model("CloFormer-S", CLO, CLO, "cloformer_s()", "12.3", "2.0", CLO_PAPER),
+    Model("EPSANet-50 (Small)", EPSA, EPSA, "epsanet50()", "22.56", "3.62", "EPSANet README table"),
+    Model("EPSANet-101 (Small)", EPSA, EPSA, "epsanet101()", "38.90", "6.82", "EPSANet README table"),
+    Model("ACmix ResNet-50", ACMIX_R, ACMIX_R, "ACmix_ResNet([3, 4, 6, 3])", "18.6", "3.6", "ACmix README table"),
+    Model("ACmix Swin-T", ACMIX_S, ACMIX_S, SWIN_T, "30", "4.6", "ACmix README table"),
+    Model("ACmix Swin-S", ACMIX_S, ACMIX_S, SWIN_S, "51", "9.0", "ACmix README table"),
 )
 
 #: Operators whose MACs are the "conv/linear/matmul" core every counter agrees on (attnbench's names; fvcore's).
@@ -174,7 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkouts", nargs="*", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("results/paper_tables.md"))
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--render", type=Path, help="Write the report again from a JSON this script wrote.")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        write(saved["models"], args.output, saved["environment"])
+        return 0
     if args.worker:
         checkout, names = Path(args.worker[0]), json.loads(args.worker[1])
         for record in count_models(checkout, [m for m in MODELS if m.name in names]):
@@ -196,10 +209,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _PTFLOPS = (
-    "another counter's convention: SMT's own script (models/smt.py, `__main__`) counts with ptflops' "
-    "get_model_complexity_info, whose module hooks see nn.Conv2d and nn.Linear but not the functional q·kᵀ and "
-    "attn·v of the MSA blocks. Conv + linear alone are 2.380 G (SMT-T), 4.657 G (SMT-S) and 7.686 G (SMT-B), "
-    "written 2.4, 4.7 and 7.7 G; attnbench, fvcore and thop all add those matmuls (81.1 M, 181.9 M, 280.3 M)"
+    "another counter's convention: the README's figures are the convolutions and linears alone, 2.380 G (SMT-T), "
+    "4.657 G (SMT-S) and 7.686 G (SMT-B), written 2.4, 4.7 and 7.7 G: a count without the functional q·kᵀ and "
+    "attn·v of the MSA blocks, as module hooks give it (models/smt.py imports ptflops' "
+    "get_model_complexity_info and calls it in `__main__`). attnbench, fvcore and thop all add those matmuls "
+    "(81.1 M, 181.9 M, 280.3 M)"
 )
 _CLOFORMER = (
     "paper vs code: all three counters read the repository's model 8-11% above the paper, and its conv + linear "
@@ -216,8 +230,8 @@ NOTES: dict[str, str] = {
     "SMT-B MACs": _PTFLOPS,
     "SMT-S": (
         "paper vs code: the repository's smt_s, the configuration of its configs/smt/smt_small_224.yaml, builds "
-        "22.55 M parameters (exactly sum(p.numel())) against the README's 21 M (the paper: 20.5 M): the published "
-        "figure does not describe the released code"
+        "22.55 M parameters (exactly sum(p.numel())) against the README's 21 M: the published figure does not "
+        "describe the released code"
     ),
     "CloFormer-XXS MACs": _CLOFORMER,
     "CloFormer-XS MACs": _CLOFORMER,
@@ -236,34 +250,28 @@ NOTES: dict[str, str] = {
 }
 
 
-def _decimals(value: float) -> int:
-    """Decimals a claim is written with (4.1 -> 1, 22.56 -> 2, 12 -> 0)."""
-    text = f"{value:g}"
-    return len(text.split(".")[1]) if "." in text else 0
-
-
-def _rounds_to(ours: float, claim: float) -> bool:
-    """True when our figure, written with the claim's decimals, is the claim (the claim's own rounding)."""
-    return round(ours, _decimals(claim)) == claim
+def _rounds_to(ours: float, claim: str) -> bool:
+    """True when our figure, written with the claim's decimals ("2.0": one), is the claim (its own rounding)."""
+    decimals = len(claim.split(".")[1]) if "." in claim else 0
+    return f"{ours:.{decimals}f}" == claim
 
 
 def explain(r: dict[str, Any], model: Model) -> list[str]:
     """Why each figure differs from the claim by more than GAP: rounding, another counter's convention, or a note."""
     lines = []
     if abs(r["params_ratio"] - 1) > GAP:
-        if _rounds_to(r["params"] / 1e6, model.params_m):
-            lines.append(f"params: {r['params'] / 1e6:.2f} M written as {model.params_m:g} M (the claim's rounding)")
+        if _rounds_to(r["params"] / 1e6, model.params):
+            lines.append(f"params: {r['params'] / 1e6:.2f} M written as {model.params} M (the claim's rounding)")
         else:
             lines.append(
-                f"params: {r['params'] / 1e6:.2f} M against {model.params_m:g} M: "
-                f"{NOTES.get(model.name, 'unexplained')}"
+                f"params: {r['params'] / 1e6:.2f} M against {model.params} M: {NOTES.get(model.name, 'unexplained')}"
             )
     counters = {"attnbench": r["macs_attnbench"], "fvcore": r["macs_fvcore"], "thop": r["macs_thop"]}
     off = {c: v for c, v in counters.items() if v and abs(v / r["claim_macs"] - 1) > GAP}
     if off:
-        if all(_rounds_to(v / 1e9, model.flops_g) for v in off.values()):
+        if all(_rounds_to(v / 1e9, model.flops) for v in off.values()):
             figures = ", ".join(f"{c} {v / 1e9:.3f} G" for c, v in off.items())
-            lines.append(f"MACs: {figures} written as {model.flops_g:g} G (the claim's rounding)")
+            lines.append(f"MACs: {figures} written as {model.flops} G (the claim's rounding)")
         else:
             lines.append(f"MACs: {NOTES.get(model.name + ' MACs', NOTES.get(model.name, 'unexplained'))}")
     return lines
@@ -314,9 +322,9 @@ def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> N
             )
             continue
         lines.append(
-            f"| {m.name} | {r['params'] / 1e6:.2f} M | {m.params_m:g} M | {_ratio(r['params_ratio'])} | "
+            f"| {m.name} | {r['params'] / 1e6:.2f} M | {m.params} M | {_ratio(r['params_ratio'])} | "
             f"{r['macs_attnbench'] / 1e9:.3f} G | {r['macs_fvcore'] / 1e9:.3f} G | {r['macs_thop'] / 1e9:.3f} G | "
-            f"{m.flops_g:g} G | {_ratio(r['ours_ratio'])} | {_ratio(r['fvcore_ratio'])} | {_ratio(r['thop_ratio'])} | "
+            f"{m.flops} G | {_ratio(r['ours_ratio'])} | {_ratio(r['fvcore_ratio'])} | {_ratio(r['thop_ratio'])} | "
             f"{m.where} |"
         )
     lines += ["", "## Every gap above 2%, explained", ""]
@@ -338,7 +346,9 @@ def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> N
     ]
     for r in records:
         if "error" not in r:
-            lines.append(f"| {r['name']} | {conventions(r)} | {r['built_on']} | {r['counted_on_fvcore']} |")
+            ran = r["counted_on_fvcore"]
+            ran = ran if len(ran) <= 60 else ran[:57] + "...)"
+            lines.append(f"| {r['name']} | {conventions(r)} | {r['built_on']} | {ran} |")
     lines += ["", "## Notes", "", *[f"- {n}" for n in NOTES_TEXT], "",
               "Checkouts: " + ", ".join(f"`{p}` at {c[:7]}" for p, c in env["checkouts"].items()) + "."]  # fmt: skip
     output.write_text("\n".join(lines) + "\n")
@@ -352,7 +362,7 @@ NOTES_TEXT: list[str] = [
     "VAN's and SMT's READMEs pin timm 0.4.12: it is put first on PYTHONPATH (a --no-deps install in a folder of its "
     "own), and VAN, CloFormer and ACmix's Swin load with it as with timm 1.0.31.",
     "Found: SMT does not load unmodified with timm 1.x: models/smt.py:14 `from timm.data.transforms import "
-    "_pil_interp` raises ImportError (the name left timm after 0.4); with the pinned 0.4.12 it loads.",
+    "_pil_interp` raises ImportError (timm 1.0.31 has no such name); with the pinned 0.4.12 it loads.",
     "Stand-ins, since torchvision is not installed (its wheels would pull another torch): a `torchvision` package "
     "with the names imported at load time (timm's FrozenBatchNorm2d and transforms, ACmix ResNet's "
     "`torchvision.models.utils.load_state_dict_from_url`, mapped to torch.hub's) and a `ptflops` module (imported "
@@ -378,8 +388,17 @@ def _environment(seconds: float, found: dict[str, Path]) -> dict[str, Any]:
     for path in found.values():
         commit = (path / ".commit").read_text().strip() if (path / ".commit").is_file() else "unknown"
         commits[str(path)] = commit
+    cpu = platform.machine()
+    if Path("/proc/cpuinfo").is_file():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
     return {
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{cpu}, {os.cpu_count()} cores shared with other engineers' test runs, "
+        f"Python {platform.python_version()}",
         "load_1min": os.getloadavg()[0],
         "seconds": seconds,
         "versions": versions,
