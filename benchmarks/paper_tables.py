@@ -183,9 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, default=Path("results/paper_tables.md"))
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, help="Write the report again from a JSON this script wrote.")
+    parser.add_argument(
+        "--breakdowns", action="store_true", help="Only run --breakdown (by module, by type) on every model of the "
+        "checkouts and add the exit codes to the JSON given by --render.",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.render:
         saved = json.loads(args.render.read_text())
+        if args.breakdowns:
+            saved["environment"]["breakdowns"] = check_breakdowns(_checkouts(args.checkouts))
+            args.render.write_text(json.dumps(saved, indent=1, default=str))
         write(saved["models"], args.output, saved["environment"])
         return 0
     if args.worker:
@@ -203,6 +210,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model.name}: {record.get('error') or 'counted'}", file=sys.stderr, flush=True)
     write(records, args.output, _environment(time.perf_counter() - started, found))
     return 0
+
+
+def check_breakdowns(found: dict[str, Path]) -> list[dict[str, Any]]:
+    """`attnbench profile MODELS --breakdown` and `--breakdown --by type` per checkout: exit code and tables seen."""
+    checks = []
+    for marker, checkout in found.items():
+        specs = [f"{checkout / m.file}:{m.call}" for m in MODELS if m.repo == marker]
+        for extra in ((), ("--by", "type")):
+            cmd = [sys.executable, "-m", "attnbench.cli", "profile", *specs, "--dim", "3", "--res", str(RES),
+                   "--metrics", "params,macs", "--breakdown", *extra, "--quiet"]  # fmt: skip
+            started = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            title = "per module class" if extra else "per submodule"
+            checks.append({
+                "models": [m.name for m in MODELS if m.repo == marker],
+                "command": "--breakdown" + (" --by type" if extra else ""),
+                "exit_code": done.returncode,
+                "tables": done.stdout.count(title),
+                "seconds": time.perf_counter() - started,
+                "stderr_tail": " ".join(done.stderr.split())[-300:] if done.returncode else "",
+            })  # fmt: skip
+            print(f"{checks[-1]['models']} {checks[-1]['command']}: exit {done.returncode}", file=sys.stderr)
+    return checks
 
 
 # ---------------------------------------------------------------- the report
@@ -349,6 +379,17 @@ def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> N
             ran = r["counted_on_fvcore"]
             ran = ran if len(ran) <= 60 else ran[:57] + "...)"
             lines.append(f"| {r['name']} | {conventions(r)} | {r['built_on']} | {ran} |")
+    if env.get("breakdowns"):
+        lines += ["", "## `--breakdown` on every network", "",
+                  "`attnbench profile MODELS --dim 3 --res 224 --metrics params,macs --breakdown [--by type]`, one run "
+                  "per repository (all its models in one run):", "",
+                  "| models | command | exit code | breakdown tables | seconds |",
+                  "|---|---|---:|---:|---:|"]  # fmt: skip
+        for c in env["breakdowns"]:
+            lines.append(
+                f"| {', '.join(c['models'])} | `{c['command']}` | {c['exit_code']} | {c['tables']} | "
+                f"{c['seconds']:.0f} |" + (f" {c['stderr_tail']}" if c["stderr_tail"] else "")
+            )
     lines += ["", "## Notes", "", *[f"- {n}" for n in NOTES_TEXT], "",
               "Checkouts: " + ", ".join(f"`{p}` at {c[:7]}" for p, c in env["checkouts"].items()) + "."]  # fmt: skip
     output.write_text("\n".join(lines) + "\n")
