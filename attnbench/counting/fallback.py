@@ -41,11 +41,14 @@ def run_meta_first(
     device: str,
     activation_bytes: int | None,
     limit_bytes: int = CPU_FALLBACK_LIMIT_BYTES,
+    meta_refusal: Callable[[nn.Module], str | None] | None = None,
 ) -> MacReport:
     """Run `body` on a copy of `module` on `device`; if meta fails, on the CPU when the case fits in memory.
 
     `activation_bytes` is the caller's estimate of peak activations (from the attnbench counter); when it is
-    None it is estimated here. Errors become a report with a status and reason, InvalidCaseError excepted.
+    None it is estimated here. `meta_refusal` says, without trying, why the counter cannot run this module on
+    meta (its attempt would only cost time): the CPU is then tried at once, with that reason. Errors become a
+    report with a status and reason, InvalidCaseError excepted.
     """
     start = time.perf_counter()
     dtype = module_dtype(module)
@@ -55,12 +58,15 @@ def run_meta_first(
         report = body(work, make_input(shape, where, dtype), label)
         return _timed(report, time.perf_counter() - start)
 
+    refused = meta_refusal(module) if meta_refusal is not None and device == "meta" else None
     try:
+        if refused:
+            raise RuntimeError(refused)
         return attempt(device, device)
     except InvalidCaseError:
         raise
     except Exception as exc:
-        first = short_reason(exc, 120)
+        first = refused or short_reason(exc, 120)
         if device != "meta":
             return _timed(unavailable(counter, first, shape, device, "failed"), time.perf_counter() - start)
     if activation_bytes is None:

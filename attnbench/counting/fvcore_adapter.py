@@ -90,4 +90,18 @@ def count_fvcore(
         import fvcore.nn  # noqa: F401
     except ImportError as exc:
         return unavailable("fvcore", f"fvcore is not installed ({exc}); pip install fvcore", shape, device)
-    return run_meta_first("fvcore", _body, module, shape, device, activation_bytes)
+    return run_meta_first("fvcore", _body, module, shape, device, activation_bytes, meta_refusal=meta_refusal)
+
+
+#: Why fvcore goes straight to the CPU for a module with a convolution (its failed meta attempt cost 0.6-0.8 s on
+#: SMT-S, measured with benchmarks/counting_backbone.py).
+CONV_ON_META = "fvcore cannot trace a convolution on meta"
+
+
+def meta_refusal(module: nn.Module) -> str | None:
+    """Why fvcore cannot count this module on the meta device, known without trying (None: try it).
+
+    fvcore traces with torch.jit, and under the tracer the meta kernel of a convolution checks its output shape
+    with traced tensors (torch._check raises "cond must be a bool, but got a Tensor"): every convolution fails.
+    """
+    return CONV_ON_META if any(isinstance(m, nn.modules.conv._ConvNd) for m in module.modules()) else None
