@@ -233,7 +233,8 @@ ModulesArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="Zoo names (see `attnbench list`), or your own: path/to/file.py:Name or package.module:Name "
-        "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code)."
+        "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code), or an "
+        "explicit call built as written, with literal arguments and no dim: 'models/van.py:van_b0(pretrained=False)'."
     ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]

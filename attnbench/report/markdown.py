@@ -168,12 +168,15 @@ def _output_notes_markdown(results: Sequence[Result]) -> list[str]:
     )
     if not notes:
         return []
+    marked = any(r.output_differs for r in results if r.ok and r.reason)
+    legend = (
+        f"`{SHAPE_MARK}` in the Status column: the output's shape differs from the input's (normal for a network, "
+        "a mistake for a block)."
+    )
     lines = [
         "## Notes on outputs",
         "",
-        f"`{SHAPE_MARK}` in the Status column: the output's shape differs from the input's (normal for a network, "
-        "a mistake for a block).",
-        "",
+        *([legend, ""] if marked else []),
         "| Module | C | H x W | B | note |",
         "|---|---:|---:|---:|---|",
     ]
