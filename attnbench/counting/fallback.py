@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -26,6 +27,44 @@ from attnbench.errors import InvalidCaseError
 CounterBody = Callable[[nn.Module, torch.Tensor, str], MacReport]
 
 
+@dataclass(frozen=True)
+class Policy:
+    """What a counter needs of run_meta_first beyond "meta first, then the CPU if it fits"."""
+
+    #: Why the counter cannot run this module on meta, known without trying (its attempt would only cost time):
+    #: the CPU is then tried at once, with that reason. None: try meta.
+    meta_refusal: Callable[[nn.Module], str | None] | None = None
+    #: The counter only reads the module (fvcore traces it): a module whose weights already live on the device is
+    #: counted as it is, without a copy (its hooks and train/eval modes are put back after).
+    reads_only: bool = False
+
+
+DEFAULT_POLICY = Policy()
+
+
+def _lives_on(module: nn.Module, device: str) -> bool:
+    """True when every parameter and buffer of `module` is a real tensor on `device` (and it has some)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    return bool(tensors) and all(t.device.type == device and not t.is_meta for t in tensors)
+
+
+@contextlib.contextmanager
+def untouched(module: nn.Module) -> Iterator[None]:
+    """Give the module back as it came: its train/eval modes, and no hook a counter left behind on a failure."""
+    modes = {m: m.training for m in module.modules()}
+    hooks = {m: (dict(m._forward_pre_hooks), dict(m._forward_hooks)) for m in module.modules()}
+    try:
+        yield
+    finally:
+        for m, (pre, post) in hooks.items():
+            for key in set(m._forward_pre_hooks) - set(pre):
+                del m._forward_pre_hooks[key]
+            for key in set(m._forward_hooks) - set(post):
+                del m._forward_hooks[key]
+        for m, training in modes.items():
+            m.train(training)
+
+
 def estimate_activation_bytes(module: nn.Module, shape: Sequence[int]) -> int | None:
     """Peak live activation bytes from the attnbench counter on meta (None when it cannot tell)."""
 
@@ -41,24 +80,26 @@ def run_meta_first(
     device: str,
     activation_bytes: int | None,
     limit_bytes: int = CPU_FALLBACK_LIMIT_BYTES,
-    meta_refusal: Callable[[nn.Module], str | None] | None = None,
+    policy: Policy = DEFAULT_POLICY,
 ) -> MacReport:
     """Run `body` on a copy of `module` on `device`; if meta fails, on the CPU when the case fits in memory.
 
     `activation_bytes` is the caller's estimate of peak activations (from the attnbench counter); when it is
-    None it is estimated here. `meta_refusal` says, without trying, why the counter cannot run this module on
-    meta (its attempt would only cost time): the CPU is then tried at once, with that reason. Errors become a
+    None it is estimated here. `policy` says what the counter needs beyond that (see Policy). Errors become a
     report with a status and reason, InvalidCaseError excepted.
     """
     start = time.perf_counter()
     dtype = module_dtype(module)
 
     def attempt(where: str, label: str) -> MacReport:
-        work = copy_to(module, where)
-        report = body(work, make_input(shape, where, dtype), label)
+        if policy.reads_only and _lives_on(module, where):
+            with untouched(module):  # counted as it is: no copy of its weights
+                report = body(module.eval(), make_input(shape, where, dtype), label)
+        else:
+            report = body(copy_to(module, where), make_input(shape, where, dtype), label)
         return _timed(report, time.perf_counter() - start)
 
-    refused = meta_refusal(module) if meta_refusal is not None and device == "meta" else None
+    refused = policy.meta_refusal(module) if policy.meta_refusal is not None and device == "meta" else None
     try:
         if refused:
             raise RuntimeError(refused)
