@@ -126,27 +126,35 @@ def _print_counts(result: Breakdown, out: Console, by: str) -> None:
 
 
 def _print_times(timed: Timed, row: Result, out: Console) -> None:
-    """The operator table and what the profiler's overhead does to the figures."""
-    table = Table(title=f"{row.backend}: aten operators of one step by self time (torch.profiler, {timed.calls} calls)")
-    # "\\[" keeps rich from reading a unit in brackets as markup.
-    for header in ("Operator", "Calls", "Self \\[ms]", "Self %", "Total \\[ms]", "MACs", "GFLOP/s"):
-        table.add_column(header, justify="left" if header == "Operator" else "right", no_wrap=True)
-    for op in timed.ops[:TOP_OPERATORS]:
-        rate = op.rate
-        table.add_row(
-            op.name,
-            f"{op.calls:g}",
-            f"{1e3 * op.self_s:.3f}",
-            f"{100 * op.self_share:.1f}",
-            f"{1e3 * op.total_s:.3f}",
-            MISSING if op.macs is None else fmt.si(op.macs),
-            MISSING if rate is None else f"{rate / 1e9:.3g}",
-        )
+    """The operator table (fitted to the console: nothing is cut) and what the profiler's overhead does."""
+    table = _op_table(timed, row, full=True)
+    if Measurement.get(out, out.options.update_width(UNCONSTRAINED), table).maximum > out.width:
+        table = _op_table(timed, row, full=False)  # Self % and Total give way; names and numbers stay whole
     out.print(table)
     more = len(timed.ops) - TOP_OPERATORS
     if more > 0:
         out.print(f"... and {more} more operators", highlight=False)
     out.print(_overhead_line(timed), highlight=False)
+
+
+def _op_table(timed: Timed, row: Result, full: bool) -> Table:
+    """The aten operators of one profiled step by self time; `full=False` leaves out Self % and Total."""
+    title = f"{row.backend}: aten operators of one step by self time (torch.profiler, {timed.calls} calls)"
+    table = Table(title=title)
+    # "\\[" keeps rich from reading a unit in brackets as markup.
+    headers = ["Operator", "Calls", "Self \\[ms]", "Self %", "Total \\[ms]", "MACs", "GFLOP/s"]
+    if not full:
+        headers = [h for h in headers if h not in ("Self %", "Total \\[ms]")]
+    for header in headers:
+        table.add_column(header, justify="left" if header == "Operator" else "right", no_wrap=True)
+    for op in timed.ops[:TOP_OPERATORS]:
+        rate = op.rate
+        cells = [op.name if full else op.name.removeprefix("aten::"), f"{op.calls:g}", f"{1e3 * op.self_s:.3f}"]
+        if full:
+            cells += [f"{100 * op.self_share:.1f}", f"{1e3 * op.total_s:.3f}"]
+        cells += [MISSING if op.macs is None else fmt.si(op.macs), MISSING if rate is None else f"{rate / 1e9:.3g}"]
+        table.add_row(*cells)
+    return table
 
 
 def _overhead_line(timed: Timed) -> str:

@@ -126,3 +126,18 @@ def test_by_needs_breakdown_and_a_known_grouping(capsys: pytest.CaptureFixture[s
     assert code == 2 and "--by type: only with --breakdown" in err
     code, _, err = run(capsys, *"profile lka --breakdown --by layer --metrics params".split())
     assert code == 2 and "--by layer: allowed: module, type" in err
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_operator_table_fits_the_terminal_without_cutting_a_name_or_number(width: int) -> None:
+    from attnbench.breakdown import breakdown
+    from attnbench.cli.breakdown import _print_times
+
+    row = Result.for_case(Case("lka", 16, 8, 8), latency_median_s=1e-3)
+    timed = breakdown(row).timed
+    assert timed is not None
+    buf = io.StringIO()
+    _print_times(timed, row, Console(file=buf, width=width))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines() if line.startswith("│")) <= width
+    assert ("│ aten::conv2d" in text) == (width >= 120) and ("Total [ms]" in text) == (width >= 120)
