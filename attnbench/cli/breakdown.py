@@ -145,8 +145,9 @@ def _op_table(timed: Timed, row: Result, full: bool) -> Table:
     headers = ["Operator", "Calls", "Self \\[ms]", "Self %", "Total \\[ms]", "MACs", "GFLOP/s"]
     if not full:
         headers = [h for h in headers if h not in ("Self %", "Total \\[ms]")]
-    for header in headers:
-        table.add_column(header, justify="left" if header == "Operator" else "right", no_wrap=True)
+    table.add_column("Operator", overflow="fold")  # a long name folds onto a second line on a narrow terminal
+    for header in headers[1:]:
+        table.add_column(header, justify="right", no_wrap=True)
     for op in timed.ops[:TOP_OPERATORS]:
         rate = op.rate
         cells = [op.name if full else op.name.removeprefix("aten::"), f"{op.calls:g}", f"{1e3 * op.self_s:.3f}"]
