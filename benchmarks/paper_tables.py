@@ -222,12 +222,11 @@ def check_breakdowns(found: dict[str, Path]) -> list[dict[str, Any]]:
                    "--metrics", "params,macs", "--breakdown", *extra, "--quiet"]  # fmt: skip
             started = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            title = "per module class" if extra else "per submodule"
             checks.append({
                 "models": [m.name for m in MODELS if m.repo == marker],
                 "command": "--breakdown" + (" --by type" if extra else ""),
                 "exit_code": done.returncode,
-                "tables": done.stdout.count(title),
+                "tables": done.stdout.count("\nbuilt on "),  # one line per breakdown, under its table
                 "seconds": time.perf_counter() - started,
                 "stderr_tail": " ".join(done.stderr.split())[-300:] if done.returncode else "",
             })  # fmt: skip
@@ -383,7 +382,7 @@ def write(records: list[dict[str, Any]], output: Path, env: dict[str, Any]) -> N
         lines += ["", "## `--breakdown` on every network", "",
                   "`attnbench profile MODELS --dim 3 --res 224 --metrics params,macs --breakdown [--by type]`, one run "
                   "per repository (all its models in one run):", "",
-                  "| models | command | exit code | breakdown tables | seconds |",
+                  "| models | command | exit code | breakdowns printed | seconds |",
                   "|---|---|---:|---:|---:|"]  # fmt: skip
         for c in env["breakdowns"]:
             lines.append(
