@@ -1,7 +1,7 @@
 # attnbench for reproducible hardware runs.
 #   CPU  (default): docker build -t attnbench .
 #   CUDA:           docker build -t attnbench:cuda --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
-#                       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#                       --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg ONNXRUNTIME=onnxruntime-gpu .
 #   run:            docker run --rm [--gpus all] -v "$PWD/out:/out" attnbench compare --all -o /out/report.md
 #   behind a proxy or a mirror: add `--secret id=pip.conf,src=PIP_CONF --secret id=pip-ca,src=CA_BUNDLE`
 #                   (and `--build-arg TORCH_INDEX=` if the mirror holds the CPU wheel); see README.md, Docker.
@@ -14,6 +14,9 @@ FROM ${BASE_IMAGE}
 # own configured index (a mirror holding the CPU wheel, for instance).
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
+# The ONNX Runtime build: the project's CPU one, or onnxruntime-gpu (CUDA 12, cuDNN 9: the CUDA base image's) for the
+# CUDA image, so that its ort-cuda backend has a CUDA provider. One import package: the CPU build goes first.
+ARG ONNXRUNTIME=onnxruntime
 
 # The version is pyproject.toml's (tests/test_packaging.py keeps them equal).
 LABEL org.opencontainers.image.title="attnbench" \
@@ -42,13 +45,17 @@ COPY pyproject.toml README.md ./
 COPY attnbench ./attnbench
 
 # pip's configuration (index, proxy, certificates) and a CA bundle may come in as build secrets: mounted for
-# this step only, never stored in a layer. Without them pip uses its defaults.
+# this step only, never stored in a layer. Without them pip uses its defaults. ONNXRUNTIME is not pinned, as the
+# project's own onnxruntime>=1.18 is not.
+# hadolint ignore=DL3013
 RUN --mount=type=secret,id=pip.conf --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip.conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip.conf; fi \
     && if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
     && if [ -n "${TORCH_INDEX}" ]; then python3 -m pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"; \
        else python3 -m pip install "torch==${TORCH_VERSION}"; fi \
-    && python3 -m pip install .
+    && python3 -m pip install . \
+    && if [ "${ONNXRUNTIME}" != onnxruntime ]; then \
+         python3 -m pip uninstall -y onnxruntime && python3 -m pip install "${ONNXRUNTIME}"; fi
 
 # Reports go to /out, usually a bind mount of a host directory. The container runs as root so that it can
 # write there whoever owns it; pass `--user "$(id -u):$(id -g)"` to write files as yourself instead.

@@ -11,9 +11,11 @@ import datetime as _dt
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,14 @@ def git_commit() -> str:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+#: How attnbench sets TF32 on a GPU (recorded in the environment of a machine with one).
+TF32_POLICY = (
+    "float32 rows run in true float32 unless the scenario says --tf32: cuda sets torch.backends.cuda.matmul."
+    "allow_tf32 and torch.backends.cudnn.allow_tf32 per case (restored after it), ort-cuda the CUDA provider's "
+    "use_tf32"
+)
+
+
 def gpu_info() -> dict[str, Any]:
     """GPU name, driver and CUDA versions, or Nones without a GPU."""
     import torch  # torch: env without --probe never imports it
@@ -92,6 +102,12 @@ def gpu_info() -> dict[str, Any]:
         return info
     info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
     info["gpu_count"] = torch.cuda.device_count()
+    from attnbench.backends.cuda import tf32_flags  # torch's CUDA switches: only a machine with a GPU reads them
+
+    # What this process had before attnbench pins TF32 per case (off for float32 unless --tf32).
+    # NVIDIA_TF32_OVERRIDE=0 turns TF32 off in cuBLAS and cuDNN for every library, whatever they ask for.
+    override = os.environ.get("NVIDIA_TF32_OVERRIDE")
+    info["tf32"] = {"policy": TF32_POLICY, "torch_flags_at_start": tf32_flags(), "NVIDIA_TF32_OVERRIDE": override}
     smi = nvidia_smi()
     info["gpu_driver"] = smi.get("gpu_driver")
     info["gpu_sm_clock"] = smi.get("gpu_sm_clock")
@@ -115,6 +131,20 @@ def nvidia_smi() -> dict[str, Any]:
     first = out.stdout.strip().splitlines()[0].split(", ") if out.stdout.strip() else []
     keys = ("gpu", "gpu_driver", "gpu_sm_clock", "gpu_power_draw")
     return dict(zip(keys, first, strict=False))
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that made the record, as a shell would take it back: 'attnbench compare --all -o r.html' (the
+    command line interface under any of its names), else the Python program and its arguments."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv:
+        return ""
+    program = Path(argv[0])
+    if program.name == "attnbench" or program.parts[-3:] == ("attnbench", "cli", "__main__.py"):
+        head = ["attnbench"]
+    else:
+        head = ["python", program.name] if program.suffix == ".py" else [program.name]
+    return shlex.join(head + argv[1:])
 
 
 def static_environment() -> dict[str, Any]:

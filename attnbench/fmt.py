@@ -22,8 +22,6 @@ BYTE_UNITS = (("KiB", 2.0**10), ("MiB", 2.0**20), ("GiB", 2.0**30), ("TiB", 2.0*
 MESSAGE_BYTE_UNITS = (("B", 1.0), *BYTE_UNITS, ("PiB", 2.0**50), ("EiB", 2.0**60))
 #: Time units for a column of seconds.
 TIME_UNITS = (("µs", 1e-6), ("ms", 1e-3), ("s", 1.0))
-#: A column's unit is raised until its largest value has at most this many integer digits (10200 ms is fine).
-MAX_INT_DIGITS = 5
 #: Fixed notation is used from 10^-SMALLEST_EXP up to 10^LARGEST_EXP; outside that, scientific is clearer.
 SMALLEST_EXP = 6
 LARGEST_EXP = 15
@@ -58,28 +56,49 @@ def sig(value: Any, digits: int = DIGITS) -> str:
 
 
 def si(value: Any, unit: str = "", digits: int = DIGITS) -> str:
-    """12345678 -> '12.3 M' (decimal prefixes up to E, `digits` significant digits); None -> '-'."""
+    """12345678 -> '12.3 M', 5000000 -> '5.00 M' (decimal prefixes up to E, `digits` significant digits)."""
     if missing(value):
         return MISSING
     v = float(value)
     size = abs(float(sig(v, digits))) if math.isfinite(v) else 0.0  # the prefix of the rounded value
     for factor, prefix in SI_PREFIXES:
         if size >= factor:
-            return f"{sig(v / factor, digits)} {prefix}{unit}"
+            return f"{_keep_zeros(v / factor, digits)} {prefix}{unit}"
     return f"{sig(v, digits)} {unit}".rstrip()
 
 
+def _keep_zeros(value: float, digits: int) -> str:
+    """`value` at `digits` significant digits, trailing zeros kept (5.00, not 5: three digits were counted)."""
+    text = sig(value, digits)
+    if "e" in text:
+        return text
+    have = len(text.replace("-", "").replace(".", "").lstrip("0"))
+    if have >= digits:
+        return text
+    return text + ("" if "." in text else ".") + "0" * (digits - have)
+
+
 def pick_unit(values: Iterable[Any], units: Sequence[tuple[str, float]]) -> tuple[str, float]:
-    """The unit a column reads best in: the one its median is >= 1 of, then larger while the largest value
-    would need more than MAX_INT_DIGITS integer digits (the smallest unit when all values are below it)."""
-    present = sorted(abs(float(v)) for v in values if not missing(v))
+    """The unit a column (or a figure's axis) reads best in: the one whose values print shortest at three
+    significant digits, padding zeros counted twice (39000 KiB reads worse than 38.1 MiB); on a tie, the
+    largest unit the median is >= 1 of (500 µs, not 0.5 ms)."""
+    present = sorted(abs(float(v)) for v in values if not missing(v) and float(v) != 0)
     if not present:
         return units[0]
-    median, top = present[(len(present) - 1) // 2], present[-1]
-    index = max([i for i, (_, factor) in enumerate(units) if median >= factor], default=0)
-    while index + 1 < len(units) and top / units[index][1] >= 10**MAX_INT_DIGITS:
-        index += 1
-    return units[index]
+    median = present[(len(present) - 1) // 2]
+    costs = [max(_print_cost(v / factor) for v in present) for _, factor in units]
+    tied = [i for i, cost in enumerate(costs) if cost == min(costs)]
+    whole = [i for i in tied if median >= units[i][1]]
+    return units[max(whole) if whole else min(tied)]
+
+
+def _print_cost(value: float) -> int:
+    """How long a value prints at DIGITS significant digits, each zero that only pads it counted twice."""
+    text = sig(value)
+    if "e" in text:
+        return 10 * len(text)  # scientific notation only where no unit avoids it
+    digits = len(text.split(".")[0].lstrip("-"))
+    return len(text) + max(0, digits - DIGITS)
 
 
 def in_unit(value: Any, factor: float, digits: int = DIGITS) -> str:

@@ -12,30 +12,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from attnbench.backends import get_backend
-from attnbench.backends.base import Backend, CaseFailed
+from attnbench.backends.base import Backend, CaseFailed, out_of_memory
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
 from attnbench.memory import PeakMemory, pin_allocator
 from attnbench.results import OK, OOM, SKIPPED, Scenario
-from attnbench.timing import CONTENTION_THRESHOLD, Clock, TimingBudget, TimingStats
+from attnbench.timing import CONTENTION_THRESHOLD, LAUNCH_BOUND_FRACTION, Clock, TimingBudget, TimingStats
 
 #: What measure() measures unless told otherwise.
 MEASURES = ("latency", "memory")
-#: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
-OOM_MARKERS = (
-    "out of memory",
-    "can't allocate memory",
-    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
-    "not enough memory",
-    "failed to allocate memory",
-)
 
 
 @dataclass(frozen=True)
@@ -62,6 +55,8 @@ class Measurement:
     extra: dict[str, Any] = field(default_factory=dict)
     #: torch.compile: wall time of the first (compiling) call, not part of the timing; None when not compiled.
     compile_s: float | None = None
+    #: Seconds per call the device was busy (kernels, copies) on a warmed-up call; None on the host, or untimed.
+    device_busy_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -82,7 +77,16 @@ class Measurement:
         }
         if self.timing is not None:
             values.update(latency_values(self.timing, batch))
+            share = self.busy_share
+            values["latency_launch_bound"] = None if share is None else share < LAUNCH_BOUND_FRACTION
         return values
+
+    @property
+    def busy_share(self) -> float | None:
+        """The device's busy time over the median call (None without both): well under 1, the launches set the time."""
+        if self.device_busy_s is None or self.timing is None or not self.timing.median_s > 0:
+            return None
+        return self.device_busy_s / self.timing.median_s
 
     def extra_values(self) -> dict[str, Any]:
         """The row's `extra`: the allocator settings, the backend's details and how the timing went."""
@@ -97,6 +101,8 @@ class Measurement:
                 timing_blocks=t.n_blocks,
                 timing_stop=t.stop,
             )
+        if self.device_busy_s is not None:
+            extra.update(device_busy_s=self.device_busy_s, device_busy_share=self.busy_share)
         return extra
 
 
@@ -119,10 +125,27 @@ def latency_values(timing: TimingStats, batch: int) -> dict[str, Any]:
 
 def is_oom(exc: BaseException, backend: Backend | None = None) -> bool:
     """True for an out-of-memory error: the backend's own type, torch's or Python's, or one that says so."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or (backend is not None and backend.is_oom(exc)):
-        return True
-    # ONNX Runtime raises its own exception types, which derive from Exception, not RuntimeError.
-    return any(marker in str(exc).lower() for marker in OOM_MARKERS)
+    return out_of_memory(exc) or (backend is not None and backend.is_oom(exc))
+
+
+#: Who hears the stages of a measure() call ("exporting", "timing", "memory"): the runner's sink, set by `stages`.
+_LISTENER: ContextVar[Callable[[str], None] | None] = ContextVar("attnbench_stage_listener", default=None)
+
+
+@contextmanager
+def stages(listener: Callable[[str], None]) -> Iterator[None]:
+    """Within this block, measure() names each stage it enters to `listener` (a progress bar names it)."""
+    token = _LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
+
+
+def _stage(name: str) -> None:
+    listener = _LISTENER.get()
+    if listener is not None:
+        listener(name)
 
 
 def _check_args(module: nn.Module, input_shape: Sequence[int], budget: TimingBudget) -> tuple[int, ...]:
@@ -212,6 +235,7 @@ def _prepare_and_run(
 ) -> Measurement | tuple[str, str, dict[str, Any]]:
     """The measurement, or (status, reason, details) of the failure: the caller cleans up outside the handler."""
     t0 = time.perf_counter()
+    _stage(be.preparing(base.scenario))
     try:
         prepared = be.prepare(module, base.input_shape, base.scenario, seed)
     except CaseFailed as exc:
@@ -223,8 +247,14 @@ def _prepare_and_run(
     prepare_s = time.perf_counter() - t0
     try:
         with prepared:
+            if "latency" in metrics:
+                _stage("timing")
             timing = prepared.time(budget, clock) if "latency" in metrics else None
+            # Right after the timed calls, so the device is as warm as the timing found it.
+            busy = prepared.device_busy_s() if timing is not None else None
             t_mem = time.perf_counter()
+            if "memory" in metrics:
+                _stage("memory")
             mem = prepared.peak_memory() if "memory" in metrics else PeakMemory(None, "not requested")
             memory_s = time.perf_counter() - t_mem
     except CaseFailed as exc:
@@ -245,4 +275,5 @@ def _prepare_and_run(
         exporter=prepared.exporter,
         extra={"prepare_s": prepare_s, "memory_s": memory_s, "seed": seed, **prepared.extra},
         compile_s=prepared.compile_s,
+        device_busy_s=busy,
     )

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: How soon a secondary column goes on a narrow terminal (larger: sooner). Module, C, H x W, the varying
-#: identity columns, the headline metric and Status never go.
-P_PARAMS = 10
+#: identity columns, the headline metric, the sorted-by column and Status never go. The costs a reader chooses a
+#: module by (the other backends' latency, then memory) outlast the counts that any report repeats (MACs, params).
+P_OTHER_LATENCY = 6  # cpu against ort is the point of a table of several backends
+P_MEMORY = 8
 P_MACS = 12
-P_OTHER_LATENCY = 20
+P_PARAMS = 14
 P_COMPILE = 24  # torch.compile's first call: what a compiled run is about, beside its latency
 P_THROUGHPUT = 25  # samples/s, shown when the batch or the thread count varies
-P_INSTRUCTIONS = 26  # instructions per call: asked for explicitly (a gate on work), so kept before memory
-P_MEMORY = 30
+P_INSTRUCTIONS = 26  # instructions per call: asked for explicitly (a gate on work)
 P_OTHER_ALLOC = 32  # the latency in the other allocator state, where it is > 10% slower
 P_FLOPS = 40
 P_ACHIEVED = 45
@@ -64,6 +65,10 @@ class Metric:
     when: tuple[str, ...] = ()
     #: A renderer of attnbench.report.columns for a metric shown in a way of its own ("" = by `units`).
     cell: str = ""
+    #: Its name where one column holds every backend's value (the HTML report's table, chart titles).
+    label: str = ""
+    #: What it is, in one short sentence (the HTML report's header tips).
+    doc: str = ""
 
     def summary_column(self, backend: str = "") -> str:
         """The summary column holding this metric (for one backend, if it is pivoted)."""
@@ -71,7 +76,17 @@ class Metric:
 
 
 METRICS: tuple[Metric, ...] = (
-    Metric("params", "params", "count", "Params", P_PARAMS, gate=True, best=True),
+    Metric(
+        "params",
+        "params",
+        "count",
+        "Params",
+        P_PARAMS,
+        gate=True,
+        best=True,
+        label="params",
+        doc="Parameters of the module (sum of numel), buffers excluded.",
+    ),
     Metric(
         "macs",
         "macs_attnbench",
@@ -83,10 +98,39 @@ METRICS: tuple[Metric, ...] = (
         plot="macs.png",
         axis="MACs (attnbench counter)",
         scaling="MACs",
+        label="MACs",
+        doc="Multiply-accumulates of one forward (train: forward + backward), attnbench's counter.",
     ),
-    Metric("flops", "flops_attnbench", "count", "FLOPs", P_FLOPS, best=True),
-    Metric("fvcore", "macs_fvcore", "count", "fvcore÷ours", P_CROSS_CHECK, cell="counter_ratio"),
-    Metric("thop", "macs_thop", "count", "thop÷ours", P_CROSS_CHECK, cell="counter_ratio"),
+    Metric(
+        "flops",
+        "flops_attnbench",
+        "count",
+        "FLOPs",
+        P_FLOPS,
+        best=True,
+        label="FLOPs",
+        doc="The counter's exact FLOPs: 2 per multiply-add, 1 per lone product.",
+    ),
+    Metric(
+        "fvcore",
+        "macs_fvcore",
+        "count",
+        "fvcore÷ours",
+        P_CROSS_CHECK,
+        cell="counter_ratio",
+        label="fvcore÷ours",
+        doc="fvcore's MACs over attnbench's; under/over: off by more than 1%.",
+    ),
+    Metric(
+        "thop",
+        "macs_thop",
+        "count",
+        "thop÷ours",
+        P_CROSS_CHECK,
+        cell="counter_ratio",
+        label="thop÷ours",
+        doc="thop's MACs over attnbench's; under/over: off by more than 1%.",
+    ),
     Metric(
         "memory",
         "peak_mem_bytes",
@@ -98,6 +142,8 @@ METRICS: tuple[Metric, ...] = (
         plot="memory_{backend}.png",
         axis="peak memory {backend} [{unit}]",
         scaling="peak mem {backend}",
+        label="peak memory",
+        doc="Bytes allocated at the peak of one step: activations and temporaries, not weights or input.",
     ),
     Metric(
         "latency",
@@ -111,14 +157,26 @@ METRICS: tuple[Metric, ...] = (
             ("noisy_{backend}", "latency_noisy"),
             ("contended_{backend}", "latency_contended"),
             ("alloc_slower_{backend}", "system_allocator_slower"),
+            ("launch_bound_{backend}", "latency_launch_bound"),
         ),
         best=True,
         plot="latency_{backend}.png",
         axis="latency {backend} [{unit}], median",
         scaling="latency {backend}",
         cell="latency",
+        label="latency",
+        doc="Median time per call over timed blocks, ± the interquartile range.",
     ),
-    Metric("instructions", "instructions", "count", "{backend} instr/call", P_INSTRUCTIONS, pivot="instr_{backend}"),
+    Metric(
+        "instructions",
+        "instructions",
+        "count",
+        "{backend} instr/call",
+        P_INSTRUCTIONS,
+        pivot="instr_{backend}",
+        label="instr/call",
+        doc="Instructions per forward, counted under valgrind (immune to load).",
+    ),
     Metric(
         "throughput",
         "throughput_per_s",
@@ -127,6 +185,8 @@ METRICS: tuple[Metric, ...] = (
         P_THROUGHPUT,
         pivot="throughput_{backend}_per_s",
         when=("batch", "threads"),
+        label="throughput [samples/s]",
+        doc="Batch over the median latency.",
     ),
     Metric(
         "other_allocator",
@@ -136,10 +196,39 @@ METRICS: tuple[Metric, ...] = (
         P_OTHER_ALLOC,
         pivot="other_alloc_{backend}_s",
         cell="other_allocator",
+        label="other allocator",
+        doc="The latency in the other glibc allocator state, where it is more than 10% slower.",
     ),
-    Metric("compile", "compile_s", "plain", "{backend} compile [s]", P_COMPILE, pivot="compile_{backend}_s"),
-    Metric("achieved", "flops_attnbench", "plain", "{backend} {unit}", P_ACHIEVED, cell="roofline"),
-    Metric("parity", "parity_max_abs", "error", "{parity} max|Δ|", P_PARITY, pivot="parity_{backend}"),
+    Metric(
+        "compile",
+        "compile_s",
+        "plain",
+        "{backend} compile [s]",
+        P_COMPILE,
+        pivot="compile_{backend}_s",
+        label="compile [s]",
+        doc="torch.compile's first call (compilation and one run), kept out of the latency.",
+    ),
+    Metric(
+        "achieved",
+        "flops_attnbench",
+        "plain",
+        "{backend} {unit}",
+        P_ACHIEVED,
+        cell="roofline",
+        label="achieved",
+        doc="The counted FLOPs over the median latency, and their share of the measured peak.",
+    ),
+    Metric(
+        "parity",
+        "parity_max_abs",
+        "error",
+        "{parity} max|Δ|",
+        P_PARITY,
+        pivot="parity_{backend}",
+        label="max|Δ|",
+        doc="Largest difference from PyTorch eager on the same input (ONNX Runtime, torch.compile).",
+    ),
 )
 #: The metrics counted once per geometry (not per backend): a summary row takes the first value of its rows.
 COUNTED = tuple(m for m in METRICS if not m.pivot and m.cell != "roofline")

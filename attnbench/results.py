@@ -228,6 +228,15 @@ class Scenario:
         label=" ort_opt={}",
         words={level: f"ORT graph optimisation {level}" for level in ORT_OPT_LEVELS[:-1]},
     )
+    tf32: bool = _axis(
+        False,
+        option="--tf32",
+        help="TensorFloat-32 for float32 matmuls and convolutions on CUDA (torch and ONNX Runtime); off: true float32",
+        choices=_ON_OFF,
+        header="TF32",
+        label=" tf32",
+        words={True: "TF32 on"},
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -383,6 +392,9 @@ class Result:
     latency_calls: int | None = None
     latency_noisy: bool | None = None  # IQR/median > 10%, or the median not known to the asked precision in budget
     latency_contended: bool | None = None  # other processes used > 5% of a core while timing
+    #: GPU busy (kernels and copies, from the profiler) for less than LAUNCH_BOUND_FRACTION of the median call: the
+    #: host's launches, not the GPU, set the time (cuda, ort-cuda only).
+    latency_launch_bound: bool | None = None
     latency_ci_rel: float | None = None  # half-width of the 95% CI on the median / median (achieved precision)
     throughput_per_s: float | None = None  # samples per second: batch / median latency
     minor_faults_per_call: float | None = None  # in the headline allocator state (`allocator`)
@@ -397,6 +409,8 @@ class Result:
     instructions: int | None = None  # Callgrind instructions per forward call (cpu, 1 thread); a work measure
     peak_mem_bytes: int | None = None
     peak_mem_method: str = ""
+    #: CUDA: the caching allocator's max_memory_reserved() during the step, a total (weights, input, cached blocks),
+    #: where peak_mem_bytes is a delta above what was allocated before the step.
     reserved_mem_bytes: int | None = None
     parity_max_abs: float | None = None
     exporter: str = ""

@@ -25,9 +25,13 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 MATMUL_SIZES = {"cpu": (512, 1024), "cuda": (4096, 8192)}
 #: Bytes copied for the bandwidth (well beyond the last-level cache of the CPU's share and of a GPU's L2).
 COPY_BYTES = {"cpu": 256 * 2**20, "cuda": 1024 * 2**20}
-#: Each rate is the best call over at least this many seconds and MIN_CALLS calls.
+#: Each rate is the best call over at least this many seconds after a warm-up call (a call longer than that:
+#: one timed call).
 MIN_SECONDS = 0.25
-MIN_CALLS = 3
+#: A larger matmul whose call would take longer than this (the last size's time x the cube of the size ratio) is
+#: skipped: a CPU without fast bfloat16 matmuls (0.5 GFLOP/s on the 2-core VM) spent 8.5 s per 1024 call, 35 s in
+#: all, before timing 1.8 s of cases; the smaller size still bounds the roof from below.
+SLOW_MATMUL_S = 1.0
 
 PeakKey = tuple[str, str, int]  # (device, dtype, threads); threads is 0 for a GPU
 
@@ -115,6 +119,12 @@ def measure_peaks(keys: Iterable[PeakKey]) -> list[dict[str, Any]]:
     return records
 
 
+def measured_here() -> list[dict[str, Any]]:
+    """The roofs this process has measured, as env["peaks"] records them (for rows that come without their
+    environment, such as attnbench.profile()'s)."""
+    return [asdict(peak) for peak in _CACHE.values()]
+
+
 def _measure(device: str, dtype: str, threads: int) -> Peak:
     import torch  # torch: env records without --probe measure no roof
 
@@ -124,18 +134,28 @@ def _measure(device: str, dtype: str, threads: int) -> Peak:
     previous = torch.get_num_threads()
     if device == "cpu":
         torch.set_num_threads(max(1, threads))
+    tf32 = None
+    if device == "cuda":
+        from attnbench.backends.cuda import restore_tf32, set_tf32  # torch's CUDA switches: a GPU roof only
+
+        # The float32 roof is true float32's, as attnbench runs float32 rows unless --tf32.
+        tf32 = set_tf32(False)
 
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
     try:
-        flops, sizes = 0.0, MATMUL_SIZES[device]
-        for n in sizes:
+        flops, sizes, skipped = 0.0, [], ""
+        for n in MATMUL_SIZES[device]:
+            if sizes and 2.0 * n**3 / flops > SLOW_MATMUL_S:
+                skipped = f"; {n} skipped: a call would take {2.0 * n**3 / flops:.1f} s"
+                break
             a = torch.randn(n, n, device=device).to(torch_dtype)
             b = torch.randn(n, n, device=device).to(torch_dtype)
             c = torch.empty(n, n, device=device, dtype=torch_dtype)
             flops = max(flops, _best_rate(lambda a=a, b=b, c=c: torch.mm(a, b, out=c), 2.0 * n**3, sync))
+            sizes.append(n)
             del a, b, c
         size = _copy_bytes(device)
         src = torch.ones(size // DTYPE_BYTES[dtype], device=device, dtype=torch_dtype)
@@ -143,9 +163,12 @@ def _measure(device: str, dtype: str, threads: int) -> Peak:
         bandwidth = _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * src.element_size(), sync)
     finally:
         torch.set_num_threads(previous)
+        if tf32 is not None:
+            restore_tf32(tf32)
     method = (
-        f"best call of square {dtype} matmuls ({', '.join(map(str, sizes))}) and of a "
-        f"{size // 2**20} MiB copy (read + write), each over >= {MIN_SECONDS} s"
+        f"best call of square {dtype} matmuls ({', '.join(map(str, sizes))}{skipped}"
+        + ("; TF32 off" if device == "cuda" and dtype == "float32" else "")
+        + f") and of a {size // 2**20} MiB copy (read + write), each over >= {MIN_SECONDS} s"
     )
     return Peak(device, dtype, threads, flops, bandwidth, method)
 
@@ -165,11 +188,12 @@ def _copy_bytes(device: str) -> int:
 
 
 def _best_rate(fn: Callable[[], Any], work: float, sync: Callable[[], None]) -> float:
-    """Work per second of the fastest call (after one warm-up call) over MIN_SECONDS and MIN_CALLS."""
+    """Work per second of the fastest call (after one warm-up call) over MIN_SECONDS, or of one call when a single
+    call outlasts MIN_SECONDS."""
     fn()
     sync()
     best, calls, started = float("inf"), 0, time.perf_counter()
-    while calls < MIN_CALLS or time.perf_counter() - started < MIN_SECONDS:
+    while calls == 0 or time.perf_counter() - started < MIN_SECONDS:
         t0 = time.perf_counter()
         fn()
         sync()

@@ -27,7 +27,7 @@ from attnbench.backends import get_backend
 from attnbench.backends.base import host_available_bytes
 from attnbench.counting import count_all, count_params
 from attnbench.counting.rules import VIEW
-from attnbench.env import environment, machine_label
+from attnbench.env import command_line, environment, machine_label
 from attnbench.errors import (
     AttnbenchError,
     BackendUnavailableError,
@@ -38,7 +38,7 @@ from attnbench.errors import (
 )
 from attnbench.guards import guard, time_limit
 from attnbench.instructions import InstructionBatch, check_available
-from attnbench.measurement import is_oom, measure
+from attnbench.measurement import is_oom, measure, stages
 from attnbench.results import Case, Result
 from attnbench.roofline import key_of
 from attnbench.settings import RunOptions
@@ -70,7 +70,8 @@ class Sink:
         """The run begins: its environment record and the cases it plans."""
 
     def stage(self, case: Case, stage: str) -> None:
-        """`case` enters a stage: "counting", "building" or "measuring"."""
+        """`case` enters a stage: "counting", "building", "measuring", then the measurement's own ("exporting",
+        "compiling", "preparing", "timing", "memory", "timing the other allocator")."""
 
     def row(self, row: Result) -> None:
         """A case finished (ok or not): its row."""
@@ -79,7 +80,7 @@ class Sink:
         """A line about the run as a whole (the valgrind pass)."""
 
     def finish(self, outcome: RunOutcome) -> None:
-        """The run ended (completed, failed cases, or interrupted): every row, final."""
+        """The run ended (completed, failed cases, or interrupted): every row, final, and the gate's verdict."""
 
 
 @dataclass
@@ -122,6 +123,7 @@ def run_sweep(
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
+    env["command"] = command_line()  # what a report's reader would type to measure again
     env["sweep"] = sweep.record()  # so `report` can put merged shards back in plan order
     if sweep.shard is not None:
         env["shard"] = f"{sweep.shard[0]}/{sweep.shard[1]}"
@@ -132,10 +134,13 @@ def run_sweep(
     with torch_threads(threads):
         outcome = run(cases, options, sink)
     outcome.env = env
-    sink.finish(outcome)
-    if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
-        again = options.without_instructions()
-        outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    try:
+        if gate is not None and baseline is not None and outcome.results and not outcome.interrupted:
+            again = options.without_instructions()
+            outcome.verdict = gate.judge(outcome.results, baseline, env, lambda case: run([case], again).results)
+    finally:
+        # After the gate, so a report can carry its verdict; whatever the gate does, the sink hears the end.
+        sink.finish(outcome)
     return outcome
 
 
@@ -458,10 +463,11 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     try:
         estimate = backend.memory_estimate(counted.estimate_bytes, case)
         guard(estimate, backend.free_memory(), backend.memory_name, options.force)
-        with time_limit(options.time_limit_s):
+        with time_limit(options.time_limit_s), stages(lambda stage: run_.sink.stage(case, stage)):
             values, extra = _measure(module, case, options)
             timed = values.get("status") == R.OK and values.get("latency_median_s") is not None
             if backend.allocator_states and timed and run_.worker is not None:
+                run_.sink.stage(case, "timing the other allocator")
                 values, extra = other_state(run_.worker, case, (values, extra), options.budget, options.seed)
         values["extra"] = json.dumps(extra, sort_keys=True, default=str)
         # The output's note (counted once) stays beside the backend's own reason.
@@ -472,7 +478,13 @@ def _run_case(module: torch.nn.Module, case: Case, spec: ModuleSpec, counted: _C
     except Exception as exc:
         if debug():
             traceback.print_exc()
-        return failure_row(case, exc, base)
+        row = failure_row(case, exc, base)
+    # Outside the handler: its traceback no longer holds the failed step's frames and tensors, so the backend can
+    # really give their memory back before the next case's guard reads what is free (PyTorch's FAQ on OOM). A case
+    # refused before it ran (unavailable backend, the guard) left nothing to give back.
+    if row.status not in R.REFUSED:
+        backend.cleanup_after_failure()
+    return row
 
 
 def _measure(module: torch.nn.Module, case: Case, options: RunOptions) -> tuple[dict[str, Any], dict[str, Any]]:

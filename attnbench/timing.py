@@ -68,6 +68,9 @@ STOP_PRECISION, STOP_BUDGET, STOP_FUTILE, STOP_FIXED = "precision", "budget", "f
 NOISE_THRESHOLD = 0.10
 #: Other processes using more than this many cores during timing flag the run as contended.
 CONTENTION_THRESHOLD = 0.05
+#: A device busy (kernels and copies, from the profiler) for less than this share of the median call marks the
+#: row launch-bound: the host's kernel launches and synchronisation, not the device's work, set its latency.
+LAUNCH_BOUND_FRACTION = 0.5
 
 Clock = Callable[[], float]
 Sync = Callable[[], None]

@@ -1,11 +1,15 @@
 """The CUDA checks of benchmarks/gpu_check.sh: timing against torch.utils.benchmark, memory against the allocator.
 
-  check    attnbench's CUDA latency against torch.utils.benchmark.Timer (whose timer synchronises the GPU) on
-           TIMING_CASE, interleaved over rounds, within 3%; its CUDA peak memory against a hand-run
-           torch.cuda.max_memory_allocated protocol and the analytic output size of a Linear, exactly. Writes
-           the figures as JSON. Exit 0 when every check passes, 1 with a one-line reason when one fails, and 0
-           with a one-line "skipped" when torch sees no CUDA device.
-  summary  results/gpu_check.md from the script's step log, the merged compare-cuda report and the checks.
+  setup    that this python has a CUDA torch (it installs none), then the carried wheels (pip --no-index --target)
+           and that every package attnbench and its tests import is there; exit 1 with what is missing.
+  check    attnbench's CUDA latency against torch.utils.benchmark.Timer on TIMING_CASE, both timing a call to its
+           end on the GPU (a synchronize after each call, as attnbench's cuda backend does), interleaved over
+           rounds, within 3%; its CUDA peak memory against a hand-run torch.cuda.max_memory_allocated protocol and
+           the analytic output size of a Linear, exactly. Writes the figures as JSON. Exit 0 when every check
+           passes, 1 with a one-line reason when one fails, and 0 with a one-line "skipped" when torch sees no
+           CUDA device.
+  summary  results/gpu_check.md from the script's step log, the merged compare-cuda report and the checks, with
+           what it could not check.
 
 Run by benchmarks/gpu_check.sh; alone: python benchmarks/gpu_check.py check --out results/gpu_check.json
 """
@@ -17,6 +21,7 @@ import csv
 import functools
 import json
 import statistics
+import subprocess
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +39,19 @@ LINEAR_SHAPE = (1024, 4096)
 LINEAR_PEAK_BYTES = 1024 * 4096 * 4
 MEMORY_MODULE_CASE = {"module": "mhsa", "dim": 64, "res": 28, "batch": 1}
 PREFIX = "gpu_check.py"
+#: What a 6-minute check leaves out whatever the machine has (the summary lists these beside what was unavailable).
+NOT_COVERED = (
+    "`--compile` on CUDA: inductor's first compile takes tens of seconds per case, more than a 6-minute check has",
+    "`--tf32 on` in the sweeps: TF32 runs in the CUDA tests only (the flags set and restored, one small module)",
+    "`--channels-last`, `--autocast` and more than one GPU",
+)
+
+
+#: What attnbench and its tests import, by import name: setup checks each is there once the wheels are in.
+NEEDED = (
+    "fvcore", "thop", "typer", "rich", "pandas", "tabulate", "onnx", "onnxruntime", "onnxscript", "matplotlib",
+    "pytest", "hypothesis",
+)  # fmt: skip
 
 
 class CheckFailed(Exception):
@@ -49,6 +67,45 @@ def _cuda_or_none() -> str | None:
     if not torch.cuda.is_available():
         return f"torch {torch.__version__} sees no CUDA device"
     return None
+
+
+def setup(wheels: Path, site: Path) -> int:
+    """Check for a CUDA torch, install the carried wheels into `site` from `wheels` (no network), check imports."""
+    import torch
+
+    if not (torch.backends.cuda.is_built() and torch.cuda.is_available()):
+        print(
+            f"{PREFIX}: {sys.executable} has no usable CUDA torch (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda}, a GPU seen: {torch.cuda.is_available()}): this check installs none "
+            "(docs/gpu-check.md)",
+            file=sys.stderr,
+        )
+        return 1
+    carried = sorted(wheels.glob("*.whl"))
+    if carried:
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile"]
+        pip += ["--no-cache-dir", "--upgrade", "--target", str(site), *map(str, carried)]
+        if subprocess.run(pip, check=False).returncode != 0:
+            print(f"{PREFIX}: installing the carried wheels from {wheels} failed (above)", file=sys.stderr)
+            return 1
+    # A fresh interpreter: it finds what was just installed on the PYTHONPATH this script runs under.
+    probe = "import importlib.util as u, sys; sys.exit(' '.join(m for m in sys.argv[1:] if not u.find_spec(m)))"
+    missing = subprocess.run([sys.executable, "-c", probe, *NEEDED], capture_output=True, text=True, check=False)
+    if missing.returncode != 0:
+        print(
+            f"{PREFIX}: missing: {missing.stderr.strip()}; run benchmarks/gpu_check.sh --prepare where there is "
+            f"network and carry {wheels}/ ({len(carried)} wheels here)",
+            file=sys.stderr,
+        )
+        return 1
+    import onnxruntime
+
+    print(
+        f"{PREFIX}: torch {torch.__version__} (CUDA {torch.version.cuda}) on {torch.cuda.get_device_name()}; "
+        f"onnxruntime {onnxruntime.__version__} with {onnxruntime.get_available_providers()}; "
+        f"{len(carried)} carried wheels in {site}"
+    )
+    return 0
 
 
 def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> dict[str, Any]:
@@ -67,8 +124,11 @@ def timing_agreement(case: dict[str, int], rounds: int, min_run_time: float) -> 
     with attnbench.get_backend("cuda").prepare(module, shape, attnbench.Scenario()) as prepared:
 
         def forward() -> Any:
+            # One call to its end on the GPU: attnbench's definition of a CUDA call's latency.
             with torch.inference_mode():
-                return prepared.module(prepared.x)
+                out = prepared.module(prepared.x)
+            torch.cuda.synchronize()
+            return out
 
         for _ in range(10):  # Timer's own warm-up is one call: warm cuDNN's autotuning first
             forward()
@@ -110,6 +170,7 @@ def memory_truth() -> list[dict[str, Any]]:
     from torch import nn
 
     import attnbench
+    from attnbench.backends.cuda import restore_tf32, set_tf32
 
     checks = []
     linear = nn.Linear(LINEAR_SHAPE[1], LINEAR_SHAPE[1])
@@ -123,9 +184,16 @@ def memory_truth() -> list[dict[str, Any]]:
         ours = attnbench.measure(module, shape, backend="cuda", metrics=("memory",)).peak_bytes
         gpu = module.to("cuda").eval()
         x = torch.randn(shape, device="cuda")
-        with torch.inference_mode():
-            gpu(x)  # warm: cuBLAS workspace and cuDNN plans are allocated on the first call
-            direct = direct_peak(functools.partial(gpu, x))
+        # The settings attnbench's cuda backend runs under (TF32 off, cuDNN autotuning), so both pick the same kernels.
+        tf32, benchmark = set_tf32(False), torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            with torch.inference_mode():
+                gpu(x)  # warm: cuBLAS workspace and cuDNN plans are allocated on the first call
+                direct = direct_peak(functools.partial(gpu, x))
+        finally:
+            restore_tf32(tf32)
+            torch.backends.cudnn.benchmark = benchmark
         checks.append(
             {
                 "case": name,
@@ -204,8 +272,25 @@ def summary(steps: Path, report: Path, checks: Path | None, out: Path) -> int:
         lines += _result_counts(loaded.results, report.name)
     if checks is not None and checks.exists():
         lines += _check_lines(json.loads(checks.read_text()))
+    lines += _not_checked(loaded.env if loaded is not None else None)
     out.write_text("\n".join(lines) + "\n")
     return 0
+
+
+def _not_checked(env: dict[str, Any] | None) -> list[str]:
+    """What this run could not check: the GPU backends that were unavailable (with why), and NOT_COVERED."""
+    recorded = (env or {}).get("available_backends") or {}
+    if not recorded:  # no report was written: ask this machine
+        from attnbench.backends import available_backends  # torch: only the summary of a run without a report
+
+        recorded = available_backends()
+    lines = ["## Not checked", ""]
+    for name in ("cuda", "ort-cuda"):
+        entry = recorded.get(name) or {}
+        if not entry.get("available"):
+            lines.append(f"- `{name}`: unavailable here, its rows are `skipped`: {entry.get('reason', 'not recorded')}")
+    lines += [f"- {item}" for item in NOT_COVERED]
+    return [*lines, ""]
 
 
 def _result_counts(rows: Sequence[Any], name: str) -> list[str]:
@@ -214,6 +299,10 @@ def _result_counts(rows: Sequence[Any], name: str) -> list[str]:
     lines = [f"`{name}`: {len(rows)} rows.", ""]
     lines += ["| backend | dtype | mode | status | rows |", "|---|---|---|---|---:|"]
     lines += [f"| {b} | {d} | {m} | {s} | {n} |" for (b, d, m, s), n in sorted(counts.items())]
+    timed = [r for r in rows if r.latency_launch_bound is not None]
+    if timed:
+        bound = sum(bool(r.latency_launch_bound) for r in timed)
+        lines += ["", f"Launch-bound (`L`: the GPU busy for under half the call): {bound} of {len(timed)} timed rows."]
     bad = [r for r in rows if r.status not in ("ok", "invalid")]
     if bad:
         lines += ["", "First cases that did not complete:", ""]
@@ -247,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse the subcommand and run it."""
     parser = argparse.ArgumentParser(prog=PREFIX, description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    u = sub.add_parser("setup", help="check the CUDA torch, install the carried wheels, check the imports")
+    u.add_argument("--wheels", type=Path, default=Path(".gpu-wheels"))
+    u.add_argument("--site", type=Path, required=True)
     c = sub.add_parser("check", help="timing and memory checks (needs a CUDA GPU)")
     c.add_argument("--out", type=Path, default=Path("results/gpu_check.json"))
     s = sub.add_parser("summary", help="the Markdown summary of a gpu_check.sh run")
@@ -255,6 +347,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--checks", type=Path)
     s.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.command == "setup":
+        return setup(args.wheels, args.site)
     if args.command == "check":
         return check(args.out)
     return summary(args.steps, args.report, args.checks, args.out)

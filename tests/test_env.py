@@ -97,6 +97,20 @@ def test_nvidia_smi_parses_the_first_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert env.nvidia_smi() == {}
 
 
+def test_gpu_info_records_how_tf32_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(env, "nvidia_smi", lambda: {"gpu_driver": "580.159.04"})
+    monkeypatch.setenv("NVIDIA_TF32_OVERRIDE", "0")
+    info = env.gpu_info()
+    assert info["gpu"] == "NVIDIA H200" and info["gpu_driver"] == "580.159.04"
+    assert info["tf32"]["policy"] == env.TF32_POLICY and "unless the scenario says --tf32" in env.TF32_POLICY
+    assert info["tf32"]["torch_flags_at_start"]["api"] in ("allow_tf32", "fp32_precision")
+    assert info["tf32"]["NVIDIA_TF32_OVERRIDE"] == "0"
+
+
 def test_gpu_info_without_a_gpu_is_nones(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert env.gpu_info() == {"gpu": None, "gpu_driver": None, "cuda": torch.version.cuda}

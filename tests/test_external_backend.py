@@ -45,7 +45,13 @@ def test_it_is_listed_and_built(plugin: Path) -> None:
     assert backends.list_backends()[-1] == "mycpu"
     backend = backends.get_backend("mycpu")
     assert backend.name == "mycpu" and backend.available()[0]
-    assert backend.facts() == {"device": "cpu", "marker": "o", "parity": "compiled", "ignores": ["ort_opt_level"]}
+    assert backend.facts() == {
+        "device": "cpu",
+        "marker": "o",
+        "parity": "compiled",
+        "ignores": ["ort_opt_level", "tf32"],
+        "sync": "",
+    }
 
 
 def test_profile_reaches_every_report(plugin: Path, capsys: pytest.CaptureFixture[str]) -> None:

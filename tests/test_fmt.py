@@ -31,10 +31,12 @@ def test_sig_is_fixed_notation_with_three_digits(value: float | None, text: str)
     [
         (12_345_678, "12.3 M"),
         (999, "999"),
-        (1.5e9, "1.5 G"),
-        (999_600, "1 M"),  # rounds up into the next prefix, not '1e+03 K'
-        (3.6e16, "36 P"),  # was '3.6e+04 T'
+        (1.5e9, "1.50 G"),
+        (999_600, "1.00 M"),  # rounds up into the next prefix, not '1e+03 K'
+        (3.6e16, "36.0 P"),  # was '3.6e+04 T'
         (17_822, "17.8 K"),
+        (4_998_784, "5.00 M"),  # three significant digits: was '5 M'
+        (355, "355"),
         (None, "-"),
     ],
 )
@@ -62,15 +64,19 @@ def test_memory_unit_is_picked_per_column() -> None:
     unit, factor = fmt.pick_unit(column, fmt.BYTE_UNITS)
     assert unit == "MiB"
     assert [fmt.in_unit(v, factor) for v in column] == ["0.191", "2500"]
-    assert fmt.pick_unit([3 * 2**30, 5 * 2**30, 2**20], fmt.BYTE_UNITS)[0] == "GiB"  # the median decides
+    # The shortest values win, a padding zero counted twice: 3070, 5120 and 1 MiB, not 0.000977 GiB.
+    assert fmt.pick_unit([3 * 2**30, 5 * 2**30, 2**20], fmt.BYTE_UNITS)[0] == "MiB"
+    assert fmt.pick_unit([191 * 2**10, 39000 * 2**10, 700 * 2**10], fmt.BYTE_UNITS)[0] == "MiB"  # not 39000 KiB
     assert fmt.pick_unit([4096, 8192], fmt.BYTE_UNITS)[0] == "KiB"
-    assert fmt.pick_unit([1e6 * 2**20, 1], fmt.BYTE_UNITS)[0] == "GiB"  # no value gets more than 5 digits
+    assert fmt.pick_unit([1e6 * 2**20, 2**20], fmt.BYTE_UNITS)[0] == "GiB"  # not 1000000 MiB
     assert fmt.pick_unit([None], fmt.BYTE_UNITS)[0] == "KiB"
 
 
 def test_time_unit_is_picked_per_column() -> None:
     unit, factor = fmt.pick_unit([10.2, 0.066, 0.0012], fmt.TIME_UNITS)  # was '1.02e+04 ±66' ms
-    assert (unit, fmt.in_unit(10.2, factor), fmt.in_unit(0.066, factor, 2)) == ("ms", "10200", "66")
+    assert (unit, fmt.in_unit(10.2, factor), fmt.in_unit(0.0012, factor)) == ("s", "10.2", "0.0012")
+    assert fmt.pick_unit([0.0955e-3, 0.259], fmt.TIME_UNITS)[0] == "ms"  # 0.0955 and 259, not 95.5 and 259000
+    assert fmt.pick_unit([5e-4], fmt.TIME_UNITS)[0] == "µs"  # a tie: 500 µs rather than 0.5 ms
     assert fmt.pick_unit([4.69e-5, 0.182], fmt.TIME_UNITS)[0] == "ms"  # 182000 µs would be too many digits
     assert fmt.pick_unit([4.69e-5], fmt.TIME_UNITS)[0] == "µs"
     assert fmt.pick_unit([12.0, 30.0], fmt.TIME_UNITS)[0] == "s"
@@ -92,7 +98,7 @@ def test_errors_and_ratios() -> None:
 
 def test_a_unit_follows_the_prefix() -> None:
     assert fmt.si(1.5e11, "FLOP/s") == "150 GFLOP/s"
-    assert fmt.si(6e9, "B/s") == "6 GB/s"
+    assert fmt.si(6e9, "B/s") == "6.00 GB/s"
     assert fmt.si(12, "B") == "12 B"
     assert fmt.si(0.5, "s", digits=2) == "0.5 s"
 

@@ -18,10 +18,10 @@ import attnbench
 import attnbench.backends as backends
 from attnbench.backends.base import Backend, CaseFailed, Prepared
 from attnbench.errors import BackendUnavailableError, InvalidCaseError
-from attnbench.measurement import MEASURES, Measurement, is_oom, latency_values, measure
+from attnbench.measurement import MEASURES, Measurement, is_oom, latency_values, measure, stages
 from attnbench.memory import PeakMemory
 from attnbench.results import OK, OOM, PARITY_FAILED, SKIPPED, Scenario
-from attnbench.timing import MIN_BLOCKS, Sync, TimingBudget, summarize
+from attnbench.timing import LAUNCH_BOUND_FRACTION, MIN_BLOCKS, Sync, TimingBudget, summarize
 
 #: The fewest calls a timing makes: one warm-up call, then MIN_BLOCKS blocks of one call.
 TINY = TimingBudget(min_run_time=0.0, max_run_time=1e-9, precision=None, warmup_s=0.0, warmup_calls=1)
@@ -312,9 +312,24 @@ def test_row_values_are_the_rows_columns_in_base_units() -> None:
         "minor_faults_per_call": 1.5,
         # Five blocks bound no median: an infinite interval is no number in a row.
         "latency_ci_rel": None,
+        # A host backend has no device busy time: neither launch-bound nor not.
+        "latency_launch_bound": None,
     }
     failed = _measurement(status=PARITY_FAILED, timing=None, exporter="dynamo").row_values(batch=1)
     assert failed["exporter"] == "dynamo" and "latency_median_s" not in failed
+
+
+@pytest.mark.parametrize(("busy_s", "launch_bound"), [(1.4e-3, True), (1.5e-3, False), (2.9e-3, False)])
+def test_a_gpu_row_is_launch_bound_when_its_device_was_busy_under_half_the_median(
+    busy_s: float, launch_bound: bool
+) -> None:
+    m = _measurement(device_busy_s=busy_s)  # median 3 ms
+    assert LAUNCH_BOUND_FRACTION == 0.5 and m.busy_share == pytest.approx(busy_s / 3e-3)
+    assert m.row_values(batch=1)["latency_launch_bound"] is launch_bound
+    extra = m.extra_values()
+    assert extra["device_busy_s"] == busy_s and extra["device_busy_share"] == pytest.approx(busy_s / 3e-3)
+    # Without a timing there is no share to judge.
+    assert _measurement(device_busy_s=busy_s, timing=None).busy_share is None
 
 
 def test_extra_values_add_the_allocator_and_how_the_timing_went() -> None:
@@ -336,3 +351,22 @@ def test_latency_values_guard_the_throughput_and_the_interval() -> None:
     assert latency_values(six, batch=2)["latency_ci_rel"] == pytest.approx(0.5)
     assert latency_values(six, batch=2)["throughput_per_s"] == 2.0
     assert not math.isinf(latency_values(six, batch=2)["latency_ci_rel"])
+
+
+# ---------------------------------------------------------------- stages
+
+
+def test_a_listener_hears_each_stage_of_a_measurement(scripted: Callable[..., Scripted]) -> None:
+    scripted()
+    heard: list[str] = []
+    with stages(heard.append):
+        assert measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3)).ok
+    assert heard == ["preparing", "timing", "memory"]
+    measure(nn.Identity(), (1, 2), "scripted", budget=TINY, clock=SteppingClock(1e-3))
+    assert len(heard) == 3  # outside the block nobody hears
+
+
+def test_each_backend_names_its_preparation() -> None:
+    assert backends.get_backend("ort").preparing(Scenario()) == "exporting"
+    assert backends.get_backend("cpu").preparing(Scenario(compile=True)) == "compiling"
+    assert backends.get_backend("cpu").preparing(Scenario()) == "preparing"

@@ -12,6 +12,7 @@ from torch import nn
 from attnbench import memory
 from attnbench.memory import (
     ALLOCATOR_ENV,
+    CUDA_PEAK_METHOD,
     PeakMemory,
     allocator_settings,
     cpu_peak_bytes,
@@ -107,6 +108,54 @@ def test_the_system_state_worker_keeps_glibcs_thresholds(monkeypatch: pytest.Mon
 
 def test_peak_memory_has_no_reserved_bytes_unless_told() -> None:
     assert PeakMemory(10, "counted").reserved_bytes is None
+
+
+class FakeAllocator:
+    """torch.cuda's allocator counters, played by hand: what is allocated now, and the peak since the last reset."""
+
+    def __init__(self, resident: int) -> None:
+        self.allocated = self.peak = resident
+        self.calls: list[str] = []
+
+    def alloc(self, nbytes: int) -> None:
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+
+    def free(self, nbytes: int) -> None:
+        self.allocated -= nbytes
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Stand in for torch.cuda's counters (no GPU needed)."""
+        cuda = torch.cuda
+        monkeypatch.setattr(cuda, "synchronize", lambda device=None: self.calls.append("sync"))
+        monkeypatch.setattr(cuda, "memory_allocated", lambda device=None: self.allocated)
+        monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: self.peak)
+        monkeypatch.setattr(cuda, "max_memory_reserved", lambda device=None: 2 * self.peak)
+        monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda device=None: self._reset())
+
+    def _reset(self) -> None:
+        self.calls.append("reset")
+        self.peak = self.allocated
+
+
+def test_cuda_peak_counts_what_the_step_allocates_above_weights_and_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.memory import cuda_peak
+
+    # 1 MiB of weights and input resident; a step that allocates 4 KiB and 16 KiB, frees the 4 KiB, keeps 16 KiB.
+    allocator = FakeAllocator(resident=2**20)
+    allocator.install(monkeypatch)
+
+    def step() -> str:
+        allocator.alloc(4096)
+        allocator.alloc(16384)
+        allocator.free(4096)
+        return "output"
+
+    peak = cuda_peak(step)
+    assert peak.peak_bytes == 4096 + 16384  # the weights and the input are not counted
+    assert peak.reserved_bytes == 2 * (2**20 + 4096 + 16384) and peak.method == CUDA_PEAK_METHOD
+    # The step's work is finished (synchronised) before the peak is read, and the peak reset before it ran.
+    assert allocator.calls == ["sync", "reset", "sync"]
 
 
 @pytest.mark.cuda

@@ -125,8 +125,9 @@ def test_two_environments_merge_into_a_cross_hardware_table(
     text = md.read_text()
     legend = text[text.index("## Machines") : text.index("## Across machines")]
     assert f"| M1 | {here} |" in legend and "| M2 | Imaginary Other 9999, torch" in legend
-    # The main table names machines by alias (the labels are long), one row per machine and case.
-    assert [row.split(" | ")[3] for row in _table_rows(text)[2:]] == ["M1", "M1", "M2", "M2"]
+    # The main table names machines by alias (the labels are long), one row per machine and case; sorted by MACs,
+    # as `report` sorts, so each case's machines stand together.
+    assert [row.split(" | ")[3] for row in _table_rows(text)[2:]] == ["M1", "M2", "M1", "M2"]
     table = _table_rows(text[text.index("## Across machines") :])
     # One time unit for both machines, picked from the values (these tiny cases run in microseconds).
     assert re.fullmatch(r"\| Module \| C \| H x W \| backend \| M1 \[(µs|ms)\] \| M2 \[\1\] \| M2÷M1 \|", table[0])

@@ -10,7 +10,8 @@ import pytest
 from attnbench import results as R
 from attnbench.results import Case, Result, Scenario
 
-#: The flat columns of schema 2 as attnbench 0.1 wrote them (before compile_mode, autocast and ort_opt_level).
+#: The flat columns of schema 2 as attnbench 0.1 wrote them (before compile_mode, autocast, ort_opt_level, tf32 and
+#: latency_launch_bound).
 SCHEMA_2_COLUMNS = (
     "module", "dim", "height", "width", "batch", "backend", "dtype", "threads", "kwargs", "mode", "channels_last",
     "compile", "layout", "allocator", "status", "reason", "machine", "source_hash", "params", "macs_attnbench",
@@ -23,8 +24,10 @@ SCHEMA_2_COLUMNS = (
 )  # fmt: skip
 FIELDS = (
     "dtype", "threads", "mode", "channels_last", "compile", "layout", "allocator", "compile_mode", "autocast",
-    "ort_opt_level",
+    "ort_opt_level", "tf32",
 )  # fmt: skip
+#: What came after schema 2: scenario fields (after allocator) and row columns (beside their kin).
+NEW_COLUMNS = ("compile_mode", "autocast", "ort_opt_level", "tf32", "latency_launch_bound")
 
 
 # ---------------------------------------------------------------- Scenario and its axes
@@ -44,6 +47,7 @@ def test_scenario_fields_and_defaults_in_order() -> None:
         "compile_mode": "default",
         "autocast": "off",
         "ort_opt_level": "all",
+        "tf32": False,
     }
     assert dataclasses.asdict(Scenario()) == R.SCENARIO_DEFAULTS
 
@@ -69,7 +73,7 @@ def test_vocabulary_is_the_axes_choices() -> None:
     assert R.axis("threads").choices is None
     assert R.DEFAULT_USER_LAYOUT == "image" and R.NO_BACKEND == "none"
     assert R.REFUSED == (R.INVALID, R.SKIPPED, R.GUARDED)
-    assert [name for name, axis in R.axes().items() if axis.flag] == ["channels_last", "compile"]
+    assert [name for name, axis in R.axes().items() if axis.flag] == ["channels_last", "compile", "tf32"]
 
 
 @pytest.mark.parametrize(
@@ -311,11 +315,11 @@ COUNTING_COLUMNS = (
 
 def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() -> None:
     at = R.COLUMNS.index("allocator")
-    assert R.COLUMNS[at + 1 : at + 4] == ("compile_mode", "autocast", "ort_opt_level")
+    assert R.COLUMNS[at + 1 : at + 5] == ("compile_mode", "autocast", "ort_opt_level", "tf32")
+    assert R.COLUMNS[R.COLUMNS.index("latency_contended") + 1] == "latency_launch_bound"
     at = R.COLUMNS.index("counter_notes")
     assert R.COLUMNS[at + 1 : at + 1 + len(COUNTING_COLUMNS)] == COUNTING_COLUMNS
-    added = ("compile_mode", "autocast", "ort_opt_level", *COUNTING_COLUMNS)
-    assert tuple(c for c in R.COLUMNS if c not in added) == SCHEMA_2_COLUMNS
+    assert tuple(c for c in R.COLUMNS if c not in (*NEW_COLUMNS, *COUNTING_COLUMNS)) == SCHEMA_2_COLUMNS
     assert set(R.SCENARIO_FIELDS) <= set(R.COLUMNS) and "scenario" not in R.COLUMNS
     assert len(R.COLUMNS) == len(set(R.COLUMNS))
     assert R.COLUMNS[:6] == R.IDENTITY_FIELDS
@@ -324,7 +328,9 @@ def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() 
 
 def _full_row() -> Result:
     """A row with every scenario field off its default and values of every column type."""
-    scenario = Scenario("bfloat16", 2, "train", True, True, "tokens", "system", "max-autotune", "float16", "basic")
+    scenario = Scenario(
+        "bfloat16", 2, "train", True, True, "tokens", "system", "max-autotune", "float16", "basic", True
+    )
     case = Case("models/attn.py:A", 32, 8, 16, 2, "ort", (("k", 3),), scenario)
     return Result.for_case(case, params=123456789012, latency_median_s=1.5e-3, latency_noisy=True, extra="{}")
 

@@ -113,16 +113,45 @@ class _Clock:
 
 def test_best_rate_is_the_fastest_call_after_a_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = _Clock()
-    durations = iter([4.0, 0.5, 0.25, 0.375, 0.125])  # warm-up, then three calls: enough calls and seconds
+    durations = iter([4.0, 0.125, 0.0625, 0.09375, 0.03125])  # warm-up, then three calls fill MIN_SECONDS
     synced: list[bool] = []
 
     def fn() -> None:
         clock.now += next(durations)
 
     monkeypatch.setattr(roofline, "time", clock)
-    assert roofline._best_rate(fn, 100.0, lambda: synced.append(True)) == 100.0 / 0.25
+    assert roofline._best_rate(fn, 100.0, lambda: synced.append(True)) == 100.0 / 0.0625
     assert len(synced) == 4  # after the warm-up and after each timed call
-    assert next(durations) == 0.125  # the fourth call was never made
+    assert next(durations) == 0.03125  # the fourth call was never made
+
+
+def test_a_call_longer_than_min_seconds_is_timed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()
+    durations = iter([0.75, 0.5, 0.125])  # exact in binary
+
+    def fn() -> None:
+        clock.now += next(durations)
+
+    monkeypatch.setattr(roofline, "time", clock)
+    assert roofline._best_rate(fn, 1.0, lambda: None) == 1 / 0.5
+    assert next(durations) == 0.125
+
+
+def test_a_matmul_too_slow_to_time_is_skipped_and_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 0.5 GFLOP/s, as bfloat16 matmuls on a CPU without them: the 64 call would take 1 s and more.
+    monkeypatch.setattr(roofline, "MATMUL_SIZES", {"cpu": (32, 64)})
+    monkeypatch.setattr(roofline, "COPY_BYTES", {"cpu": 2**20})
+    monkeypatch.setattr(roofline, "SLOW_MATMUL_S", 2.0 * 64**3 / 1e5 - 0.1)
+    timed: list[float] = []
+
+    def rate(fn: Any, work: float, sync: Any) -> float:
+        timed.append(work)
+        return 1e5
+
+    monkeypatch.setattr(roofline, "_best_rate", rate)
+    peak = roofline._measure("cpu", "bfloat16", 1)
+    assert timed == [2.0 * 32**3, 2 * 2**20]  # the 32 matmul and the copy: no 64 matmul
+    assert "matmuls (32; 64 skipped: a call would take 5.2 s)" in peak.method
 
 
 def test_best_rate_runs_until_min_seconds(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,9 @@ every failure with their statuses, time limits, the memory guard, Ctrl-C, and co
 from __future__ import annotations
 
 import json
+import sys
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,20 +130,29 @@ def test_run_sweep_streams_every_row_to_the_sink_between_start_and_finish() -> N
     assert not outcome.interrupted and [r.status for r in outcome.results] == [R.OK] * 4
     assert sink.planned == sweep.cases() and sink.outcome is outcome and sink.rows == outcome.results
     labels = [c.label for c in sweep.cases()]
-    # Per geometry: counted once, built once, then each backend's case measured and its row handed on at once.
+    # Per geometry: counted once, built once, then each backend's case measured, stage by stage (ORT exports;
+    # memory only, so no timing), and its row handed on at once.
     assert sink.events == [
         ("start", 4),
         ("counting", labels[0]),
         ("building", labels[0]),
         ("measuring", labels[0]),
+        ("preparing", labels[0]),
+        ("memory", labels[0]),
         ("row", labels[0]),
         ("measuring", labels[1]),
+        ("exporting", labels[1]),
+        ("memory", labels[1]),
         ("row", labels[1]),
         ("counting", labels[2]),
         ("building", labels[2]),
         ("measuring", labels[2]),
+        ("preparing", labels[2]),
+        ("memory", labels[2]),
         ("row", labels[2]),
         ("measuring", labels[3]),
+        ("exporting", labels[3]),
+        ("memory", labels[3]),
         ("row", labels[3]),
         ("finish", 4),
     ]
@@ -421,6 +432,28 @@ def test_out_of_memory_is_an_oom_row(monkeypatch: pytest.MonkeyPatch, where: str
     assert [r.status for r in outcome.results] == [R.OOM, R.OOM]
     assert "out of memory" in outcome.results[0].reason
     assert outcome.failed == outcome.results
+
+
+def test_a_case_that_raised_is_cleaned_up_after_the_handler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench.backends.cpu import CpuBackend
+
+    held: list[weakref.ref] = []
+    cleanups: list[tuple[bool, bool]] = []
+
+    def fails_holding_a_tensor(*args: Any) -> Any:
+        activations = torch.empty(1024)  # what a failed forward's frame holds on the GPU
+        held.append(weakref.ref(activations))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def cleanup(self: CpuBackend) -> None:
+        # No exception is being handled any more, and the traceback that kept the frame's tensors alive is gone.
+        cleanups.append((sys.exc_info()[0] is None, held[-1]() is None))
+
+    monkeypatch.setattr(runner, "_measure", fails_holding_a_tensor)
+    monkeypatch.setattr(CpuBackend, "cleanup_after_failure", cleanup)
+    outcome = run([Case("lka", 16, 8, 8)], FAST_OPTIONS)
+    assert [r.status for r in outcome.results] == [R.FAILED]
+    assert cleanups == [(True, True)]
 
 
 def test_a_failing_build_fails_every_case_of_its_geometry_and_the_next_runs(monkeypatch: pytest.MonkeyPatch) -> None:

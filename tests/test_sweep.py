@@ -81,6 +81,28 @@ def test_the_cpu_backend_plans_each_case_once_over_ort_opt_levels() -> None:
     ]
 
 
+def test_tf32_is_planned_on_the_cuda_backends_and_in_float32_only() -> None:
+    # TF32 is a CUDA setting of float32 matmuls: the CPU backends run each case once, and so does a bfloat16 module.
+    backends = ("cpu", "ort", "cuda", "ort-cuda")
+    scenarios = {"tf32": (False, True), "dtype": ("float32", "bfloat16")}
+    sweep = Sweep(("lka",), (16,), ((8, 8),), backends=backends, scenarios=scenarios)
+    planned = [(c.backend, c.scenario.dtype, c.scenario.tf32) for c in sweep.cases()]
+    assert sorted(planned) == sorted(
+        [
+            ("cpu", "float32", False),
+            ("cpu", "bfloat16", False),
+            ("ort", "float32", False),
+            ("ort", "bfloat16", False),
+            ("cuda", "float32", False),
+            ("cuda", "float32", True),
+            ("cuda", "bfloat16", False),
+            ("ort-cuda", "float32", False),
+            ("ort-cuda", "float32", True),
+            ("ort-cuda", "bfloat16", False),
+        ]
+    )
+
+
 def test_compile_mode_without_compile_settles_onto_the_default() -> None:
     sweep = Sweep(("lka",), (16,), ((8, 8),), scenarios={"compile_mode": ("default", "max-autotune")})
     assert [c.scenario for c in sweep.cases()] == [Scenario()]

@@ -42,7 +42,7 @@ BUILT_IN: dict[str, str] = {
 }
 _INSTANCES: dict[str, Backend] = {}
 #: What a report assumes of a backend it cannot load and whose run recorded nothing about it.
-UNKNOWN_FACTS: dict[str, Any] = {"device": "cpu", "marker": "x", "parity": "", "ignores": []}
+UNKNOWN_FACTS: dict[str, Any] = {"device": "cpu", "marker": "x", "parity": "", "ignores": [], "sync": ""}
 
 
 class UnknownBackendError(BackendUnavailableError, ValueError):

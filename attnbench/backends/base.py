@@ -46,6 +46,16 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 #: The one free-memory reading of the host (MemAvailable), for backends that allocate in RAM.
 MEMINFO = "/proc/meminfo"
+#: Words in an error message that mean memory ran out, from any allocator (torch, CUDA, ONNX Runtime, the OS).
+OOM_MARKERS = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",  # the OS's own words (ENOMEM): "[Errno 12] Cannot allocate memory"
+    "not enough memory",
+    "failed to allocate memory",
+)
+#: How a host-timed call is synchronised, for backends that compute where the host clock cannot see.
+SYNC_PER_CALL = "per call: the host clock reads after the device finished each call"
 
 
 class CaseFailed(Exception):
@@ -57,6 +67,25 @@ class CaseFailed(Exception):
         self.reason = reason
         #: Partial results worth keeping in the row (exporter, parity_max_abs, extra, ...).
         self.details = details
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """True for an out-of-memory error, or one raised from it: torch's or Python's type, or a message that says so.
+
+    ONNX Runtime's exceptions derive from Exception, not RuntimeError, so its OOM is known by its message; dynamo
+    wraps an error of a compiled call in its own type, naming the original in the message and `inner_exception`.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError | torch.OutOfMemoryError):
+            return True
+        if any(marker in str(current).lower() for marker in OOM_MARKERS):
+            return True
+        inner = getattr(current, "inner_exception", None)
+        current = current.__cause__ or (inner if isinstance(inner, BaseException) else None)
+    return False
 
 
 def torch_dtype(dtype: str, module_name: str = "measure") -> torch.dtype:
@@ -131,6 +160,10 @@ class Prepared(ABC):
     def peak_memory(self) -> PeakMemory:
         """Peak bytes allocated during one warmed-up step, with what the number counts."""
 
+    def device_busy_s(self) -> float | None:
+        """Seconds per call the device was busy (kernels, copies) on a warmed-up call; None on the host."""
+        return None
+
     def close(self) -> None:
         """Undo process-wide settings (threads, cudnn flags) and free resources."""
         return None
@@ -171,10 +204,15 @@ class Backend(ABC):
     marker: ClassVar[str] = "x"
     #: Whether torch.profiler sees its operators' times (a timed --breakdown reads them).
     profiles_operators: ClassVar[bool] = False
+    #: How a timed call is synchronised with the device it computes on ("" on the host: nothing to wait for).
+    sync: ClassVar[str] = ""
 
     def settle(self, scenario: Scenario) -> Scenario:
-        """The scenario as this backend runs it: fields it ignores at their defaults, idle dependants too."""
+        """The scenario as this backend runs it: fields it ignores at their defaults, idle dependants too, and TF32
+        off for a bfloat16 or float16 module (it has no float32 matmul to round)."""
         idle = {name: SCENARIO_DEFAULTS[name] for name in self.ignores}
+        if scenario.dtype != "float32":
+            idle["tf32"] = SCENARIO_DEFAULTS["tf32"]
         return dataclasses.replace(scenario, **idle).settled() if idle else scenario.settled()
 
     def refusal(self, scenario: Scenario) -> str | None:
@@ -199,6 +237,10 @@ class Backend(ABC):
     @abstractmethod
     def available(self) -> tuple[bool, str]:
         """(True, what will run) or (False, why not) on this machine."""
+
+    def preparing(self, scenario: Scenario) -> str:
+        """What prepare() does for `scenario`, in a word a progress bar shows ("exporting", "compiling")."""
+        return "preparing"
 
     @abstractmethod
     def prepare(self, module: nn.Module, input_shape: Sequence[int], scenario: Scenario, seed: int = 0) -> Prepared:
@@ -226,4 +268,10 @@ class Backend(ABC):
 
     def facts(self) -> dict[str, Any]:
         """What a report needs to know of this backend without it installed: recorded in the environment."""
-        return {"device": self.device, "marker": self.marker, "parity": self.parity, "ignores": list(self.ignores)}
+        return {
+            "device": self.device,
+            "marker": self.marker,
+            "parity": self.parity,
+            "ignores": list(self.ignores),
+            "sync": self.sync,
+        }

@@ -64,6 +64,8 @@ class CpuBackend(TorchBackend):
     allocator_states = True
     marker = "o"
     profiles_operators = True
+    # TF32 is a CUDA setting of cuBLAS and cuDNN: a CPU row ignores it (one row, not one per value).
+    ignores = (*TorchBackend.ignores, "tf32")
 
     def available(self) -> tuple[bool, str]:
         """Always available."""

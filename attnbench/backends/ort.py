@@ -39,12 +39,14 @@ from attnbench.backends.base import (
     STATUS_EXPORT_FAILED,
     STATUS_PARITY_FAILED,
     STATUS_SESSION_FAILED,
+    SYNC_PER_CALL,
     Backend,
     CaseFailed,
     Prepared,
     make_input,
+    out_of_memory,
 )
-from attnbench.backends.cuda import gpu_free_bytes
+from attnbench.backends.cuda import busy_or_note, gpu_free_bytes, gpu_load_facts, release_gpu_memory
 from attnbench.backends.export_cache import EXPORTS, Graph, module_fingerprint
 from attnbench.capture import captured
 from attnbench.counting.base import tensor_outputs
@@ -58,6 +60,10 @@ PARITY_ATOL = 1e-4
 #: ...and, for outputs smaller than 1, at most this fraction of the largest |output|: an absolute bound alone
 #: cannot fail for a module whose outputs are ~1e-5 (mhsa's upstream init), whatever ORT returns.
 PARITY_RTOL = 1e-4
+#: With --tf32 the CUDA provider rounds each matmul and convolution factor to TF32's 10-bit mantissa (unit
+#: round-off 2**-11, about 4.9e-4) against PyTorch's true float32 reference: allow 1% of the largest |output|,
+#: which a wrong graph (errors of the size of the output) still exceeds. Not yet measured on a GPU.
+TF32_PARITY_RTOL = 1e-2
 try:  # a dependency, but a machine may lack it: then available() says so rather than the import failing
     import onnx
     import onnxruntime as ort
@@ -157,8 +163,10 @@ def _reuse_torchlib_registry() -> None:
         pass
 
 
-def parity_limit(scale: float) -> float:
-    """Largest |ORT - PyTorch| accepted for outputs whose largest magnitude is `scale`."""
+def parity_limit(scale: float, tf32: bool = False) -> float:
+    """Largest |ORT - PyTorch| accepted for outputs whose largest magnitude is `scale` (TF32: a share of it)."""
+    if tf32 and scale > 0:
+        return TF32_PARITY_RTOL * scale
     return min(PARITY_ATOL, PARITY_RTOL * scale) if 0 < scale < 1 else PARITY_ATOL
 
 
@@ -193,6 +201,8 @@ def export_onnx(
                 if not ok:
                     errors.append(f"{exporter}: no file written")
             except Exception as exc:
+                if out_of_memory(exc):  # the machine's limit, not the exporter's: measure() reports an oom
+                    raise
                 ok = False
                 errors.append(f"{exporter}: {_short(exc)}")
         if ok:
@@ -252,7 +262,7 @@ OPT_LEVELS = {
 }
 
 
-def session_options(threads: int, opt_level: str = "all") -> Any:
+def session_options(threads: int, opt_level: str = "all", log_severity: int = 3) -> Any:
     """SessionOptions: explicit threads, the graph optimisation level asked for, sequential execution, quiet logs."""
 
     opts = ort.SessionOptions()
@@ -260,9 +270,87 @@ def session_options(threads: int, opt_level: str = "all") -> Any:
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Errors only: the session's warnings (e.g. unused initialisers) are not results.
-    opts.log_severity_level = 3
+    # Errors only (3) unless told: the session's warnings (e.g. unused initialisers) are not results.
+    opts.log_severity_level = log_severity
     return opts
+
+
+def cuda_provider_options(device_id: int, tf32: bool) -> dict[str, str]:
+    """The CUDA execution provider's options: torch's current device, and TF32 as the scenario says.
+
+    ORT's own default is TF32 on (`use_tf32{true}` in cuda_execution_provider_info.h): left alone, a "float32"
+    row would be a TF32 one, compared with PyTorch's true float32 at 1e-4.
+    """
+    return {"device_id": str(device_id), "use_tf32": "1" if tf32 else "0"}
+
+
+def quiet_run_options() -> Any:
+    """RunOptions that log errors only: a run's warnings would land on the terminal in the middle of a table."""
+    options = ort.RunOptions()
+    options.log_severity_level = 3
+    return options
+
+
+#: What ORT says at session start about nodes it did not put on the asked provider (kept in the row's extra).
+_PLACEMENT = ("Memcpy nodes are added", "not assigned to the preferred execution providers")
+
+
+def _placement_notes(console: str) -> list[str]:
+    """ORT's lines about nodes placed off the asked provider (shape ops on the CPU, copies between them)."""
+    lines = [_clean(ln) for ln in _ANSI.sub("", console).splitlines()]
+    return [ln.split("] ", 1)[-1][:300] for ln in lines if any(p in ln for p in _PLACEMENT)]
+
+
+#: The date and time ORT's log lines start with.
+_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ ")
+
+
+def _with_console(reason: str, console: str, limit: int = 600) -> str:
+    """A failure reason with what ONNX Runtime itself printed (why a provider did not load, for instance): its last
+    whole lines, without their time stamps, within `limit` characters."""
+    lines = [_STAMP.sub("", _clean(ln)) for ln in _ANSI.sub("", console).splitlines()]
+    lines = [ln for ln in lines if ln and not any(n in ln for n in _NOISE)]
+    said: list[str] = []
+    for line in reversed(lines):
+        if said and sum(len(s) + 3 for s in said) + len(line) > limit:
+            break
+        said.insert(0, line[-limit:])
+    return f"{reason}; onnxruntime said: {' | '.join(said)}" if said else reason
+
+
+def open_session(
+    model: str | bytes, options: Any, provider: str, provider_options: dict[str, str] | None
+) -> tuple[Any, str]:
+    """(an ORT session that runs on `provider`, what ORT printed while starting it), or CaseFailed(session_failed)
+    with ORT's own reason.
+
+    ORT's fallbacks to the CPU are off: `enable_fallback=0` makes a provider that fails to start raise instead of
+    the session being made again on the CPU, and disable_fallback() stops Run() from moving the session to the
+    CPU after an EPFail (onnxruntime_inference_collection.py: InferenceSession.__init__ and Session.run). A
+    provider whose library does not load is only logged by ORT, and the session starts without it: the check of
+    get_providers() below turns that into a failure that quotes ORT's log line.
+    """
+    providers = [(provider, provider_options)] if provider_options else [provider]
+    out = None
+    try:
+        with captured() as out:
+            session = ort.InferenceSession(model, sess_options=options, providers=providers, enable_fallback=0)
+            session.disable_fallback()
+    except Exception as exc:
+        if out_of_memory(exc):  # the GPU's arena could not hold the weights: measure() reports an oom
+            raise
+        console = (out.text + "\n" + "\n".join(out.warnings)) if out is not None else ""
+        raise CaseFailed(STATUS_SESSION_FAILED, _with_console(_short(exc), console)) from None
+    console = out.text + "\n" + "\n".join(out.warnings)
+    running = session.get_providers()
+    if running[0] != provider:
+        why = f"{provider} did not start (the session runs on {running})"
+        raise CaseFailed(STATUS_SESSION_FAILED, _with_console(why, console))
+    taken = session.get_provider_options().get(provider, {})
+    differs = {k: taken.get(k) for k, v in (provider_options or {}).items() if taken.get(k) != v}
+    if differs:
+        raise CaseFailed(STATUS_SESSION_FAILED, f"{provider} did not take {provider_options} (it has {differs})")
+    return session, console
 
 
 class OrtPrepared(Prepared):
@@ -279,7 +367,9 @@ class OrtPrepared(Prepared):
         threads = self.threads = scenario.threads
         self.opt_level = scenario.ort_opt_level
         self.dtype = "float32"
+        self.tf32 = scenario.tf32
         provider = self.provider = backend.provider
+        self.provider_options = backend.provider_options(scenario)
         was_training = module.training
         module.eval()
         try:
@@ -392,27 +482,17 @@ class OrtPrepared(Prepared):
 
     def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
         """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
-
-        exporter = exporter or self.exporter
+        # A device provider's session logs its warnings at start: ORT says there which nodes it put on the CPU
+        # (shape computations, by design) and how many copies it added between the two.
+        device = self.provider_options is not None
+        options = session_options(self.threads, self.opt_level, log_severity=2 if device else 3)
         try:
-            with captured():
-                # The CUDA EP hands the nodes it lacks to the CPU EP, as ORT deployments do.
-                providers = (
-                    [self.provider]
-                    if self.provider == "CPUExecutionProvider"
-                    else [self.provider, "CPUExecutionProvider"]
-                )
-                options = session_options(self.threads, self.opt_level)
-                session = ort.InferenceSession(model, sess_options=options, providers=providers)
-        except Exception as exc:
-            raise CaseFailed(STATUS_SESSION_FAILED, _short(exc), exporter=exporter) from None
-        # ORT quietly falls back to the CPU when a provider cannot start: that row would time the CPU.
-        if session.get_providers()[0] != self.provider:
-            raise CaseFailed(
-                STATUS_SESSION_FAILED,
-                f"{self.provider} did not start (session runs on {session.get_providers()})",
-                exporter=exporter,
-            )
+            session, console = open_session(model, options, self.provider, self.provider_options)
+        except CaseFailed as exc:
+            exc.details["exporter"] = exporter or self.exporter
+            raise
+        if device:
+            self.extra["ort_placement_warnings"] = _placement_notes(console)
         return session
 
     def _use(self, graph: Graph, mode: str, session: Any) -> None:
@@ -440,7 +520,7 @@ class OrtPrepared(Prepared):
             self.extra.pop(name, None)
 
     def _run_numpy(self, x: torch.Tensor) -> list[np.ndarray]:
-        return self.session.run(self.output_names, {INPUT_NAME: x.numpy()})
+        return self.session.run(self.output_names, {INPUT_NAME: x.numpy()}, quiet_run_options())
 
     def _check_parity(
         self,
@@ -466,6 +546,8 @@ class OrtPrepared(Prepared):
                 with captured():
                     outs = self._run_numpy(xi)
             except Exception as exc:
+                if out_of_memory(exc):  # the device's limit, not a wrong graph: measure() reports an oom
+                    raise
                 raise CaseFailed(
                     STATUS_PARITY_FAILED,
                     f"ORT run at input {tuple(xi.shape)} failed (graph input dims {dims}): {_short(exc)}",
@@ -493,7 +575,7 @@ class OrtPrepared(Prepared):
         # The scale the difference is judged against: a tiny |output| makes any abs diff look good.
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         self.extra["parity_ref_max_abs"] = max(self.extra.get("parity_ref_max_abs", 0.0), scale)
-        limit = parity_limit(scale)
+        limit = parity_limit(scale, self.tf32)
         self.extra["parity_limit"] = min(self.extra.get("parity_limit", limit), limit)
         if diff > limit:
             raise CaseFailed(
@@ -539,21 +621,41 @@ class OrtPrepared(Prepared):
         self.__dict__.pop("_call", None)
 
 
+#: How ORT's CUDA runs are synchronised (recorded in every row and in the environment's backend facts).
+ORT_CUDA_SYNC = (
+    f"{SYNC_PER_CALL} (run_with_iobinding synchronises the provider's stream at the end of each run: ORT's "
+    "default, disable_synchronize_execution_providers not set)"
+)
+
+
 class OrtCudaPrepared(OrtPrepared):
     """ORT on the CUDA execution provider, timed with IO binding (input and output stay on the GPU)."""
 
     def _bind(self, x: torch.Tensor) -> None:
-
-        # Inputs and outputs live on the device, so the timed call moves no data over PCIe.
-        self._x_dev = ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", 0)
+        assert self.provider_options is not None
+        device_id = self.device_id = int(self.provider_options["device_id"])
+        # Inputs and outputs live on the device (torch's current one, as the session), so the timed call moves no
+        # data over PCIe.
+        self._x_dev = ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", device_id)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, self._x_dev)
         for name in self.output_names:  # every output of the module stays on the device
-            binding.bind_output(name, "cuda", 0)
+            binding.bind_output(name, "cuda", device_id)
         self._binding = binding
-        # run_with_iobinding synchronises the compute stream at its end by default: host timing is valid.
-        self._call = functools.partial(self.session.run_with_iobinding, binding)
-        self.extra.update(ort_io_binding=True, ort_cuda_options=self.session.get_provider_options().get(self.provider))
+        # Each run ends with the provider's stream synchronised (OnRunEnd(sync_stream) in ORT's CUDA provider), so
+        # a timed call is a whole call, as the cuda backend's; the run options only keep the logs quiet.
+        self._call = functools.partial(self.session.run_with_iobinding, binding, quiet_run_options())
+        self.extra.update(
+            ort_io_binding=True,
+            ort_cuda_options=self.session.get_provider_options().get(self.provider),
+            timing_sync=ORT_CUDA_SYNC,
+        )
+
+    def device_busy_s(self) -> float | None:
+        """The GPU's busy seconds per warmed-up run (CUPTI sees ORT's kernels too), then its clock and power."""
+        busy = busy_or_note(self._call, self.extra)
+        self.extra.update(gpu_load_facts(self.device_id))
+        return busy
 
     def close(self) -> None:
         """Drop binding, device input and session."""
@@ -574,8 +676,9 @@ class OrtCpuBackend(Backend):
         "channels_last": "ONNX Runtime chooses its own layouts: channels_last applies to the PyTorch backends",
         "autocast": "ONNX Runtime runs the exported float32 graph: torch.autocast applies to the PyTorch backends",
     }
-    # ONNX Runtime compiles nothing: a torch.compile mode means nothing to it (compile itself is refused).
-    ignores = ("compile_mode",)
+    # ONNX Runtime compiles nothing: a torch.compile mode means nothing to it (compile itself is refused); TF32 is a
+    # setting of the CUDA provider, which this backend does not use.
+    ignores: tuple[str, ...] = ("compile_mode", "tf32")
     parity = "ORT"
     marker = "s"
     provider = "CPUExecutionProvider"
@@ -593,11 +696,47 @@ class OrtCpuBackend(Backend):
         """Export, open a session, verify parity; failures raise CaseFailed with a status (inference only)."""
         return self._prepared_cls(module, input_shape, scenario, seed, self)
 
+    def provider_options(self, scenario: Scenario) -> dict[str, str] | None:
+        """The provider's options for a session in `scenario` (None: the provider's defaults)."""
+        return None
+
+    def preparing(self, scenario: Scenario) -> str:
+        """Exporting the graph (once per module setting) is most of an ORT case's first seconds."""
+        return "exporting"
+
     def memory_estimate(self, eager_bytes: int | None, case: Case) -> int | None:
         """ORT prepares by running PyTorch at a second batch size (export and parity) and keeps its own arena."""
         if eager_bytes is None:
             return None
         return int(eager_bytes * ORT_MEMORY_FACTOR * max(1.0, 2 / case.batch))
+
+
+#: What a provider probe found, per (provider, device): ORT lists a provider its package was built with even when
+#: the provider's libraries (cuBLAS, cuDNN) do not load, so available() opens a one-node session once to see.
+_PROBED: dict[tuple[str, int], str | None] = {}
+
+
+def _probe_model() -> bytes:
+    """A one-node float32 graph (y = x + x), the least a provider must run."""
+    from onnx import TensorProto, helper  # onnx's graph builder: only a provider probe needs it
+
+    x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Add", [INPUT_NAME, INPUT_NAME], [OUTPUT_NAME])], "probe", [x], [y])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def probe_provider(provider: str, provider_options: dict[str, str] | None) -> str | None:
+    """Why `provider` cannot start and run a one-node graph here, in ORT's own words; None when it can."""
+    try:
+        session, _ = open_session(_probe_model(), session_options(1), provider, provider_options)
+        with captured():
+            session.run([OUTPUT_NAME], {INPUT_NAME: np.ones(1, np.float32)}, quiet_run_options())
+    except CaseFailed as exc:
+        return exc.reason
+    except Exception as exc:  # the provider started but cannot run (a driver too old for its CUDA, say)
+        return _short(exc)
+    return None
 
 
 class OrtCudaBackend(OrtCpuBackend):
@@ -609,16 +748,34 @@ class OrtCudaBackend(OrtCpuBackend):
     memory_name = "GPU memory"
     marker = "D"
     provider = "CUDAExecutionProvider"
+    ignores = ("compile_mode",)
+    sync = ORT_CUDA_SYNC
     _prepared_cls = OrtCudaPrepared
 
     def free_memory(self) -> int | None:
         """Free memory of the GPU the session runs on (its arena allocates there, not in RAM)."""
-
         return gpu_free_bytes()
 
+    def provider_options(self, scenario: Scenario) -> dict[str, str] | None:
+        """torch's current device and the scenario's TF32 (ORT's default would be on)."""
+        return cuda_provider_options(torch.cuda.current_device(), scenario.tf32)
+
     def available(self) -> tuple[bool, str]:
-        """True only with a CUDA-enabled onnxruntime build and a visible GPU."""
+        """True only when the CUDA provider starts and runs a one-node graph on torch's current GPU (probed once)."""
         ok, reason = super().available()
-        if ok and not torch.cuda.is_available():
-            return False, "onnxruntime has the CUDA provider but torch sees no CUDA device"
-        return ok, reason
+        if not ok:
+            return ok, reason
+        if not torch.cuda.is_available():
+            return False, f"onnxruntime {ort.__version__} has the CUDA provider but torch sees no CUDA device"
+        device = torch.cuda.current_device()
+        key = (self.provider, device)
+        if key not in _PROBED:
+            _PROBED[key] = probe_provider(self.provider, cuda_provider_options(device, tf32=False))
+        why = _PROBED[key]
+        if why is not None:
+            return False, f"onnxruntime {ort.__version__} lists {self.provider}, but it cannot run here: {why}"
+        return True, f"{reason} on GPU {device}"
+
+    def cleanup_after_failure(self) -> None:
+        """Free a failed session's objects (and with them its GPU arena) outside the handler, as the cuda backend."""
+        release_gpu_memory()

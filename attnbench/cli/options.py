@@ -40,7 +40,7 @@ from attnbench.timing import (
 from attnbench.zoo.registry import get_spec, list_modules
 
 #: The report formats `-o` writes, by suffix (any case: X.CSV is a CSV).
-OUTPUT_SUFFIXES = (".csv", ".md", ".json")
+OUTPUT_SUFFIXES = (".csv", ".md", ".json", ".html")
 #: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
 BREAKDOWN_DEPTH = 3
 #: What --breakdown groups by (--by): nested submodules (the default), or module classes.
@@ -144,9 +144,9 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
         if any(path.resolve() == seen.resolve() for seen in checked):
             raise UsageError(f"output {path}: given twice")
         if path.is_dir():
-            raise UsageError(f"output {path}: is a directory; name a file ending in .csv, .md or .json")
+            raise UsageError(f"output {path}: is a directory; name a file ending in {_suffixes()}")
         if path.suffix.lower() not in OUTPUT_SUFFIXES:
-            raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use .csv, .md or .json")
+            raise UsageError(f"output {path}: unknown format {path.suffix or '(none)'!r}; use {_suffixes()}")
         parent = path.parent if str(path.parent) else Path(".")
         if not parent.is_dir():
             raise UsageError(f"output {path}: directory {parent} does not exist")
@@ -160,6 +160,10 @@ def check_outputs(paths: Sequence[Path]) -> list[Path]:
             raise UsageError(f"output {path}: not writable")
         checked.append(path)
     return checked
+
+
+def _suffixes() -> str:
+    return ", ".join(OUTPUT_SUFFIXES[:-1]) + f" or {OUTPUT_SUFFIXES[-1]}"
 
 
 def check_plots_dir(path: Path | None) -> None:
@@ -238,16 +242,38 @@ ModulesArg = Annotated[
     ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]
-DimOpt = Annotated[list[int] | None, typer.Option("--dim", "-d", help="Channels C; repeat for a sweep.")]
-ResOpt = Annotated[list[str] | None, typer.Option("--res", "-r", help="Resolution H or HxW; repeat for a sweep.")]
+
+
+def _said(values: Sequence[Any]) -> str:
+    return ", ".join(map(str, values))
+
+
+# The sweep's options, once per command: each --help says its own command's defaults.
+ProfileDimOpt = Annotated[
+    list[int] | None,
+    typer.Option("--dim", "-d", help=f"Channels C; repeat for a sweep. [default: {_said(PROFILE.dims)}]"),
+]
+CompareDimOpt = Annotated[
+    list[int] | None,
+    typer.Option("--dim", "-d", help=f"Channels C; repeat for a sweep. [default: {_said(COMPARE.dims)}]"),
+]
+ProfileResOpt = Annotated[
+    list[str] | None,
+    typer.Option("--res", "-r", help=f"Resolution H or HxW; repeat for a sweep. [default: {_said(PROFILE.res)}]"),
+]
+CompareResOpt = Annotated[
+    list[str] | None,
+    typer.Option("--res", "-r", help=f"Resolution H or HxW; repeat for a sweep. [default: {_said(COMPARE.res)}]"),
+]
 BatchOpt = Annotated[
     list[int] | None, typer.Option("--batch", "-b", help="Batch size; repeat for a sweep. [default: 1]")
 ]
-BackendOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--backend", help="A backend (see `attnbench env`: cpu, cuda, ort, ort-cuda, ...); repeat for several."
-    ),
+_BACKEND_HELP = "A backend (see `attnbench env`: cpu, cuda, ort, ort-cuda, ...); repeat for several."
+ProfileBackendOpt = Annotated[
+    list[str] | None, typer.Option("--backend", help=f"{_BACKEND_HELP} [default: {_said(PROFILE.backends)}]")
+]
+CompareBackendOpt = Annotated[
+    list[str] | None, typer.Option("--backend", help=f"{_BACKEND_HELP} [default: {_said(COMPARE.backends)}]")
 ]
 KwOpt = Annotated[
     list[str] | None,
@@ -262,7 +288,10 @@ MetricsOpt = Annotated[
 ]
 CountersOpt = Annotated[str, typer.Option("--counters", help=f"Comma list of {','.join(COUNTERS)}.")]
 OutputOpt = Annotated[
-    list[Path] | None, typer.Option("--output", "-o", help="Write a report: .csv, .md or .json (by suffix); repeat.")
+    list[Path] | None,
+    typer.Option(
+        "--output", "-o", help="Write a report: .csv, .md, .json or .html (a page to open offline), by suffix; repeat."
+    ),
 ]
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Directory for scaling plots (PNG).")]
 MinRunOpt = Annotated[float, typer.Option("--min-run-time", help="Floor: time every case at least this many seconds.")]
@@ -282,11 +311,14 @@ PrecisionOpt = Annotated[
 WarmupOpt = Annotated[
     float, typer.Option("--warmup", help=f"Warm-up seconds before timing (and at least {WARMUP_MIN_CALLS} calls).")
 ]
-TimeLimitOpt = Annotated[float | None, typer.Option("--time-limit", help="Per-case time limit in seconds.")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
-SortOpt = Annotated[
-    str | None, typer.Option("--sort", help="params, macs, module, latency[-BACKEND], memory[-BACKEND].")
+TimeLimitOpt = Annotated[
+    float | None, typer.Option("--time-limit", help="Per-case time limit in seconds. [default: none]")
 ]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Run cases the memory guard would refuse.")]
+_SORT_HELP = "params, macs, module, latency[-BACKEND], memory[-BACKEND]."
+ProfileSortOpt = Annotated[str | None, typer.Option("--sort", help=f"{_SORT_HELP} [default: as measured]")]
+#: compare sorts by MACs, and so does report (a saved comparison reads the same re-rendered).
+CompareSortOpt = Annotated[str | None, typer.Option("--sort", help=f"{_SORT_HELP} [default: {COMPARE.sort}]")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 ShardOpt = Annotated[
     str | None,

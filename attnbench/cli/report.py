@@ -8,7 +8,7 @@ import typer
 
 from attnbench import report
 from attnbench.cli.app import app, consoles
-from attnbench.cli.options import OutputOpt, Outputs, PlotsOpt, SortOpt
+from attnbench.cli.options import COMPARE, CompareSortOpt, OutputOpt, Outputs, PlotsOpt
 from attnbench.errors import UsageError
 from attnbench.merge import expand, merge
 from attnbench.store import load
@@ -21,7 +21,7 @@ def report_cmd(
     ],
     output: OutputOpt = None,
     plots: PlotsOpt = None,
-    sort: SortOpt = None,
+    sort: CompareSortOpt = None,
     label: Annotated[
         str | None,
         typer.Option("--label", help="Machine label for rows that have none (default: from their file's environment)."),
@@ -37,7 +37,8 @@ def report_cmd(
     paths = expand(sources)
     merged = merge([load(path) for path in paths], " ".join(label.split()) if label else None, latest)
     title = f"attnbench report ({paths[0].name})" if len(paths) == 1 else f"attnbench report ({len(paths)} files)"
-    outputs = Outputs(tuple(output or ()), plots, title, sort)
+    # Sorted as `compare` sorts, so a saved comparison reads the same re-rendered.
+    outputs = Outputs(tuple(output or ()), plots, title, sort if sort is not None else COMPARE.sort)
     outputs.check(report.backends_of(merged.results))
     with outputs.locked():
         report.write(merged.results, merged.env, outputs.files, outputs.title, outputs.sort)

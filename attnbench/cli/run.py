@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -22,11 +23,13 @@ from attnbench.cli.options import (
     METRICS_DEFAULT,
     PROFILE,
     AllOpt,
-    BackendOpt,
     BatchOpt,
+    CompareBackendOpt,
+    CompareDimOpt,
+    CompareResOpt,
+    CompareSortOpt,
     CountersOpt,
     Defaults,
-    DimOpt,
     ForceOpt,
     KwOpt,
     LabelOpt,
@@ -37,17 +40,20 @@ from attnbench.cli.options import (
     OutputOpt,
     PlotsOpt,
     PrecisionOpt,
+    ProfileBackendOpt,
+    ProfileDimOpt,
+    ProfileResOpt,
+    ProfileSortOpt,
     QuietOpt,
     Request,
-    ResOpt,
     ShardOpt,
-    SortOpt,
     TimeLimitOpt,
     WarmupOpt,
     build_request,
     scenario_options,
 )
 from attnbench.errors import AttnbenchError
+from attnbench.gate import FAST_CASE_S, INSTRUCTIONS_TOLERANCE, TOLERANCE_FAST, TOLERANCE_SLOW
 from attnbench.timing import DEFAULT_MAX_RUN_TIME, DEFAULT_MIN_RUN_TIME, DEFAULT_PRECISION, WARMUP_MIN_S
 
 if TYPE_CHECKING:
@@ -59,10 +65,10 @@ if TYPE_CHECKING:
 def profile_cmd(
     modules: ModulesArg = None,
     all_: AllOpt = False,
-    dim: DimOpt = None,
-    res: ResOpt = None,
+    dim: ProfileDimOpt = None,
+    res: ProfileResOpt = None,
     batch: BatchOpt = None,
-    backend: BackendOpt = None,
+    backend: ProfileBackendOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = METRICS_DEFAULT,
     counters: CountersOpt = COUNTERS_DEFAULT,
@@ -74,7 +80,7 @@ def profile_cmd(
     warmup: WarmupOpt = WARMUP_MIN_S,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
-    sort: SortOpt = None,
+    sort: ProfileSortOpt = None,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
@@ -109,10 +115,10 @@ def profile_cmd(
 def compare_cmd(
     modules: ModulesArg = None,
     all_: AllOpt = False,
-    dim: DimOpt = None,
-    res: ResOpt = None,
+    dim: CompareDimOpt = None,
+    res: CompareResOpt = None,
     batch: BatchOpt = None,
-    backend: BackendOpt = None,
+    backend: CompareBackendOpt = None,
     kw: KwOpt = None,
     metrics: MetricsOpt = METRICS_DEFAULT,
     counters: CountersOpt = COUNTERS_DEFAULT,
@@ -124,13 +130,18 @@ def compare_cmd(
     warmup: WarmupOpt = WARMUP_MIN_S,
     time_limit: TimeLimitOpt = None,
     force: ForceOpt = False,
-    sort: SortOpt = None,
+    sort: CompareSortOpt = None,
     quiet: QuietOpt = False,
     shard: ShardOpt = None,
     label: LabelOpt = None,
     baseline: Annotated[Path | None, typer.Option("--baseline", help="Gate against this CSV/JSON report.")] = None,
     tolerance: Annotated[
-        float | None, typer.Option("--tolerance", help="Latency (or instructions) regression tolerance (fraction).")
+        float | None,
+        typer.Option(
+            "--tolerance",
+            help=f"Latency (or instructions) regression tolerance (fraction). [default: {TOLERANCE_FAST} below "
+            f"{FAST_CASE_S * 1e3:g} ms, {TOLERANCE_SLOW} above; instructions: {INSTRUCTIONS_TOLERANCE}]",
+        ),
     ] = None,
     force_latency: Annotated[
         bool, typer.Option("--force-latency", help="Compare latency with a baseline from other hardware.")
@@ -263,14 +274,21 @@ class Sinks:
 
 
 class Progress:
-    """Progress on stderr, naming each case's stage: a bar on a terminal, one plain line per finished case in a
-    log (a bar would be redrawn into it)."""
+    """Progress on stderr, naming each case's stage: a bar on a terminal ("acmix C=64 56x56 B=1 ort: exporting"),
+    one plain line per finished case in a log, with the seconds its slow stages took (a bar would be redrawn
+    into it)."""
+
+    #: Stages shorter than this go unsaid in a log line.
+    SAY_STAGE_S = 0.1
 
     def __init__(self, measures: bool, quiet: bool) -> None:
         self.measures, self.quiet = measures, quiet
         self.done, self.total = 0, 0
         self._bar: Any = None
         self._task: Any = None
+        self._current: tuple[str, float] | None = None
+        self._spent: dict[str, float] = {}
+        self.clock = time.perf_counter  # tests replace it
 
     def start(self, env: Mapping[str, Any], cases: Sequence[R.Case]) -> None:
         """Count the steps (cases, or geometries and modes when only counting) and open the bar."""
@@ -291,18 +309,29 @@ class Progress:
         self._task = self._bar.add_task(_geometry_text(steps[0]), total=self.total)
 
     def stage(self, case: R.Case, stage: str) -> None:
-        """Name the case and what it is doing on the bar."""
+        """Name the case and what it is doing on the bar; note when the stage began."""
+        self._close_stage()
+        self._current = (stage, self.clock())
         if self._bar is not None:
-            where = f" {case.backend}" if stage == "measuring" else ""
+            # Counting and building are the geometry's (every backend shares them); the rest, the backend's.
+            where = "" if stage in ("counting", "building") else f" {case.backend}"
             self._bar.update(self._task, description=f"{_geometry_text(case)}{where}: {stage}")
 
+    def _close_stage(self) -> None:
+        if self._current is not None:
+            name, began = self._current
+            self._spent[name] = self._spent.get(name, 0.0) + self.clock() - began
+            self._current = None
+
     def row(self, row: R.Result) -> None:
-        """Advance; in a log, one line for the finished case."""
+        """Advance; in a log, one line for the finished case with its slow stages."""
+        self._close_stage()
+        spent, self._spent = self._spent, {}
         self.done += 1
         if self._bar is not None:
             self._bar.update(self._task, advance=1)
         elif not self.quiet:
-            print(f"attnbench: {progress_line(row, self.done, self.total)}", file=sys.stderr, flush=True)
+            print(f"attnbench: {progress_line(row, self.done, self.total, spent)}", file=sys.stderr, flush=True)
 
     def status(self, message: str) -> None:
         """A line about the run as a whole, whole and at once."""
@@ -316,10 +345,16 @@ class Progress:
             self._bar = None
 
 
-def progress_line(row: R.Result, done: int, total: int) -> str:
-    """One finished case for a log: '[3/58] sk C=64 28x28 B=1 cpu: ok in 1.2 s'."""
-    seconds = f" in {row.seconds:.1f} s" if row.seconds is not None else ""
-    return f"[{done}/{total}] {row.label}: {row.status}{seconds}"
+def progress_line(row: R.Result, done: int, total: int, stages: Mapping[str, float] | None = None) -> str:
+    """One finished case for a log: '[3/58] sk C=64 28x28 B=1 ort: ok in 9.2 s (exporting 8.1 s, timing 0.9 s)'.
+
+    With its `stages` (seconds each since the previous row), the time is theirs added up (the geometry's counting
+    and building go to its first case), and the slow ones are named; else the row's own seconds.
+    """
+    took = sum(stages.values()) if stages else row.seconds
+    seconds = f" in {took:.1f} s" if took is not None else ""
+    slow = ", ".join(f"{name} {s:.1f} s" for name, s in (stages or {}).items() if s >= Progress.SAY_STAGE_S)
+    return f"[{done}/{total}] {row.label}: {row.status}{seconds}" + (f" ({slow})" if slow else "")
 
 
 def _geometry_text(case: R.Case) -> str:

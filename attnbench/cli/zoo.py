@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from attnbench.cli.app import app, consoles
-from attnbench.report.tables import KEY, Column, fit, fit_note, render
+from attnbench.report.tables import KEY, Column, fit, fit_note, prose, render
 from attnbench.zoo import catalog
 from attnbench.zoo.registry import source_hash
 
@@ -44,6 +44,8 @@ def list_cmd(
         consoles.err.print(f"attnbench: {note}", style="dim", highlight=False)
 
 
+#: Where `info`'s values start ("paper:      "): their continuation lines start there too.
+INFO_INDENT = 12
 #: How soon `list` drops a column on a narrow terminal (larger: sooner); name and kwargs always stay.
 LIST_LAYOUT, LIST_ARXIV, LIST_TITLE, LIST_CONSTRAINTS = 10, 20, 30, 40
 
@@ -73,8 +75,9 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
         return
     e = entries[name]
 
-    def line(text: str) -> None:
-        consoles.out.print(text, markup=False, highlight=False)
+    def line(text: str, indent: int = INFO_INDENT) -> None:
+        # A long value wraps under itself, not under its name.
+        consoles.out.print(prose(text, consoles.out.width, indent), markup=False, highlight=False, soft_wrap=True)
 
     consoles.out.print(f"[bold]{e['name']}[/bold]: {e['title']}", highlight=False)
     line(f"paper:      {e['paper']} (arXiv {e['arxiv']})")
@@ -83,10 +86,10 @@ def info_cmd(name: Annotated[str, typer.Argument(help="Module name.")]) -> None:
     line(f"resolution: {catalog.resolution_text(e)}")
     line("kwargs:")
     for key, text in e["defaults"]:
-        line(f"  {key} = {text}  {e['kwarg_help'].get(key, '')}".rstrip())
+        line(f"  {key} = {text}  {e['kwarg_help'].get(key, '')}".rstrip(), 4)
     line("constraints:")
     for c in e["constraints"]:
-        line(f"  {c['name']}" + ("  (needs H, W)" if c["needs_resolution"] else ""))
+        line(f"  {c['name']}" + ("  (needs H, W)" if c["needs_resolution"] else ""), 4)
     if e["notes"]:
         line(f"notes:      {e['notes']}")
     if e["example"]:

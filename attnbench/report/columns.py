@@ -17,7 +17,6 @@ from attnbench.backends import backend_facts
 from attnbench.merge import MachineInfo
 from attnbench.metrics import (
     METRICS,
-    P_MACS,
     P_OTHER_LATENCY,
     P_PARAMS,
     P_PEAK_SHARE,
@@ -42,6 +41,8 @@ from attnbench.report.tables import KEY, Column
 
 #: Marks a CPU latency that a default (unpinned) glibc process would see more than 10% slower.
 ALLOC_MARK = "†"
+#: Marks a GPU latency set by the host's launches: the GPU was busy for less than half of the call.
+LAUNCH_MARK = "L"
 #: Units a column of FLOP/s is printed in (picked per column, like memory and time).
 RATE_UNITS = (("MFLOP/s", 1e6), ("GFLOP/s", 1e9), ("TFLOP/s", 1e12))
 #: The unit families a column of seconds or bytes picks its unit from.
@@ -93,17 +94,27 @@ class View:
     backends: Sequence[str]
     roofs: Roofs
     head: str
+    #: The column the rows are sorted by ("" when unsorted): a table sorted by a hidden column reads as unsorted.
+    sorted_by: str = ""
 
     def priority(self, column: str, otherwise: int) -> int:
-        """KEY for the headline column (it never goes), else the column's own priority."""
-        return KEY if column == self.head else otherwise
+        """KEY for the headline and the sorted-by column (they never go), else the column's own priority."""
+        return KEY if column in (self.head, self.sorted_by) else otherwise
+
+    def unit(self, units: str) -> tuple[str, float]:
+        """One unit for every column of a unit family in this table (each backend's latency and the other
+        allocator's are read side by side), picked from all their values."""
+        family = [m for m in METRICS if m.units == units]
+        columns = [m.summary_column(b) for m in family for b in (self.backends if m.pivot else [""])]
+        values = [v for c in dict.fromkeys(columns) if c in self.table for v in self.table[c]]
+        return fmt.pick_unit(values, UNIT_FAMILIES[units])
 
 
 def summary_columns(
     table: pd.DataFrame, backends: Sequence[str], roofs: Roofs | None = None, sort_by: str | None = None
 ) -> list[Column]:
     """The summary table's columns: the identity, then each declared metric's, then the status."""
-    view = View(table, backends, roofs or {}, headline(table, backends, sort_by))
+    view = View(table, backends, roofs or {}, headline(table, backends, sort_by), _sorted_column(sort_by, backends))
     cols = [
         Column("Module", lambda r: str(r["module"]), justify="left", wrap=True, key="module"),
         Column("C", lambda r: str(int(r["dim"])), key="dim"),
@@ -136,6 +147,13 @@ def status_text(r: Any) -> str:
     return str(r["status"]) + (f" {SHAPE_MARK}" if flag(r.get("output_differs")) else "")
 
 
+def _sorted_column(sort_by: str | None, backends: Sequence[str]) -> str:
+    try:
+        return sort_key(sort_by, backends) if sort_by and sort_by != "module" else ""
+    except ValueError:
+        return ""
+
+
 def _metric_columns(m: Metric, view: View) -> list[Column]:
     """A metric's columns by its units: one, or one per backend that measured it."""
     targets = [(i, b, m.summary_column(b)) for i, b in enumerate(view.backends)] if m.pivot else [(0, "", m.column)]
@@ -144,17 +162,17 @@ def _metric_columns(m: Metric, view: View) -> list[Column]:
         parity = backend_facts(backend)["parity"] if backend else ""
         if not has(view.table, column) or ("{parity}" in m.header and not parity):
             continue
-        unit, cell = _cell(m.units, view.table[column], column)
+        unit, cell = _cell(m.units, view, column)
         header = m.header.format(backend=backend, unit=unit, parity=parity)
         priority = view.priority(column, m.priority + (i if m.pivot and m.units != "error" else 0))
         cols.append(Column(header, cell, priority, key=column, meta={"best": m.best}))
     return cols
 
 
-def _cell(units: str, values: Any, column: str) -> tuple[str, Any]:
-    """The unit a column prints in (picked from its values where the units have a family) and its cell."""
+def _cell(units: str, view: View, column: str) -> tuple[str, Any]:
+    """The unit a column prints in (its family's, one per table) and its cell."""
     if units in UNIT_FAMILIES:
-        unit, factor = fmt.pick_unit(values, UNIT_FAMILIES[units])
+        unit, factor = view.unit(units)
         return unit, lambda r: fmt.in_unit(r.get(column), factor)
     text = {"count": fmt.si, "plain": fmt.sig, "error": fmt.sci}[units]
     return "", lambda r: text(r.get(column))
@@ -184,16 +202,19 @@ def _latency_columns(m: Metric, view: View) -> list[Column]:
     for i, b in enumerate(view.backends):
         column = m.summary_column(b)
         if has(view.table, column):
-            cols.append(_latency_column(view.table, b, column, view.priority(column, m.priority + i)))
+            cols.append(_latency_column(view, b, column, view.priority(column, m.priority + i)))
     return cols
 
 
-def _latency_column(table: pd.DataFrame, b: str, key: str, priority: int) -> Column:
-    unit, factor = fmt.pick_unit(table[key], fmt.TIME_UNITS)
+def _latency_column(view: View, b: str, key: str, priority: int) -> Column:
+    unit, factor = view.unit("seconds")
+    # The mark `†` refers to the other allocator's column: it goes when that column is hidden.
+    marked = ((ALLOC_MARK, metric("other_allocator").summary_column(b)),)
 
     def marks(r: Mapping[str, Any]) -> str:
         text = " ~" if flag(r.get(f"noisy_{b}")) else ""
         text += " !" if flag(r.get(f"contended_{b}")) else ""
+        text += f" {LAUNCH_MARK}" if flag(r.get(f"launch_bound_{b}")) else ""
         return text + (f" {ALLOC_MARK}" if flag(r.get(f"alloc_slower_{b}")) else "")
 
     def full(r: Mapping[str, Any]) -> str:
@@ -211,10 +232,11 @@ def _latency_column(table: pd.DataFrame, b: str, key: str, priority: int) -> Col
         f"{b} [{unit}] med±IQR",
         full,
         priority,
-        short=Column(f"{b} [{unit}]", short, P_SPREAD, key=key, meta={"best": True}),
+        short=Column(f"{b} [{unit}]", short, P_SPREAD, key=key, meta={"best": True}, marks=marked),
         short_name="±IQR",
         key=key,
         meta={"best": True},
+        marks=marked,
     )
 
 
@@ -227,7 +249,7 @@ def _other_allocator_columns(m: Metric, view: View) -> list[Column]:
         column, slower = m.summary_column(b), f"alloc_slower_{b}"
         if not (has(table, slower) and any(flag(v) for v in table[slower])):
             continue
-        unit, factor = fmt.pick_unit(table[column], fmt.TIME_UNITS)
+        unit, factor = view.unit("seconds")
 
         def cell(r: Mapping[str, Any], column: str = column, slower: str = slower, factor: float = factor) -> str:
             return fmt.in_unit(r.get(column), factor) if flag(r.get(slower)) else ""
@@ -243,11 +265,12 @@ def _roofline_columns(m: Metric, view: View) -> list[Column]:
     if not has(table, "flops_attnbench"):
         return []
     cols = []
+    measured = [b for b in view.backends if has(table, metric("latency").summary_column(b))]
+    # One rate unit for every backend, so their FLOP/s read side by side.
+    unit, factor = fmt.pick_unit([achieved(r, b) for b in measured for _, r in table.iterrows()], RATE_UNITS)
     for i, b in enumerate(view.backends):
-        if not has(table, metric("latency").summary_column(b)):
+        if b not in measured:
             continue
-        rates = [achieved(r, b) for _, r in table.iterrows()]
-        unit, factor = fmt.pick_unit(rates, RATE_UNITS)
         header = m.header.format(backend=b, unit=unit)
         cols.append(Column(header, lambda r, b=b, factor=factor: fmt.in_unit(achieved(r, b), factor), m.priority + i))
         if any(row_peak(r, b, view.roofs) for _, r in table.iterrows()):
@@ -297,12 +320,13 @@ def scaling_columns(frame: pd.DataFrame) -> list[Column]:
             Column(VARYING[c], lambda r, c=c: identity_text(c, r[c]), justify="left" if c == "kwargs" else "right")
         )
     cols.append(Column("N range", lambda r: f"{r['n_min']}..{r['n_max']}", P_PARAMS))
+    # The counted exponent is exact (claims of "linear" are about it): it outlasts the measured ones.
     for i, m in enumerate(metrics):
         cols.append(
             Column(
                 f"{metric_label(m)} exp",
                 lambda r, m=m: fmt.ratio(r.get(f"{m}_exp")),
-                P_MACS if m == metric("macs").column else P_OTHER_LATENCY + i,
+                P_OTHER_LATENCY - 1 if m == metric("macs").column else P_OTHER_LATENCY + i,
             )
         )
     return cols
@@ -333,7 +357,8 @@ def cross_columns(frame: pd.DataFrame, machines: Sequence[MachineInfo]) -> list[
     first = machines[0].alias
     # A ratio is what this table is for: it goes only after the other machines' own latencies.
     cols += [
-        Column(f"{m.alias}÷{first}", lambda r, a=m.alias: fmt.ratio(r[f"ratio_{a}"]), P_MACS) for m in machines[1:]
+        Column(f"{m.alias}÷{first}", lambda r, a=m.alias: fmt.ratio(r[f"ratio_{a}"]), P_OTHER_LATENCY - 1)
+        for m in machines[1:]
     ]
     return cols
 

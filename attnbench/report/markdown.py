@@ -12,7 +12,14 @@ from attnbench import fmt
 from attnbench import results as R
 from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import ALLOC_MARK, SHAPE_MARK, cross_columns, metric_label, summary_columns
+from attnbench.report.columns import (
+    ALLOC_MARK,
+    LAUNCH_MARK,
+    SHAPE_MARK,
+    cross_columns,
+    metric_label,
+    summary_columns,
+)
 from attnbench.report.summary import (
     CONVENTION,
     RATIO_TOLERANCE,
@@ -31,6 +38,7 @@ from attnbench.report.summary import (
 )
 from attnbench.results import Result, axes
 from attnbench.roofline import peaks_of
+from attnbench.timing import LAUNCH_BOUND_FRACTION
 from attnbench.zoo.registry import get_spec, list_modules
 from attnbench.zoo.spec import SOURCE_HASH_DIGITS, Setting
 
@@ -54,7 +62,7 @@ def markdown(
         lines += _summary_markdown(table, results, env, sort_by)
         notes = allocator_notes(results)
         if notes:
-            lines += ["## Allocator", "", *[f"- {md_escape(n)}" for n in notes], ""]
+            lines += ["## Allocator", "", ALLOCATOR_NOTE, "", *[f"- {md_escape(n)}" for n in notes], ""]
         lines += _roof_markdown(results, env)
         lines += machines_markdown(results, env)
         lines += _scaling_markdown(results)
@@ -86,32 +94,38 @@ PAPER_HEADERS = {"MACs": "MACs (papers' FLOPs)"}
 
 
 def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
-    """What the summary table's latency, marks, memory, ratios and rates mean (the parts that apply)."""
-    return (
-        "MACs (papers' FLOPs): a paper's \"FLOPs\" are usually multiply-adds, so hold them against this column; "
-        "FLOPs counts 2 per multiply-add. "
-        "Latency: median per call over timed blocks, ± interquartile range; timing stops once the 95% "
-        "confidence interval on the median is within the asked precision (±1% by default), or its time "
-        "budget is spent, or the interval's width says the budget cannot reach that precision. `~` marks "
-        "a noisy timing (IQR/median > 10%, or the precision not reached), "
-        "`!` one taken while other processes used more than 5% of a core. "
-        + (
-            f"instr/call: {INSTRUCTIONS_METHOD} (a deterministic measure of work). "
-            if any(present(r.instructions) for r in results)
-            else ""
+    """What the summary table's MACs, latency, marks, memory, ratios and rates mean: only the parts that apply,
+    short (docs/reading-results.md says the rest)."""
+    headers = " ".join(c.header for c in cols)
+    parts = []
+    if "MACs" in headers:
+        parts.append("MACs (papers' FLOPs): hold a paper's \"FLOPs\" here (usually multiply-adds); FLOPs = 2 per MAC.")
+    if any(present(r.latency_median_s) for r in results):
+        parts.append(
+            "Latency: median per call ± interquartile range, timed until the median is known within ±1% or the "
+            "budget is spent."
         )
-        + "Mem: activations and temporaries allocated during one forward, or in train mode during one "
-        "forward + backward (gradients included); weights and input excluded. "
-        "`under`/`over`: the counter differs from "
-        f"attnbench's by more than {RATIO_TOLERANCE:.0%}."
-        + (f" {ALLOC_LEGEND}" if any(flag(r.system_allocator_slower) for r in results) else "")
-        + (
-            " FLOP/s: the attnbench counter's FLOPs over the median latency (`-` where FLOPs were not "
-            "counted); % peak: of the machine's measured peak compute (below)."
-            if any("FLOP/s" in c.header for c in cols)
-            else ""
-        )
-    )
+        marks = [
+            ("`~` noisy (IQR/median > 10%, or the precision not reached)", any(flag(r.latency_noisy) for r in results)),
+            ("`!` timed while other processes used the CPU", any(flag(r.latency_contended) for r in results)),
+            (f"`{ALLOC_MARK}` > 10% slower with glibc's default allocator (see Allocator)", _slower(results)),
+            (LAUNCH_LEGEND.rstrip("."), any(flag(r.latency_launch_bound) for r in results)),
+        ]
+        if any(shown for _, shown in marks):
+            parts.append("Marks: " + "; ".join(text for text, shown in marks if shown) + ".")
+    if any(present(r.instructions) for r in results):
+        parts.append(f"instr/call: {INSTRUCTIONS_METHOD}.")
+    if "Mem " in headers:
+        parts.append("Mem: the peak of one step's activations and temporaries; weights and input excluded.")
+    if "÷ours" in headers:
+        parts.append(f"`under`/`over`: the counter differs from attnbench's by more than {RATIO_TOLERANCE:.0%}.")
+    if "FLOP/s" in headers:
+        parts.append("FLOP/s: counted FLOPs over the median latency; % peak: of the measured roof (below).")
+    return " ".join([*parts, "More: docs/reading-results.md."])
+
+
+def _slower(results: Sequence[Result]) -> bool:
+    return any(flag(r.system_allocator_slower) for r in results)
 
 
 def _scaling_markdown(results: Sequence[Result]) -> list[str]:
@@ -143,21 +157,13 @@ def _scaling_markdown(results: Sequence[Result]) -> list[str]:
 
 
 def _failures_markdown(results: Sequence[Result]) -> list[str]:
-    """The cases that did not complete, with their status and reason."""
+    """The cases that did not complete, each by its label (module, setting, backend, scenario off its defaults,
+    kwargs), with its status and reason."""
     bad = [r for r in results if r.status != R.OK]
     if not bad:
         return []
-    lines = [
-        "## Cases that did not complete",
-        "",
-        "| Module | C | H x W | B | backend | status | reason |",
-        "|---|---:|---:|---:|---|---|---|",
-    ]
-    for r in bad:
-        lines.append(
-            f"| {r.module} | {r.dim} | {r.height}x{r.width} | {r.batch} | {r.backend} | {r.status} | "
-            f"{md_escape(r.reason)} |"
-        )
+    lines = ["## Cases that did not complete", "", "| Case | status | reason |", "|---|---|---|"]
+    lines += [f"| {md_escape(r.label)} | {r.status} | {md_escape(r.reason)} |" for r in bad]
     return [*lines, ""]
 
 
@@ -228,10 +234,17 @@ def _roof_markdown(results: Sequence[Result], env: Mapping[str, Any]) -> list[st
     return [*lines, "", f"Measured as the {method}.", ""]
 
 
-ALLOC_LEGEND = (
-    f"`{ALLOC_MARK}`: in a process that does not pin glibc's allocator (a default PyTorch process), the call "
-    "is more than 10% slower in its median and its fastest call, and takes enough extra page faults to cost "
-    "that; the `[ms] system` column gives that latency."
+#: What the Allocator section is about, once (its lines then say only the numbers).
+ALLOCATOR_NOTE = (
+    "attnbench pins glibc's allocator; a default PyTorch process does not, and these calls are more than 10% "
+    "slower there (`--allocator system` times that state; docs/scenarios.md#the-allocator)."
+)
+
+
+LAUNCH_LEGEND = (
+    f"`{LAUNCH_MARK}`: launch-bound: the GPU ran kernels and copies for less than "
+    f"{LAUNCH_BOUND_FRACTION:.0%} of the call (profiler), so the host's launches and synchronisation set its "
+    "latency, not the GPU's work."
 )
 
 
@@ -250,7 +263,7 @@ def scenario_text(table: pd.DataFrame) -> str:
 
 
 def allocator_notes(results: Sequence[Result]) -> list[str]:
-    """One sentence per row whose latency a default (unpinned) glibc process would see > 10% slower."""
+    """One short sentence per row whose latency a default (unpinned) glibc process would see > 10% slower."""
     notes = []
     for r in results:
         if not flag(r.system_allocator_slower) or not r.latency_median_s or not r.other_allocator_latency_s:
@@ -260,10 +273,9 @@ def allocator_notes(results: Sequence[Result]) -> list[str]:
         pinned_s = r.other_allocator_latency_s if system_headline else r.latency_median_s
         faults = r.minor_faults_per_call if system_headline else r.other_allocator_faults_per_call
         notes.append(
-            f"{r.label}: a process with glibc's default allocator takes {fmt.seconds(system_s)} per call, "
-            f"{fmt.sig(system_s / pinned_s, 2)}x the {fmt.seconds(pinned_s)} measured with the allocator pinned"
-            + (f" ({faults:,.0f} minor page faults per call)" if faults is not None else "")
-            + ("; the table shows the pinned number, --allocator system shows this one" if not system_headline else "")
+            f"{r.label}: {fmt.seconds(system_s)} with glibc's default allocator, "
+            f"{fmt.sig(system_s / pinned_s, 2)}x the pinned {fmt.seconds(pinned_s)}"
+            + (f" ({faults:,.0f} page faults per call)" if faults is not None else "")
             + "."
         )
     return notes

@@ -15,23 +15,27 @@ from typing import TYPE_CHECKING, Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
 
 from attnbench import fmt
 from attnbench.backends import backend_facts
-from attnbench.merge import machine_env
-from attnbench.report.columns import UNIT_FAMILIES
 from attnbench.report.summary import (
-    SERIES_KEY,
-    VARYING,
-    achieved,
+    SERIES_DASHES,
+    SERIES_MARKERS,
+    RooflinePoint,
+    Series,
     backends_of,
-    identity_text,
+    flag,
+    metric_unit,
+    resolution_ticks,
+    roof_range,
+    roofline_points,
     scaled_metrics,
+    scaling_series,
     summary,
-    varying,
 )
 from attnbench.results import Result
-from attnbench.roofline import Peak, intensity, min_traffic_bytes, peak_for, peaks_of
+from attnbench.roofline import Peak, measured_here
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,21 +72,9 @@ def _figure() -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
-def _series_label(ident: Mapping[str, Any], varies: Sequence[str]) -> str:
-    # An empty value (no kwargs, a zoo module's own layout) says nothing: left out of the label.
-    shown = [(k, identity_text(k, ident[k])) for k in varies]
-    parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={text}" for k, text in shown if text]
-    return f"{ident['module']} ({', '.join(parts)})"
-
-
 def _legend_columns(labels: Sequence[str]) -> int:
     # Two columns of long labels (a user's module path) would run off the figure: one column then.
     return 1 if max((len(text) for text in labels), default=0) > LONG_LABEL else 2
-
-
-def _varies(table: pd.DataFrame) -> list[str]:
-    # The machine is told by the line style (and its own legend), so a series keeps its colour on every machine.
-    return [k for k in varying(table) if (k != "kwargs" or table["kwargs"].astype(bool).any()) and k != "machine"]
 
 
 def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
@@ -95,92 +87,66 @@ def _machine_legend(ax: Any, styles: Mapping[str, str], first: Any) -> None:
     ax.legend(handles=handles, fontsize=6, loc="lower right", title="machine", title_fontsize=7)
 
 
-def _metrics(table: pd.DataFrame, backends: Sequence[str]) -> list[tuple[str, str, float, str, str]]:
-    """(column, axis label with unit, scale to that unit, file name, backend) for each declared metric plotted."""
-    out = []
-    for m, backend in scaled_metrics(backends):
-        column = m.summary_column(backend)
-        if not m.plot or column not in table:
-            continue
-        unit, factor = fmt.pick_unit(table[column], UNIT_FAMILIES[m.units]) if m.units in UNIT_FAMILIES else ("", 1.0)
-        axis = m.axis.format(backend=backend, unit=unit)
-        out.append((column, axis, 1 / factor, m.plot.format(backend=backend), backend))
-    return out
-
-
 def scaling_figures(results: Sequence[Result]) -> list[Plot]:
-    """One log-log figure per metric present: the metric against N = H x W, one line per module series."""
+    """One log-log figure per metric and backend: the metric against N = H x W, one line per module series, in
+    one unit per metric for every backend; latency with its IQR as a bar and its noisy points hollow."""
     table = summary(results)
     if table.empty:
         return []
     plots = []
-    varies = _varies(table)
+    backends = backends_of(results)
     styles = machine_styles(table)
-    for column, metric, scale, name, backend in _metrics(table, backends_of(results)):
-        if column not in table or table[column].notna().sum() == 0:
+    for m, backend in scaled_metrics(backends):
+        column = m.summary_column(backend)
+        if not m.plot or column not in table or table[column].notna().sum() == 0:
             continue
+        unit, factor = metric_unit(table, m, backends)
+        axis = m.axis.format(backend=backend, unit=unit)
         fig, ax = _figure()
-        colors: dict[str, str] = {}
-        # One line per module setting and scenario: mixing batches, kwargs or modes in one line would zig-zag. The
-        # scenario fields this backend ignores do not make lines of their own (its rows were spread over them).
-        ignored = set(backend_facts(backend).get("ignores", [])) if backend else set()
-        series_key = [k for k in SERIES_KEY if k not in ignored]
-        for key, grp in table.groupby(series_key, sort=False, dropna=False):
-            grp = grp[grp[column].notna()].sort_values("tokens").drop_duplicates("tokens")
-            if grp.empty:
-                continue
-            ident = {**dict(zip(series_key, key, strict=True)), **{k: "" for k in ignored}}
-            series = _series_label(ident, varies)
-            new = series not in colors
-            ax.plot(
-                grp["tokens"],
-                grp[column].astype(float) * scale,
-                marker="o",
-                color=colors.setdefault(series, f"C{len(colors) % 10}"),
-                linestyle=styles.get(ident["machine"], "-"),
-                label=series if new else "_nolegend_",
-            )
-        ax.set_xscale("log")
+        order: dict[str, int] = {}
+        for series in scaling_series(table, column, backend):
+            index = order.setdefault(series.label, len(order))
+            _draw_series(ax, series, column, backend, (index, 1 / factor, styles.get(series.machine)))
+        _resolution_axis(ax, table)
         ax.set_yscale("log")
-        ax.set_xlabel("tokens N = H x W")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} against N")
+        ax.set_ylabel(axis)
+        ax.set_title(f"{axis} against N")
         ax.grid(True, which="both", alpha=0.3)
         _machine_legend(ax, styles, ax.legend(fontsize=7, ncol=_legend_columns(ax.get_legend_handles_labels()[1])))
+        if "iqr_{backend}_s" in dict(m.details):
+            fig.text(0.01, 0.01, "bars: interquartile range; hollow: noisy (~) or timed under load (!)", fontsize=6)
         fig.tight_layout()
-        plots.append(Plot(name, fig))
+        plots.append(Plot(m.plot.format(backend=backend), fig))
     return plots
 
 
-@dataclass(frozen=True)
-class _Point:
-    series: str
-    backend: str
-    machine: str
-    intensity: float
-    flops_per_s: float
-    peak: Peak | None
+def _draw_series(ax: Any, series: Series, column: str, backend: str, style: tuple[int, float, str | None]) -> None:
+    """One line: marker and dash by its index (the machine's dash when several), IQR bars and hollow noisy points."""
+    index, scale, machine_dash = style
+    rows = series.rows
+    color, marker = f"C{index % 10}", SERIES_MARKERS[index % len(SERIES_MARKERS)][0]
+    dash = machine_dash or SERIES_DASHES[index % len(SERIES_DASHES)][0]
+    x, y = rows["tokens"].astype(float), rows[column].astype(float) * scale
+    iqr = f"iqr_{backend}_s"
+    new = series.label not in ax.get_legend_handles_labels()[1]
+    label = series.label if new else "_nolegend_"
+    ax.plot(x, y, marker=marker, color=color, linestyle=dash, label=label, markersize=6)
+    if iqr in rows and column.startswith("latency_") and rows[iqr].notna().any():
+        # No caps: a cap is a line of its own, and a figure's lines are its series.
+        ax.errorbar(x, y, yerr=rows[iqr].astype(float).fillna(0) * scale / 2, fmt="none", ecolor=color, capsize=0)
+    marks = [c for c in (f"noisy_{backend}", f"contended_{backend}") if c in rows]
+    noisy = [any(flag(r[c]) for c in marks) for _, r in rows.iterrows()]
+    if any(noisy):
+        ax.scatter(x[noisy], y[noisy], marker=marker, facecolors="white", edgecolors=color, s=36, zorder=3)
 
 
-def _roofline_points(table: pd.DataFrame, backends: Sequence[str], env: Mapping[str, Any]) -> list[_Point]:
-    """Every measured row with counted FLOPs as a point: (FLOPs / minimum traffic, FLOPs / median latency),
-    under the roof its own machine measured (a merged report keeps one environment per machine)."""
-    points = []
-    varies = _varies(table)
-    for _, r in table.sort_values("tokens", kind="stable").iterrows():
-        traffic = min_traffic_bytes(
-            r["params"], r["batch"], r["dim"], r["height"], r["width"], str(r["dtype"]), str(r["mode"])
-        )
-        x = intensity(r.get("flops_attnbench"), traffic)
-        peaks = peaks_of(machine_env(env, str(r["machine"])))
-        for b in backends:
-            y = achieved(r, b)
-            if x is None or y is None:
-                continue
-            series = _series_label({k: r[k] for k in SERIES_KEY}, varies)
-            peak = peak_for(peaks, backend_facts(b)["device"], str(r["dtype"]), int(r["threads"]))
-            points.append(_Point(series, b, str(r["machine"]), x, y, peak))
-    return points
+def _resolution_axis(ax: Any, table: pd.DataFrame) -> None:
+    """A log x-axis labelled at the measured resolutions (14x14, 28x28), not at powers of ten."""
+    ax.set_xscale("log")
+    ticks = resolution_ticks(table)
+    ax.set_xticks([n for n, _ in ticks], [text for _, text in ticks], fontsize=7)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("resolution H x W (log of the tokens N = H x W)")
 
 
 def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = None) -> list[Plot]:
@@ -191,7 +157,8 @@ def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = 
     if table.empty or "flops_attnbench" not in table:
         return []
     backends = backends_of(results)
-    points = _roofline_points(table, backends, env or {})
+    # Rows from attnbench.profile() come without their environment: the roofs this process measured for them.
+    points = roofline_points(table, backends, env if env is not None else {"peaks": measured_here()})
     styles = machine_styles(table)
     plots = []
     device_of = {b: backend_facts(b)["device"] for b in backends}
@@ -202,7 +169,7 @@ def roofline_figures(results: Sequence[Result], env: Mapping[str, Any] | None = 
     return plots
 
 
-def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) -> Figure:
+def _roofline(device: str, points: Sequence[RooflinePoint], styles: Mapping[str, str]) -> Figure:
 
     fig, ax = _figure()
     colors = {s: f"C{i % 10}" for i, s in enumerate(dict.fromkeys(p.series for p in points))}
@@ -223,15 +190,15 @@ def _roofline(device: str, points: Sequence[_Point], styles: Mapping[str, str]) 
                         alpha=0.85,
                     )
     roofs = {(p.machine, p.peak.dtype, p.peak.threads): p.peak for p in points if p.peak is not None}
-    xs = [p.intensity for p in points]
+    x_min, x_max = roof_range(points)
     for (machine, _, _), peak in roofs.items():
-        _draw_roof(ax, peak, min(xs) / 3, max(max(xs), peak.ridge) * 3, styles.get(machine, "-"))
+        _draw_roof(ax, peak, x_min, x_max, styles.get(machine, "-"))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity [FLOP/byte]: FLOPs / (input + output + weights)")
     ax.set_ylabel("achieved [GFLOP/s]: FLOPs / median latency")
-    roof = "under the measured roof" if roofs else "(no measured roof in this report's environment)"
-    ax.set_title(f"roofline {device}: achieved GFLOP/s against arithmetic intensity {roof}", fontsize=9)
+    roof = "under the measured roof" if roofs else "(no measured roof)"
+    ax.set_title(f"roofline {device}: achieved GFLOP/s {roof}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     handles = [Line2D([], [], color=c, linewidth=2, label=s) for s, c in colors.items()]
     handles += [Line2D([], [], color="0.3", marker=backend_facts(b)["marker"], linestyle="", label=b) for b in backends]

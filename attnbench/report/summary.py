@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -14,11 +15,11 @@ from attnbench import fmt
 from attnbench import results as R
 from attnbench.backends import backend_facts
 from attnbench.counting.base import CROSS_CHECK_TOLERANCE
-from attnbench.merge import MachineInfo
+from attnbench.merge import MachineInfo, machine_env
 from attnbench.merge import machines as machines_of
 from attnbench.metrics import COUNTED, METRICS, Metric, metric
 from attnbench.results import SCENARIO_DEFAULTS, SCENARIO_FIELDS, Result, axes, axis, to_frame
-from attnbench.roofline import Peak, peak_for, peaks_of, rate
+from attnbench.roofline import Peak, intensity, min_traffic_bytes, peak_for, peaks_of, rate
 
 CONVENTION = (
     "MACs and FLOPs: one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product (a gate x * g) = 1 MAC = "
@@ -184,6 +185,128 @@ def _scaled_columns(table: pd.DataFrame) -> list[str]:
     backends = [c[len("latency_") : -2] for c in table.columns if c.startswith("latency_") and c.endswith("_s")]
     columns = [m.summary_column(b) for m, b in scaled_metrics(backends)]
     return [c for c in columns if c in table]
+
+
+def series_varies(table: pd.DataFrame) -> list[str]:
+    """The varying identity columns that name a scaling series (the machine is told apart by its line style, so a
+    series keeps its colour on every machine; kwargs only when a series has some)."""
+    return [k for k in varying(table) if (k != "kwargs" or table["kwargs"].astype(bool).any()) and k != "machine"]
+
+
+def series_label(ident: Mapping[str, Any], varies: Sequence[str]) -> str:
+    """A series' name in a legend: 'mhsa (C=64, dtype=bfloat16)'."""
+    # An empty value (no kwargs, a zoo module's own layout) says nothing: left out of the label.
+    shown = [(k, identity_text(k, ident[k])) for k in varies]
+    parts = [f"C={ident['dim']}"] + [f"{VARYING[k]}={text}" for k, text in shown if text]
+    return f"{ident['module']} ({', '.join(parts)})"
+
+
+#: How the n-th series of a figure is drawn besides its colour, so ten modules stay apart (the ten colours repeat
+#: after ten; neighbours differ in marker and dash too): (matplotlib, Plotly) names of each marker and dash.
+SERIES_MARKERS = (
+    ("o", "circle"),
+    ("s", "square"),
+    ("D", "diamond"),
+    ("^", "triangle-up"),
+    ("v", "triangle-down"),
+    ("P", "cross"),
+    ("X", "x"),
+    ("*", "star"),
+    ("p", "pentagon"),
+    ("h", "hexagon"),
+)
+SERIES_DASHES = (("-", "solid"), ("--", "dash"), (":", "dot"), ("-.", "dashdot"))
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a scaling figure: a module setting in one scenario on one machine, its rows by N."""
+
+    label: str
+    machine: str
+    rows: pd.DataFrame
+
+
+def scaling_series(table: pd.DataFrame, column: str, backend: str = "") -> list[Series]:
+    """The lines of `column` against N: one per module setting and scenario (mixing batches, kwargs or modes in
+    one line would zig-zag); the scenario fields `backend` ignores make no lines of their own (its rows were
+    spread over them)."""
+    ignored = set(backend_facts(backend).get("ignores", [])) if backend else set()
+    key_columns = [k for k in SERIES_KEY if k not in ignored]
+    varies = series_varies(table)
+    out = []
+    for key, grp in table.groupby(key_columns, sort=False, dropna=False):
+        grp = grp[grp[column].notna()].sort_values("tokens").drop_duplicates("tokens")
+        if not grp.empty:
+            ident = {**dict(zip(key_columns, key, strict=True)), **{k: "" for k in ignored}}
+            out.append(Series(series_label(ident, varies), str(ident["machine"]), grp))
+    return out
+
+
+def resolution_ticks(table: pd.DataFrame) -> list[tuple[int, str]]:
+    """Where a scaling figure's x-axis is labelled: each measured N, named by its resolutions ('14x14')."""
+    names: dict[int, list[str]] = {}
+    for _, r in table.sort_values("tokens").iterrows():
+        text = f"{int(r['height'])}x{int(r['width'])}"
+        if text not in names.setdefault(int(r["tokens"]), []):
+            names[int(r["tokens"])].append(text)
+    return [(n, " / ".join(texts)) for n, texts in names.items()]
+
+
+def metric_unit(table: pd.DataFrame, m: Metric, backends: Sequence[str]) -> tuple[str, float]:
+    """One unit for a metric across every backend's column (a figure or a set of figures reads in one)."""
+    families = {"seconds": fmt.TIME_UNITS, "bytes": fmt.BYTE_UNITS}
+    if m.units not in families:
+        return "", 1.0
+    columns = [m.summary_column(b) for b in backends] if m.pivot else [m.column]
+    return fmt.pick_unit([v for c in columns if c in table for v in table[c]], families[m.units])
+
+
+@dataclass(frozen=True)
+class RooflinePoint:
+    """One measured row on a roofline: its series, backend, machine, FLOPs per byte, FLOP/s and roof."""
+
+    series: str
+    backend: str
+    machine: str
+    intensity: float
+    flops_per_s: float
+    peak: Peak | None
+    #: The summary row it comes from (hover texts name its setting).
+    height: int = 0
+    width: int = 0
+
+
+def roofline_points(table: pd.DataFrame, backends: Sequence[str], env: Mapping[str, Any]) -> list[RooflinePoint]:
+    """Every measured row with counted FLOPs as a point: (FLOPs / minimum traffic, FLOPs / median latency),
+    under the roof its own machine measured (a merged report keeps one environment per machine)."""
+    points = []
+    varies = series_varies(table)
+    # Series in the table's order (their colours match the scaling figures'), each by N.
+    ordered = [
+        grp.sort_values("tokens", kind="stable") for _, grp in table.groupby(SERIES_KEY, sort=False, dropna=False)
+    ]
+    for _, r in pd.concat(ordered).iterrows():
+        traffic = min_traffic_bytes(
+            r["params"], r["batch"], r["dim"], r["height"], r["width"], str(r["dtype"]), str(r["mode"])
+        )
+        x = intensity(r.get("flops_attnbench"), traffic)
+        peaks = peaks_of(machine_env(env, str(r["machine"])))
+        for b in backends:
+            y = achieved(r, b)
+            if x is None or y is None:
+                continue
+            series = series_label({k: r[k] for k in SERIES_KEY}, varies)
+            peak = peak_for(peaks, backend_facts(b)["device"], str(r["dtype"]), int(r["threads"]))
+            points.append(RooflinePoint(series, b, str(r["machine"]), x, y, peak, int(r["height"]), int(r["width"])))
+    return points
+
+
+def roof_range(points: Sequence[RooflinePoint]) -> tuple[float, float]:
+    """The x-range of a roofline: every point and every ridge inside it, a factor of 3 of room each side (a ridge
+    left of the points would leave only the flat roof drawn)."""
+    xs = [p.intensity for p in points] + [p.peak.ridge for p in points if p.peak is not None]
+    return min(xs) / 3, max(xs) * 3
 
 
 def flag(value: Any) -> bool:

@@ -8,6 +8,7 @@ lower priority is dropped. New columns slot in by declaring a priority; the fitt
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -45,6 +46,9 @@ class Column:
     key: str = ""
     #: Extra data for the caller's styling.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Marks its cells may carry that refer to another column, by that column's key ((`†`, "other_alloc_cpu_s"),):
+    #: a mark goes when the fitting hides the column it refers to.
+    marks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -162,8 +166,32 @@ def fit(columns: Sequence[Column], rows: Sequence[Any], width: int | None) -> Fi
             chosen[index] = replace(column.short, priority=column.priority, short=None)
             shortened.append(column.short_name or column.header)
     full = table_width(columns, rows)
+    kept = [c for c in chosen if c is not None]
+    keys = {c.key for c in kept if c.key}
     # The note lists them in reading order.
-    return Fitted([c for c in chosen if c is not None], [h for _, h in sorted(hidden)], shortened[::-1], width, full)
+    return Fitted([_unmarked(c, keys) for c in kept], [h for _, h in sorted(hidden)], shortened[::-1], width, full)
+
+
+def _unmarked(column: Column, keys: set[str]) -> Column:
+    """The column without the marks whose column is not shown (a `†` pointing at nothing says nothing)."""
+    orphans = [mark for mark, key in column.marks if key not in keys]
+    if not orphans:
+        return column
+
+    def cell(row: Any, inner: Callable[[Any], str] = column.cell) -> str:
+        text = inner(row)
+        for mark in orphans:
+            text = text.replace(f" {mark}", "")
+        return text
+
+    return replace(column, cell=cell, marks=())
+
+
+def prose(text: str, width: int | None, indent: int = 0) -> str:
+    """A sentence wrapped at `width` (None: one line) at its spaces, continuation lines indented by `indent`."""
+    if width is None or len(text) <= width:
+        return text
+    return textwrap.fill(text, width, subsequent_indent=" " * indent, break_long_words=False, break_on_hyphens=False)
 
 
 def render(

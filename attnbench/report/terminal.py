@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -9,15 +10,24 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from attnbench import fmt
 from attnbench import results as R
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import SHAPE_MARK, cross_columns, cross_unit, highlights, scaling_columns, summary_columns
-from attnbench.report.markdown import allocator_notes
+from attnbench.report.columns import (
+    ALLOC_MARK,
+    SHAPE_MARK,
+    cross_columns,
+    cross_unit,
+    highlights,
+    scaling_columns,
+    summary_columns,
+)
+from attnbench.report.markdown import scenario_text
 from attnbench.report.summary import (
-    CONVENTION,
     ROW_KEY,
     backends_of,
     cross_hardware,
+    flag,
     present,
     roofs_by_machine,
     scaling,
@@ -25,7 +35,7 @@ from attnbench.report.summary import (
     summary,
     with_machine_aliases,
 )
-from attnbench.report.tables import Column, Fitted, fit, fit_note, render
+from attnbench.report.tables import Column, Fitted, fit, fit_note, prose, render
 from attnbench.results import Result
 
 if TYPE_CHECKING:
@@ -77,6 +87,20 @@ def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[
     return render(fitted, rows, "Scaling: x in cost ~ N^x, N = H*W"), fitted
 
 
+#: What the terminal says of the counting convention: short, the rest is in the docs.
+SHORT_CONVENTION = (
+    'MACs: 1 multiply-add = 1 MAC = 2 FLOPs (papers\' "FLOPs" are usually MACs); softmax, norms, activations '
+    "and additions are uncounted (docs/reading-results.md)."
+)
+#: Each mark of a latency cell, in a few words (the docs say more).
+MARK_WORDS = {
+    "~": "noisy (IQR/median > 10% or precision not reached)",
+    "!": "timed while other processes used the CPU",
+    ALLOC_MARK: "> 10% slower with glibc's default allocator",
+    SHAPE_MARK: "output's shape differs from the input's (note below)",
+}
+
+
 def show(
     rows: Sequence[Result],
     out: Console,
@@ -86,11 +110,16 @@ def show(
     highlight_best: bool = False,
     env: Mapping[str, Any] | None = None,
 ) -> None:
-    """Print the summary and scaling tables on `out`, fitted to its width; on `err`, what a narrow terminal left
-    out, the cases that did not complete and the convention."""
+    """Print the summary (with its scenario line) and scaling tables on `out`, fitted to its width; on `err`, in
+    lines wrapped at its width: what a narrow terminal left out, the marks shown, the cases that did not complete
+    and the convention."""
     width = out.width
     table, fitted = rich_table(rows, title, sort_by, highlight_best, width, env)
     out.print(table)
+    summary_frame = summary(rows)
+    scenario = scenario_text(summary_frame)
+    if scenario:
+        say(out, scenario)
     fits = [("", fitted)]
     scale = scaling_table(rows, width)
     if scale is not None:
@@ -101,24 +130,64 @@ def show(
         out.print(cross[0])
         fits.append(("machines table: ", cross[1]))
     for line in machines_legend(rows):
-        out.print(line, highlight=False, markup=False, soft_wrap=True)
+        say(out, line)
     line = fit_note(width, fits)
     if line:
-        err.print(f"attnbench: {line}", style="dim", markup=False, highlight=False, soft_wrap=True)
-    for note in allocator_notes(rows):
-        err.print(note, markup=False, highlight=False, soft_wrap=True)
-    for row in rows:
-        if row.status != R.OK:
-            err.print(
-                f"{row.label}: {row.status}: {row.reason}",
-                style="yellow",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
+        say(err, f"attnbench: {line}", style="dim")
+    for line in marks_legend(rows, fitted, sort_by):
+        say(err, line)
+    for line in failure_lines(rows):
+        say(err, line, style="yellow", indent=2)
     for line in output_notes(rows):
-        err.print(line, markup=False, highlight=False, soft_wrap=True)
-    err.print(f"[dim]{CONVENTION}[/dim]", highlight=False, soft_wrap=True)
+        say(err, line, indent=2)
+    say(err, SHORT_CONVENTION, style="dim")
+
+
+def say(console: Console, text: str, style: str = "", indent: int = 0) -> None:
+    """One line of prose, wrapped at the console's width (a pipe's: COLUMNS, else PIPE_WIDTH)."""
+    console.print(prose(text, console.width, indent), style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+def marks_legend(rows: Sequence[Result], fitted: Fitted, sort_by: str | None = None) -> list[str]:
+    """What the marks the printed table shows mean, one line, and which rows the default allocator slows."""
+    frame = with_machine_aliases(summary(rows), rows)
+    if frame.empty:
+        return []
+    if sort_by:
+        frame = sort_summary(frame, sort_by)
+    texts = [c.cell(r) for _, r in frame.iterrows() for c in fitted.columns]
+    shown = [mark for mark in MARK_WORDS if any(f" {mark}" in text for text in texts)]
+    lines = []
+    if shown:
+        lines.append("; ".join(f"{mark} {MARK_WORDS[mark]}" for mark in shown) + " (docs/reading-results.md).")
+    slower = [r for r in rows if flag(r.system_allocator_slower) and r.latency_median_s and r.other_allocator_latency_s]
+    if slower:
+        ratios = ", ".join(f"{r.module} {r.height}x{r.width} {_slowdown(r)}x" for r in slower)
+        lines.append(
+            f"{ratios}: slower with glibc's default allocator than pinned, as the table times them "
+            "(docs/scenarios.md#the-allocator)."
+        )
+    return lines
+
+
+def _slowdown(r: Result) -> str:
+    # The system state's time over the pinned one, whichever is the row's headline.
+    a, b = float(r.latency_median_s or 0), float(r.other_allocator_latency_s or 0)
+    return fmt.sig(max(a, b) / min(a, b), 2)
+
+
+def failure_lines(rows: Sequence[Result]) -> list[str]:
+    """One line per case that did not complete, its backends together when they ended alike."""
+    grouped: dict[tuple[Any, ...], list[Result]] = {}
+    for r in rows:
+        if r.status != R.OK:
+            key = (r.module, r.dim, r.height, r.width, r.batch, r.kwargs, r.scenario, r.status, r.reason)
+            grouped.setdefault(key, []).append(r)
+    lines = []
+    for same in grouped.values():
+        first = dataclasses.replace(same[0], backend=", ".join(r.backend for r in same))
+        lines.append(f"{first.label}: {first.status}: {first.reason}")
+    return lines
 
 
 def output_notes(rows: Sequence[Result]) -> list[str]:

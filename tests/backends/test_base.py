@@ -159,7 +159,7 @@ def test_case_failed_carries_status_reason_and_details() -> None:
 
 def test_the_interfaces_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend = Minimal()
-    assert backend.facts() == {"device": "cpu", "marker": "x", "parity": "", "ignores": []}
+    assert backend.facts() == {"device": "cpu", "marker": "x", "parity": "", "ignores": [], "sync": ""}
     assert backend.memory_name == "RAM" and backend.ignores == () and not backend.allocator_states
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemAvailable:    1000 kB\n")

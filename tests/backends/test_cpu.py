@@ -23,10 +23,16 @@ FAST = TimingBudget(min_run_time=0.01, max_run_time=0.05, warmup_s=0.0, warmup_c
 def test_facts() -> None:
     cpu = get_backend("cpu")
     assert isinstance(cpu, CpuBackend) and cpu.available() == (True, f"torch {torch.__version__} on the CPU")
-    assert cpu.facts() == {"device": "cpu", "marker": "o", "parity": "compiled", "ignores": ["ort_opt_level"]}
+    assert cpu.facts() == {
+        "device": "cpu",
+        "marker": "o",
+        "parity": "compiled",
+        "ignores": ["ort_opt_level", "tf32"],
+        "sync": "",
+    }
     assert cpu.memory_name == "RAM" and cpu.allocator_states and cpu.autocasts
     assert cpu.compiles and cpu.channels_last and cpu.modes == ("infer", "train")
-    assert cpu.dtypes == ("float32", "float16", "bfloat16") and cpu.ignores == ("ort_opt_level",)
+    assert cpu.dtypes == ("float32", "float16", "bfloat16") and cpu.ignores == ("ort_opt_level", "tf32")
 
 
 def test_free_memory_is_the_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,12 +25,21 @@ from attnbench.errors import BackendUnavailableError
 from attnbench.measurement import measure
 from attnbench.results import Scenario
 
-#: What each built-in backend says of itself (device, plot marker, parity column).
+#: How the GPU backends synchronise a timed call: each call, torch with torch.cuda.synchronize, ORT with its stream.
+CUDA_SYNC = (
+    "per call: the host clock reads after the device finished each call (torch.cuda.synchronize(device) after each "
+    "call)"
+)
+ORT_SYNC = (
+    "per call: the host clock reads after the device finished each call (run_with_iobinding synchronises the "
+    "provider's stream at the end of each run: ORT's default, disable_synchronize_execution_providers not set)"
+)
+#: What each built-in backend says of itself (device, plot marker, parity column, ignored fields, synchronisation).
 BUILT_IN_FACTS = {
-    "cpu": {"device": "cpu", "marker": "o", "parity": "compiled", "ignores": ["ort_opt_level"]},
-    "cuda": {"device": "cuda", "marker": "^", "parity": "compiled", "ignores": ["ort_opt_level"]},
-    "ort": {"device": "cpu", "marker": "s", "parity": "ORT", "ignores": ["compile_mode"]},
-    "ort-cuda": {"device": "cuda", "marker": "D", "parity": "ORT", "ignores": ["compile_mode"]},
+    "cpu": {"device": "cpu", "marker": "o", "parity": "compiled", "ignores": ["ort_opt_level", "tf32"], "sync": ""},
+    "cuda": {"device": "cuda", "marker": "^", "parity": "compiled", "ignores": ["ort_opt_level"], "sync": CUDA_SYNC},
+    "ort": {"device": "cpu", "marker": "s", "parity": "ORT", "ignores": ["compile_mode", "tf32"], "sync": ""},
+    "ort-cuda": {"device": "cuda", "marker": "D", "parity": "ORT", "ignores": ["compile_mode"], "sync": ORT_SYNC},
 }
 
 
@@ -116,7 +125,7 @@ def test_a_backend_plugs_in_through_its_entry_point(monkeypatch: pytest.MonkeyPa
     assert type(get_backend("cpu")).__name__ == "CpuBackend"
     backend = get_backend("plugin")
     assert isinstance(backend, PluginBackend) and get_backend("plugin") is backend
-    assert backend_facts("plugin") == {"device": "cuda", "marker": "*", "parity": "plugin", "ignores": []}
+    assert backend_facts("plugin") == {"device": "cuda", "marker": "*", "parity": "plugin", "ignores": [], "sync": ""}
     assert available_backends()["plugin"] == {
         "available": True,
         "reason": "the plug-in is here",
@@ -124,6 +133,7 @@ def test_a_backend_plugs_in_through_its_entry_point(monkeypatch: pytest.MonkeyPa
         "marker": "*",
         "parity": "plugin",
         "ignores": [],
+        "sync": "",
     }
 
 
@@ -155,10 +165,20 @@ def test_a_backend_that_cannot_import_is_unavailable_with_the_reason(monkeypatch
 def test_backend_facts_prefer_the_runs_record() -> None:
     recorded = {"available_backends": {"cpu": {"available": True, "device": "cuda", "marker": "v"}}}
     # What the run recorded wins; a fact it did not record is the default one, not this machine's.
-    assert backend_facts("cpu", recorded) == {"device": "cuda", "marker": "v", "parity": "", "ignores": []}
+    assert backend_facts("cpu", recorded) == {"device": "cuda", "marker": "v", "parity": "", "ignores": [], "sync": ""}
     # A record without facts (an older run) falls back to the backend itself.
     assert backend_facts("cpu", {"available_backends": {"cpu": {"available": True}}}) == BUILT_IN_FACTS["cpu"]
     assert backend_facts("cpu", None) == backend_facts("cpu", {}) == BUILT_IN_FACTS["cpu"]
     # A backend neither recorded nor installed: the report's assumption.
-    assert backend_facts("tpu") == UNKNOWN_FACTS == {"device": "cpu", "marker": "x", "parity": "", "ignores": []}
+    assert (
+        backend_facts("tpu")
+        == UNKNOWN_FACTS
+        == {
+            "device": "cpu",
+            "marker": "x",
+            "parity": "",
+            "ignores": [],
+            "sync": "",
+        }
+    )
     assert backend_facts("tpu", {"available_backends": {"tpu": {"device": "tpu"}}})["device"] == "tpu"

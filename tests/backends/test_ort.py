@@ -3,6 +3,9 @@ the refusals, the memory estimate; parity over the whole zoo."""
 
 from __future__ import annotations
 
+import os
+from typing import ClassVar
+
 import pytest
 import torch
 from torch import nn
@@ -10,13 +13,17 @@ from torch import nn
 import attnbench
 from attnbench.backends import get_backend
 from attnbench.backends import ort as ort_backend
+from attnbench.backends.base import CaseFailed
 from attnbench.backends.ort import (
     OPT_LEVELS,
+    ORT_CUDA_SYNC,
     ORT_MEMORY_FACTOR,
     ORT_PEAK_REASON,
     ORT_WARMUP_MIN_CALLS,
     OrtCpuBackend,
     OrtCudaBackend,
+    cuda_provider_options,
+    open_session,
     parity_limit,
     session_options,
 )
@@ -77,13 +84,28 @@ class StepClock:
 def test_facts() -> None:
     cpu, cuda = get_backend("ort"), get_backend("ort-cuda")
     assert isinstance(cpu, OrtCpuBackend) and isinstance(cuda, OrtCudaBackend)
-    assert cpu.facts() == {"device": "cpu", "marker": "s", "parity": "ORT", "ignores": ["compile_mode"]}
-    assert cuda.facts() == {"device": "cuda", "marker": "D", "parity": "ORT", "ignores": ["compile_mode"]}
+    assert cpu.facts() == {
+        "device": "cpu",
+        "marker": "s",
+        "parity": "ORT",
+        "ignores": ["compile_mode", "tf32"],
+        "sync": "",
+    }
+    assert cuda.facts() == {
+        "device": "cuda",
+        "marker": "D",
+        "parity": "ORT",
+        "ignores": ["compile_mode"],
+        "sync": ORT_CUDA_SYNC,
+    }
+    assert ORT_CUDA_SYNC.startswith("per call: ") and "disable_synchronize_execution_providers not set" in ORT_CUDA_SYNC
     assert (cpu.memory_name, cuda.memory_name) == ("RAM", "GPU memory")
-    assert cpu.dtypes == ("float32",) and cpu.modes == ("infer",) and cpu.ignores == ("compile_mode",)
+    assert cpu.dtypes == ("float32",) and cpu.modes == ("infer",) and cpu.ignores == ("compile_mode", "tf32")
     assert not (cpu.compiles or cpu.channels_last or cpu.autocasts or cpu.allocator_states)
     assert cpu.provider == "CPUExecutionProvider" and cuda.provider == "CUDAExecutionProvider"
     assert not cpu.counts_instructions(Case("lka", 16, 8, 8, backend="ort"))
+    # TF32 is the CUDA provider's: the CPU one ignores it (one row), the CUDA one runs each value.
+    assert cpu.settle(Scenario(tf32=True)) == Scenario() and cuda.settle(Scenario(tf32=True)) == Scenario(tf32=True)
     assert cpu.available()[0] and cpu.available()[1].startswith(f"onnxruntime {ort.__version__} CPUExecutionProvider")
 
 
@@ -244,6 +266,181 @@ def test_parity_fails_for_a_wrong_graph_even_when_outputs_are_tiny(monkeypatch: 
     m = measure(attnbench.build("mhsa", 16, 4), (1, 16, 4, 4), backend="ort", metrics=())
     assert m.status == "parity_failed" and "max |output|" in m.reason
     assert ort_backend.parity_limit(5.0) == ort_backend.PARITY_ATOL and ort_backend.parity_limit(2e-5) < 1e-8
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("where", ["session", "parity"])
+def test_ort_out_of_memory_is_an_oom_not_a_session_or_parity_failure(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Fail(Exception):  # ONNX Runtime's exceptions derive from Exception, as this one
+        pass
+
+    def allocation_failed(*args: object, **kwargs: object) -> None:
+        raise Fail("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
+
+    if where == "session":
+        monkeypatch.setattr(ort.InferenceSession, "__init__", allocation_failed)
+    else:
+        monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", allocation_failed)
+    m = measure(ConvMatmul(), (1, 8, 4, 4), backend="ort", budget=FAST)
+    assert m.status == "oom" and "Failed to allocate memory" in m.reason
+
+
+# ---------------------------------------------------------------- the CUDA provider's session, without a GPU
+
+
+def test_the_cuda_providers_options_pin_the_device_and_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cuda_provider_options(0, tf32=False) == {"device_id": "0", "use_tf32": "0"}
+    assert cuda_provider_options(3, tf32=True) == {"device_id": "3", "use_tf32": "1"}
+    # The session runs on torch's current device, with the scenario's TF32 (ORT's own default is on).
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    cuda = OrtCudaBackend()
+    assert cuda.provider_options(Scenario()) == {"device_id": "1", "use_tf32": "0"}
+    assert cuda.provider_options(Scenario(tf32=True)) == {"device_id": "1", "use_tf32": "1"}
+    assert OrtCpuBackend().provider_options(Scenario(tf32=True)) is None
+
+
+class RecordingSession:
+    """Stands in for ort.InferenceSession: records what it was handed; starts on CUDA with use_tf32 0."""
+
+    made: ClassVar[list[dict]] = []
+
+    def __init__(self, model: object, sess_options: object = None, providers: object = None, **kwargs: object) -> None:
+        self.fallback = True
+        RecordingSession.made.append({"providers": providers, **kwargs, "session": self})
+
+    def disable_fallback(self) -> None:
+        self.fallback = False
+
+    def get_providers(self) -> list[str]:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    def get_provider_options(self) -> dict[str, dict[str, str]]:
+        return {"CUDAExecutionProvider": {"device_id": "0", "use_tf32": "0", "arena_extend_strategy": "x"}}
+
+
+def test_a_cuda_session_is_opened_on_the_provider_alone_with_both_fallbacks_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    RecordingSession.made = []
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    options = cuda_provider_options(0, tf32=False)
+    session, _ = open_session(b"graph", session_options(1), "CUDAExecutionProvider", options)
+    made = RecordingSession.made[0]
+    # No CPU provider named: ORT adds its own and warns when it places nodes there (kept in the row).
+    assert made["providers"] == [("CUDAExecutionProvider", options)]
+    # Fallback at creation (enable_fallback=0) and at run time (disable_fallback()) both off.
+    assert made["enable_fallback"] == 0 and session is made["session"] and session.fallback is False
+
+
+def test_a_session_that_did_not_take_the_options_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    with pytest.raises(CaseFailed) as info:
+        open_session(b"graph", session_options(1), "CUDAExecutionProvider", {"device_id": "0", "use_tf32": "1"})
+    assert info.value.status == "session_failed"
+    assert info.value.reason == (
+        "CUDAExecutionProvider did not take {'device_id': '0', 'use_tf32': '1'} (it has {'use_tf32': '0'})"
+    )
+
+
+def test_a_real_cpu_session_has_run_time_fallback_off() -> None:
+    session, _ = open_session(ort_backend._probe_model(), session_options(1), "CPUExecutionProvider", None)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert getattr(session, "_enable_fallback", False) is False  # ORT's own flag, read by Session.run
+
+
+class ProviderThatDidNotLoad(RecordingSession):
+    """What ORT does when the CUDA provider's library does not load: it logs why and starts on the CPU."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        os.write(2, ORT_LOAD_ERROR.encode() + b"\n")
+        super().__init__(*args, **kwargs)
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+
+#: ORT's log line when libcublasLt is missing (provider_bridge_ort.cc), time stamp and all.
+ORT_LOAD_ERROR = (
+    "2026-11-30 10:00:00.123456789 [E:onnxruntime:Default, provider_bridge_ort.cc:2195 TryGetProviderInfo_CUDA] "
+    "Failed to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.12: cannot open shared "
+    "object file: No such file or directory"
+)
+
+
+def test_a_provider_that_fails_to_load_is_a_session_failure_with_orts_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort, "InferenceSession", ProviderThatDidNotLoad)
+    with pytest.raises(CaseFailed) as info:
+        open_session(b"graph", session_options(1), "CUDAExecutionProvider", cuda_provider_options(0, False))
+    assert info.value.status == "session_failed"
+    assert info.value.reason == (
+        "CUDAExecutionProvider did not start (the session runs on ['CPUExecutionProvider']); onnxruntime said: "
+        + ORT_LOAD_ERROR.split(" ", 2)[2]
+    )
+
+
+@pytest.fixture
+def listed_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ORT lists the CUDA provider (as a package built with it always does) and torch sees a GPU."""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(ort_backend, "_PROBED", {})
+
+
+def test_a_listed_provider_that_cannot_run_is_unavailable_with_orts_reason(listed_cuda: None) -> None:
+    # The real ORT of this machine (a CPU build) is asked for a CUDA session: it says why it starts on the CPU.
+    ok, reason = OrtCudaBackend().available()
+    assert not ok
+    assert reason.startswith(f"onnxruntime {ort.__version__} lists CUDAExecutionProvider, but it cannot run here: ")
+    assert "CUDAExecutionProvider did not start (the session runs on ['CPUExecutionProvider']); onnxruntime said: " in (
+        reason
+    )
+    assert "is not in available provider names" in reason
+
+
+def test_the_provider_probe_runs_once_per_device(listed_cuda: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    probes: list[tuple[str, dict | None]] = []
+
+    def probe(provider: str, options: dict | None) -> str | None:
+        probes.append((provider, options))
+        return None
+
+    monkeypatch.setattr(ort_backend, "probe_provider", probe)
+    cuda = OrtCudaBackend()
+    assert cuda.available()[0] and cuda.available()[1].endswith("on GPU 0")
+    assert probes == [("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})]
+
+
+def test_ort_cuda_guards_the_gpus_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (123 * 2**20, 456 * 2**20))
+    cuda = OrtCudaBackend()
+    assert cuda.free_memory() == 123 * 2**20 and cuda.memory_name == "GPU memory"
+
+
+def test_orts_placement_warnings_are_kept_and_the_rest_left_out() -> None:
+    console = (
+        "2026-11-30 10:00:00.1 [W:onnxruntime:, transformer_memcpy.cc:111 ApplyImpl] 4 Memcpy nodes are added to "
+        "the graph main_graph for CUDAExecutionProvider. It might have negative impact on performance.\n"
+        "2026-11-30 10:00:00.2 [W:onnxruntime:, session_state.cc:1316 VerifyEachNodeIsAssignedToAnEp] Some nodes "
+        "were not assigned to the preferred execution providers which may or may not have an negative impact on "
+        "performance. e.g. ORT explicitly assigns shape related ops to CPU to improve perf.\n"
+        "2026-11-30 10:00:00.3 [W:onnxruntime:, graph.cc:1 X] Removing initializer 'w'. It is not used.\n"
+    )
+    notes = ort_backend._placement_notes(console)
+    assert [n[:40] for n in notes] == [
+        "4 Memcpy nodes are added to the graph ma",
+        "Some nodes were not assigned to the pref",
+    ]
+
+
+def test_tf32_parity_allows_tf32s_rounding_and_no_more() -> None:
+    assert parity_limit(5.0, tf32=True) == pytest.approx(5.0 * ort_backend.TF32_PARITY_RTOL) == pytest.approx(0.05)
+    assert parity_limit(2e-5, tf32=True) == pytest.approx(2e-7)  # still relative for tiny outputs
+    assert parity_limit(0.0, tf32=True) == ort_backend.PARITY_ATOL
+    assert parity_limit(5.0, tf32=False) == ort_backend.PARITY_ATOL
 
 
 def _zoo_case(name: str) -> tuple[int, int]:

@@ -37,7 +37,7 @@ def test_consoles_take_columns_as_it_is_when_refreshed(monkeypatch: pytest.Monke
 
 
 def test_the_flags_are_the_on_off_scenario_fields() -> None:
-    assert sorted(a.option for a in axes().values() if a.flag) == ["--channels-last", "--compile"]
+    assert sorted(a.option for a in axes().values() if a.flag) == ["--channels-last", "--compile", "--tf32"]
 
 
 @pytest.mark.parametrize(
@@ -51,6 +51,7 @@ def test_the_flags_are_the_on_off_scenario_fields() -> None:
         (["profile", "lka", "--compile", "yes", "--channels-last", "0"], None),
         (["profile", "lka", "--compile=off"], None),  # given with its value: left alone
         (["profile", "lka", "--dtype", "bf16"], None),  # not an on/off option
+        (["profile", "lka", "--backend", "cuda", "--tf32"], [*"profile lka --backend cuda --tf32 on".split()]),
     ],
 )
 def test_an_on_off_option_given_alone_means_on(argv: list[str], settled: list[str] | None) -> None:

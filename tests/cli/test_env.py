@@ -67,7 +67,7 @@ def test_probe_measures_the_roofs_and_says_them_in_words(
     want = [("cpu", "float32", 1)] + ([("cuda", "float32", 0)] if torch.cuda.is_available() else [])
     assert asked == [(1, want)]
     lines = out.splitlines()
-    assert f"{'peak cpu':22s} 150 GFLOP/s, 6 GB/s (float32, 1 thread; ridge 25 FLOP/B)" in lines
-    assert f"{'peak cpu':22s} 150 GFLOP/s, 6 GB/s (float32, 2 threads; ridge 25 FLOP/B)" in lines
+    assert f"{'peak cpu':22s} 150 GFLOP/s, 6.00 GB/s (float32, 1 thread; ridge 25 FLOP/B)" in lines
+    assert f"{'peak cpu':22s} 150 GFLOP/s, 6.00 GB/s (float32, 2 threads; ridge 25 FLOP/B)" in lines
     code, out, _ = run_cli(capsys, "env", "--probe", "--json")
     assert json.loads(out)["peaks"] == [peak, {**peak, "threads": 2}]

@@ -121,10 +121,10 @@ def test_check_outputs_accepts_every_format_in_any_case(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("dir", "is a directory; name a file ending in .csv, .md or .json"),
-        ("dir.csv", "is a directory; name a file ending in .csv, .md or .json"),
-        ("out.xlsx", "unknown format '.xlsx'; use .csv, .md or .json"),
-        ("out", "unknown format '(none)'; use .csv, .md or .json"),
+        ("dir", "is a directory; name a file ending in .csv, .md, .json or .html"),
+        ("dir.csv", "is a directory; name a file ending in .csv, .md, .json or .html"),
+        ("out.xlsx", "unknown format '.xlsx'; use .csv, .md, .json or .html"),
+        ("out", "unknown format '(none)'; use .csv, .md, .json or .html"),
         ("nope/out.csv", "directory {tmp}/nope does not exist"),
     ],
 )

@@ -4,6 +4,7 @@ progress a log gets, the gate's verdict and exit codes, shards, and the generate
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 import json
 from pathlib import Path
@@ -71,7 +72,7 @@ def test_sweep_with_some_invalid_cases_keeps_the_valid_ones(tmp_path: Path, caps
     assert [r.status for r in rows] == [R.INVALID, R.OK]
     assert "window_size" in rows[0].reason
     assert code == 0  # refused-by-design cases are reported, not failures
-    assert f"clo C=32 14x14 B=1 none: invalid: {rows[0].reason}" in err.splitlines()
+    assert f"clo C=32 14x14 B=1 none: invalid: {rows[0].reason}" in " ".join(err.split())
 
 
 def test_every_case_refused_ends_like_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -148,7 +149,8 @@ def test_a_log_gets_one_line_per_finished_case(capsys: pytest.CaptureFixture[str
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith("attnbench: [")]
     assert len(lines) == 2
-    assert lines[0].startswith("attnbench: [1/2] lka C=16 8x8 B=1 cpu: ok in ") and lines[0].endswith(" s")
+    assert lines[0].startswith("attnbench: [1/2] lka C=16 8x8 B=1 cpu: ok in ")
+    assert " s (" in lines[0] and "timing " in lines[0] and lines[0].endswith(" s)")  # where the time went
     assert lines[1].startswith("attnbench: [2/2] lka C=16 12x12 B=1 cpu: ok in ")
     code, _, err = run(capsys, *"profile lka --dim 16 --res 8 --metrics params,latency --max-run-time 0.02 -q".split())
     assert code == 0 and "attnbench: [" not in err
@@ -159,6 +161,22 @@ def test_progress_line() -> None:
     assert progress_line(row, 3, 58) == '[3/58] sk C=64 28x28 B=1 cpu {"kernels": [3, 5]}: ok in 1.2 s'
     failed = Result.for_case(Case("lka", 16, 8, 8, scenario=Scenario(dtype="bfloat16", threads=2)), status=R.OOM)
     assert progress_line(failed, 1, 1) == "[1/1] lka C=16 8x8 B=1 cpu bfloat16 t=2: oom"
+    stages = {"counting": 0.02, "exporting": 8.12, "timing": 0.9}  # the stages' time, the short ones unsaid
+    assert progress_line(row, 3, 58, stages).endswith(": ok in 9.0 s (exporting 8.1 s, timing 0.9 s)")
+
+
+def test_a_log_line_says_where_the_time_went(capsys: pytest.CaptureFixture[str]) -> None:
+    # Counting 0.05 s (too short to say), exporting 2.8 s, timing 0.5 s.
+    clock = iter([0.0, 0.05, 0.05, 2.85, 2.85, 3.35])
+    progress = Progress(measures=True, quiet=False)
+    progress.clock = lambda: next(clock)
+    case = Case("lka", 16, 8, 8, backend="ort")
+    progress.start({}, [case])
+    for stage in ("counting", "exporting", "timing"):
+        progress.stage(case, stage)
+    progress.row(Result.for_case(case, seconds=3.35))
+    line = "attnbench: [1/1] lka C=16 8x8 B=1 ort: ok in 3.4 s (exporting 2.8 s, timing 0.5 s)"
+    assert capsys.readouterr().err == line + "\n"
 
 
 def test_progress_counts_cases_or_counted_geometries(capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,8 +216,10 @@ def test_a_terminal_gets_a_bar_that_names_the_stage(monkeypatch: pytest.MonkeyPa
     case = Case("lka", 16, 8, 8, backend="ort")
     progress.start({}, [case])
     assert progress._bar is not None
-    progress.stage(case, "measuring")
-    assert progress._bar.tasks[0].description == "lka C=16 8x8 B=1 ort: measuring"
+    progress.stage(case, "counting")  # the geometry's: no backend named
+    assert progress._bar.tasks[0].description == "lka C=16 8x8 B=1: counting"
+    progress.stage(case, "exporting")
+    assert progress._bar.tasks[0].description == "lka C=16 8x8 B=1 ort: exporting"
     progress.row(Result.for_case(case))
     assert progress._bar.tasks[0].completed == 1
     progress.finish(RunOutcome())
@@ -406,3 +426,27 @@ def test_ort_parity_column_and_opt_level(tmp_path: Path, capsys: pytest.CaptureF
     parity = [r[header.index("ORT max|Δ|")] for r in rows]
     assert f"{ort.parity_max_abs:.1e}" in parity
     assert "ORT max|Δ|" in out
+
+
+def test_help_shows_each_commands_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one option a line
+    _, compare, _ = run(capsys, "compare", "--help")
+    _, profile, _ = run(capsys, "profile", "--help")
+    _, report, _ = run(capsys, "report", "--help")
+    for text in ("[default: 14, 28, 56]", "[default: cpu, ort]", "[default: macs]", "[default: 64]", "[default: 0.5]"):
+        assert text in compare, text
+    for text in ("[default: 56]", "[default: cpu]", "[default: as measured]", "[default: 64]"):
+        assert text in profile, text
+    assert "[default: macs]" in report  # report sorts as compare does
+
+
+def test_html_report_is_written_with_the_others(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    page, csv = tmp_path / "r.html", tmp_path / "r.csv"
+    argv = [*"profile lka --dim 16 --res 8 --res 16 --metrics params,macs -q -o".split(), str(page), "-o", str(csv)]
+    code, _, err = run(capsys, *argv)
+    assert code == 0, err
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>") and f"wrote {page}" in err
+    assert text.count('<tr data-module="lka"') == len(store.load(csv).results) == 2
+    # The header's command line is the one that measured the rows (recorded in the environment).
+    assert html.escape(store.load(csv).env["command"]) in text

@@ -99,3 +99,24 @@ def test_info_of_an_unknown_module_suggests_one(capsys: pytest.CaptureFixture[st
     code, out, err = run_cli(capsys, "info", "lkaa")
     assert code == 2 and out == ""
     assert err.startswith("attnbench: error: unknown module 'lkaa': did you mean lka")
+
+
+def test_info_indents_its_continuation_lines(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    from attnbench.cli.app import consoles
+
+    consoles.refresh()
+    code, out, _ = run_cli(capsys, "info", "acmix")
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 60
+    notes = lines.index(next(line for line in lines if line.startswith("notes:")))
+    # A value's next lines start under the value, not under its name: up to the next name, all indented 12.
+    rest = lines[
+        notes + 1 : notes + 1 + next(i for i, line in enumerate(lines[notes + 1 :]) if not line.startswith(" "))
+    ]
+    assert rest and all(line.startswith(" " * 12) and line[12] != " " for line in rest)
+    kwarg = next(i for i, line in enumerate(lines) if line.startswith("  kernel_att = 7"))
+    assert lines[kwarg + 1].startswith("    ") and not lines[kwarg + 1].startswith("     ")

@@ -68,8 +68,8 @@ def test_cells_are_printed_by_the_one_formatter() -> None:
     assert cells(rows, ["cpu", "ort"], "Params") == ["16.6 K"] * 3
     assert cells(rows, ["cpu", "ort"], "MACs") == ["8.13 M", "116 M", "1.67 G"]
     assert cells(rows, ["cpu", "ort"], "cpu [ms] med±IQR") == ["0.647 ±0.013", "9.27 ±0.19", "10200 ±200"]
-    # ORT's column picks its own unit: 324 µs and 4.63 ms read best in µs.
-    assert cells(rows, ["cpu", "ort"], "ort [µs] med±IQR") == ["324 ±6.5", "4630 ±93", fmt.MISSING]
+    # One unit for every backend's latency, so cpu and ort read side by side (ORT's alone would take µs).
+    assert cells(rows, ["cpu", "ort"], "ort [ms] med±IQR") == ["0.324 ±0.0065", "4.63 ±0.093", fmt.MISSING]
     assert cells(rows, ["cpu", "ort"], "ORT max|Δ|") == ["3.9e-07", "3.9e-07", "-"]
     assert cells(rows, ["cpu", "ort"], "Status") == ["ok", "ok", "ort: failed"]
 

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from attnbench.report.markdown import (
+    ALLOCATOR_NOTE,
     allocator_notes,
     environment_markdown,
     markdown,
@@ -32,10 +33,26 @@ def test_failed_rows_are_listed_with_reason() -> None:
     md = markdown(rows, {})
     assert "Cases that did not complete" in md and "H not divisible" in md
     failures = markdown_tables(md[md.index("## Cases that did not complete") :])[0]
-    assert failures == [
-        ["Module", "C", "H x W", "B", "backend", "status", "reason"],
-        ["clo", "16", "14x14", "1", "cpu", "invalid", "H not divisible"],
+    assert failures == [["Case", "status", "reason"], ["clo C=16 14x14 B=1 cpu", "invalid", "H not divisible"]]
+
+
+def test_a_failed_case_names_its_scenario() -> None:
+    # Two failures that differ only in their scenario (here the dtype) are told apart.
+    rows = [
+        Result.for_case(Case("lka", 16, 8, 8, scenario=Scenario(dtype=d)), status="oom", reason="x")
+        for d in ("float32", "bfloat16")
     ]
+    failures = markdown_tables(markdown(rows, {}).split("## Cases that did not complete")[1])[0]
+    assert [row[0] for row in failures[1:]] == ["lka C=16 8x8 B=1 cpu", "lka C=16 8x8 B=1 cpu bfloat16"]
+
+
+def test_the_legend_says_only_what_applies() -> None:
+    counts = [Result.for_case(Case("lka", 16, 8, 8, backend="none"), params=1, macs_attnbench=2)]
+    md = markdown(counts, {})
+    assert "Latency:" not in md and "Mem:" not in md and "Marks" not in md
+    timed = markdown(scaling_results(1.0), {})
+    assert "Latency: median per call" in timed and "Mem: the peak" in timed and "`under`/`over`" in timed
+    assert "`!`" not in timed  # no contended row
 
 
 def test_markdown_tables_have_as_many_header_cells_as_separator_cells() -> None:
@@ -83,6 +100,22 @@ def test_noisy_and_contended_timings_are_marked() -> None:
     ]
     md = markdown(rows, {})
     assert "| 1 ±0.2 ~ |" in md and "| 1 ±0.01 ! |" in md
+
+
+def test_launch_bound_gpu_timings_are_marked_and_the_legend_says_why() -> None:
+    def gpu(name: str, bound: bool | None) -> Result:
+        return Result.for_case(
+            Case(name, 16, 8, 8, backend="cuda"),
+            params=1,
+            latency_median_s=1e-4,
+            latency_iqr_s=1e-6,
+            latency_launch_bound=bound,
+        )
+
+    md = markdown([gpu("a", True), gpu("b", False)], {})
+    assert "| 100 ±1 L |" in md and "| 100 ±1 |" in md
+    assert "`L`: launch-bound: the GPU ran kernels and copies for less than 50% of the call" in md
+    assert "launch-bound" not in markdown([gpu("a", False), gpu("b", None)], {})
 
 
 def test_the_summary_table_reads_back_cell_for_cell() -> None:
@@ -208,13 +241,11 @@ def test_allocator_notes_say_how_much_slower_the_system_allocator_is() -> None:
         system_allocator_slower=True,
     )
     (note,) = allocator_notes([row])
-    assert note == (
-        "lka C=16 8x8 B=1 cpu: a process with glibc's default allocator takes 1.5 ms per call, 1.5x the 1 ms "
-        "measured with the allocator pinned (120 minor page faults per call); the table shows the pinned number, "
-        "--allocator system shows this one."
-    )
+    # Short: what the section is about is said once above its lines.
+    want = "lka C=16 8x8 B=1 cpu: 1.5 ms with glibc's default allocator, 1.5x the pinned 1 ms"
+    assert note == want + " (120 page faults per call)."
     md = markdown([row], {})
-    assert "## Allocator" in md and f"- {note}" in md and "`†`" in md
+    assert "## Allocator" in md and f"- {note}" in md and "`†`" in md and ALLOCATOR_NOTE in md
     assert allocator_notes([dataclasses.replace(row, system_allocator_slower=False)]) == []
 
 

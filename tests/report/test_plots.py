@@ -35,9 +35,37 @@ def test_scaling_plots_name_metric_and_unit_on_title_and_axis() -> None:
         (ax,) = found[name].figure.axes
         assert ax.get_ylabel() == label  # was the last legend entry: "clo (C=64)"
         assert ax.get_title() == f"{label} against N"
-        assert ax.get_xlabel() == "tokens N = H x W"
+        assert ax.get_xlabel() == "resolution H x W (log of the tokens N = H x W)"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == SERIES
         assert len(ax.get_lines()) == len(SERIES)  # one line per module series
+        # Ticks at the measured resolutions, not at 2x10^2.
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["14x14", "28x28", "56x56"]
+        assert list(ax.get_xticks()) == [196, 784, 3136]
+
+
+def test_one_unit_per_metric_for_every_backend() -> None:
+    # ORT's latencies alone would read best in µs: beside the CPU's in ms, they take its unit.
+    rows = [
+        dataclasses.replace(r, latency_median_s=r.latency_median_s / 50)
+        if r.backend == "ort" and r.latency_median_s
+        else r
+        for r in sample_results()
+    ]
+    found = _by_name(plots.scaling_figures(rows))
+    units = {name: found[name].figure.axes[0].get_ylabel() for name in ("latency_cpu.png", "latency_ort.png")}
+    assert units == {"latency_cpu.png": "latency cpu [ms], median", "latency_ort.png": "latency ort [ms], median"}
+
+
+def test_series_differ_in_marker_and_dash_and_noisy_points_are_hollow() -> None:
+    (ax,) = _by_name(plots.scaling_figures(sample_results()))["latency_cpu.png"].figure.axes
+    styles = [(line.get_marker(), line.get_linestyle()) for line in ax.get_lines()]
+    assert len(set(m for m, _ in styles)) == len(SERIES) and len(set(d for _, d in styles)) == len(SERIES)
+    # acmix at 28x28 is noisy in the samples: drawn again, hollow, over its point.
+    (hollow,) = [c for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert list(hollow.get_offsets()[:, 0]) == [28 * 28]
+    assert tuple(hollow.get_facecolors()[0]) == (1.0, 1.0, 1.0, 1.0)
+    bars = [c for c in ax.collections if c is not hollow]
+    assert len(bars) == len(SERIES)  # an IQR bar set per series
 
 
 def test_scaling_lines_hold_the_measured_points() -> None:
@@ -125,6 +153,25 @@ def test_merged_machines_each_sit_under_their_own_roof() -> None:
     roofs = [line for line in ax.get_lines() if line.get_color() == "black"]
     assert sorted(max(line.get_ydata()) for line in roofs) == pytest.approx([150, 300])
     assert sorted(line.get_linestyle() for line in roofs) == ["-", "--"]  # one line style per machine
+
+
+def test_the_ridge_lies_inside_the_axes_even_left_of_every_point() -> None:
+    # A bandwidth so high that the ridge (1.5 FLOP/B) falls far left of every case: the roof still bends.
+    env = {"peaks": [{**ENV["peaks"][0], "bytes_per_s": 1e11}]}
+    (plot,) = plots.roofline_figures(sample_results(), env)
+    (ax,) = plot.figure.axes
+    (roof,) = [line for line in ax.get_lines() if line.get_color() == "black"]
+    xs = list(roof.get_xdata())
+    assert len(xs) == 3 and xs[0] < 1.5 < xs[-1] and xs[1] == pytest.approx(1.5)
+
+
+def test_without_an_environment_the_roofs_this_process_measured_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from attnbench import roofline
+
+    peak = roofline.Peak(**ENV["peaks"][0])
+    monkeypatch.setattr(roofline, "_CACHE", {("cpu", "float32", 1): peak})
+    (plot,) = plots.roofline_figures(sample_results())
+    assert "under the measured roof" in plot.figure.axes[0].get_title()
 
 
 def test_a_varying_scenario_field_names_the_series() -> None:

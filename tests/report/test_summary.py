@@ -17,7 +17,7 @@ def test_si_formatting() -> None:
     assert S.si is fmt.si  # the summary's counts are the one formatter's
     assert S.si(12_345_678) == "12.3 M"
     assert S.si(999) == "999"
-    assert S.si(1.5e9) == "1.5 G"
+    assert S.si(1.5e9) == "1.50 G"
     assert S.si(None) == "-"
 
 

@@ -7,7 +7,7 @@ import io
 
 from rich.console import Console
 
-from attnbench.report.tables import KEY, Column, Fitted, allot, fit, fit_note, render, table_width
+from attnbench.report.tables import KEY, Column, Fitted, allot, fit, fit_note, prose, render, table_width
 from tests.samples import parse_rich, squeeze
 
 
@@ -92,3 +92,22 @@ def test_wrapping_columns_share_the_room_left_down_to_their_longest_word() -> No
     assert sum(line.startswith("│") for line in text.splitlines()) > 1 and "…" not in text  # wrapped, not cut
     _, cells = parse_rich(text, anchor=0)
     assert cells[0][1] == "a long title of many words"
+
+
+def test_a_mark_goes_with_the_column_it_points_to() -> None:
+    rows = [{"t": "1.5 ~ †", "s": "2.25"}]
+    marked = Column("cpu [ms]", lambda r: r["t"], KEY, key="t", marks=(("†", "s"),))
+    system = Column("cpu [ms] system", lambda r: r["s"], 30, key="s")
+    wide = fit([marked, system], rows, None)
+    assert [c.cell(rows[0]) for c in wide.columns] == ["1.5 ~ †", "2.25"]
+    narrow = fit([marked, system], rows, table_width([marked], rows))  # room for the latency alone
+    assert [c.header for c in narrow.columns] == ["cpu [ms]"] and narrow.hidden == ["cpu [ms] system"]
+    assert narrow.columns[0].cell(rows[0]) == "1.5 ~"  # the † pointed at the hidden column: it goes too
+
+
+def test_prose_wraps_at_the_width_with_a_hanging_indent() -> None:
+    text = "alpha beta gamma delta epsilon zeta eta theta"
+    assert prose(text, None) == text and prose(text, 80) == text
+    lines = prose(text, 20, indent=4).splitlines()
+    assert max(len(line) for line in lines) <= 20 and all(line.startswith("    ") for line in lines[1:])
+    assert " ".join(text.split()) == " ".join(" ".join(lines).split())
