@@ -16,6 +16,7 @@ from attnbench import fmt
 from attnbench.breakdown import TOP_OPERATORS, Breakdown, Timed, TypeRow, breakdown, untimed_reason
 from attnbench.cli.options import BREAKDOWN_BY, BREAKDOWN_DEPTH
 from attnbench.counting import breakdown_table
+from attnbench.report.tables import prose
 from attnbench.results import INVALID, Result
 from attnbench.settings import DEFAULT_SEED
 from attnbench.zoo.adapters import TokensToImage
@@ -24,6 +25,8 @@ from attnbench.zoo.adapters import TokensToImage
 UNCONSTRAINED = 10_000
 #: What a missing figure shows.
 MISSING = "-"
+#: Where a folded line of the counter's report continues.
+INDENT = 4
 
 
 def print_breakdowns(
@@ -122,7 +125,9 @@ def _print_counts(result: Breakdown, out: Console, by: str) -> None:
             "shares add up to more than 100%",
             highlight=False,
         )
-    out.print(result.macs.format(), markup=False, highlight=False)
+    # A line longer than the terminal folds under itself (main's prose rule), not back at the left margin.
+    text = "\n".join(prose(line, out.width, INDENT) for line in result.macs.format().splitlines())
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_times(timed: Timed, row: Result, out: Console) -> None:
@@ -139,7 +144,7 @@ def _print_times(timed: Timed, row: Result, out: Console) -> None:
 
 def _op_table(timed: Timed, row: Result, full: bool) -> Table:
     """The aten operators of one profiled step by self time; `full=False` leaves out Self % and Total."""
-    title = f"{row.backend}: aten operators of one step by self time (torch.profiler, {timed.calls} calls)"
+    title = f"{row.backend}: aten operators per step (torch.profiler, {timed.calls} steps)"
     table = Table(title=title)
     # "\\[" keeps rich from reading a unit in brackets as markup.
     headers = ["Operator", "Calls", "Self \\[ms]", "Self %", "Total \\[ms]", "MACs", "GFLOP/s"]

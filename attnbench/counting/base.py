@@ -143,16 +143,18 @@ class MacReport:
             lines.append(f"note: {self.reason}")
         if self.peak_live_bytes_estimate is not None:
             lines.append(f"peak live activations (dispatch estimate) {self.peak_live_bytes_estimate:,} B")
+        ranked = sorted(self.uncounted.items(), key=lambda kv: -kv[1].elements)
+        # One name width for the three lists, as wide as their longest name: the lines fit an 80-column terminal.
+        width = max(map(len, [*self.by_op, *self.by_module, *(op for op, _ in ranked[:top])]), default=0)
         if self.by_op:
             lines.append("counted operators:")
-            lines += [f"  {op:<40} {n:>16,}" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
+            lines += [f"  {op:<{width}} {n:>16,}" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
         if self.by_module:
             lines.append("by top-level module:")
-            lines += [f"  {m:<40} {n:>16,}" for m, n in sorted(self.by_module.items(), key=lambda kv: -kv[1])]
-        if self.uncounted:
+            lines += [f"  {m:<{width}} {n:>16,}" for m, n in sorted(self.by_module.items(), key=lambda kv: -kv[1])]
+        if ranked:
             lines.append("seen but not counted as MACs (calls, output elements, category):")
-            ranked = sorted(self.uncounted.items(), key=lambda kv: -kv[1].elements)
-            lines += [f"  {op:<40} {u.calls:>6} {u.elements:>16,}  {u.category}" for op, u in ranked[:top]]
+            lines += [f"  {op:<{width}} {u.calls:>6} {u.elements:>16,}  {u.category}" for op, u in ranked[:top]]
             if len(ranked) > top:
                 lines.append(f"  ... and {len(ranked) - top} more")
         return "\n".join(lines)

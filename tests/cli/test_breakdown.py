@@ -113,7 +113,7 @@ def test_breakdown_on_a_measured_cpu_row_times_submodules_and_operators(capsys: 
     headers, rows = parse_rich(out[out.index("lka C=16 8x8 B=1: per submodule") :], anchor=2)
     assert headers[-1] == "Time %" and rows[0][-1] == "100.0"
     assert all(0 <= float(r[-1]) <= 100 for r in rows)
-    table = out[out.index("aten operators of one step by self time") :]
+    table = out[out.index("aten operators per step (torch.profiler, 3 steps)") :]
     op_headers, ops = parse_rich(table, anchor=2)
     assert op_headers == ["Operator", "Calls", "Self [ms]", "Self %", "Total [ms]", "MACs", "GFLOP/s"]
     conv = next(r for r in ops if r[0] == "aten::conv2d")
