@@ -99,7 +99,7 @@ def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
     headers = " ".join(c.header for c in cols)
     parts = []
     if "MACs" in headers:
-        parts.append("MACs (papers' FLOPs): hold a paper's \"FLOPs\" here (usually multiply-adds); FLOPs = 2 per MAC.")
+        parts.append("MACs (papers' FLOPs): a paper's \"FLOPs\" are usually MACs: hold them here; 1 MAC = 2 FLOPs.")
     if any(present(r.latency_median_s) for r in results):
         parts.append(
             "Latency: median per call ± interquartile range, timed until the median is known within ±1% or the "
