@@ -97,7 +97,7 @@ MARK_WORDS = {
     "~": "noisy (IQR/median > 10% or precision not reached)",
     "!": "timed while other processes used the CPU",
     ALLOC_MARK: "> 10% slower with glibc's default allocator",
-    SHAPE_MARK: "output's shape differs from the input's (note below)",
+    SHAPE_MARK: "output's shape differs from the input's, as noted below",
 }
 
 
