@@ -231,7 +231,7 @@ def _start_counts(plan: list[Geometry], state: RunState) -> None:
             continue
         geometry.counts = _cached_counts(geometry, state)
         if geometry.counts is None and state.pool is not None and rebuildable(geometry.first.module):
-            fn = "attnbench.counts:count_geometry"
+            fn = "attnbench.counts:count_geometry_job"
             geometry.future = state.pool.submit(fn, geometry.first, geometry.modes, state.options)
 
 
@@ -300,10 +300,16 @@ def _cached_counts(geometry: Geometry, state: RunState) -> GeometryCounts | None
         return None
     try:
         modes = json.loads(entry.data)
-        counts = {m: Counted(dict(v["values"]), v["estimate"]) for m, v in modes.items()}
+        counts = {m: Counted(_from_cache(v["values"]), v["estimate"]) for m, v in modes.items()}
     except (ValueError, KeyError, TypeError):
         return None
     return GeometryCounts(modes=dict(counts)) if set(counts) == set(geometry.modes) else None
+
+
+def _from_cache(values: dict[str, Any]) -> dict[str, Any]:
+    """Cached counts as a row's values: where each counter ran stays, the seconds it took then do not (this run
+    spent none)."""
+    return {k: (None if k == "build_s" or k.startswith("count_s_") else v) for k, v in values.items()}
 
 
 def _cache_counts(geometry: Geometry, state: RunState) -> None:
@@ -416,6 +422,9 @@ def _workers_note(state: RunState) -> str:
 def _build(geometry: Geometry, items: list[Item], counts: GeometryCounts, state: RunState) -> nn.Module | None:
     """The geometry's module, built for real once the host's memory guard let it (None: its rows failed)."""
     options, first = state.options, geometry.first
+    if counts.built is not None and counts.built.seed == options.seed:
+        # Built for real to be counted (its constructor needs data), from the run's seed: measured as it is.
+        return counts.built.module.eval()
     estimates = [c.estimate_bytes for c in counts.modes.values() if isinstance(c, Counted) and c.estimate_bytes]
     state.sink.stage(first, "building")
     try:
@@ -483,7 +492,7 @@ def _receive_jobs(state: RunState, backend_name: str) -> None:
 
 def _not_applicable(case: Case, layout: str) -> str | None:
     """Why a scenario field of `case` does not apply to its module (which takes `layout`), or None."""
-    if case.scenario.channels_last and layout == "tokens":
+    if case.scenario.channels_last and layout in R.TOKEN_LAYOUTS:
         return TOKENS_CHANNELS_LAST.format(module=case.module)
     return None
 
@@ -494,7 +503,7 @@ def _stage_item(item: Item, module: nn.Module, layout: str, state: RunState) -> 
     started = time.perf_counter()
     why_not = _not_applicable(case, layout)
     if why_not is not None:
-        state.emit(item, Result.for_case(case, **item.values, status=R.SKIPPED, reason=why_not))
+        state.emit(item, Result.for_case(case, **{**item.values, "status": R.SKIPPED, "reason": why_not}))
         return
     failed = None
     try:
@@ -653,6 +662,8 @@ def _emit_measured(item: Item, measurement: Any, state: RunState, lane: Lane | N
         state.sink.stage(case, "timing the other allocator")
         values, extra = state.allocators.finish(case, values, extra, options.budget, options.seed)
     values["extra"] = json.dumps(extra, sort_keys=True, default=str)
+    # The output's note (counted once) stays beside the backend's own reason.
+    values["reason"] = "; ".join(r for r in (values.get("reason"), item.values.get("reason")) if r)
     item.spent_s += time.perf_counter() - started
     row = Result.for_case(case, **{**item.values, **values, "seconds": item.spent_s})
     state.emit(item, row)

@@ -50,7 +50,11 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16"
 ALLOCATORS = ("pinned", "system", "jemalloc", "tcmalloc")
 #: What a user's module takes and returns unless told otherwise: (B, C, H, W) maps; zoo modules keep their own.
 DEFAULT_USER_LAYOUT = "image"
-USER_LAYOUTS = ("image", "tokens")
+#: image: (B, C, H, W) in and out; tokens: (B, N, C), N = H*W; tokens-hw: forward(x, H, W) with x (B, N, C), as PVT,
+#: SegFormer and Swin blocks take it (attnbench.zoo.adapters).
+USER_LAYOUTS = ("image", "tokens", "tokens-hw")
+#: The layouts that feed tokens (B, N, C): channels_last, a memory format of (B, C, H, W) maps, means nothing there.
+TOKEN_LAYOUTS = ("tokens", "tokens-hw")
 #: torch.compile's modes (torch.compile(mode=...)).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 #: Mixed precision as timm's benchmark runs it (--amp): torch.autocast around a float32 module.
@@ -181,7 +185,8 @@ class Scenario:
     layout: str = _axis(
         "",
         option="--layout",
-        help="What your own modules take: image (B, C, H, W) or tokens (B, N, C); zoo modules keep their own",
+        help="What your own modules take: image (B, C, H, W), tokens (B, N, C) or tokens-hw (forward(x, H, W), x "
+        "(B, N, C)); zoo modules keep their own",
         choices=("", *USER_LAYOUTS),
         header="layout",
         label=" layout={}",
@@ -372,6 +377,22 @@ class Result:
     uncounted_attnbench: str = ""
     uncounted_fvcore: str = ""
     counter_notes: str = ""
+    #: Where each counter ran: "meta", or the CPU fallback and why ("cpu (meta failed: ...)"); "" when it did not.
+    counted_on_attnbench: str = ""
+    counted_on_fvcore: str = ""
+    counted_on_thop: str = ""
+    #: Seconds each counter took (its failed meta attempt and its CPU fallback included).
+    count_s_attnbench: float | None = None
+    count_s_fvcore: float | None = None
+    count_s_thop: float | None = None
+    #: Where the counted module was built: "meta" (no weights), or "cpu (meta build failed: ...)"; and how long.
+    built_on: str = ""
+    build_s: float | None = None
+    #: The module's output shape(s) in the counted forward: "(1, 1000)", or "0: (1, 196, 64); 1: (...)" for a
+    #: tuple, list or dict of tensors (attnbench.counting.base.output_shapes).
+    output_shapes: str = ""
+    #: True when an output's shape differs from the input's: normal for a network, a mistake for a block.
+    output_differs: bool | None = None
     latency_median_s: float | None = None
     latency_iqr_s: float | None = None
     latency_p10_s: float | None = None

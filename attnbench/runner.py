@@ -16,9 +16,11 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from typing import TYPE_CHECKING
+
+import torch
 
 from attnbench.backends import get_backend
 from attnbench.cache import Cache
@@ -60,11 +62,12 @@ def run_sweep(
 
     options, sink = options or RunOptions(), sink or Sink()
     options.check()
-    sweep.check(options.measures)
+    threads = max(sweep.values("threads"))
+    with torch_threads(threads):  # the constructor checks build with the run's threads, as counting does
+        sweep.check(options.measures)
     options = dataclasses.replace(options, reference=check_reference(options.reference, sweep.modules))
     baseline = gate.load() if gate is not None else None
     cases = sweep.cases()
-    threads = max(sweep.values("threads"))
     roofs = [_roof_key(c) for c in cases] if "latency" in options.metrics else []
     env = environment(threads=threads, peaks=roofs)
     env["machine"] = options.machine or machine_label(env)
@@ -76,7 +79,8 @@ def run_sweep(
         gate.check_baseline(baseline, env)  # before minutes are spent measuring
     options = dataclasses.replace(options, machine=env["machine"])
     sink.start(env, cases)
-    outcome = run(cases, options, sink)
+    with torch_threads(threads):
+        outcome = run(cases, options, sink)
     outcome.results = with_ratios(outcome.results, options.reference)
     env["cache"], env["phases"] = outcome.cache, outcome.phases
     outcome.env = env
@@ -88,6 +92,17 @@ def run_sweep(
         # After the gate, so a report can carry its verdict; whatever the gate does, the sink hears the end.
         sink.finish(outcome)
     return outcome
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to the run's while building and counting (a timed case sets its own)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _roof_key(case: Case) -> tuple[str, str, int]:

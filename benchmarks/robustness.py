@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
 import attnbench  # noqa: E402
 
 # Internals: the runner's per-case path, its counting and the memory guard are what (b) and (c) study.
-from attnbench import guards, runner  # noqa: E402
+from attnbench import counts, guards, runner  # noqa: E402
 from attnbench import results as R  # noqa: E402
 from attnbench.cli import main as cli_main  # noqa: E402
 from attnbench.env import environment  # noqa: E402
@@ -193,7 +193,7 @@ def _meta_estimate(name: str, res: int) -> tuple[int, int, int | None]:
     with torch.device("meta"):
         module = attnbench.build(name, GUARD_DIM, res).eval()
     options = attnbench.RunOptions(metrics=("memory",))
-    counted = runner.count(module, case, setting, spec, options, case.scenario.mode)
+    counted = counts.count(module, case, setting, spec, options, case.scenario.mode)
     weights = 4 * spec.params_formula(setting)
     activations = (
         None

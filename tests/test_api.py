@@ -114,7 +114,7 @@ def test_user_modules_are_measured_on_cpu_and_ort(user_file: str) -> None:
         assert gated.latency_median_s and gated.latency_median_s > 0
         mlp = by[("models/attn.py:TokenMLP", backend)]
         assert mlp.status == R.FAILED
-        assert "layout image" in mlp.reason and "try --layout tokens" in mlp.reason
+        assert "layout image" in mlp.reason and "it runs with --layout tokens" in mlp.reason
     assert by[("models/attn.py:GatedConv", "ort")].parity_max_abs is not None
     assert by[("models/attn.py:GatedConv", "ort")].parity_max_abs < 1e-4
 

@@ -65,7 +65,8 @@ def test_vocabulary_is_the_axes_choices() -> None:
     assert R.axis("dtype").choices == R.DTYPES == ("float32", "float16", "bfloat16")
     assert R.axis("mode").choices == R.MODES == ("infer", "train")
     assert R.axis("allocator").choices == R.ALLOCATORS == ("pinned", "system", "jemalloc", "tcmalloc")
-    assert R.axis("layout").choices == ("", *R.USER_LAYOUTS) == ("", "image", "tokens")
+    assert R.axis("layout").choices == ("", *R.USER_LAYOUTS) == ("", "image", "tokens", "tokens-hw")
+    assert R.TOKEN_LAYOUTS == ("tokens", "tokens-hw")
     assert R.axis("compile_mode").choices == R.COMPILE_MODES
     assert R.axis("autocast").choices == R.AUTOCAST == ("off", "bfloat16", "float16")
     assert R.axis("ort_opt_level").choices == R.ORT_OPT_LEVELS == ("disable", "basic", "extended", "all")
@@ -323,14 +324,24 @@ NEW_METRIC_COLUMNS = (
     "system_faults_hi_per_call",
 )
 
+#: Columns added since schema 2 after the count columns: where each counter ran and for how long, the build, the
+#: output shapes (issue 21).
+COUNTING_COLUMNS = (
+    "counted_on_attnbench", "counted_on_fvcore", "counted_on_thop", "count_s_attnbench", "count_s_fvcore",
+    "count_s_thop", "built_on", "build_s", "output_shapes", "output_differs",
+)  # fmt: skip
+
 
 def test_columns_keep_schema_2_order_with_new_scenario_fields_after_allocator() -> None:
     at = R.COLUMNS.index("allocator")
     assert R.COLUMNS[at + 1 : at + 5] == ("compile_mode", "autocast", "ort_opt_level", "tf32")
-    new = ("compile_mode", "autocast", "ort_opt_level", "tf32", *NEW_METRIC_COLUMNS)
+    new = (*NEW_COLUMNS, *COUNTING_COLUMNS, *NEW_METRIC_COLUMNS)
     assert tuple(c for c in R.COLUMNS if c not in new) == SCHEMA_2_COLUMNS
-    # Metric columns added since schema 2 come last: a reader by position finds the old ones where they were.
-    assert R.COLUMNS[len(SCHEMA_2_COLUMNS) + 4 :] == NEW_METRIC_COLUMNS
+    # The count columns follow the counts (issue 21); the timing and allocator columns added since schema 2 come
+    # last (issue 23).
+    at = R.COLUMNS.index("counter_notes")
+    assert R.COLUMNS[at + 1 : at + 1 + len(COUNTING_COLUMNS)] == COUNTING_COLUMNS
+    assert R.COLUMNS[-len(NEW_METRIC_COLUMNS) :] == NEW_METRIC_COLUMNS
     assert set(R.SCENARIO_FIELDS) <= set(R.COLUMNS) and "scenario" not in R.COLUMNS
     assert len(R.COLUMNS) == len(set(R.COLUMNS))
     assert R.COLUMNS[:6] == R.IDENTITY_FIELDS

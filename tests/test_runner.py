@@ -17,6 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 import attnbench.runner as runner
+import attnbench.zoo.build as zoo_build
 from attnbench import counts, guards, phases, store
 from attnbench import results as R
 from attnbench.backends import base
@@ -600,7 +601,9 @@ def test_time_limit_covers_building_and_counting(
     monkeypatch: pytest.MonkeyPatch, alarm_checked: None, where: str
 ) -> None:
     # Counters catch every Exception of a module's forward: the alarm must fire again until the case gives up.
-    monkeypatch.setattr(counts, "build_module", _sleep_forever if where == "build" else lambda *a, **k: _Hangs())
+    stub = _sleep_forever if where == "build" else lambda *a, **k: _Hangs()
+    monkeypatch.setattr(phases, "build_module", stub)
+    monkeypatch.setattr(zoo_build, "build_module", stub)  # the counting build (attnbench.zoo.build.build_for_counting)
     options = RunOptions(metrics=("params", "macs"), time_limit_s=0.2)
     outcome = run([Case("lka", 16, 8, 8)], options)
     assert [r.status for r in outcome.results] == [R.TIMEOUT]

@@ -4,8 +4,9 @@ torch.compile with its compile time and its parity against eager.
 A step is what one timed call does:
 - infer: `module(x)` in eval mode under torch.inference_mode();
 - train: `module.zero_grad(set_to_none=True); x.grad = None; out = module(x); out.sum().backward()` in train
-  mode, with the input requiring grad. Setting the grads to None is INSIDE the timed step, as in a training
-  loop, so each step allocates its gradients afresh (backward writes them rather than adding into old ones).
+  mode (a module returning several tensors, a tuple, list or dict, sums them all into the loss), with the input
+  requiring grad. Setting the grads to None is INSIDE the timed step, as in a training loop, so each step
+  allocates its gradients afresh (backward writes them rather than adding into old ones).
   The output stays referenced until the backward ends, as `out = model(x)` in a training loop keeps it.
 Peak memory of a train step is read with the grads already None, so it counts everything the step allocates
 above weights and input: the output, saved activations, temporaries, and the input and weight gradients.
@@ -46,6 +47,7 @@ from attnbench.backends.base import (
     torch_dtype,
 )
 from attnbench.capture import captured
+from attnbench.counting.base import scalar_loss, tensor_outputs
 from attnbench.errors import CaseTimeoutError
 from attnbench.results import DTYPES, MODES, Scenario
 from attnbench.timing import Sync
@@ -161,7 +163,7 @@ class TorchPrepared(Prepared):
         self.module.zero_grad(set_to_none=True)
         self.x.grad = None
         out = self.module(self.x)
-        out.sum().backward()
+        scalar_loss(out).backward()  # every output tensor: a tuple, list or dict is summed whole
         del out  # only now: the output is alive through the backward, as in a training loop
 
     def _step(self) -> Callable[[], Any]:
@@ -267,14 +269,14 @@ class TorchPrepared(Prepared):
         torch.manual_seed(seed)
         if not self.train:
             with torch.inference_mode(), self._autocast(mixed):
-                return {"output": module(x).detach().clone()}
+                return _named_outputs(module(x))
         params.zero_grad(set_to_none=True)
         x.grad = None
         with torch.enable_grad():
             with self._autocast(mixed):
                 out = module(x)
-            out.sum().backward()
-        tensors = {"output": out.detach().clone()}
+            scalar_loss(out).backward()
+        tensors = _named_outputs(out)
         if x.grad is not None:
             tensors["input grad"] = x.grad.detach().clone()
         for name, p in params.named_parameters():
@@ -355,6 +357,14 @@ class TorchPrepared(Prepared):
                 self._clear_grads()
         for name in ("module", "eager", "x"):
             self.__dict__.pop(name, None)
+
+
+def _named_outputs(out: Any) -> dict[str, torch.Tensor]:
+    """What parity compares of a module's output: "output", or "output 0", "output logits", ... for several."""
+    found = tensor_outputs(out)
+    if len(found) == 1 and not found[0][0]:
+        return {"output": found[0][1].detach().clone()}
+    return {f"output {path}": t.detach().clone() for path, t in found}
 
 
 def _group(name: str) -> str:

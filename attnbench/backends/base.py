@@ -246,6 +246,8 @@ class Backend(ABC):
     parity: ClassVar[str] = ""
     #: Marker of its points in plots.
     marker: ClassVar[str] = "x"
+    #: Whether torch.profiler sees its operators' times (a timed --breakdown reads them).
+    profiles_operators: ClassVar[bool] = False
     #: How a timed call is synchronised with the device it computes on ("" on the host: nothing to wait for).
     sync: ClassVar[str] = ""
 

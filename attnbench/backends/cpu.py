@@ -62,6 +62,7 @@ class CpuBackend(TorchBackend):
     description = "PyTorch on the CPU (eager or torch.compile; inference or training; explicit intra-op threads)"
     allocator_states = True
     marker = "o"
+    profiles_operators = True
     # TF32 is a CUDA setting of cuBLAS and cuDNN: a CPU row ignores it (one row, not one per value).
     ignores = (*TorchBackend.ignores, "tf32")
 

@@ -57,6 +57,7 @@ from attnbench.backends.export_cache import (
     module_fingerprint,
 )
 from attnbench.capture import captured
+from attnbench.counting.base import tensor_outputs
 from attnbench.memory import PeakMemory
 from attnbench.results import Case, Scenario
 from attnbench.scratch import scratch_dir
@@ -88,7 +89,20 @@ ORT_WARMUP_MIN_CALLS = 10
 #: Weights above this go to an external data file (protobuf's limit is 2 GiB per file).
 EXTERNAL_DATA_BYTES = 2**30
 INPUT_NAME = "x"
+#: The graph's first output; a module returning several tensors (a tuple, list or dict) gets y, y1, y2, ...
 OUTPUT_NAME = "y"
+
+
+def output_names(count: int) -> list[str]:
+    """The graph's output names for a module returning `count` tensors, in the module's order."""
+    return [OUTPUT_NAME, *(f"{OUTPUT_NAME}{i}" for i in range(1, count))]
+
+
+def numpy_outputs(out: Any) -> list[np.ndarray]:
+    """Every tensor a module returned (a tensor, or a tuple, list or dict of them), as arrays in order."""
+    return [t.detach().numpy() for _, t in tensor_outputs(out)]
+
+
 #: Why ORT rows carry no peak memory.
 ORT_PEAK_REASON = (
     "not measured: ONNX Runtime serves tensors from its own arena with a pre-planned memory pattern, so a "
@@ -166,7 +180,12 @@ def parity_limit(scale: float, tf32: bool = False) -> float:
 
 
 def export_onnx(
-    module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool = True, spatial: bool = False
+    module: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    dynamic: bool = True,
+    spatial: bool = False,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
 ) -> dict[str, Any]:
     """Export `module` to `path`, asking for a dynamic batch (`spatial`: batch, H and W); return what happened.
 
@@ -178,7 +197,7 @@ def export_onnx(
     _reuse_torchlib_registry()
     errors: list[str] = []
     info: dict[str, Any] = {}
-    attempts = _attempts(module, example, path, dynamic, spatial)
+    attempts = _attempts(module, example, path, (dynamic, spatial), list(outputs))
     for exporter, run in attempts:
         t0 = time.perf_counter()
         # The dynamo exporter prints progress lines and the legacy one a deprecation warning: keep them in
@@ -206,15 +225,16 @@ def export_onnx(
 
 
 def _attempts(
-    module: nn.Module, example: torch.Tensor, path: Path, dynamic: bool, spatial: bool
+    module: nn.Module, example: torch.Tensor, path: Path, dims: tuple[bool, bool], outputs: list[str]
 ) -> list[tuple[str, Callable[[], Any]]]:
     """The exports to try, in order: dynamo (with Dim.AUTO for batch, H and W when `spatial`), then legacy."""
+    dynamic, spatial = dims
     auto = torch.export.Dim.AUTO
     dynamo_dims = {0: auto, 2: auto, 3: auto} if spatial else {0: torch.export.Dim("batch")}
     # One self-contained file where protobuf allows it, so the graph can be kept and reopened as bytes.
     weight_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     export = functools.partial(
-        torch.onnx.export, module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME]
+        torch.onnx.export, module, (example,), str(path), input_names=[INPUT_NAME], output_names=outputs
     )
     dynamo = functools.partial(
         export,
@@ -223,7 +243,7 @@ def _attempts(
         external_data=weight_bytes > EXTERNAL_DATA_BYTES,
         verbose=False,
     )
-    axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *outputs)} if dynamic else None
     legacy = functools.partial(export, dynamo=False, dynamic_axes=axes)
     return [("dynamo", dynamo), ("legacy", legacy)][: 1 if spatial else 2]
 
@@ -278,8 +298,11 @@ def export_graph(
     example: torch.Tensor,
     spatial: bool,
     opener: Callable[[str, str], Any] | None = None,
+    outputs: list[str] | None = None,
 ) -> tuple[Graph, Any]:
     """Export `module` (traced on `example`, for inputs like `x`) as a Graph, and `opener(path, exporter)` on its file.
+
+    `outputs` names the graph's outputs, one per tensor the module returns (output_names).
 
     The file lives in a temporary directory removed on every exit path; a graph over 2 GB keeps its weights in
     external files, so it has no bytes (it is opened from the file, and not kept for reuse).
@@ -287,12 +310,12 @@ def export_graph(
     batch = x.shape[0]
     with scratch_dir("attnbench-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
-        info = export_onnx(module, example, path, spatial=spatial)
+        info = export_onnx(module, example, path, spatial=spatial, outputs=outputs)
         dims = input_dims(path)
         if not spatial and isinstance(dims[0], int) and dims[0] != batch:
             # The exporter fixed the batch to the example's: export again at the measured shape.
             first = {f"dynamic_attempt_{k}": v for k, v in info.items() if k != "export_s"}
-            again = export_onnx(module, x, path, dynamic=False)
+            again = export_onnx(module, x, path, dynamic=False, outputs=outputs)
             again["export_s"] += info["export_s"]
             info = {
                 **first,
@@ -331,10 +354,12 @@ def export_setting(
     if module_fingerprint(module) != key:
         raise RuntimeError("the module built in a worker differs from the run's build (not seeded alike)")
     answer = ExportAnswer()
+    x, x_alt = export_inputs(shapes[0], seed)
+    with torch.inference_mode():  # as the run names them: one graph output per tensor the module returns
+        outputs = output_names(len(numpy_outputs(module(x))))
     if spatial:
-        x, x_alt = export_inputs(shapes[0], seed)
         try:
-            graph, _ = export_graph(module, x, x if x.shape[0] >= 2 else x_alt, spatial=True)
+            graph, _ = export_graph(module, x, x if x.shape[0] >= 2 else x_alt, spatial=True, outputs=outputs)
             if graph.spatial_dynamic:
                 answer.spatial = graph
                 return answer
@@ -344,7 +369,8 @@ def export_setting(
     for shape in shapes:
         x, x_alt = export_inputs(shape, seed)
         try:
-            answer.fixed[tuple(shape)], _ = export_graph(module, x, x if x.shape[0] >= 2 else x_alt, spatial=False)
+            example = x if x.shape[0] >= 2 else x_alt
+            answer.fixed[tuple(shape)], _ = export_graph(module, x, example, spatial=False, outputs=outputs)
         except CaseFailed as exc:
             answer.failed[tuple(shape)] = exc
     return answer
@@ -451,8 +477,10 @@ class OrtPrepared(Prepared):
             shape = tuple(input_shape)
             x, x_alt = export_inputs(shape, seed)
             with torch.inference_mode():
-                ref = module(x).numpy()
-                ref_alt = module(x_alt).numpy()
+                ref = numpy_outputs(module(x))
+                ref_alt = numpy_outputs(module(x_alt))
+            # Every tensor the module returns is an output of the graph, timed and checked.
+            self.output_names = output_names(len(ref))
             self.extra.update(
                 ort_provider=provider,
                 ort_intra_op_num_threads=threads,
@@ -489,8 +517,8 @@ class OrtPrepared(Prepared):
         key: str,
         x: torch.Tensor,
         x_alt: torch.Tensor,
-        ref: np.ndarray,
-        ref_alt: np.ndarray,
+        ref: list[np.ndarray],
+        ref_alt: list[np.ndarray],
     ) -> None:
         """Export at this resolution and verify: one graph for every resolution if possible, else this one's."""
         example = x if x.shape[0] >= 2 else x_alt
@@ -547,7 +575,7 @@ class OrtPrepared(Prepared):
 
     def _export(self, module: nn.Module, x: torch.Tensor, example: torch.Tensor, spatial: bool) -> tuple[Graph, Any]:
         """Export (export_graph) and open a session on the graph."""
-        return export_graph(module, x, example, spatial, opener=self._open)
+        return export_graph(module, x, example, spatial, opener=self._open, outputs=self.output_names)
 
     def _open(self, model: str | bytes, exporter: str | None = None) -> Any:
         """An ORT session on a graph file or its bytes; a session that cannot start raises session_failed."""
@@ -591,11 +619,16 @@ class OrtPrepared(Prepared):
         for name in ("parity_ref_max_abs", "parity_limit", "dynamic_batch_note"):
             self.extra.pop(name, None)
 
-    def _run_numpy(self, x: torch.Tensor) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()}, quiet_run_options())[0]
+    def _run_numpy(self, x: torch.Tensor) -> list[np.ndarray]:
+        return self.session.run(self.output_names, {INPUT_NAME: x.numpy()}, quiet_run_options())
 
     def _check_parity(
-        self, x: torch.Tensor, ref: np.ndarray, x_alt: torch.Tensor, ref_alt: np.ndarray, dims: list[int | str]
+        self,
+        x: torch.Tensor,
+        ref: list[np.ndarray],
+        x_alt: torch.Tensor,
+        ref_alt: list[np.ndarray],
+        dims: list[int | str],
     ) -> None:
         """Compare with PyTorch at the measured batch and, if the batch axis is symbolic, at a second one."""
         checks = [(x, ref)]
@@ -605,13 +638,13 @@ class OrtPrepared(Prepared):
             self.extra["dynamic_batch_note"] = f"exporter fixed the batch to {dims[0]}; checked that batch only"
         worst = 0.0
         checked: list[tuple[int, ...]] = []
-        for xi, refi in checks:
+        for xi, refs in checks:
             details = {"exporter": self.exporter, "parity_checked_shapes": tuple(checked), "extra": self.extra}
             try:
                 # A graph that baked a traced size fails here by design (then another export is tried): ORT's
                 # own error line about it is not for the terminal.
                 with captured():
-                    out = self._run_numpy(xi)
+                    outs = self._run_numpy(xi)
             except Exception as exc:
                 if out_of_memory(exc):  # the device's limit, not a wrong graph: measure() reports an oom
                     raise
@@ -620,39 +653,46 @@ class OrtPrepared(Prepared):
                     f"ORT run at input {tuple(xi.shape)} failed (graph input dims {dims}): {_short(exc)}",
                     **details,
                 ) from None
-            if out.shape != refi.shape:
-                raise CaseFailed(
-                    STATUS_PARITY_FAILED,
-                    f"ORT output shape {out.shape} != PyTorch {refi.shape} at input {tuple(xi.shape)}",
-                    **details,
-                )
-            diff = float(np.max(np.abs(out.astype(np.float64) - refi.astype(np.float64)))) if out.size else 0.0
-            if not np.isfinite(diff):
-                diff = float("inf")
-            worst = max(worst, diff)
-            # The scale the difference is judged against: a tiny |output| makes any abs diff look good.
-            scale = float(np.max(np.abs(refi))) if refi.size else 0.0
-            self.extra["parity_ref_max_abs"] = max(self.extra.get("parity_ref_max_abs", 0.0), scale)
+            # Every output is checked, each against its own scale.
+            for name, out, refi in zip(self.output_names, outs, refs, strict=True):
+                worst = max(worst, self._compare(name, out, refi, xi, details))
             checked.append(tuple(xi.shape))
             self.parity_max_abs = worst
             self.parity_checked_shapes = tuple(checked)
-            limit = parity_limit(scale, self.tf32)
-            self.extra["parity_limit"] = min(self.extra.get("parity_limit", limit), limit)
-            if diff > limit:
-                raise CaseFailed(
-                    STATUS_PARITY_FAILED,
-                    f"max |ORT - PyTorch| = {diff:.3g} > {limit:.3g} (max |output| {scale:.3g}) at input "
-                    f"{tuple(xi.shape)}",
-                    exporter=self.exporter,
-                    parity_max_abs=worst,
-                    parity_checked_shapes=tuple(checked),
-                    extra=self.extra,
-                )
+
+    def _compare(self, name: str, out: np.ndarray, ref: np.ndarray, xi: torch.Tensor, details: dict[str, Any]) -> float:
+        """max |ORT - PyTorch| of one output at one input; CaseFailed when its shape or values differ."""
+        which = "" if len(self.output_names) == 1 else f" {name} (output {self.output_names.index(name)})"
+        if out.shape != ref.shape:
+            raise CaseFailed(
+                STATUS_PARITY_FAILED,
+                f"ORT output{which} shape {out.shape} != PyTorch {ref.shape} at input {tuple(xi.shape)}",
+                **details,
+            )
+        diff = float(np.max(np.abs(out.astype(np.float64) - ref.astype(np.float64)))) if out.size else 0.0
+        if not np.isfinite(diff):
+            diff = float("inf")
+        # The scale the difference is judged against: a tiny |output| makes any abs diff look good.
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+        self.extra["parity_ref_max_abs"] = max(self.extra.get("parity_ref_max_abs", 0.0), scale)
+        limit = parity_limit(scale, self.tf32)
+        self.extra["parity_limit"] = min(self.extra.get("parity_limit", limit), limit)
+        if diff > limit:
+            raise CaseFailed(
+                STATUS_PARITY_FAILED,
+                f"max |ORT - PyTorch|{which} = {diff:.3g} > {limit:.3g} (max |output| {scale:.3g}) at input "
+                f"{tuple(xi.shape)}",
+                exporter=self.exporter,
+                parity_max_abs=max(diff, self.parity_max_abs or 0.0),
+                parity_checked_shapes=(*details["parity_checked_shapes"], tuple(xi.shape)),
+                extra=self.extra,
+            )
+        return diff
 
     def _bind(self, x: torch.Tensor) -> None:
         """Prepare the zero-argument call that timing repeats."""
         feed = {INPUT_NAME: x.numpy()}
-        self._call: Callable[[], Any] = functools.partial(self.session.run, [OUTPUT_NAME], feed)
+        self._call: Callable[[], Any] = functools.partial(self.session.run, self.output_names, feed)
 
     def run_once(self) -> Any:
         """One session run on the prepared input."""
@@ -698,7 +738,8 @@ class OrtCudaPrepared(OrtPrepared):
         self._x_dev = ort.OrtValue.ortvalue_from_numpy(x.numpy(), "cuda", device_id)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_NAME, self._x_dev)
-        binding.bind_output(OUTPUT_NAME, "cuda", device_id)
+        for name in self.output_names:  # every output of the module stays on the device
+            binding.bind_output(name, "cuda", device_id)
         self._binding = binding
         # Each run ends with the provider's stream synchronised (OnRunEnd(sync_stream) in ORT's CUDA provider), so
         # a timed call is a whole call, as the cuda backend's; the run options only keep the logs quiet.

@@ -44,6 +44,8 @@ from attnbench.zoo.registry import get_spec, list_modules
 OUTPUT_SUFFIXES = (".csv", ".md", ".json", ".html")
 #: Submodule levels --breakdown shows unless --depth says otherwise (fvcore's flop_count_table default).
 BREAKDOWN_DEPTH = 3
+#: What --breakdown groups by (--by): nested submodules (the default), or module classes.
+BREAKDOWN_BY = ("module", "type")
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class Outputs:
     quiet: bool = False
     breakdown: bool = False
     depth: int = BREAKDOWN_DEPTH  # submodule levels of the breakdown
+    by: str = BREAKDOWN_BY[0]  # what the breakdown groups by
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -251,7 +254,8 @@ ModulesArg = Annotated[
     list[str] | None,
     typer.Argument(
         help="Zoo names (see `attnbench list`), or your own: path/to/file.py:Name or package.module:Name "
-        "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code)."
+        "(an nn.Module class or factory, called as Name(dim, **kwargs); importing runs the file's code), or an "
+        "explicit call built as written, with literal arguments and no dim: 'models/van.py:van_b0(pretrained=False)'."
     ),
 ]
 AllOpt = Annotated[bool, typer.Option("--all", help="Every module of the zoo (instead of naming them).")]
@@ -489,9 +493,12 @@ def _cache_dir(given: Mapping[str, Any]) -> Path | None:
 
 
 def _outputs(defaults: Defaults, given: Mapping[str, Any]) -> Outputs:
-    depth, breakdown = given.get("depth"), given.get("breakdown", False)
+    depth, breakdown, by = given.get("depth"), given.get("breakdown", False), given.get("by")
     if depth is not None and (not breakdown or depth < 0):
         raise UsageError(f"--depth {depth}: " + ("must be >= 0" if breakdown else "only with --breakdown"))
+    if by is not None and (not breakdown or by not in BREAKDOWN_BY):
+        allowed = f"allowed: {', '.join(BREAKDOWN_BY)}"
+        raise UsageError(f"--by {by}: " + (allowed if breakdown else "only with --breakdown"))
     return Outputs(
         files=tuple(given["output"] or ()),
         plots=given["plots"],
@@ -501,6 +508,7 @@ def _outputs(defaults: Defaults, given: Mapping[str, Any]) -> Outputs:
         quiet=given["quiet"],
         breakdown=breakdown,
         depth=BREAKDOWN_DEPTH if depth is None else depth,
+        by=by or BREAKDOWN_BY[0],
     )
 
 

@@ -98,12 +98,22 @@ def profile_cmd(
     breakdown: Annotated[
         bool,
         typer.Option(
-            "--breakdown", help="Also print params, MACs and FLOPs per nested submodule, and MACs per operator."
+            "--breakdown",
+            help="Also print params, MACs and FLOPs per nested submodule (or --by type), MACs per operator, and on "
+            "a measured cpu row each submodule's share of the latency and the aten operators' times.",
         ),
     ] = False,
     depth: Annotated[
         int | None,
         typer.Option("--depth", help=f"Submodule levels --breakdown shows (default {BREAKDOWN_DEPTH}; 0: the whole)."),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            help="What --breakdown groups by: module (nested submodules, the default) or type (module classes, "
+            "with their share of the whole).",
+        ),
     ] = None,
     scenario: Mapping[str, Any] | None = None,
 ) -> None:
@@ -210,7 +220,7 @@ def render(request: Request, outcome: RunOutcome) -> None:
     if outputs.breakdown:
         from attnbench.cli.breakdown import print_breakdowns  # torch: only with --breakdown
 
-        print_breakdowns(rows, consoles.out, outputs.depth)
+        print_breakdowns(rows, consoles.out, outputs.depth, outputs.by, request.options.seed)
     for path in outputs.files:
         err.print(f"wrote {path}", highlight=False)
     if outcome.interrupted:

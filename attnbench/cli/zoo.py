@@ -113,8 +113,14 @@ def _info_user(spec: ModuleSpec) -> None:
         signature = str(inspect.signature(spec.factory)) if spec.factory is not None else "(dim, **kwargs)"
     except (TypeError, ValueError):
         signature = "(dim, **kwargs)"
-    consoles.out.print(f"called as:  {spec.reference.cls}{signature}, first argument = channels C", highlight=False)
+    if spec.call is not None:
+        called = f"{spec.call.text(spec.reference.cls)}, as written: no dim (--dim gives the input's channels)"
+    else:
+        called = f"{spec.reference.cls}{signature}, first argument = channels C"
+    consoles.out.print(f"called as:  {called}", highlight=False)
     consoles.out.print(
-        "layout:     --layout image (default: (B, C, H, W) in and out) or tokens ((B, N, C))", highlight=False
+        "layout:     --layout image (default: (B, C, H, W) in and out), tokens ((B, N, C)) or tokens-hw "
+        "(forward(x, H, W))",
+        highlight=False,
     )
     consoles.out.print("counts:     no hand formula; params and MACs are counted, as for the zoo", highlight=False)

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -97,6 +97,9 @@ class MacReport:
     #: The part of `macs` / `flops` done by the backward pass (0 in mode "infer").
     backward_macs: int = 0
     backward_flops: int = 0
+    #: The counted forward's output shapes (output_shapes()) and its first tensor's shape; attnbench counter only.
+    output_shapes: str = ""
+    first_output_shape: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         # Freeze the mappings so a shared report cannot be edited behind the caller's back.
@@ -140,16 +143,18 @@ class MacReport:
             lines.append(f"note: {self.reason}")
         if self.peak_live_bytes_estimate is not None:
             lines.append(f"peak live activations (dispatch estimate) {self.peak_live_bytes_estimate:,} B")
+        ranked = sorted(self.uncounted.items(), key=lambda kv: -kv[1].elements)
+        # One name width for the three lists, as wide as their longest name: the lines fit an 80-column terminal.
+        width = max(map(len, [*self.by_op, *self.by_module, *(op for op, _ in ranked[:top])]), default=0)
         if self.by_op:
             lines.append("counted operators:")
-            lines += [f"  {op:<40} {n:>16,}" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
+            lines += [f"  {op:<{width}} {n:>16,}" for op, n in sorted(self.by_op.items(), key=lambda kv: -kv[1])]
         if self.by_module:
             lines.append("by top-level module:")
-            lines += [f"  {m:<40} {n:>16,}" for m, n in sorted(self.by_module.items(), key=lambda kv: -kv[1])]
-        if self.uncounted:
+            lines += [f"  {m:<{width}} {n:>16,}" for m, n in sorted(self.by_module.items(), key=lambda kv: -kv[1])]
+        if ranked:
             lines.append("seen but not counted as MACs (calls, output elements, category):")
-            ranked = sorted(self.uncounted.items(), key=lambda kv: -kv[1].elements)
-            lines += [f"  {op:<40} {u.calls:>6} {u.elements:>16,}  {u.category}" for op, u in ranked[:top]]
+            lines += [f"  {op:<{width}} {u.calls:>6} {u.elements:>16,}  {u.category}" for op, u in ranked[:top]]
             if len(ranked) > top:
                 lines.append(f"  ... and {len(ranked) - top} more")
         return "\n".join(lines)
@@ -181,6 +186,69 @@ def make_input(shape: Sequence[int], device: str | torch.device, dtype: torch.dt
         return torch.empty(tuple(shape), device="meta", dtype=dtype)
     gen = torch.Generator().manual_seed(0)
     return torch.randn(tuple(shape), generator=gen, dtype=dtype).to(device)
+
+
+def tensor_outputs(out: Any, path: str = "") -> list[tuple[str, torch.Tensor]]:
+    """Every tensor in a module's output (a tensor, or a tuple, list or dict of them, nested), with its path
+    ("" for a lone tensor, "0", "1" in a tuple, "logits" in a dict), in order. Other values are left out."""
+    if isinstance(out, torch.Tensor):
+        return [(path, out)]
+    if isinstance(out, (tuple, list)):
+        items: Any = enumerate(out)
+    elif isinstance(out, Mapping):
+        items = out.items()
+    else:
+        return []
+    found = []
+    for key, value in items:
+        found += tensor_outputs(value, f"{path}.{key}" if path else str(key))
+    return found
+
+
+def first_tensor(out: Any) -> torch.Tensor | None:
+    """The first tensor of a module's output (None when it holds none)."""
+    found = tensor_outputs(out)
+    return found[0][1] if found else None
+
+
+def replace_first_tensor(out: Any, new: torch.Tensor) -> Any:
+    """The output with its first tensor replaced by `new` (the structure, tuple, list or dict, kept)."""
+    done = False
+
+    def walk(value: Any) -> Any:
+        nonlocal done
+        if done:
+            return value
+        if isinstance(value, torch.Tensor):
+            done = True
+            return new
+        if isinstance(value, (tuple, list)):
+            items = [walk(v) for v in value]
+            return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        if isinstance(value, Mapping):
+            return type(value)({k: walk(v) for k, v in value.items()})
+        return value
+
+    return walk(out)
+
+
+def output_shapes(out: Any) -> str:
+    """A module's output shapes as a row records them: '(1, 1000)', or '0: (1, 196, 64); 1: (1, 4, 196, 196)'."""
+    found = tensor_outputs(out)
+    if len(found) == 1 and not found[0][0]:
+        return str(tuple(found[0][1].shape))
+    return "; ".join(f"{path}: {tuple(t.shape)}" for path, t in found)
+
+
+def scalar_loss(out: Any) -> torch.Tensor:
+    """A training step's loss: the sum of every output tensor that requires grad (ValueError when none does)."""
+    tensors = [t for _, t in tensor_outputs(out) if t.requires_grad]
+    if not tensors:
+        raise ValueError("the module's output does not require grad: there is no backward pass")
+    loss = tensors[0].sum()
+    for t in tensors[1:]:
+        loss = loss + t.sum()
+    return loss
 
 
 def module_dtype(module: nn.Module) -> torch.dtype:

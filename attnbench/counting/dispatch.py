@@ -70,9 +70,12 @@ from attnbench.counting.base import (
     check_mode,
     check_shape,
     copy_to,
+    first_tensor,
     make_input,
     module_dtype,
     on_meta,
+    output_shapes,
+    scalar_loss,
     short_reason,
     tensor_bytes,
     unavailable,
@@ -85,6 +88,7 @@ from attnbench.counting.rules import (
     PRODUCT_RULES,
     SCALAR_SCALING,
     SCALINGS,
+    VIEW,
     first_output,
     op_category,
     summed_inputs,
@@ -165,6 +169,9 @@ class DispatchCounter(TorchDispatchMode):
         self._products: dict[int, tuple[StorageWeakRef, _Product]] = {}
         self._claims: dict[Any, tuple[str, ...]] | None = None  # autograd node -> module stack (training)
         self._credit: dict[tuple[str, ...], tuple[list[str], str]] = {}
+        #: The counted forward's output shapes (attnbench.counting.base.output_shapes) and its first tensor's.
+        self.output_shapes = ""
+        self.first_output_shape: tuple[int, ...] | None = None
         if module is not None:
             self.attach(module)
 
@@ -177,6 +184,12 @@ class DispatchCounter(TorchDispatchMode):
     def total_flops(self) -> int:
         """All FLOPs booked so far (products promoted by a later sum included)."""
         return sum(self.flops_by_op.values())
+
+    def note_output(self, out: Any) -> None:
+        """Remember the shapes of the counted forward's output (a tensor, or a tuple, list or dict of them)."""
+        self.output_shapes = output_shapes(out)
+        first = first_tensor(out)
+        self.first_output_shape = None if first is None else tuple(first.shape)
 
     # --- module attribution -------------------------------------------------------------------------
     def attach(self, module: nn.Module, autograd: bool = False) -> None:
@@ -356,7 +369,7 @@ class DispatchCounter(TorchDispatchMode):
         outputs = _tensors(out)
         written = {_cdata(t) for t in outputs} - {None}
         sources = [t for t in _tensors((args, kwargs)) if _cdata(t) not in written]
-        if op_category(func) == MOVEMENT:
+        if op_category(func) in (MOVEMENT, VIEW):
             record = next((r for t in sources if (r := self._recall(t)) is not None), None)
             if record is not None:
                 for t in outputs:
@@ -421,17 +434,6 @@ def _in_backward() -> bool:
     return torch._C._current_graph_task_id() != -1
 
 
-def _scalar_loss(out: Any) -> torch.Tensor:
-    """The training loss: the sum of every output tensor that requires grad."""
-    tensors = [t for t in _tensors(out) if t.requires_grad]
-    if not tensors:
-        raise ValueError("the module's output does not require grad: there is no backward pass to count")
-    loss = tensors[0].sum()
-    for t in tensors[1:]:
-        loss = loss + t.sum()
-    return loss
-
-
 def _run(module: nn.Module, shape: tuple[int, ...], device: str, counter: DispatchCounter) -> None:
     """Count one forward of a prepared module (on `device`, in eval mode) under inference mode."""
     x = make_input(shape, device, module_dtype(module))
@@ -439,7 +441,8 @@ def _run(module: nn.Module, shape: tuple[int, ...], device: str, counter: Dispat
     counter.exclude(x)
     try:
         with torch.inference_mode(), counter:
-            module(x)
+            out = module(x)
+        counter.note_output(out)
     finally:
         counter.detach()
 
@@ -513,7 +516,8 @@ def _run_train(module: nn.Module, shape: tuple[int, ...], device: str, counter: 
             with cpu_attention_choice(), counter:
                 out = module(x)
             counter.claim(out, ())  # what the root's own forward built
-            loss = _scalar_loss(out)  # outside the count: the loss is not the module's work
+            counter.note_output(out)
+            loss = scalar_loss(out)  # outside the count: the loss is not the module's work
             with counter:
                 loss.backward()
     finally:
@@ -547,6 +551,8 @@ def _report(counter: DispatchCounter, shape: tuple[int, ...], where: str, mode: 
         mode=mode,
         backward_macs=counter.backward_macs,
         backward_flops=counter.backward_flops,
+        output_shapes=counter.output_shapes,
+        first_output_shape=counter.first_output_shape,
     )
 
 

@@ -6,7 +6,8 @@ papers' "FLOPs" are usually MACs. Additions, divisions and every listed operator
 What is counted, each family by a named rule below, registered for the aten overload packets it covers:
 
 * @macs rules (MAC_RULES): matrix products, convolutions, attention kernels, nn.MultiheadAttention's fused path
-  and the backward kernels of convolution and attention. Every MAC is a multiply-add, 2 FLOPs. A composite
+  and the backward kernels of convolution and attention. Every MAC is a multiply-add, 2 FLOPs. Attention is
+  counted dense: a causal mask (is_causal=True) is not discounted, as in PyTorch's FlopCounterMode. A composite
   operator with a rule here is counted whole; one without is decomposed by the engine (attnbench.counting.dispatch)
   so that the products inside are found.
 * @products rules (PRODUCT_RULES): elementwise tensor-by-tensor products, 1 MAC per output element. Alone a
@@ -38,6 +39,7 @@ __all__ = [
     "SCALAR_SCALING",
     "SCALINGS",
     "SUMS",
+    "VIEW",
     "OpRule",
     "first_output",
     "macs",
@@ -64,6 +66,9 @@ FUSED_PRODUCTS: set[Any] = set()
 SCALAR_SCALING = "scalar scaling"
 #: The category of copies and views, through which the engine follows a lone product to a later sum.
 MOVEMENT = "data movement/view"
+#: The category of pure views (view, permute, transpose, expand, slice...): they move no data, so reports of
+#: what was not counted leave them out (the engine follows products through them as through copies).
+VIEW = "view (no data moved)"
 
 
 def macs(*packets: Any) -> Callable[[OpRule], OpRule]:
@@ -450,9 +455,15 @@ _MOVEMENT_WORDS = (
 )  # fmt: skip
 
 
+#: Composite operators that PyTorch tags as views but that copy when the strides ask for it.
+_MAY_COPY = frozenset({"reshape", "reshape_as", "contiguous", "flatten"})
+
+
 def op_category(func: Any) -> str:
-    """The category of an uncounted operator ("softmax", "norm", ... or MOVEMENT / "other")."""
+    """The category of an uncounted operator ("softmax", "norm", ... VIEW, MOVEMENT or "other")."""
     name = func._overloadpacket.__name__ if hasattr(func, "_overloadpacket") else str(func)
+    if getattr(func, "is_view", False) and name not in _MAY_COPY:
+        return VIEW
     for suffix in _BACKWARD_NAMES:
         if name.endswith(suffix) and name != suffix:
             name = name.removesuffix(suffix)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from rich.table import Table
@@ -70,6 +70,7 @@ def breakdown_table(
     fmt: Formatter = exact,
     title: str | None = None,
     types: bool = True,
+    time_share: Mapping[str, float] | None = None,
 ) -> Table:
     """A rich Table of nested submodules down to `max_depth` with their params, MACs and FLOPs.
 
@@ -77,7 +78,8 @@ def breakdown_table(
     listed in definition order, indented by depth; figures are inclusive. In mode "train" MACs and FLOPs
     cover forward + backward, the backward booked to the module whose forward built it. `fmt` formats
     every number (exact digits by default; pass an SI formatter for a compact table); `types=False` leaves
-    out the Type column (class names) for narrow terminals.
+    out the Type column (class names) for narrow terminals. `time_share` (qualified name -> share of a profiled
+    step, "" for the whole) adds a Time % column.
     """
     step = "one training step (forward + backward)" if macs.mode == "train" else "one forward"
     # No caption: the convention line is wider than a narrow table and the CLI prints it once per run.
@@ -86,9 +88,12 @@ def breakdown_table(
     table.add_column("Module", no_wrap=True)
     if types:
         table.add_column("Type", overflow="ellipsis", min_width=4)
-    for header in ("Params", "MACs", "FLOPs"):
+    for header in ("Params", "MACs", "FLOPs", *(("Time %",) if time_share is not None else ())):
         table.add_column(header, justify="right", no_wrap=True)
     for row in breakdown_rows(params, macs, max_depth):
         cells = [MISSING if v is None else fmt(v) for v in (row.params, row.macs, row.flops)]
+        if time_share is not None:
+            share = time_share.get(row.qualified)
+            cells.append(MISSING if share is None else f"{100 * share:.1f}")
         table.add_row(INDENT * row.depth + row.name, *([row.type] if types else []), *cells)
     return table

@@ -6,8 +6,9 @@ a training step is "unavailable".
 thop counts through forward hooks on known layer types (conv, linear, norms, pools, softmax modules,
 nn.MultiheadAttention) plus, in ultralytics-thop 2.x, functional matmul / bmm / einsum / linear / sdpa
 calls made outside a counted layer. It charges norms, softmax and average pooling (attnbench does not count
-those as MACs) and nothing for elementwise products or activations. It writes attributes onto the modules it
-profiles, so it always runs on a deep copy. Leaf modules for which thop has no rule are listed as
+those as MACs) and nothing for elementwise products or activations. It writes buffers and hooks onto the
+modules it profiles and removes them after: a module already on the CPU is counted there as it is (anything it
+leaves on a failure is removed), any other on a copy. Leaf modules for which thop has no rule are listed as
 uncounted (calls = how many such modules, elements unknown = 0).
 """
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from attnbench.counting.base import DEFAULT_DEVICE, MacReport, UncountedOp, check_shape, doubled, unavailable
-from attnbench.counting.fallback import run_meta_first
+from attnbench.counting.fallback import Policy, run_meta_first
 
 #: thop rules for layers that attnbench does not count as MACs.
 NON_MAC_LAYERS: tuple[type[nn.Module], ...] = (
@@ -85,4 +86,9 @@ def count_thop(
         import thop  # noqa: F401
     except ImportError as exc:
         return unavailable("thop", f"thop is not installed ({exc}); pip install ultralytics-thop", shape, device)
-    return run_meta_first("thop", _body, module, shape, device, activation_bytes)
+    return run_meta_first("thop", _body, module, shape, device, activation_bytes, policy=POLICY)
+
+
+#: thop adds buffers and hooks to the modules it profiles and removes them (run_meta_first's `untouched` puts back
+#: anything left on a failure): a module whose weights live on the CPU is counted there as it is, no copy.
+POLICY = Policy(reads_only=True, own_device=True)

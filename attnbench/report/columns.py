@@ -134,8 +134,17 @@ def summary_columns(
         if m.when and not set(m.when) & set(varying(table)):
             continue
         cols += RENDERERS[m.cell](m, view) if m.cell else _metric_columns(m, view)
-    cols.append(Column("Status", lambda r: str(r["status"]), justify="left", wrap=True, key="status"))
+    cols.append(Column("Status", status_text, justify="left", wrap=True, key="status"))
     return cols
+
+
+#: Marks a row whose (first) output's shape differs from its input's: normal for a network, a mistake for a block.
+SHAPE_MARK = "≠"
+
+
+def status_text(r: Any) -> str:
+    """The status cell: the status, marked when the output's shape differs from the input's (the note says how)."""
+    return str(r["status"]) + (f" {SHAPE_MARK}" if flag(r.get("output_differs")) else "")
 
 
 def _sorted_column(sort_by: str | None, backends: Sequence[str]) -> str:

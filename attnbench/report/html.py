@@ -25,7 +25,7 @@ from attnbench import results as R
 from attnbench.merge import machines as machines_of
 from attnbench.metrics import METRICS, Metric
 from attnbench.report.charts import charts
-from attnbench.report.columns import ALLOC_MARK, RATE_UNITS, UNIT_FAMILIES, cross_columns, metric_label
+from attnbench.report.columns import ALLOC_MARK, RATE_UNITS, SHAPE_MARK, UNIT_FAMILIES, cross_columns, metric_label
 from attnbench.report.markdown import CROSS_NOTE, scenario_text
 from attnbench.report.summary import (
     CONVENTION,
@@ -58,6 +58,8 @@ MARK_TIPS = {
     "!": "timed while other processes used more than 5% of a core: indicative only",
     ALLOC_MARK: "more than 10% slower in a process with glibc's default allocator (see 'other allocator')",
 }
+#: What the Status column's mark means (normal for a network, a mistake for a block).
+SHAPE_TIP = "the output's shape differs from the input's"
 #: The environment facts the header shows, in order, with their names.
 HEADER_FACTS = (
     ("machine", "machine"),
@@ -332,7 +334,10 @@ def _status(r: Mapping[str, Any]) -> tuple[str, Any]:
     status, reason = str(r["status"]), str(r.get("reason") or "")
     cls = "" if status == R.OK else ' class="bad"'
     tip = f' title="{escape(reason)}"' if reason else ""
-    return f"<span{cls}{tip}>{escape(status)}</span>", status
+    # An output shaped unlike the input is marked, as on the terminal and in Markdown (the reason says how).
+    differs = flag(r.get("output_differs"))
+    mark = f' <abbr class="mark" title="{escape(SHAPE_TIP)}">{SHAPE_MARK}</abbr>' if differs else ""
+    return f"<span{cls}{tip}>{escape(status)}{mark}</span>", status
 
 
 def _results(results: Sequence[Result], env: Mapping[str, Any], sort_by: str | None) -> str:

@@ -12,7 +12,14 @@ from attnbench import fmt
 from attnbench import results as R
 from attnbench.instructions import INSTRUCTIONS_METHOD
 from attnbench.merge import machines as machines_of
-from attnbench.report.columns import ALLOC_MARK, LAUNCH_MARK, cross_columns, metric_label, summary_columns
+from attnbench.report.columns import (
+    ALLOC_MARK,
+    LAUNCH_MARK,
+    SHAPE_MARK,
+    cross_columns,
+    metric_label,
+    summary_columns,
+)
 from attnbench.report.summary import (
     CONVENTION,
     RATIO_TOLERANCE,
@@ -61,6 +68,7 @@ def markdown(
         lines += _scaling_markdown(results)
     lines += cross_hardware_markdown(results, env)
     lines += _failures_markdown(results)
+    lines += _output_notes_markdown(results)
     lines += _sources_markdown(results)
     lines += ["## Counting convention", "", CONVENTION, "", *environment_markdown(results, env)]
     return "\n".join(lines)
@@ -73,7 +81,7 @@ def _summary_markdown(
     if sort_by:
         table = sort_summary(table, sort_by)
     cols = summary_columns(table, backends_of(results), roofs_by_machine(results, env), sort_by)
-    lines = ["| " + " | ".join(md_escape(c.header) for c in cols) + " |"]
+    lines = ["| " + " | ".join(md_escape(PAPER_HEADERS.get(c.header, c.header)) for c in cols) + " |"]
     lines.append("|" + "|".join("---" if c.justify == "left" else "---:" for c in cols) + "|")
     for _, r in table.iterrows():
         lines.append("| " + " | ".join(md_escape(c.cell(r)) for c in cols) + " |")
@@ -81,11 +89,17 @@ def _summary_markdown(
     return [*lines, "", scenario_text(table), "", _legend(results, cols), ""]
 
 
+#: Headers that say what a paper's table calls the column: papers' "FLOPs" are multiply-adds.
+PAPER_HEADERS = {"MACs": "MACs (papers' FLOPs)"}
+
+
 def _legend(results: Sequence[Result], cols: Sequence[Any]) -> str:
-    """What the summary table's latency, marks, memory, ratios and rates mean: only the parts that apply, short
-    (docs/reading-results.md says the rest)."""
+    """What the summary table's MACs, latency, marks, memory, ratios and rates mean: only the parts that apply,
+    short (docs/reading-results.md says the rest)."""
     headers = " ".join(c.header for c in cols)
     parts = []
+    if "MACs" in headers:
+        parts.append("MACs (papers' FLOPs): a paper's \"FLOPs\" are usually MACs: hold them here; 1 MAC = 2 FLOPs.")
     if any(present(r.latency_median_s) for r in results):
         parts.append(
             "Latency: median per call ± interquartile range, timed until the median is known within ±1% or the "
@@ -150,6 +164,29 @@ def _failures_markdown(results: Sequence[Result]) -> list[str]:
         return []
     lines = ["## Cases that did not complete", "", "| Case | status | reason |", "|---|---|---|"]
     lines += [f"| {md_escape(r.label)} | {r.status} | {md_escape(r.reason)} |" for r in bad]
+    return [*lines, ""]
+
+
+def _output_notes_markdown(results: Sequence[Result]) -> list[str]:
+    """Completed cases whose output deserves a note: a shape other than the input's (marked), several tensors."""
+    notes = list(
+        dict.fromkeys((r.module, r.dim, r.height, r.width, r.batch, r.reason) for r in results if r.ok and r.reason)
+    )
+    if not notes:
+        return []
+    marked = any(r.output_differs for r in results if r.ok and r.reason)
+    legend = (
+        f"`{SHAPE_MARK}` in the Status column: the output's shape differs from the input's (normal for a network, "
+        "a mistake for a block)."
+    )
+    lines = [
+        "## Notes on outputs",
+        "",
+        *([legend, ""] if marked else []),
+        "| Module | C | H x W | B | note |",
+        "|---|---:|---:|---:|---|",
+    ]
+    lines += [f"| {md_escape(m)} | {d} | {h}x{w} | {b} | {md_escape(note)} |" for m, d, h, w, b, note in notes]
     return [*lines, ""]
 
 

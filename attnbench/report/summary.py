@@ -25,7 +25,8 @@ CONVENTION = (
     "MACs and FLOPs: one multiply-add = 1 MAC = 2 FLOPs; a lone elementwise product (a gate x * g) = 1 MAC = "
     "1 FLOP. attnbench counts convolutions, matmuls/linear/einsum, "
     "scaled-dot-product attention and elementwise tensor-by-tensor products; softmax, activations, norms, "
-    "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs."
+    "additions and scalar scalings are listed as uncounted, not folded in. fvcore and thop are normalised to MACs. "
+    "Papers' \"FLOPs\" are usually MACs: hold a paper's figure against the MACs column."
 )
 
 
@@ -76,7 +77,7 @@ def summary(results: Sequence[Result]) -> pd.DataFrame:
         row: dict[str, Any] = dict(zip(ROW_KEY, key, strict=True))
         first = grp.iloc[0]
         # Counted once per geometry: the first value any of its rows holds.
-        for col in (*(m.column for m in COUNTED), "macs_formula", "counter_notes"):
+        for col in (*(m.column for m in COUNTED), "macs_formula", "counter_notes", "output_shapes", "output_differs"):
             vals = grp[col].dropna()
             row[col] = vals.iloc[0] if len(vals) else None
         statuses = []

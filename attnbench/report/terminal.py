@@ -16,6 +16,7 @@ from attnbench import results as R
 from attnbench.merge import machines as machines_of
 from attnbench.report.columns import (
     ALLOC_MARK,
+    SHAPE_MARK,
     cross_columns,
     cross_unit,
     highlights,
@@ -89,14 +90,15 @@ def scaling_table(results: Sequence[Result], width: int | None = None) -> tuple[
 
 #: What the terminal says of the counting convention: short, the rest is in the docs.
 SHORT_CONVENTION = (
-    "MACs: 1 multiply-add = 1 MAC = 2 FLOPs; softmax, norms, activations and additions are uncounted "
-    "(docs/reading-results.md)."
+    'MACs: 1 multiply-add = 1 MAC = 2 FLOPs (papers\' "FLOPs" are usually MACs); softmax, norms, activations '
+    "and additions are uncounted (docs/reading-results.md)."
 )
 #: Each mark of a latency cell, in a few words (the docs say more).
 MARK_WORDS = {
     "~": "noisy (IQR/median > 10% or precision not reached)",
     "!": "timed while other processes used the CPU",
     ALLOC_MARK: "> 10% slower with glibc's default allocator",
+    SHAPE_MARK: "output's shape differs from the input's, as noted below",
 }
 
 
@@ -137,6 +139,8 @@ def show(
         say(err, line)
     for line in failure_lines(rows):
         say(err, line, style="yellow", indent=2)
+    for line in output_notes(rows):
+        say(err, line, indent=2)
     say(err, SHORT_CONVENTION, style="dim")
 
 
@@ -184,6 +188,17 @@ def failure_lines(rows: Sequence[Result]) -> list[str]:
         first = dataclasses.replace(same[0], backend=", ".join(r.backend for r in same))
         lines.append(f"{first.label}: {first.status}: {first.reason}")
     return lines
+
+
+def output_notes(rows: Sequence[Result]) -> list[str]:
+    """One line per geometry whose output deserves a note (a shape other than the input's, several tensors)."""
+    notes: dict[tuple[Any, ...], str] = {}
+    for row in rows:
+        if row.status == R.OK and row.reason:
+            mark = f"{SHAPE_MARK} " if row.output_differs else ""
+            where = f"{row.module} C={row.dim} {row.height}x{row.width} B={row.batch}"
+            notes.setdefault(row.case.geometry, f"{mark}{where}: {row.reason}")
+    return list(notes.values())
 
 
 def show_gate(verdict: Verdict, console: Console, failed_cases: int = 0) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from attnbench.errors import InvalidCaseError
@@ -132,12 +134,72 @@ def build_module(
     layout: str = "",
 ) -> nn.Module:
     """build() with the kwargs as a mapping and the case's layout: a user's (B, N, C) module gets the adapter."""
-    from attnbench.zoo.adapters import TokensToImage  # torch: checks (list, info, a sweep's plan) need none
-
     spec, setting = check_case(name, dim, res, 1, kwargs, layout)
     if spec.resolution_bound and res is None:
         raise InvalidCaseError(name, "resolution", "its weights depend on H and W: pass res=(H, W)")
     hw = None if setting.height is None else (setting.height, setting.width)
-    module = spec.builder(dim, hw, **setting.kwargs)
-    # The zoo's builders adapt their own modules; a user's module is adapted here, by the same adapter.
-    return TokensToImage(module) if spec.case_layout(layout) == "tokens" else module
+    return adapt(spec, spec.builder(dim, hw, **setting.kwargs), layout)
+
+
+def adapt(spec: ModuleSpec, module: nn.Module, layout: str) -> nn.Module:
+    """A user's module in the adapter its layout needs; the zoo's builders adapt their own modules."""
+    from attnbench.zoo.adapters import adapter_for  # torch: checks (list, info, a sweep's plan) need none
+
+    return adapter_for(spec.case_layout(layout), module)
+
+
+#: Where a module built for counting lives when its constructor runs on the meta device.
+META = "meta"
+
+
+@dataclass
+class CountingBuild:
+    """The module a geometry is counted on: built on meta (no weights), or on the CPU where its constructor
+    needs real tensors, with where, why and how long; `seed` is the seed of a real build (None on meta)."""
+
+    module: nn.Module
+    where: str
+    seconds: float
+    seed: int | None = None
+
+    @property
+    def real(self) -> bool:
+        """True when the module has real weights (it can be measured, not only counted)."""
+        return self.seed is not None
+
+
+def build_for_counting(
+    name: str,
+    dim: int,
+    res: Resolution,
+    kwargs: Mapping[str, Any],
+    layout: str,
+    seed: int,
+    before_cpu: Callable[[ModuleSpec, Setting], None] | None = None,
+) -> CountingBuild:
+    """Build once for counting: on meta, or on the CPU when the meta build fails (guarded by `before_cpu`).
+
+    A user's constructor that its check already had to build on the CPU is not built again: that build is
+    taken over (see attnbench.zoo.user.judge).
+    """
+    import torch  # torch: checks (list, info, a sweep's plan) need none
+
+    spec, setting = check_case(name, dim, res, 1, kwargs, layout)
+    taken = spec.take_built(setting) if spec.take_built is not None else None
+    if taken is not None:
+        return CountingBuild(adapt(spec, taken.module, layout).eval(), taken.where, taken.seconds, taken.seed)
+    started = time.perf_counter()
+    try:
+        with torch.device(META):
+            module = build_module(name, dim, res, kwargs, layout)
+        return CountingBuild(module.eval(), META, time.perf_counter() - started)
+    except InvalidCaseError:
+        raise
+    except Exception as exc:  # a constructor that needs data (.item(), a table computed from weights)
+        why = " ".join(f"{type(exc).__name__}: {exc}".split())[:120]
+    if before_cpu is not None:
+        before_cpu(spec, setting)
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    module = build_module(name, dim, res, kwargs, layout)
+    return CountingBuild(module.eval(), f"cpu (meta build failed: {why})", time.perf_counter() - started, seed)

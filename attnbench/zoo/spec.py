@@ -109,8 +109,13 @@ class ModuleSpec:
     source_file: str = ""
     #: That file's short hash when its code was loaded ("" = computed on first use, see source_hash()).
     source_hash: str = ""
-    #: A user's class or factory function (None for the zoo), called as factory(dim, **kwargs).
+    #: A user's class or factory function (None for the zoo), called as factory(dim, **kwargs), or as `call` says.
     factory: Callable[..., Any] | None = None
+    #: A user's module built by its constructor check on the CPU (its meta build failed), handed over once per
+    #: Setting so the run does not build it again (attnbench.zoo.user.Built), or None.
+    take_built: Callable[[Setting], Any] | None = None
+    #: The explicit call a spec wrote (attnbench.zoo.user.Call): built as written, with no dim; None otherwise.
+    call: Any = None
 
     def case_layout(self, requested: str = "") -> str:
         """The layout a case of this module records: "" (its own) for the zoo, image or tokens for a user's module."""

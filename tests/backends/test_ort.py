@@ -464,3 +464,33 @@ def test_zoo_ort_parity(name: str) -> None:
     assert m.ok, f"{name}: {m.status}: {m.reason}"
     assert m.parity_max_abs is not None and m.parity_max_abs <= 1e-4
     assert len(m.parity_checked_shapes) >= 1
+
+
+class Pair(nn.Module):
+    """Returns (a 1x1 conv of x, the channel mean of x): two outputs, each with a batch axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.conv(x), x.mean(1)
+
+
+def test_every_output_of_a_tuple_is_exported_checked_and_timed() -> None:
+    m = measure(Pair().eval(), (1, 4, 4, 4), "ort", budget=TimingBudget(max_run_time=0.05, min_run_time=0.01))
+    assert m.status == "ok", m.reason
+    assert m.parity_checked_shapes and m.parity_max_abs is not None and m.parity_max_abs < 1e-5
+    assert ort_backend.output_names(2) == ["y", "y1"]
+
+
+def test_a_wrong_second_output_fails_parity_and_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = ort_backend.OrtPrepared._run_numpy
+
+    def off_second(self: ort_backend.OrtPrepared, x: torch.Tensor) -> list:
+        first, second = real(self, x)
+        return [first, second + 1.0]
+
+    monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", off_second)
+    m = measure(Pair().eval(), (1, 4, 4, 4), "ort", budget=TimingBudget(max_run_time=0.05, min_run_time=0.01))
+    assert m.status == "parity_failed" and "max |ORT - PyTorch| y1 (output 1) = 1 >" in m.reason

@@ -91,3 +91,53 @@ def test_class_names_give_way_first_and_nothing_is_cut(width: int) -> None:
     assert headers[-3:] == ["Params", "MACs", "FLOPs"]
     assert rows[0][-3:] == ["6.02 K", "1.38 M", "2.75 M"]  # numbers whole
     assert ("Type" in headers) == (width >= 80)
+
+
+def test_breakdown_by_type_gives_each_class_its_share(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        capsys, *"profile van --dim 16 --res 8 --metrics params,macs --breakdown --by type --quiet".split()
+    )
+    assert code == 0, err
+    start = out.index("van C=16 8x8 B=1: per module class")
+    headers, rows = parse_rich(out[start:], anchor=2)
+    assert headers == ["Type", "Instances", "Params", "Params %", "MACs", "MACs %", "FLOPs"]
+    by = {r[0]: r for r in rows}
+    assert by["Conv2d"][1] == "5" and by["Conv2d"][3] == "100.0"  # every parameter is in a convolution
+    assert by["LKA"][1] == "1" and float(by["LKA"][5]) < 100  # the attention's share of the MACs
+    assert "classes nest" in out
+
+
+def test_breakdown_on_a_measured_cpu_row_times_submodules_and_operators(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, *"profile lka --dim 16 --res 8 --max-run-time 0.1 --breakdown --quiet".split())
+    assert code == 0, err
+    headers, rows = parse_rich(out[out.index("lka C=16 8x8 B=1: per submodule") :], anchor=2)
+    assert headers[-1] == "Time %" and rows[0][-1] == "100.0"
+    assert all(0 <= float(r[-1]) <= 100 for r in rows)
+    table = out[out.index("aten operators per step (torch.profiler, 3 steps)") :]
+    op_headers, ops = parse_rich(table, anchor=2)
+    assert op_headers == ["Operator", "Calls", "Self [ms]", "Self %", "Total [ms]", "MACs", "GFLOP/s"]
+    conv = next(r for r in ops if r[0] == "aten::conv2d")
+    assert conv[1] == "3" and conv[5] == "92.2 K" and conv[6] != "-"  # the counter's MACs beside the profiler's time
+    assert "against the run's unprofiled median" in " ".join(out.split())
+
+
+def test_by_needs_breakdown_and_a_known_grouping(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, *"profile lka --by type --metrics params".split())
+    assert code == 2 and "--by type: only with --breakdown" in err
+    code, _, err = run(capsys, *"profile lka --breakdown --by layer --metrics params".split())
+    assert code == 2 and "--by layer: allowed: module, type" in err
+
+
+@pytest.mark.parametrize("width", [60, 80, 120])
+def test_the_operator_table_fits_the_terminal_without_cutting_a_name_or_number(width: int) -> None:
+    from attnbench.breakdown import breakdown
+    from attnbench.cli.breakdown import _print_times
+
+    row = Result.for_case(Case("lka", 16, 8, 8), latency_median_s=1e-3)
+    timed = breakdown(row).timed
+    assert timed is not None
+    buf = io.StringIO()
+    _print_times(timed, row, Console(file=buf, width=width))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines() if line.startswith("│")) <= width
+    assert ("│ aten::conv2d" in text) == (width >= 120) and ("Total [ms]" in text) == (width >= 120)

@@ -130,3 +130,19 @@ def test_tensor_bytes_of_input_weights_and_buffers() -> None:
     # BatchNorm1d(4): 8 float32 parameters (32 B), running mean and var (32 B), an int64 step count (8 B); the
     # input is counted in the dtype asked for: (2, 4) bfloat16 = 16 B
     assert tensor_bytes(nn.BatchNorm1d(4), (2, 4), torch.bfloat16) == 32 + 32 + 8 + 16
+
+
+def test_outputs_of_any_structure_are_found_named_and_summed() -> None:
+    from attnbench.counting.base import first_tensor, output_shapes, replace_first_tensor, scalar_loss, tensor_outputs
+
+    a, b = torch.ones(1, 2), torch.ones(3)
+    out = {"logits": a, "aux": (b, None, [b])}
+    assert [(p, t.shape) for p, t in tensor_outputs(out)] == [("logits", (1, 2)), ("aux.0", (3,)), ("aux.2.0", (3,))]
+    assert output_shapes(a) == "(1, 2)" and output_shapes((a, b)) == "0: (1, 2); 1: (3,)"
+    assert first_tensor(out) is a and first_tensor(("no", 1)) is None
+    swapped = replace_first_tensor(out, b)
+    assert swapped["logits"] is b and swapped["aux"][0] is b and isinstance(swapped["aux"], tuple)
+    x = torch.ones(2, requires_grad=True)
+    assert scalar_loss((x * 2, x * 3, torch.ones(4))).item() == 10.0  # outputs without grad are left out
+    with pytest.raises(ValueError, match="does not require grad"):
+        scalar_loss(torch.ones(2))

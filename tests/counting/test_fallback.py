@@ -9,7 +9,7 @@ from torch import nn
 
 from attnbench.counting import count_macs
 from attnbench.counting.base import MacReport
-from attnbench.counting.fallback import CounterBody, estimate_activation_bytes, run_meta_first
+from attnbench.counting.fallback import CounterBody, Policy, estimate_activation_bytes, run_meta_first
 from attnbench.errors import InvalidCaseError
 from tests.counting.helpers import Broken
 
@@ -86,3 +86,30 @@ def test_fvcore_cpu_run_refused_when_too_big() -> None:
     # fvcore cannot trace convolutions on meta; a CPU run is refused when the activations would not fit
     conv = count_macs(nn.Conv2d(3, 4, 3), (1, 3, 8, 8), counter="fvcore", activation_bytes=10**12)
     assert conv.status == "unavailable" and "GiB" in conv.reason
+
+
+def test_a_known_meta_refusal_goes_to_the_cpu_at_once_with_its_reason() -> None:
+    seen: list[str] = []
+    policy = Policy(meta_refusal=lambda m: "cannot trace it on meta")
+    report = run_meta_first("fake", body_on(seen), nn.Linear(8, 5), SHAPE, "meta", ACTIVATIONS, policy=policy)
+    assert seen == ["cpu"] and report.device == "cpu (meta failed: cannot trace it on meta)"
+
+
+def test_a_reading_counter_counts_a_module_on_its_device_as_it_is_and_gives_it_back() -> None:
+    module = nn.Linear(8, 5).train()
+    got: list[nn.Module] = []
+
+    def body(m: nn.Module, x: torch.Tensor, label: str) -> MacReport:
+        got.append(m)
+        assert not m.training  # counted in eval mode
+        m.register_forward_hook(lambda *a: None)  # a counter that leaves a hook behind (fvcore on a failure)
+        raise RuntimeError("trace failed")
+
+    policy = Policy(reads_only=True)
+    report = run_meta_first("fake", body, module, SHAPE, "cpu", ACTIVATIONS, policy=policy)
+    assert got == [module] and report.status == "failed"  # no copy: the module itself
+    assert module.training and not module._forward_hooks  # its mode and hooks as they came
+    copied: list[nn.Module] = []
+    run_meta_first("fake", lambda m, x, label: copied.append(m) or body_on([])(m, x, label), module, SHAPE, "meta",
+                   ACTIVATIONS, policy=policy)  # fmt: skip
+    assert copied[0] is not module  # on meta: a copy, as every counter gets

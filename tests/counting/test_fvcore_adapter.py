@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.counting import count_all, count_macs, cross_check, flag_disagreements
-from attnbench.counting.fvcore_adapter import count_fvcore, quiet
+from attnbench.counting.fvcore_adapter import CONV_ON_META, count_fvcore, quiet
 from tests.counting.helpers import NESTED_MACS, Fn, Mixed, Nested, counted, square
 
 
@@ -167,3 +167,11 @@ def test_fvcore_cannot_see_a_scripted_call_attnbench_can() -> None:
 def test_fvcore_nested_matches_fvcore_itself() -> None:
     theirs = count_macs(Nested(), (1, 4, 5), counter="fvcore")
     assert dict(theirs.by_module_nested) == NESTED_MACS
+
+
+def test_a_convolution_goes_to_the_cpu_at_once_and_says_why() -> None:
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    report = count_fvcore(conv, (1, 3, 8, 8))
+    assert report.macs == 4 * 6 * 6 * 3 * 9  # every output element: C_in x 3 x 3
+    assert report.device == f"cpu (meta failed: {CONV_ON_META})"
+    assert count_fvcore(nn.Linear(4, 4), (2, 4)).device == "meta"  # no convolution: meta, as before

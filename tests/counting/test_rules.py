@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from attnbench.counting import CONVENTION, count_macs, rules
 from attnbench.counting.base import MacReport
 from attnbench.counting.dispatch import DispatchCounter
-from attnbench.counting.rules import MAC_RULES, MOVEMENT, PRODUCT_RULES, op_category
+from attnbench.counting.rules import MAC_RULES, MOVEMENT, PRODUCT_RULES, VIEW, op_category
 from tests.counting.helpers import BWD, DEVICES, Fn, Gate, Mha, counted, flops_of, macs_flops, train
 
 aten = torch.ops.aten
@@ -707,9 +707,12 @@ def test_torch_noop_counts_nothing() -> None:
         (aten.addcdiv.default, "division"),
         (aten.max_pool2d_with_indices_backward.default, "pooling"),
         (aten.bernoulli_.float, "creation"),
-        (aten.t.default, MOVEMENT),  # an exact short name
+        (aten.t.default, VIEW),  # a pure view: no data moved
+        (aten.permute.default, VIEW),
+        (aten.reshape.default, MOVEMENT),  # tagged a view, but copies when the strides ask for it
+        (aten.clone.default, MOVEMENT),  # an exact short name... of a copy
         (aten.index_select.default, MOVEMENT),  # a substring of a longer name
-        (aten.real.default, MOVEMENT),  # named nowhere: PyTorch says it is a view
+        (aten.real.default, VIEW),  # named nowhere: PyTorch says it is a view
         (aten.digamma.default, "elementwise math"),  # named nowhere: PyTorch tags it pointwise
         (aten.nonzero.default, "other"),
     ],

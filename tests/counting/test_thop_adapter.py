@@ -39,3 +39,16 @@ def test_missing_thop_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     report = count_thop(nn.Linear(4, 4), (1, 4))
     assert report.status == "unavailable" and report.macs is None
     assert "not installed" in report.reason and "pip install ultralytics-thop" in report.reason
+
+
+def test_a_cpu_module_is_counted_on_the_cpu_as_it_is_and_given_back_unchanged() -> None:
+    from attnbench.counting.fallback import OWN_DEVICE
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8)).train()
+    buffers = [sorted(m._buffers) for m in net.modules()]
+    report = count_thop(net, (1, 3, 8, 8), activation_bytes=10_000)  # the estimate says it fits
+    assert report.device == OWN_DEVICE and report.by_module["0"] == 8 * 6 * 6 * 27  # the conv: C_in x 3 x 3 each
+    assert net.training and [sorted(m._buffers) for m in net.modules()] == buffers
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    on_meta = count_thop(net, (1, 3, 8, 8))  # without an estimate: meta, as before
+    assert on_meta.device == "meta" and on_meta.macs == report.macs

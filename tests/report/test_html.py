@@ -4,6 +4,7 @@ browser does with it is tests/report/test_html_browser.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from html.parser import HTMLParser
@@ -77,6 +78,14 @@ def test_marks_are_explained_on_hover_and_in_the_legend() -> None:
     assert text.count('<abbr class="mark" title="noisy: IQR/median') == 2  # acmix 28x28, cpu and ort
     assert "Marks (hover one): <code>~</code> noisy" in text
     assert "<code>!</code>" not in text  # no contended row: its mark goes unexplained
+
+
+def test_an_output_shaped_unlike_its_input_is_marked_in_the_status_column() -> None:
+    first, *rest = sample_results()
+    net = dataclasses.replace(first, output_differs=True, reason="output (1, 10) differs from the input (1, 8, 4, 4)")
+    text = html([net, *rest], ENV)
+    assert text.count('<abbr class="mark" title="the output&#x27;s shape differs from the input&#x27;s">≠</abbr>') == 1
+    assert 'title="output (1, 10) differs from the input (1, 8, 4, 4)">ok' in text
 
 
 def test_the_sections_that_apply() -> None:

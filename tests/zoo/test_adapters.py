@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.zoo.adapters import LAYOUT_SHAPES, TokensToImage, forward_failure
+from attnbench.results import USER_LAYOUTS
+from attnbench.zoo.adapters import LAYOUT_SHAPES, TokensToImage, adapter_for, forward_failure, layouts_that_run
 
 
 class Record(nn.Module):
@@ -56,21 +57,68 @@ def test_pass_hw_and_self_attention_call_conventions() -> None:
 
 
 @pytest.mark.parametrize(
-    ("layout", "line"),
+    ("layout", "runs_with", "line"),
     [
+        ("image", [], "forward failed with layout image (it got (2, 16, 4, 8)): boom"),
         (
             "image",
-            "forward failed with layout image ((B, C, H, W) in and out; it got (2, 16, 4, 8)); if the module takes "
-            "(B, N, C), try --layout tokens: boom",
+            ["tokens"],
+            "forward failed with layout image (it got (2, 16, 4, 8)): boom; the input's layout was the problem: it "
+            "runs with --layout tokens ((B, N, C) in and out, N = H*W)",
         ),
-        (
-            "tokens",
-            "forward failed with layout tokens ((B, N, C) in and out, N = H*W; it got (2, 32, 16)); if the module "
-            "takes (B, C, H, W), try --layout image: boom",
-        ),
-        ("", "forward failed: boom"),  # a zoo module: its layout is its own
+        ("tokens-hw", [], "forward failed with layout tokens-hw (it got (2, 32, 16), H, W): boom"),
+        ("", [], "forward failed: boom"),  # a zoo module: its layout is its own
     ],
 )
-def test_forward_failure_names_the_layout_and_suggests_the_other(layout: str, line: str) -> None:
-    assert forward_failure(layout, (2, 16, 4, 8), "boom") == line
-    assert set(LAYOUT_SHAPES) == {"image", "tokens"}
+def test_forward_failure_names_the_cause_and_a_layout_only_where_the_module_runs(
+    layout: str, runs_with: list[str], line: str
+) -> None:
+    assert forward_failure(layout, (2, 16, 4, 8), "boom", runs_with) == line
+    assert set(LAYOUT_SHAPES) == set(USER_LAYOUTS)
+
+
+class Pair(nn.Module):
+    """(B, N, C) tokens in; the tokens plus one and their mean over N out, as a tuple (attention weights' place)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + 1, x.mean(1)
+
+
+class Keyed(nn.Module):
+    """(B, N, C) in; a dict whose first tensor is the tokens."""
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> dict[str, torch.Tensor]:
+        return {"out": x * 2, "hw": torch.tensor([h, w])}
+
+
+def test_the_adapter_converts_the_first_tensor_of_a_tuple_or_dict_and_passes_the_rest() -> None:
+    x = torch.randn(2, 16, 4, 8)
+    out, mean = adapter_for("tokens", Pair())(x)
+    assert torch.equal(out, x + 1) and mean.shape == (2, 16)
+    keyed = adapter_for("tokens-hw", Keyed())(x)
+    assert torch.equal(keyed["out"], 2 * x) and keyed["hw"].tolist() == [4, 8]  # forward(x, H, W)
+    assert adapter_for("image", Pair()).__class__ is Pair  # the image layout needs no adapter
+
+
+def test_tokens_of_another_count_are_passed_on_as_they_are() -> None:
+    shrink = nn.Linear(16, 16)
+    out = TokensToImage(_Drop(shrink))(torch.randn(1, 16, 4, 4))
+    assert out.shape == (1, 8, 16)  # N = 8, not H*W = 16: not a map of this size, so not reshaped into one
+
+
+class _Drop(nn.Module):
+    """Keeps every other token (a patch-merging stand-in)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x[:, ::2])
+
+
+def test_the_layouts_a_module_runs_in_are_found_on_meta() -> None:
+    linear = nn.Linear(16, 16)
+    assert layouts_that_run(linear, "image", (1, 16, 4, 4)) == ["tokens"]  # (B, N, C): tokens, not (x, H, W)
+    assert layouts_that_run(TokensToImage(Keyed(), pass_hw=True), "tokens", (1, 16, 4, 4)) == ["tokens-hw"]
+    assert layouts_that_run(nn.Conv2d(16, 16, 1), "image", (1, 16, 4, 4)) == []

@@ -291,13 +291,17 @@ def test_constructor_reason_passes_the_users_message_on() -> None:
                 raise ValueError(f"dim {dim} % heads {heads} != 0")
 
     assert user.constructor_reason(Picky, 16, {}) is None
-    assert user.constructor_reason(Picky, 18, {}) == "Picky(18) raised ValueError: dim 18 % heads 4 != 0"
+    assert user.constructor_reason(Picky, 18, {}) == (
+        "Picky(18) raised ValueError: dim 18 % heads 4 != 0 (built as Name(dim, **kwargs): --dim is its first "
+        "argument; write Name(...) in the spec to build it as written)"
+    )
 
     def not_a_module(dim: int) -> Any:
         return [dim]
 
     reason = user.constructor_reason(not_a_module, 8, {})
-    assert reason == "not_a_module(8) returned an object of type list, not an nn.Module"
+    assert reason is not None
+    assert reason.startswith("not_a_module(8) returned an object of type list, not an nn.Module (built as Name(dim")
 
 
 def test_a_constructor_that_needs_real_tensors_is_judged_on_the_cpu() -> None:
@@ -372,7 +376,8 @@ def test_forward_failing_at_one_resolution_is_a_failed_row_and_the_sweep_goes_on
     rows = store.load(out).results
     assert [(r.width, r.status) for r in rows] == [(6, R.FAILED), (8, R.OK)]
     assert "width 6 is not a multiple of the window 4" in rows[0].reason
-    assert "layout image" in rows[0].reason and "--layout tokens" in rows[0].reason
+    # The real cause, and no layout hint: the module runs in no other layout either (the input's shape was fine).
+    assert "layout image" in rows[0].reason and "--layout" not in rows[0].reason
     assert "Traceback" not in err
 
 
@@ -428,3 +433,215 @@ def test_info_of_a_user_module_says_where_it_is_and_how_it_is_called(
     assert "models/attn.py:GatedConv: your own module" in out
     assert f"source:     models/attn.py (sha256 {digest}...)" in out
     assert "called as:  GatedConv(dim, kernel=3), first argument = channels C" in out
+
+
+# ---------------------------------------------------------------- explicit calls, packages, one build
+
+#: A network's file: a factory without a dim (as timm's and the papers' are), one that loads weights when its
+#: first argument is truthy, and a constructor that needs real tensors (a drop-path schedule through .item()).
+NETWORK_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+    BUILDS = []
+
+
+    class Net(nn.Module):
+        def __init__(self, in_chans=3, width=8, depth=2, num_classes=10):
+            super().__init__()
+            rates = [x.item() for x in torch.linspace(0, 0.1, depth)]  # fails on the meta device
+            BUILDS.append(depth)  # a build that got past the meta device's failure
+            self.stem = nn.Conv2d(in_chans, width, 3, stride=2, padding=1)
+            self.blocks = nn.Sequential(*[nn.Conv2d(width, width, 3, padding=1) for _ in rates])
+            self.head = nn.Linear(width, num_classes)
+
+        def forward(self, x):
+            return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+    def net_tiny(pretrained=False, **kwargs):
+        if pretrained:
+            raise RuntimeError("would download weights")
+        return Net(**kwargs)
+    """
+)
+
+
+def net_params(c: int, width: int, depth: int, classes: int) -> int:
+    """Stem conv, depth 3x3 convs, the head: weights and biases."""
+    return (c * 9 * width + width) + depth * (width * 9 * width + width) + (width * classes + classes)
+
+
+@pytest.fixture
+def network_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NETWORK_FILE)
+    return "net.py"
+
+
+def test_an_explicit_call_is_built_as_written_with_no_dim(network_file: str) -> None:
+    spec = get_spec(f"{network_file}:net_tiny( pretrained = False, depth=3 )")
+    assert spec.name == "net.py:net_tiny(pretrained=False, depth=3)"  # canonical text: one module however typed
+    module = spec.builder(16, None)  # the dim is not passed: 16 would be the input's channels only
+    assert sum(p.numel() for p in module.parameters()) == net_params(3, 8, 3, 10)
+    assert user.normalise("net.py:net_tiny(depth=3)") != user.normalise("net.py:net_tiny(depth=2)")
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        ("net_tiny(depth=open('x'))", "argument \"open('x')\" is not a Python literal"),
+        ("net_tiny(*[1])", "write each argument out"),
+        ("net_tiny(depth=", "is not valid Python"),
+    ],
+)
+def test_a_call_that_is_not_literals_is_refused_in_one_line(network_file: str, call: str, message: str) -> None:
+    with pytest.raises(ModuleSpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        get_spec(f"{network_file}:{call})" if call.endswith("=") else f"{network_file}:{call}")
+
+
+def test_the_name_dim_form_refuses_a_pretrained_first_argument_and_says_which_form(network_file: str) -> None:
+    spec = get_spec(f"{network_file}:net_tiny")
+    reason = spec.constraints[0].check(Setting(3, {}))
+    assert reason == (
+        "net_tiny(3) would pass --dim as pretrained=3 (built as Name(dim, **kwargs): --dim is its first argument; "
+        "write Name(...) in the spec to build it as written)"
+    )
+    reason = get_spec(f"{network_file}:Net(width=-1)").constraints[0].check(Setting(3, {}))
+    assert reason is not None and reason.startswith("Net(width=-1) raised RuntimeError")
+    assert reason.endswith("(built as written in the spec, with no dim: --dim gives only the input's channels)")
+
+
+def test_a_network_is_built_once_and_its_output_noted(network_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = f"{network_file}:Net(depth=2)"
+    code, out, err = run_cli(capsys, "profile", spec, "--dim", "3", "--res", "16", "--metrics", "params,macs",
+                             "--quiet", "-o", "net.csv")  # fmt: skip
+    assert code == 0, err
+    builds = user.load_file(network_file).BUILDS  # the file as this process imported it (once)
+    assert builds == [2]  # the constructor check's CPU build is the one counted: built once
+    (row,) = store.load("net.csv").results
+    assert row.params == net_params(3, 8, 2, 10) and row.output_shapes == "(1, 10)" and row.output_differs
+    assert row.built_on.startswith("cpu (meta build failed: RuntimeError: Tensor.item() cannot be called on meta")
+    assert row.counted_on_attnbench == "meta" and row.count_s_attnbench > 0
+    assert {row.counted_on_fvcore.split(" ")[0], row.counted_on_thop.split(" ")[0]} <= {"meta", "cpu"}
+    assert "≠" in out and "output (1, 10) differs from the input (1, 3, 16, 16)" in err
+
+
+PACKAGE_INIT = "from .layers import Double  # a relative import, as a repository's models/ package has\n"
+PACKAGE_LAYERS = textwrap.dedent(
+    """
+    from torch import nn
+
+
+    class Double(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.conv = nn.Conv2d(dim, 2 * dim, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+    """
+)
+PACKAGE_NET = "from .layers import Double\n\n\ndef build(dim=4):\n    return Double(dim)\n"
+
+
+def write_package(root: Path, name: str) -> Path:
+    """root/repo/name/ with __init__.py, layers.py and net.py (relative imports); the net.py path."""
+    folder = root / "repo" / name
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(PACKAGE_INIT)
+    (folder / "layers.py").write_text(PACKAGE_LAYERS)
+    (folder / "net.py").write_text(PACKAGE_NET)
+    return folder / "net.py"
+
+
+def test_a_file_in_a_package_is_imported_as_part_of_it(tmp_path: Path) -> None:
+    name = f"pkg_{tmp_path.name.replace('-', '_')}"
+    net = write_package(tmp_path, name)
+    module = get_spec(f"{net}:build(dim=4)").builder(4, None)
+    assert type(module).__module__ == f"{name}.layers"  # the package's own module, by its own name
+    assert sum(p.numel() for p in module.parameters()) == 4 * 8 + 8
+    other = write_package(tmp_path / "elsewhere", name)  # another package of the same name
+    with pytest.raises(ModuleSpecError, match=f"its package '{name}' .* has the name of a package this process"):
+        get_spec(f"{other}:build()")
+
+
+OUTPUTS_FILE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+
+    class ImagePair(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.conv = nn.Conv2d(dim, dim, 1)
+
+        def forward(self, x):
+            return self.conv(x), x.mean(1)  # (B, C, H, W) and (B, H, W)
+
+
+    class TokenPair(nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.mha = nn.MultiheadAttention(dim, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x)  # (out, attention weights), as nn.MultiheadAttention returns them
+
+
+    class SpatialReduction(nn.Module):
+        # PVT's attention: queries from every token, keys and values from a map reduced by a strided conv.
+        def __init__(self, dim, heads=2, sr=2):
+            super().__init__()
+            self.heads = heads
+            self.q = nn.Linear(dim, dim)
+            self.kv = nn.Linear(dim, 2 * dim)
+            self.sr = nn.Conv2d(dim, dim, sr, stride=sr)
+            self.proj = nn.Linear(dim, dim)
+
+        def forward(self, x, H, W):
+            B, N, C = x.shape
+            q = self.q(x).reshape(B, N, self.heads, C // self.heads).transpose(1, 2)
+            r = self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+            k, v = self.kv(r).reshape(B, -1, 2, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C))
+    """
+)
+
+
+def test_tuple_outputs_run_in_both_layouts_on_cpu_and_ort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("outs.py").write_text(OUTPUTS_FILE)
+    rows = []
+    for spec, layout in (("outs.py:ImagePair", "image"), ("outs.py:TokenPair", "tokens")):
+        argv = f"profile {spec} --layout {layout} --dim 8 --res 4 --backend cpu --backend ort --max-run-time 0.05"
+        code, _, err = run_cli(capsys, *argv.split(), "--metrics", "params,macs,latency", "-o", f"{layout}.csv", "-q")
+        assert code == 0, err
+        rows += store.load(f"{layout}.csv").results
+    assert [(r.backend, r.status) for r in rows] == [("cpu", R.OK), ("ort", R.OK)] * 2
+    assert rows[0].output_shapes == "0: (1, 8, 4, 4); 1: (1, 4, 4)" and not rows[0].output_differs
+    assert rows[2].output_shapes == "0: (1, 8, 4, 4); 1: (1, 16, 16)"  # the adapter converted the first back
+    assert "the tokens adapter converted the first back" in rows[2].reason
+    assert all(r.latency_median_s for r in rows) and rows[1].parity_max_abs < 1e-5
+
+
+def test_tokens_hw_profiles_a_pvt_style_attention(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("outs.py").write_text(OUTPUTS_FILE)
+    code, _, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens-hw {COUNTS} -o r.csv".split())
+    assert code == 0, err
+    (row,) = store.load("r.csv").results
+    c, n, m = 16, 64, 16  # 8x8 tokens; keys and values from the 4x4 reduced map
+    linears = n * c * c + m * 2 * c * c + n * c * c
+    assert row.macs_attnbench == linears + m * c * c * 4 + 2 * n * m * c  # sr conv: each output sums 2x2xC
+    assert row.output_shapes == "(1, 16, 8, 8)" and not row.output_differs
+    code, _, err = run_cli(capsys, *f"profile outs.py:SpatialReduction --layout tokens {COUNTS}".split())
+    assert code == 1 and "it runs with --layout tokens-hw" in err  # the input was the problem: say which layout
