@@ -487,6 +487,28 @@ def test_attention_forward_rules_in_both_layouts() -> None:
     assert MAC_RULES[aten._flash_attention_forward](tokens_first, {}, None) == expected
 
 
+def test_rules_read_operands_given_by_name_and_any_leading_dims() -> None:
+    # The schemas allow keywords, though aten passes positions: a rule must read both (issue 25's mutants).
+    b, n_q, n_k, d_k, d_v = 2, 5, 7, 8, 4
+    q, k, v = meta(b, n_q, d_k), meta(b, n_k, d_k), meta(b, n_k, d_v)  # (..., N, d) with one leading dim
+    expected = b * n_q * n_k * (d_k + d_v)
+    assert rules.sdpa_macs((q, k, v), {}, None) == rules.sdpa_macs((), {"query": q, "key": k, "value": v}, None)
+    assert rules.sdpa_macs((q, k, v), {}, None) == expected == 840
+    x, w, out = meta(2, 4, 5, 5), meta(6, 2, 3, 3), meta(2, 6, 5, 5)  # groups 2
+    assert rules.conv_macs((), {"input": x, "weight": w}, out) == rules.conv_macs((x, w), {}, out) == 5400
+
+
+def test_a_conv_backward_sums_grad_output_only_for_the_bias_gradient() -> None:
+    grad = meta(2, 6, 5, 5)
+    args = (grad, meta(2, 4, 5, 5), meta(6, 2, 3, 3), [6], [1, 1], [1, 1], [1, 1], False, [0, 0], 2)
+    backward = aten.convolution_backward
+    assert rules.summed_inputs(backward, args, {}, None) == []  # no mask: no gradient asked for
+    assert rules.summed_inputs(backward, (*args, (True, True, False)), {}, None) == []
+    for given, by_name in [((*args, (False, False, True)), {}), (args, {"output_mask": (False, False, True)})]:
+        (summed,) = rules.summed_inputs(backward, given, by_name, None)
+        assert summed is grad
+
+
 def test_native_multi_head_attention_rule() -> None:
     # (B=2, N_q=6, C=16) queries over N_k=9 keys, 4 heads: the q and output projections 2 * 6 * 16 * 16 each, k and
     # v 2 * 9 * 16 * 16 each, then q k^T and attn v over all heads (head_dim * heads = 16): 2 * 6 * 9 * (16 + 16)
