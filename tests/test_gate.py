@@ -239,6 +239,49 @@ def test_a_quiet_remeasurement_that_is_still_slow_fails() -> None:
     assert "gate: FAILED" in console.file.getvalue()  # type: ignore[attr-defined]
 
 
+LABEL = "mhsa C=64 28x28 B=1 cpu"
+
+
+def test_default_tolerance_and_its_boundary() -> None:
+    assert gate.default_tolerance(0.009) == gate.TOLERANCE_FAST == 0.25
+    assert gate.default_tolerance(gate.FAST_CASE_S) == gate.TOLERANCE_SLOW == 0.10  # 10 ms is not a few-ms case
+
+
+def test_a_change_exactly_at_the_limit_passes_and_is_not_remeasured() -> None:
+    calls: list[Case] = []
+
+    def remeasure(case: Case) -> Sequence[Result]:
+        calls.append(case)
+        return [row(median=0.625, iqr=0.0)]
+
+    # Binary-exact: 0.625 / 0.5 - 1 = 0.25, the tolerance; busy, so a change above it would be inconclusive.
+    now, then = row(median=0.625, iqr=0.0, contended=True), row(median=0.5, iqr=0.0)
+    settings = GateSettings(BASE, tolerance=0.25)
+    verdict = gate.compare_to_baseline([now], base(then), settings=settings, env=ENV, remeasure=remeasure)
+    assert verdict.passed and verdict.changes == [] and calls == []
+    assert verdict.gated == [gate.Gated(LABEL, "latency", 0.5, 0.625, 0.25, False)]
+
+
+def test_the_limit_is_the_widest_of_the_tolerance_and_both_spreads() -> None:
+    slower = row(median=0.5625, iqr=0.0)  # +12.5%, past the 10% default
+    assert gate.compare_to_baseline([slower], base(row(median=0.5, iqr=0.125)), env=ENV).passed  # IQR/median 25%
+    assert not gate.compare_to_baseline([slower], base(row(median=0.5, iqr=None)), env=ENV).passed  # no spread
+
+
+def test_what_a_latency_change_says() -> None:
+    then = base(row(median=0.5, iqr=0.0))
+    still = row(median=0.75, iqr=0.0)
+    slow = gate.compare_to_baseline([still], then, env=ENV, remeasure=lambda case: [still])
+    detail = "latency 500 ms -> 750 ms (+50.0%, limit 10%"
+    assert slow.changes == [gate.Change(LABEL, "latency", detail + ", after 2 re-measurement(s))", True)]
+    assert slow.gated == [gate.Gated(LABEL, "latency", 0.5, 0.75, 0.10, True)]
+    busy = row(median=0.75, iqr=0.0, contended=True)
+    because = "); inconclusive (machine busy): other processes used the CPU during every measurement"
+    for strict, suffix in ((False, ""), (True, "; --strict: fails")):
+        verdict = gate.compare_to_baseline([busy], then, settings=GateSettings(BASE, strict=strict), env=ENV)
+        assert verdict.changes == [gate.Change(LABEL, gate.BUSY, detail + because + suffix, strict)]
+
+
 def test_unknown_gate_metric_is_refused() -> None:
     with pytest.raises(ValueError, match="allowed: wall, instructions"):
         gate.compare_to_baseline([row()], base(row()), settings=GateSettings(BASE, metric="cycles"), env=ENV)
