@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -191,6 +193,43 @@ def test_instructions_gate_fails_a_row_that_was_not_counted() -> None:
     assert not verdict.passed and "not counted" in verdict.changes[0].detail
 
 
+def test_what_an_instruction_change_says() -> None:
+    def changes(now: Result, then: Result, **given: Any) -> list[gate.Change]:
+        settings = GateSettings(BASE, metric="instructions", **given)
+        return gate.compare_to_baseline([now], base(then), settings, ENV).changes
+
+    then = row(instructions=1024)
+    detail = "instructions 1.02 K -> 2.05 K per call (+100.00%, limit 1%)"
+    assert changes(row(instructions=2048), then) == [gate.Change(LABEL, "instructions", detail, True)]
+    less = "instructions 1.02 K -> 512 per call (-50.00%, limit 1%); update the baseline to keep it"
+    assert changes(row(instructions=512), then) == [gate.Change(LABEL, "instructions-less", less, False)]
+    # Binary-exact: 1032 / 1024 - 1 = 2**-7, at the limit either way; a baseline of 0 has no relative change.
+    for now in (1016, 1032):
+        assert changes(row(instructions=now), then, tolerance=2**-7) == []
+    assert changes(row(instructions=5), row(instructions=0)) == []
+
+
+def test_an_uncounted_row_says_where_and_why() -> None:
+    def uncounted(row: Result, why: str) -> Result:
+        return dataclasses.replace(row, instructions=None, extra=json.dumps({"instructions_error": why}))
+
+    counted, lost = row(instructions=1024), uncounted(row(), "valgrind died")
+    fails, passes = " (--allow-uncounted passes it)", " (--allow-uncounted: not failed)"
+    for allow, suffix in ((False, fails), (True, passes)):
+        settings = GateSettings(BASE, metric="instructions", allow_uncounted=allow)
+        (change,) = gate.compare_to_baseline([lost], base(counted), settings, ENV).changes
+        assert change == gate.Change(
+            LABEL, "uncounted", "instructions not counted in this run: valgrind died" + suffix, not allow
+        )
+    settings = GateSettings(BASE, metric="instructions")
+    other = row("lka", instructions=100)  # a baseline without a single count is refused before any row is judged
+    then = base(uncounted(row(), "no valgrind"), other)
+    (change,) = gate.compare_to_baseline([counted, other], then, settings, ENV).changes
+    assert change.detail == "instructions not counted in the baseline: no valgrind" + fails
+    (change,) = gate.compare_to_baseline([row(instructions=None)], base(counted), settings, ENV).changes
+    assert change.detail == "instructions not counted in this run" + fails
+
+
 @pytest.mark.parametrize("key", ["cpu_model", "torch", "python", "valgrind", "cpu_isa", "allocator"])
 def test_instructions_from_another_machine_or_version_are_refused(key: str) -> None:
     other = {**ENV, key: "something else"}
@@ -255,11 +294,12 @@ def test_a_change_exactly_at_the_limit_passes_and_is_not_remeasured() -> None:
         return [row(median=0.625, iqr=0.0)]
 
     # Binary-exact: 0.625 / 0.5 - 1 = 0.25, the tolerance; busy, so a change above it would be inconclusive.
-    now, then = row(median=0.625, iqr=0.0, contended=True), row(median=0.5, iqr=0.0)
-    settings = GateSettings(BASE, tolerance=0.25)
-    verdict = gate.compare_to_baseline([now], base(then), settings=settings, env=ENV, remeasure=remeasure)
-    assert verdict.passed and verdict.changes == [] and calls == []
-    assert verdict.gated == [gate.Gated(LABEL, "latency", 0.5, 0.625, 0.25, False)]
+    for contended in (False, True):
+        now, then = row(median=0.625, iqr=0.0, contended=contended), row(median=0.5, iqr=0.0)
+        settings = GateSettings(BASE, tolerance=0.25)
+        verdict = gate.compare_to_baseline([now], base(then), settings=settings, env=ENV, remeasure=remeasure)
+        assert verdict.passed and verdict.changes == [] and calls == []
+        assert verdict.gated == [gate.Gated(LABEL, "latency", 0.5, 0.625, 0.25, False)]
 
 
 def test_the_limit_is_the_widest_of_the_tolerance_and_both_spreads() -> None:
@@ -275,6 +315,13 @@ def test_what_a_latency_change_says() -> None:
     detail = "latency 500 ms -> 750 ms (+50.0%, limit 10%"
     assert slow.changes == [gate.Change(LABEL, "latency", detail + ", after 2 re-measurement(s))", True)]
     assert slow.gated == [gate.Gated(LABEL, "latency", 0.5, 0.75, 0.10, True)]
+    same = row(median=0.5, iqr=0.0)
+    recovered = gate.compare_to_baseline([still], then, env=ENV, remeasure=lambda case: [same]).changes
+    assert recovered == [
+        gate.Change(
+            LABEL, "latency-ok", "latency 500 ms -> 500 ms (+0.0%, limit 10%, after 1 re-measurement(s))", False
+        )
+    ]
     busy = row(median=0.75, iqr=0.0, contended=True)
     because = "); inconclusive (machine busy): other processes used the CPU during every measurement"
     for strict, suffix in ((False, ""), (True, "; --strict: fails")):
