@@ -496,6 +496,12 @@ def test_rules_read_operands_given_by_name_and_any_leading_dims() -> None:
     assert rules.sdpa_macs((q, k, v), {}, None) == expected == 840
     x, w, out = meta(2, 4, 5, 5), meta(6, 2, 3, 3), meta(2, 6, 5, 5)  # groups 2
     assert rules.conv_macs((), {"input": x, "weight": w}, out) == rules.conv_macs((x, w), {}, out) == 5400
+    assert rules.conv_macs((x, w), {}, (out, meta(1))) == 5400  # a kernel returning a tuple: its first output
+    # Transposed: per input element (2 * 4 * 25 of them) x C_out / groups (1) x the kernel (9): the input is read.
+    x, w, out = meta(2, 4, 5, 5), meta(4, 1, 3, 3), meta(2, 2, 7, 7)
+    positional = (x, w, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 2)
+    by_name = {"input": x, "weight": w, "transposed": True}
+    assert rules.convolution_macs((), by_name, out) == rules.convolution_macs(positional, {}, out) == 1800
 
 
 def test_a_conv_backward_sums_grad_output_only_for_the_bias_gradient() -> None:
