@@ -118,6 +118,12 @@ def test_case_that_now_fails_fails_the_gate() -> None:
     assert not gate.compare_to_baseline([row(status="failed")], base(row()), env=ENV).passed
 
 
+def test_a_case_that_stopped_working_says_how() -> None:
+    failed = dataclasses.replace(row(), status="failed", reason="boom")
+    (change,) = gate.compare_to_baseline([failed], base(row()), env=ENV).changes
+    assert change == gate.Change(LABEL, "status", "was ok, now failed: boom", True)
+
+
 def test_same_hardware_with_keys_in_another_order_is_comparable() -> None:
     live = {**ENV, "allocator": {"allocator": "glibc", "pinned": True, "mmap_threshold_bytes": 1 << 30}}
     read_back = {**ENV, "allocator": {"mmap_threshold_bytes": 1 << 30, "allocator": "glibc", "pinned": True}}
@@ -201,6 +207,9 @@ def test_what_an_instruction_change_says() -> None:
     then = row(instructions=1024)
     detail = "instructions 1.02 K -> 2.05 K per call (+100.00%, limit 1%)"
     assert changes(row(instructions=2048), then) == [gate.Change(LABEL, "instructions", detail, True)]
+    settings = GateSettings(BASE, metric="instructions", tolerance=0.5)
+    verdict = gate.compare_to_baseline([row(instructions=2048)], base(then), settings, ENV)
+    assert verdict.gated == [gate.Gated(LABEL, "instructions", 1024, 2048, 0.5, True)]
     less = "instructions 1.02 K -> 512 per call (-50.00%, limit 1%); update the baseline to keep it"
     assert changes(row(instructions=512), then) == [gate.Change(LABEL, "instructions-less", less, False)]
     # Binary-exact: 1032 / 1024 - 1 = 2**-7, at the limit either way; a baseline of 0 has no relative change.
@@ -216,15 +225,19 @@ def test_an_uncounted_row_says_where_and_why() -> None:
     counted, lost = row(instructions=1024), uncounted(row(), "valgrind died")
     fails, passes = " (--allow-uncounted passes it)", " (--allow-uncounted: not failed)"
     for allow, suffix in ((False, fails), (True, passes)):
-        settings = GateSettings(BASE, metric="instructions", allow_uncounted=allow)
-        (change,) = gate.compare_to_baseline([lost], base(counted), settings, ENV).changes
+        settings = GateSettings(BASE, metric="instructions", allow_uncounted=allow, tolerance=0.5)
+        verdict = gate.compare_to_baseline([lost], base(counted), settings, ENV)
+        assert verdict.gated == [gate.Gated(LABEL, "instructions", 1024, None, 0.5, not allow)]
+        (change,) = verdict.changes
         assert change == gate.Change(
             LABEL, "uncounted", "instructions not counted in this run: valgrind died" + suffix, not allow
         )
     settings = GateSettings(BASE, metric="instructions")
     other = row("lka", instructions=100)  # a baseline without a single count is refused before any row is judged
     then = base(uncounted(row(), "no valgrind"), other)
-    (change,) = gate.compare_to_baseline([counted, other], then, settings, ENV).changes
+    verdict = gate.compare_to_baseline([counted, other], then, settings, ENV)
+    assert [g.case for g in verdict.gated] == [_label("lka")]  # nothing to judge this run's count against
+    (change,) = verdict.changes
     assert change.detail == "instructions not counted in the baseline: no valgrind" + fails
     (change,) = gate.compare_to_baseline([row(instructions=None)], base(counted), settings, ENV).changes
     assert change.detail == "instructions not counted in this run" + fails
@@ -279,6 +292,10 @@ def test_a_quiet_remeasurement_that_is_still_slow_fails() -> None:
 
 
 LABEL = "mhsa C=64 28x28 B=1 cpu"
+
+
+def _label(module: str) -> str:
+    return LABEL.replace("mhsa", module)
 
 
 def test_default_tolerance_and_its_boundary() -> None:
