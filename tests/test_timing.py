@@ -155,6 +155,17 @@ def test_as_dict_has_summary_fields() -> None:
     assert d["median_s"] == 1.5 and d["n_blocks"] == 2 and d["stop"] == ""
 
 
+def test_as_dict_is_every_summary_field_by_its_name() -> None:
+    names = ("median_s", "iqr_s", "p10_s", "p90_s", "p99_s", "first_call_s", "min_s", "mean_s", "iqr_over_median")
+    names += ("n_calls", "n_blocks", "calls_per_block", "noisy", "warmup_calls", "warmup_s", "minor_faults_per_call")
+    names += ("other_cpu_cores", "contended", "median_ci_rel", "precision_target", "precision_met", "stop")
+    stats = summarize([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 3, 5, 0.25, precision_target=0.5)
+    known = {"first_call_s": 7.0, "minor_faults_per_call": 1.5, "other_cpu_cores": 0.75, "stop": "budget"}
+    stats = TimingStats(**{**stats.__dict__, **known})
+    assert stats.as_dict() == {name: getattr(stats, name) for name in names}
+    assert None not in stats.as_dict().values()
+
+
 def test_median_ci_ranks_match_binomial_tables() -> None:
     # P(Bin(5, 1/2) = 0) = 1/32 > 2.5%: five samples cannot bound the median with 95% confidence.
     assert median_ci_ranks(5) is None
