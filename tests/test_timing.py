@@ -131,6 +131,9 @@ def test_noise_threshold() -> None:
     # Binary-exact values: IQR / median = 0.0625 is quiet, 0.125 is noisy (threshold 0.10).
     assert not summarize([0.9375, 0.96875, 1.0, 1.03125, 1.0625]).noisy
     assert summarize([0.875, 0.9375, 1.0, 1.0625, 1.125]).noisy
+    # At the threshold itself, not noisy: "above 10%", as torch.utils.benchmark says.
+    at = TimingStats(**{**summarize([1.0] * 6).__dict__, "iqr_s": timing.NOISE_THRESHOLD})
+    assert at.iqr_over_median == timing.NOISE_THRESHOLD and not at.noisy
 
 
 def test_a_missed_precision_target_is_noisy_and_contention_is_flagged() -> None:
