@@ -151,6 +151,38 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "attnbench.counting.rules.x_summed_inputs",
         'mask = _arg(args, kwargs, 10, "output_mask", (False, True, False))',
     ): "only the mask's third entry (the bias gradient) is read: the default's first two are never used",
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if (name.endswith("_") and not name.startswith("_")) or True else name',
+            ),
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if name.endswith("_") or not name.startswith("_") else name',
+            ),
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if name.endswith("_") and not name.startswith("XX_XX") else name',
+            ),
+            ("attnbench.counting.rules.x_op_category", "category = _CATEGORY_OF.get(None) or _CATEGORY_OF.get(base)"),
+        ],
+        "the same category for every aten operator in torch 2.13: none of the 16 whose name starts and ends "
+        "with '_' has a categorised stripped name, and the four categorised names ending in '_' (add_, sub_, "
+        "zero_, fill_) share their category with their stripped name",
+    ),
+    (
+        "attnbench.counting.rules.x_op_category",
+        'base = name.rstrip("XX_XX") if name.endswith("_") and not name.startswith("_") else name',
+    ): ("aten's operator names are lower case: stripping 'X' as well as '_' changes none"),
+    (
+        "attnbench.counting.rules.x_op_category",
+        'if getattr(func, "is_view", False) or torch.Tag.inplace_view in tags and torch.Tag.view_copy in tags:',
+    ): "no aten operator in torch 2.13 tagged inplace_view, neither a view nor view_copy, gets this far",
+    (
+        "attnbench.counting.rules.x_op_category",
+        'if getattr(func, "is_view", None) or torch.Tag.inplace_view in tags or torch.Tag.view_copy in tags:',
+    ): ("None and False are both false"),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),

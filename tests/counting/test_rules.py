@@ -745,3 +745,10 @@ def test_torch_noop_counts_nothing() -> None:
 )
 def test_op_category(op: object, category: str) -> None:
     assert op_category(op) == category
+
+
+def test_op_category_of_an_operator_known_by_name_only() -> None:
+    # Something without an aten overload packet (a higher-order op, a Python callable) goes by its name, no tags.
+    assert op_category("softmax") == "softmax"
+    assert op_category("roll_") == MOVEMENT  # in-place: the trailing '_' stripped
+    assert op_category("not_an_op") == "other"
