@@ -71,6 +71,7 @@ def test_the_default_budget_is_the_named_constants() -> None:
     )
     assert TimingBudget().problem() is None
     assert TimingBudget(precision=None, min_run_time=2.0, max_run_time=1.0, warmup_s=0.0).problem() is None
+    assert TimingBudget(warmup_calls=1).problem() is None  # one warm-up call is enough
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,7 @@ def test_quantile_is_linear_interpolation() -> None:
     assert quantile(values, 0.75) == 4.0
     assert quantile(values, 0.10) == pytest.approx(1.4)
     assert quantile([7.0], 0.9) == 7.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^quantile of an empty sequence$"):
         quantile([], 0.5)
 
 
@@ -156,6 +157,7 @@ def test_as_dict_has_summary_fields() -> None:
         assert key in d
     assert "times_s" not in d
     assert d["median_s"] == 1.5 and d["n_blocks"] == 2 and d["stop"] == ""
+    assert (d["n_calls"], d["calls_per_block"], d["warmup_calls"], d["warmup_s"]) == (2, 1, 0, 0.0)  # the defaults
 
 
 def test_as_dict_is_every_summary_field_by_its_name() -> None:
@@ -374,6 +376,21 @@ def test_no_budget_means_the_default_one() -> None:
 
 
 # ---------------------------------------------------------------- the adaptive stop
+
+
+def test_the_stop_rules_at_their_boundaries() -> None:
+    # Six blocks, median 1, 95% interval [1, 1.5]: the width is 0.5 exactly; at 0.125 the projection is 4**2 = 16.
+    blocks, t = [1.0] * 5 + [1.5], timing.FUTILITY_AFTER_S
+    assert stop_reason(blocks, t, budget(0.0, 99.0, 0.5)) == timing.STOP_PRECISION  # the width at the target
+    assert stop_reason(blocks, t, budget(0.0, t * 12, 0.125)) == timing.STOP_FUTILE  # 16 t > 12 t, from t on
+    assert stop_reason(blocks, t, budget(0.0, t * 16, 0.125)) is None  # 16 t fits a 16 t budget: go on
+
+
+def test_median_ci_rel_at_another_confidence() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    # 50%: ranks (1, 4) of six, [2, 5] around 3.5; 95%: ranks (0, 5), [1, 6].
+    assert median_ci_rel(values, 3.5, 0.5) == pytest.approx(1.5 / 3.5)
+    assert median_ci_rel(values, 3.5) == pytest.approx(2.5 / 3.5)
 
 
 def test_stop_reasons_and_the_futility_projection() -> None:
