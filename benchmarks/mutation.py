@@ -183,6 +183,20 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "attnbench.counting.rules.x_op_category",
         'if getattr(func, "is_view", None) or torch.Tag.inplace_view in tags or torch.Tag.view_copy in tags:',
     ): ("None and False are both false"),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.memory.x_cpu_peak_bytes",
+                "with captured(), profile(activities=None, profile_memory=True) as prof:",
+            ),
+            ("attnbench.memory.x_cpu_peak_bytes", "with captured(), profile(profile_memory=True) as prof:"),
+        ],
+        "the profiler's default activities include the CPU, and only the CPU's memory events are kept",
+    ),
+    ("attnbench.memory.x_cpu_peak_bytes", 'if e.name() == "[memory]" or _is_cpu_event(e)'): (
+        "the profiler's other CPU events (the operators) carry 0 bytes (torch 2.13): they change no running sum; "
+        "a CPU case allocates no GPU memory whose events this would add"
+    ),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),
