@@ -515,6 +515,13 @@ def test_a_conv_backward_sums_grad_output_only_for_the_bias_gradient() -> None:
         assert summed is grad
 
 
+def test_attention_kernels_of_some_builds_only_are_counted_where_present() -> None:
+    names = ("_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math_for_mps")
+    present = [getattr(aten, name) for name in names if hasattr(aten, name)]
+    assert present  # torch 2.13 has both: a build without them would make this test say so
+    assert all(MAC_RULES[packet] is rules.sdpa_macs for packet in present)
+
+
 def test_native_multi_head_attention_rule() -> None:
     # (B=2, N_q=6, C=16) queries over N_k=9 keys, 4 heads: the q and output projections 2 * 6 * 16 * 16 each, k and
     # v 2 * 9 * 16 * 16 each, then q k^T and attn v over all heads (head_dim * heads = 16): 2 * 6 * 9 * (16 + 16)
