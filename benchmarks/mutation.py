@@ -199,6 +199,19 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "the profiler's other CPU events (the operators) carry 0 bytes (torch 2.13): they change no running sum; "
         "a CPU case allocates no GPU memory whose events this would add"
     ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.gate.x__instruction_changes",
+                'why = (then if then.instructions is None else now).extra_dict.get("instructions_error", None)',
+            ),
+            (
+                "attnbench.gate.x__instruction_changes",
+                'why = (then if then.instructions is None else now).extra_dict.get("instructions_error", )',
+            ),
+        ],
+        "no error recorded prints nothing either way: `why` is only tested for truth, and None and '' are false",
+    ),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),
