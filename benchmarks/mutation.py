@@ -381,6 +381,12 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def tested(run: dict[str, Any]) -> str:
+    """What a run tested: every mutant, or (a retest) how many again."""
+    n = run.get("tested", "all")
+    return f"{n}, {run['jobs']} at a time" if isinstance(n, str) else f"{n} again, {run['jobs']} at a time"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """results/mutation.md."""
     out = [
@@ -395,6 +401,10 @@ def markdown(report: dict[str, Any]) -> str:
         "machine's busy cores, averaged over the target's run (all processes, mutmut's included); a target tested "
         "again after tests were added (--retest: only what the previous run left alive) lists each run.",
         "",
+        "mutmut 3 does not mutate decorated functions (`@property`, `@functools.lru_cache`): of the functions "
+        "listed, `TimingStats`' properties (`noisy`, `precision_met`, ...), `median_ci_ranks`, `Verdict.passed` / "
+        "`inconclusive` and `Gated.change` have no mutants; docs/mutation.md says how they were checked instead.",
+        "",
         "| target | functions mutated | tests | mutants | killed (timeouts) | equivalent | import time | open | "
         "score | wall (s) | load (busy cores) |",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -403,8 +413,8 @@ def markdown(report: dict[str, Any]) -> str:
         s = score(t["mutants"])
         functions = ", ".join(f"`{f}`" for f in t["functions"]) or "all"
         pct = f"{s['score']:.1%}" if s["score"] is not None else "-"
-        wall = " + ".join(str(r["wall_s"]) for r in t["runs"])
-        load = " / ".join(f"{r['busy_cores']} ({r['jobs']} jobs)" for r in t["runs"])
+        wall = " + ".join(f"{r['wall_s']} ({tested(r)})" for r in t["runs"])
+        load = " / ".join(f"{r['busy_cores'] if r['busy_cores'] is not None else 'not recorded'}" for r in t["runs"])
         out.append(
             f"| {name} | {functions} | {', '.join(t['tests'])}{' -k ' + t['keyword'] if t['keyword'] else ''} | "
             f"{s['mutants']} | {s['killed']} ({s['timeouts']}) | {s['equivalent']} | {s['import_time']} | "
