@@ -212,6 +212,36 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         ],
         "no error recorded prints nothing either way: `why` is only tested for truth, and None and '' are false",
     ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.params.x_count_params",
+                "for qualified, p in module.named_parameters(remove_duplicate=None):",
+            ),
+            (
+                "attnbench.counting.params.x_count_params",
+                "for qualified, p in module.named_parameters(remove_duplicate=True):",
+            ),
+        ],
+        "the owner of each Parameter is the first name named_parameters() gives it (setdefault), and that name "
+        "is the same with or without the later duplicates: both walk the modules in the same order (None is false)",
+    ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.params.x_count_params",
+                'key = qualified.split(".", )[0] if "." in qualified else "(self)"',
+            ),
+            (
+                "attnbench.counting.params.x_count_params",
+                'key = qualified.split(".", 2)[0] if "." in qualified else "(self)"',
+            ),
+        ],
+        "only the first piece is kept: it is the same whatever the number of splits",
+    ),
+    ("attnbench.counting.params.x__owners", 'return [".".join(parts[:i]) for i in range(len(parts))]'): (
+        "the extra prefix is '' (the root), which is never a key of by_module_nested: count_params skips it"
+    ),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),
