@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -116,6 +118,12 @@ def test_case_that_now_fails_fails_the_gate() -> None:
     assert not gate.compare_to_baseline([row(status="failed")], base(row()), env=ENV).passed
 
 
+def test_a_case_that_stopped_working_says_how() -> None:
+    failed = dataclasses.replace(row(), status="failed", reason="boom")
+    (change,) = gate.compare_to_baseline([failed], base(row()), env=ENV).changes
+    assert change == gate.Change(LABEL, "status", "was ok, now failed: boom", True)
+
+
 def test_same_hardware_with_keys_in_another_order_is_comparable() -> None:
     live = {**ENV, "allocator": {"allocator": "glibc", "pinned": True, "mmap_threshold_bytes": 1 << 30}}
     read_back = {**ENV, "allocator": {"mmap_threshold_bytes": 1 << 30, "allocator": "glibc", "pinned": True}}
@@ -191,6 +199,50 @@ def test_instructions_gate_fails_a_row_that_was_not_counted() -> None:
     assert not verdict.passed and "not counted" in verdict.changes[0].detail
 
 
+def test_what_an_instruction_change_says() -> None:
+    def changes(now: Result, then: Result, **given: Any) -> list[gate.Change]:
+        settings = GateSettings(BASE, metric="instructions", **given)
+        return gate.compare_to_baseline([now], base(then), settings, ENV).changes
+
+    then = row(instructions=1024)
+    detail = "instructions 1.02 K -> 2.05 K per call (+100.00%, limit 1%)"
+    assert changes(row(instructions=2048), then) == [gate.Change(LABEL, "instructions", detail, True)]
+    settings = GateSettings(BASE, metric="instructions", tolerance=0.5)
+    verdict = gate.compare_to_baseline([row(instructions=2048)], base(then), settings, ENV)
+    assert verdict.gated == [gate.Gated(LABEL, "instructions", 1024, 2048, 0.5, True)]
+    less = "instructions 1.02 K -> 512 per call (-50.00%, limit 1%); update the baseline to keep it"
+    assert changes(row(instructions=512), then) == [gate.Change(LABEL, "instructions-less", less, False)]
+    # Binary-exact: 1032 / 1024 - 1 = 2**-7, at the limit either way; a baseline of 0 has no relative change.
+    for now in (1016, 1032):
+        assert changes(row(instructions=now), then, tolerance=2**-7) == []
+    assert changes(row(instructions=5), row(instructions=0)) == []
+
+
+def test_an_uncounted_row_says_where_and_why() -> None:
+    def uncounted(row: Result, why: str) -> Result:
+        return dataclasses.replace(row, instructions=None, extra=json.dumps({"instructions_error": why}))
+
+    counted, lost = row(instructions=1024), uncounted(row(), "valgrind died")
+    fails, passes = " (--allow-uncounted passes it)", " (--allow-uncounted: not failed)"
+    for allow, suffix in ((False, fails), (True, passes)):
+        settings = GateSettings(BASE, metric="instructions", allow_uncounted=allow, tolerance=0.5)
+        verdict = gate.compare_to_baseline([lost], base(counted), settings, ENV)
+        assert verdict.gated == [gate.Gated(LABEL, "instructions", 1024, None, 0.5, not allow)]
+        (change,) = verdict.changes
+        assert change == gate.Change(
+            LABEL, "uncounted", "instructions not counted in this run: valgrind died" + suffix, not allow
+        )
+    settings = GateSettings(BASE, metric="instructions")
+    other = row("lka", instructions=100)  # a baseline without a single count is refused before any row is judged
+    then = base(uncounted(row(), "no valgrind"), other)
+    verdict = gate.compare_to_baseline([counted, other], then, settings, ENV)
+    assert [g.case for g in verdict.gated] == [_label("lka")]  # nothing to judge this run's count against
+    (change,) = verdict.changes
+    assert change.detail == "instructions not counted in the baseline: no valgrind" + fails
+    (change,) = gate.compare_to_baseline([row(instructions=None)], base(counted), settings, ENV).changes
+    assert change.detail == "instructions not counted in this run" + fails
+
+
 @pytest.mark.parametrize("key", ["cpu_model", "torch", "python", "valgrind", "cpu_isa", "allocator"])
 def test_instructions_from_another_machine_or_version_are_refused(key: str) -> None:
     other = {**ENV, key: "something else"}
@@ -237,6 +289,61 @@ def test_a_quiet_remeasurement_that_is_still_slow_fails() -> None:
     console = Console(file=io.StringIO(), width=200)
     show_gate(verdict, console)
     assert "gate: FAILED" in console.file.getvalue()  # type: ignore[attr-defined]
+
+
+LABEL = "mhsa C=64 28x28 B=1 cpu"
+
+
+def _label(module: str) -> str:
+    return LABEL.replace("mhsa", module)
+
+
+def test_default_tolerance_and_its_boundary() -> None:
+    assert gate.default_tolerance(0.009) == gate.TOLERANCE_FAST == 0.25
+    assert gate.default_tolerance(gate.FAST_CASE_S) == gate.TOLERANCE_SLOW == 0.10  # 10 ms is not a few-ms case
+
+
+def test_a_change_exactly_at_the_limit_passes_and_is_not_remeasured() -> None:
+    calls: list[Case] = []
+
+    def remeasure(case: Case) -> Sequence[Result]:
+        calls.append(case)
+        return [row(median=0.625, iqr=0.0)]
+
+    # Binary-exact: 0.625 / 0.5 - 1 = 0.25, the tolerance; busy, so a change above it would be inconclusive.
+    for contended in (False, True):
+        now, then = row(median=0.625, iqr=0.0, contended=contended), row(median=0.5, iqr=0.0)
+        settings = GateSettings(BASE, tolerance=0.25)
+        verdict = gate.compare_to_baseline([now], base(then), settings=settings, env=ENV, remeasure=remeasure)
+        assert verdict.passed and verdict.changes == [] and calls == []
+        assert verdict.gated == [gate.Gated(LABEL, "latency", 0.5, 0.625, 0.25, False)]
+
+
+def test_the_limit_is_the_widest_of_the_tolerance_and_both_spreads() -> None:
+    slower = row(median=0.5625, iqr=0.0)  # +12.5%, past the 10% default
+    assert gate.compare_to_baseline([slower], base(row(median=0.5, iqr=0.125)), env=ENV).passed  # IQR/median 25%
+    assert not gate.compare_to_baseline([slower], base(row(median=0.5, iqr=None)), env=ENV).passed  # no spread
+
+
+def test_what_a_latency_change_says() -> None:
+    then = base(row(median=0.5, iqr=0.0))
+    still = row(median=0.75, iqr=0.0)
+    slow = gate.compare_to_baseline([still], then, env=ENV, remeasure=lambda case: [still])
+    detail = "latency 500 ms -> 750 ms (+50.0%, limit 10%"
+    assert slow.changes == [gate.Change(LABEL, "latency", detail + ", after 2 re-measurement(s))", True)]
+    assert slow.gated == [gate.Gated(LABEL, "latency", 0.5, 0.75, 0.10, True)]
+    same = row(median=0.5, iqr=0.0)
+    recovered = gate.compare_to_baseline([still], then, env=ENV, remeasure=lambda case: [same]).changes
+    assert recovered == [
+        gate.Change(
+            LABEL, "latency-ok", "latency 500 ms -> 500 ms (+0.0%, limit 10%, after 1 re-measurement(s))", False
+        )
+    ]
+    busy = row(median=0.75, iqr=0.0, contended=True)
+    because = "); inconclusive (machine busy): other processes used the CPU during every measurement"
+    for strict, suffix in ((False, ""), (True, "; --strict: fails")):
+        verdict = gate.compare_to_baseline([busy], then, settings=GateSettings(BASE, strict=strict), env=ENV)
+        assert verdict.changes == [gate.Change(LABEL, gate.BUSY, detail + because + suffix, strict)]
 
 
 def test_unknown_gate_metric_is_refused() -> None:

@@ -44,6 +44,8 @@ def test_peak_of_events_orders_by_time() -> None:
     # Given out of order: +100 at t=1, +50 at t=2, -100 at t=3, +20 at t=4 -> peak 150.
     assert peak_of_events([(3, -100), (1, 100), (4, 20), (2, 50)]) == 150
     assert peak_of_events([]) == 0
+    # Same time: the order recorded (a block freed right after it was made still counted), not by size.
+    assert peak_of_events([(5, 100), (5, -100)]) == 100
 
 
 def test_linear_output_exact_to_the_byte() -> None:
@@ -117,6 +119,7 @@ class FakeAllocator:
     def __init__(self, resident: int) -> None:
         self.allocated = self.peak = resident
         self.calls: list[str] = []
+        self.devices: set[object] = set()  # every device a counter was asked about
 
     def alloc(self, nbytes: int) -> None:
         self.allocated += nbytes
@@ -128,11 +131,15 @@ class FakeAllocator:
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Stand in for torch.cuda's counters (no GPU needed)."""
         cuda = torch.cuda
-        monkeypatch.setattr(cuda, "synchronize", lambda device=None: self.calls.append("sync"))
-        monkeypatch.setattr(cuda, "memory_allocated", lambda device=None: self.allocated)
-        monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: self.peak)
-        monkeypatch.setattr(cuda, "max_memory_reserved", lambda device=None: 2 * self.peak)
-        monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda device=None: self._reset())
+        monkeypatch.setattr(cuda, "synchronize", lambda device=None: self._note(device, self.calls.append("sync")))
+        monkeypatch.setattr(cuda, "memory_allocated", lambda device=None: self._note(device, self.allocated))
+        monkeypatch.setattr(cuda, "max_memory_allocated", lambda device=None: self._note(device, self.peak))
+        monkeypatch.setattr(cuda, "max_memory_reserved", lambda device=None: self._note(device, 2 * self.peak))
+        monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda device=None: self._note(device, self._reset()))
+
+    def _note(self, device: object, answer: object) -> object:
+        self.devices.add(device)
+        return answer
 
     def _reset(self) -> None:
         self.calls.append("reset")
@@ -152,8 +159,9 @@ def test_cuda_peak_counts_what_the_step_allocates_above_weights_and_input(monkey
         allocator.free(4096)
         return "output"
 
-    peak = cuda_peak(step)
+    peak = cuda_peak(step, device="cuda:1")
     assert peak.peak_bytes == 4096 + 16384  # the weights and the input are not counted
+    assert allocator.devices == {"cuda:1"}  # every counter read on the case's own GPU
     assert peak.reserved_bytes == 2 * (2**20 + 4096 + 16384) and peak.method == CUDA_PEAK_METHOD
     # The step's work is finished (synchronised) before the peak is read, and the peak reset before it ran.
     assert allocator.calls == ["sync", "reset", "sync"]

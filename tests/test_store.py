@@ -428,3 +428,13 @@ def test_sigterm_stops_like_ctrl_c_keeping_rows(
     assert "attnbench: terminated (SIGTERM): 1 completed row(s) kept" in err
     assert [r.height for r in store.load(path).results] == [8]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() restores the default handler
+
+
+def test_a_json_value_is_checked_against_its_columns_type() -> None:
+    _typed = store._typed  # the one checker every JSON row goes through
+    assert _typed("latency_median_s", 1) == 1.0 and isinstance(_typed("latency_median_s", 1), float)
+    assert _typed("latency_median_s", None) is None  # a number not measured
+    with pytest.raises(ValueError, match=r"^column latency_median_s: True is not of the column's type$"):
+        _typed("latency_median_s", True)  # a bool is an int to Python, not a latency
+    with pytest.raises(ValueError, match=r"^column module is null$"):
+        _typed("module", None)

@@ -71,6 +71,7 @@ def test_the_default_budget_is_the_named_constants() -> None:
     )
     assert TimingBudget().problem() is None
     assert TimingBudget(precision=None, min_run_time=2.0, max_run_time=1.0, warmup_s=0.0).problem() is None
+    assert TimingBudget(warmup_calls=1).problem() is None  # one warm-up call is enough
 
 
 @pytest.mark.parametrize(
@@ -108,7 +109,7 @@ def test_quantile_is_linear_interpolation() -> None:
     assert quantile(values, 0.75) == 4.0
     assert quantile(values, 0.10) == pytest.approx(1.4)
     assert quantile([7.0], 0.9) == 7.0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^quantile of an empty sequence$"):
         quantile([], 0.5)
 
 
@@ -131,6 +132,9 @@ def test_noise_threshold() -> None:
     # Binary-exact values: IQR / median = 0.0625 is quiet, 0.125 is noisy (threshold 0.10).
     assert not summarize([0.9375, 0.96875, 1.0, 1.03125, 1.0625]).noisy
     assert summarize([0.875, 0.9375, 1.0, 1.0625, 1.125]).noisy
+    # At the threshold itself, not noisy: "above 10%", as torch.utils.benchmark says.
+    at = TimingStats(**{**summarize([1.0] * 6).__dict__, "iqr_s": timing.NOISE_THRESHOLD})
+    assert at.iqr_over_median == timing.NOISE_THRESHOLD and not at.noisy
 
 
 def test_a_missed_precision_target_is_noisy_and_contention_is_flagged() -> None:
@@ -153,6 +157,18 @@ def test_as_dict_has_summary_fields() -> None:
         assert key in d
     assert "times_s" not in d
     assert d["median_s"] == 1.5 and d["n_blocks"] == 2 and d["stop"] == ""
+    assert (d["n_calls"], d["calls_per_block"], d["warmup_calls"], d["warmup_s"]) == (2, 1, 0, 0.0)  # the defaults
+
+
+def test_as_dict_is_every_summary_field_by_its_name() -> None:
+    names = ("median_s", "iqr_s", "p10_s", "p90_s", "p99_s", "first_call_s", "min_s", "mean_s", "iqr_over_median")
+    names += ("n_calls", "n_blocks", "calls_per_block", "noisy", "warmup_calls", "warmup_s", "minor_faults_per_call")
+    names += ("other_cpu_cores", "contended", "median_ci_rel", "precision_target", "precision_met", "stop")
+    stats = summarize([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], 3, 5, 0.25, precision_target=0.5)
+    known = {"first_call_s": 7.0, "minor_faults_per_call": 1.5, "other_cpu_cores": 0.75, "stop": "budget"}
+    stats = TimingStats(**{**stats.__dict__, **known})
+    assert stats.as_dict() == {name: getattr(stats, name) for name in names}
+    assert None not in stats.as_dict().values()
 
 
 def test_median_ci_ranks_match_binomial_tables() -> None:
@@ -360,6 +376,21 @@ def test_no_budget_means_the_default_one() -> None:
 
 
 # ---------------------------------------------------------------- the adaptive stop
+
+
+def test_the_stop_rules_at_their_boundaries() -> None:
+    # Six blocks, median 1, 95% interval [1, 1.5]: the width is 0.5 exactly; at 0.125 the projection is 4**2 = 16.
+    blocks, t = [1.0] * 5 + [1.5], timing.FUTILITY_AFTER_S
+    assert stop_reason(blocks, t, budget(0.0, 99.0, 0.5)) == timing.STOP_PRECISION  # the width at the target
+    assert stop_reason(blocks, t, budget(0.0, t * 12, 0.125)) == timing.STOP_FUTILE  # 16 t > 12 t, from t on
+    assert stop_reason(blocks, t, budget(0.0, t * 16, 0.125)) is None  # 16 t fits a 16 t budget: go on
+
+
+def test_median_ci_rel_at_another_confidence() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    # 50%: ranks (1, 4) of six, [2, 5] around 3.5; 95%: ranks (0, 5), [1, 6].
+    assert median_ci_rel(values, 3.5, 0.5) == pytest.approx(1.5 / 3.5)
+    assert median_ci_rel(values, 3.5) == pytest.approx(2.5 / 3.5)
 
 
 def test_stop_reasons_and_the_futility_projection() -> None:

@@ -256,6 +256,26 @@ def test_ort_parity_failure_is_a_status(monkeypatch: pytest.MonkeyPatch) -> None
     assert m.parity_max_abs is not None and m.parity_checked_shapes == ((1, 8, 4, 4),)
 
 
+class UnitScale(nn.Module):
+    """Outputs whose largest magnitude is exactly 1: the input over its largest |value|."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / x.abs().amax()
+
+
+@pytest.mark.onnx
+def test_an_error_of_1e_3_on_outputs_of_size_1_fails_parity(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bound itself, pinned: 1e-4 absolute from |output| 1 up, relative below (issue 25: x1000 passed).
+    assert (parity_limit(1.0), parity_limit(5.0), parity_limit(0.5)) == (1e-4, 1e-4, pytest.approx(5e-5))
+    real = ort_backend.OrtPrepared._run_numpy
+    monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", lambda self, x: real(self, x) + 1e-3)
+    m = measure(UnitScale(), (1, 4, 4, 4), backend="ort", metrics=())
+    # The difference is the fault's to 1e-6: ORT itself agrees with PyTorch far inside the bound.
+    assert m.status == "parity_failed" and m.parity_max_abs == pytest.approx(1e-3, rel=1e-3)
+    assert "max |ORT - PyTorch| = 0.001 > 0.0001 (max |output| 1)" in m.reason
+    assert m.extra["parity_ref_max_abs"] == pytest.approx(1.0) and m.extra["parity_limit"] == 1e-4
+
+
 @pytest.mark.onnx
 def test_parity_fails_for_a_wrong_graph_even_when_outputs_are_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     # mhsa's upstream init gives outputs ~1e-5: an absolute 1e-4 bound alone would pass an all-zero graph.

@@ -4,7 +4,7 @@ and its parity against eager, and the training step. Run through the CPU backend
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -131,6 +131,28 @@ def test_each_train_step_writes_fresh_gradients() -> None:
         assert torch.allclose(first, prepared.x.detach().sum(0).expand(4, 8))
         assert torch.equal(prepared.x.grad, lin.weight.detach().sum(0).expand(3, 8))
     assert lin.weight.grad is None and lin.training
+
+
+class GradSpy(nn.Linear):
+    """A Linear that notes, as each forward starts, whether its weight's and its input's gradients are None."""
+
+    seen: ClassVar[list[tuple[bool, bool]]] = []  # a class attribute: the backend's copy of the module shares it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        GradSpy.seen.append((self.weight.grad is None, x.grad is None))
+        return super().forward(x)
+
+
+def test_train_timing_sets_the_gradients_to_none_before_each_step() -> None:
+    # Zeroing them in place gives the same gradients (the test above) but times another step: backward then
+    # adds into kept buffers instead of allocating them, which is not what a training loop with
+    # zero_grad(set_to_none=True), PyTorch's default since 2.0, does.
+    GradSpy.seen.clear()
+    budget = TimingBudget(min_run_time=0.0, max_run_time=1.0, precision=None, warmup_s=0.0, warmup_calls=2)
+    with CpuBackend().prepare(GradSpy(8, 4), (3, 8), Scenario(mode="train")) as prepared:
+        stats = prepared.time(budget)
+    assert len(GradSpy.seen) >= stats.warmup_calls + stats.n_calls >= 3  # every call a step, timed ones too
+    assert GradSpy.seen == [(True, True)] * len(GradSpy.seen)
 
 
 def test_train_mode_is_checked() -> None:

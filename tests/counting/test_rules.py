@@ -487,6 +487,41 @@ def test_attention_forward_rules_in_both_layouts() -> None:
     assert MAC_RULES[aten._flash_attention_forward](tokens_first, {}, None) == expected
 
 
+def test_rules_read_operands_given_by_name_and_any_leading_dims() -> None:
+    # The schemas allow keywords, though aten passes positions: a rule must read both (issue 25's mutants).
+    b, n_q, n_k, d_k, d_v = 2, 5, 7, 8, 4
+    q, k, v = meta(b, n_q, d_k), meta(b, n_k, d_k), meta(b, n_k, d_v)  # (..., N, d) with one leading dim
+    expected = b * n_q * n_k * (d_k + d_v)
+    assert rules.sdpa_macs((q, k, v), {}, None) == rules.sdpa_macs((), {"query": q, "key": k, "value": v}, None)
+    assert rules.sdpa_macs((q, k, v), {}, None) == expected == 840
+    x, w, out = meta(2, 4, 5, 5), meta(6, 2, 3, 3), meta(2, 6, 5, 5)  # groups 2
+    assert rules.conv_macs((), {"input": x, "weight": w}, out) == rules.conv_macs((x, w), {}, out) == 5400
+    assert rules.conv_macs((x, w), {}, (out, meta(1))) == 5400  # a kernel returning a tuple: its first output
+    # Transposed: per input element (2 * 4 * 25 of them) x C_out / groups (1) x the kernel (9): the input is read.
+    x, w, out = meta(2, 4, 5, 5), meta(4, 1, 3, 3), meta(2, 2, 7, 7)
+    positional = (x, w, None, [1, 1], [0, 0], [1, 1], True, [0, 0], 2)
+    by_name = {"input": x, "weight": w, "transposed": True}
+    assert rules.convolution_macs((), by_name, out) == rules.convolution_macs(positional, {}, out) == 1800
+
+
+def test_a_conv_backward_sums_grad_output_only_for_the_bias_gradient() -> None:
+    grad = meta(2, 6, 5, 5)
+    args = (grad, meta(2, 4, 5, 5), meta(6, 2, 3, 3), [6], [1, 1], [1, 1], [1, 1], False, [0, 0], 2)
+    backward = aten.convolution_backward
+    assert rules.summed_inputs(backward, args, {}, None) == []  # no mask: no gradient asked for
+    assert rules.summed_inputs(backward, (*args, (True, True, False)), {}, None) == []
+    for given, by_name in [((*args, (False, False, True)), {}), (args, {"output_mask": (False, False, True)})]:
+        (summed,) = rules.summed_inputs(backward, given, by_name, None)
+        assert summed is grad
+
+
+def test_attention_kernels_of_some_builds_only_are_counted_where_present() -> None:
+    names = ("_scaled_dot_product_fused_attention_overrideable", "_scaled_dot_product_attention_math_for_mps")
+    present = [getattr(aten, name) for name in names if hasattr(aten, name)]
+    assert present  # torch 2.13 has both: a build without them would make this test say so
+    assert all(MAC_RULES[packet] is rules.sdpa_macs for packet in present)
+
+
 def test_native_multi_head_attention_rule() -> None:
     # (B=2, N_q=6, C=16) queries over N_k=9 keys, 4 heads: the q and output projections 2 * 6 * 16 * 16 each, k and
     # v 2 * 9 * 16 * 16 each, then q k^T and attn v over all heads (head_dim * heads = 16): 2 * 6 * 9 * (16 + 16)
@@ -720,3 +755,10 @@ def test_torch_noop_counts_nothing() -> None:
 )
 def test_op_category(op: object, category: str) -> None:
     assert op_category(op) == category
+
+
+def test_op_category_of_an_operator_known_by_name_only() -> None:
+    # Something without an aten overload packet (a higher-order op, a Python callable) goes by its name, no tags.
+    assert op_category("softmax") == "softmax"
+    assert op_category("roll_") == MOVEMENT  # in-place: the trailing '_' stripped
+    assert op_category("not_an_op") == "other"

@@ -1,0 +1,511 @@
+"""Do the tests catch the bugs they guard against? Mutation testing (mutmut 3) of the code whose numbers users trust.
+
+For each target (a source file, or some functions of one), mutmut plants one small bug at a time (an operator,
+a constant, a condition flipped...) and runs the tests that cover the function it changed, chosen from the
+target's own test files: a mutant the tests fail on is killed, one they pass on survived. The score is the share
+killed (a timeout, the tests running 30x longer than clean, counts as killed: the bug made them loop) among the
+mutants that could be killed. Every survivor is listed with its diff and its treatment: the test that now kills
+it, or why it is equivalent (no test can tell it from the original), or why mutmut cannot test it (code run at
+import, before mutmut switches a mutant on).
+
+Each target runs in its own copy of the sources (scratch/mutation/<target>/, git-ignored), where mutmut keeps
+its results: a second run re-tests only the functions that changed. Run one target while changing its code:
+    python benchmarks/mutation.py timing            # then read results/mutation.md, or:
+    python benchmarks/mutation.py timing --show     # the survivors' diffs on the terminal, no file written
+Every target (slow: about an hour on the shared 2-core VM): python benchmarks/mutation.py --all
+
+Needs mutmut (pip install -e '.[mutation]'); not part of the test suite or CI. Writes results/mutation.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRATCH = ROOT / "scratch" / "mutation"
+#: This script's record of a target's runs (wall time, load), beside mutmut's results in its scratch copy.
+RUNS = "attnbench-runs.json"
+KILLED = ("killed", "timeout")
+#: mutmut's exit-code meanings (mutmut/stats.py), read off its .meta files.
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout"}
+STATUS |= {-24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Some functions of one source file and the test files that cover them."""
+
+    name: str
+    source: str
+    tests: tuple[str, ...]
+    #: mutmut's mangled names of the functions to mutate (x_<function>, xǁ<Class>ǁ<method>); () = all of them.
+    functions: tuple[str, ...] = ()
+    #: Test selection inside those files (pytest -k), when only some of their tests cover the target.
+    keyword: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.source.removesuffix(".py").replace("/", ".")
+
+    def patterns(self) -> list[str]:
+        """mutmut's mutant-name globs for this target."""
+        return [f"{self.module}.{f}__mutmut_*" for f in self.functions or ("*",)]
+
+
+TARGETS = (
+    Target(
+        "counting.rules",
+        "attnbench/counting/rules.py",
+        ("tests/counting/test_rules.py", "tests/counting/test_dispatch.py"),
+    ),
+    Target(
+        "counting.dispatch",
+        "attnbench/counting/dispatch.py",
+        ("tests/counting/test_dispatch.py", "tests/counting/test_rules.py"),
+    ),
+    Target("counting.params", "attnbench/counting/params.py", ("tests/counting/test_params.py",)),
+    Target(
+        "gate",
+        "attnbench/gate.py",
+        ("tests/test_gate.py",),
+        functions=(
+            "x_default_tolerance",
+            "x__spread",
+            "x__latency",
+            "x__latency_changes",
+            "x__instructions",
+            "x__instruction_tolerance",
+            "x__instruction_changes",
+            "x__row_changes",
+            "xǁGatedǁchange",
+            "xǁVerdictǁpassed",
+            "xǁVerdictǁinconclusive",
+            "xǁGateSettingsǁcheck",
+        ),
+    ),
+    Target(
+        "timing",
+        "attnbench/timing.py",
+        ("tests/test_timing.py",),
+        functions=(
+            "x_quantile",
+            "x_median_ci_ranks",
+            "x_median_ci_rel",
+            "x_summarize",
+            "x_stop_reason",
+            "x_calls_for_block",
+            "xǁTimingStatsǁ*",
+            "xǁTimingBudgetǁproblem",
+        ),
+    ),
+    Target(
+        "ort parity",
+        "attnbench/backends/ort.py",
+        ("tests/backends/test_ort.py",),
+        functions=("x_parity_limit", "xǁOrtPreparedǁ_check_parity"),
+        keyword="parity",
+    ),
+    Target(
+        "memory",
+        "attnbench/memory.py",
+        ("tests/test_memory.py",),
+        functions=("x_peak_of_events", "x__is_cpu_event", "x_cpu_peak_bytes", "x_cuda_peak"),
+    ),
+    Target(
+        "store",
+        "attnbench/store.py",
+        ("tests/test_store.py",),
+        functions=("x__parse", "x__integer", "x__format", "x_csv_text", "x__csv_cells", "x_csv_line", "x__typed"),
+    ),
+)
+
+#: Functions mutmut cannot test: they run when the module is imported (decorators filling the rule tables),
+#: before mutmut switches a mutant on, so every mutant of them "survives". What they build is checked by the
+#: tests named (bugs planted by hand in each, at import, fail them: see results/mutation.md).
+IMPORT_TIME = {
+    "attnbench.counting.rules.x_macs": "tests/counting/test_rules.py::test_an_operator_has_one_rule",
+    "attnbench.counting.rules.x_products": "tests/counting/test_rules.py::test_every_rule_is_named_where_it_is_defined",
+    "attnbench.counting.rules.x__register": "tests/counting/test_rules.py::test_an_operator_has_one_rule",
+    "attnbench.counting.rules.x__present": (
+        "tests/counting/test_rules.py::test_attention_kernels_of_some_builds_only_are_counted_where_present"
+    ),
+    "attnbench.counting.rules.x__names": "tests/counting/test_rules.py::test_op_category",
+}
+
+#: Survivors no test can tell from the original, by (function, the mutated line as mutmut shows it): why.
+EQUIVALENT: dict[tuple[str, str], str] = {
+    (
+        "attnbench.counting.rules.x_summed_inputs",
+        'mask = _arg(args, kwargs, 10, "output_mask", (True, False, False))',
+    ): "only the mask's third entry (the bias gradient) is read: the default's first two are never used",
+    (
+        "attnbench.counting.rules.x_summed_inputs",
+        'mask = _arg(args, kwargs, 10, "output_mask", (False, True, False))',
+    ): "only the mask's third entry (the bias gradient) is read: the default's first two are never used",
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if (name.endswith("_") and not name.startswith("_")) or True else name',
+            ),
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if name.endswith("_") or not name.startswith("_") else name',
+            ),
+            (
+                "attnbench.counting.rules.x_op_category",
+                'base = name.rstrip("_") if name.endswith("_") and not name.startswith("XX_XX") else name',
+            ),
+            ("attnbench.counting.rules.x_op_category", "category = _CATEGORY_OF.get(None) or _CATEGORY_OF.get(base)"),
+        ],
+        "the same category for every aten operator in torch 2.13: none of the 16 whose name starts and ends "
+        "with '_' has a categorised stripped name, and the four categorised names ending in '_' (add_, sub_, "
+        "zero_, fill_) share their category with their stripped name",
+    ),
+    (
+        "attnbench.counting.rules.x_op_category",
+        'base = name.rstrip("XX_XX") if name.endswith("_") and not name.startswith("_") else name',
+    ): ("aten's operator names are lower case: stripping 'X' as well as '_' changes none"),
+    (
+        "attnbench.counting.rules.x_op_category",
+        'if getattr(func, "is_view", False) or torch.Tag.inplace_view in tags and torch.Tag.view_copy in tags:',
+    ): "no aten operator in torch 2.13 tagged inplace_view, neither a view nor view_copy, gets this far",
+    (
+        "attnbench.counting.rules.x_op_category",
+        'if getattr(func, "is_view", None) or torch.Tag.inplace_view in tags or torch.Tag.view_copy in tags:',
+    ): ("None and False are both false"),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.memory.x_cpu_peak_bytes",
+                "with captured(), profile(activities=None, profile_memory=True) as prof:",
+            ),
+            ("attnbench.memory.x_cpu_peak_bytes", "with captured(), profile(profile_memory=True) as prof:"),
+        ],
+        "the profiler's default activities include the CPU, and only the CPU's memory events are kept",
+    ),
+    ("attnbench.memory.x_cpu_peak_bytes", 'if e.name() == "[memory]" or _is_cpu_event(e)'): (
+        "the profiler's other CPU events (the operators) carry 0 bytes (torch 2.13): they change no running sum; "
+        "a CPU case allocates no GPU memory whose events this would add"
+    ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.gate.x__instruction_changes",
+                'why = (then if then.instructions is None else now).extra_dict.get("instructions_error", None)',
+            ),
+            (
+                "attnbench.gate.x__instruction_changes",
+                'why = (then if then.instructions is None else now).extra_dict.get("instructions_error", )',
+            ),
+        ],
+        "no error recorded prints nothing either way: `why` is only tested for truth, and None and '' are false",
+    ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.params.x_count_params",
+                "for qualified, p in module.named_parameters(remove_duplicate=None):",
+            ),
+            (
+                "attnbench.counting.params.x_count_params",
+                "for qualified, p in module.named_parameters(remove_duplicate=True):",
+            ),
+        ],
+        "the owner of each Parameter is the first name named_parameters() gives it (setdefault), and that name "
+        "is the same with or without the later duplicates: both walk the modules in the same order (None is false)",
+    ),
+    **dict.fromkeys(
+        [
+            (
+                "attnbench.counting.params.x_count_params",
+                'key = qualified.split(".", )[0] if "." in qualified else "(self)"',
+            ),
+            (
+                "attnbench.counting.params.x_count_params",
+                'key = qualified.split(".", 2)[0] if "." in qualified else "(self)"',
+            ),
+        ],
+        "only the first piece is kept: it is the same whatever the number of splits",
+    ),
+    ("attnbench.counting.params.x__owners", 'return [".".join(parts[:i]) for i in range(len(parts))]'): (
+        "the extra prefix is '' (the root), which is never a key of by_module_nested: count_params skips it"
+    ),
+    ("attnbench.gate.x__latency", "strict: bool = True,"): (
+        "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
+    ),
+}
+
+
+def busy_ticks() -> tuple[float, float]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [float(x) for x in f.readline().split()[1:9]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def mutmut_config(target: Target) -> str:
+    """The [tool.mutmut] table for one target."""
+    tests = list(target.tests) + (["-k", target.keyword] if target.keyword else [])
+    lines = [
+        "",
+        "[tool.mutmut]",
+        'source_paths = ["attnbench"]',
+        f"only_mutate = [{json.dumps(target.source)}]",
+        f"pytest_add_cli_args_test_selection = {json.dumps(tests)}",
+        # -x: a mutant is killed at its first failing test; no cache files in the copied tests.
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-x", "-q"]',
+        # torch is not fork-safe once it has run: fork each mutant from a process that only imported the tests.
+        'process_isolation = "forkserver"',
+        "timeout_multiplier = 15.0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def prepare(target: Target) -> Path:
+    """Copy the sources and tests into the target's scratch directory (mutmut's results there are kept)."""
+    work = workdir(target)
+    work.mkdir(parents=True, exist_ok=True)
+    for folder in ("attnbench", "tests"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+        shutil.copytree(ROOT / folder, work / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (ROOT / "pyproject.toml").read_text()
+    (work / "pyproject.toml").write_text(text + mutmut_config(target))
+    return work
+
+
+def not_killed(target: Target, work: Path) -> list[str]:
+    """The target's mutants a previous run left alive or unchecked, by name."""
+    meta = work / "mutants" / (target.source + ".meta")
+    if not meta.exists():
+        return []
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    names = [n for n, code in codes.items() if any(fnmatch.fnmatch(n, p) for p in target.patterns())]
+    return [n for n in names if STATUS.get(codes[n], "suspicious") not in KILLED]
+
+
+def workdir(target: Target) -> Path:
+    """The target's scratch copy, where mutmut keeps its results and this script its runs."""
+    return SCRATCH / target.name.replace(" ", "-")
+
+
+def run_target(target: Target, jobs: int, retest: bool) -> dict[str, Any]:
+    """mutmut run over one target (or, with `retest`, over what it left alive); wall time and load meanwhile."""
+    work = prepare(target)
+    names = not_killed(target, work) if retest else target.patterns()
+    busy0, total0 = busy_ticks()
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    wall = time.perf_counter() - started
+    busy1, total1 = busy_ticks()
+    load = (busy1 - busy0) / max(total1 - total0, 1.0) * (os.cpu_count() or 1)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        raise SystemExit(f"mutmut failed on {target.name} (exit {proc.returncode}):\n{tail}")
+    run = {"wall_s": round(wall, 1), "busy_cores": round(load, 2), "jobs": jobs, "date": time.strftime("%F %T")}
+    run["tested"] = len(names) if retest else "all"
+    runs_file = work / RUNS
+    runs = json.loads(runs_file.read_text()) if retest and runs_file.exists() else []
+    runs_file.write_text(json.dumps([*runs, run], indent=1) + "\n")
+    return run
+
+
+def read_results(target: Target, work: Path) -> list[dict[str, Any]]:
+    """Every mutant of the target: name, function, status, and (for the ones not killed) its diff."""
+    meta = json.loads((work / "mutants" / (target.source + ".meta")).read_text())
+    out = []
+    for name, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: natural(kv[0])):
+        if not any(fnmatch.fnmatch(name, p) for p in target.patterns()):
+            continue
+        status = STATUS.get(code, "suspicious")
+        row = {"name": name, "function": name.split("__mutmut_")[0], "status": status}
+        if status not in KILLED:
+            row["diff"] = show(work, name)
+        out.append(row)
+    return out
+
+
+def natural(name: str) -> tuple[str, int]:
+    """Sort mutants by function, then by number (mutant 10 after mutant 9)."""
+    head, _, number = name.rpartition("__mutmut_")
+    return head, int(number) if number.isdigit() else 0
+
+
+def show(work: Path, name: str) -> str:
+    """The mutant's diff, as `mutmut show` prints it (its header line dropped)."""
+    proc = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("# ")]
+    return "\n".join(lines).strip()
+
+
+def changed_line(diff: str) -> str:
+    """The mutated line of a diff ('+' side), stripped: the key of EQUIVALENT."""
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    return added[0] if added else ""
+
+
+def treatment(row: dict[str, Any]) -> tuple[str, str]:
+    """(kind, why) for a mutant that was not killed: import time, equivalent, or a gap still open."""
+    if row["function"] in IMPORT_TIME:
+        return (
+            "import time",
+            f"runs at import, before mutmut switches a mutant on; checked by {IMPORT_TIME[row['function']]}",
+        )
+    why = EQUIVALENT.get((row["function"], changed_line(row.get("diff", ""))))
+    if why:
+        return "equivalent", why
+    return "open", "no test catches it yet"
+
+
+def score(mutants: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and the score: killed / (all - equivalent - import time)."""
+    kinds = [treatment(m)[0] if m["status"] not in KILLED else "killed" for m in mutants]
+    killed, equivalent, untestable = kinds.count("killed"), kinds.count("equivalent"), kinds.count("import time")
+    testable = len(mutants) - equivalent - untestable
+    return {
+        "mutants": len(mutants),
+        "killed": killed,
+        "timeouts": sum(m["status"] == "timeout" for m in mutants),
+        "equivalent": equivalent,
+        "import_time": untestable,
+        "open": kinds.count("open"),
+        "score": killed / testable if testable else None,
+    }
+
+
+def versions() -> dict[str, str]:
+    """Python, torch, mutmut, pytest."""
+    from importlib.metadata import version  # keeps this file importable for --help without the packages
+
+    out = {"python": platform.python_version()}
+    for package in ("torch", "mutmut", "pytest", "onnxruntime"):
+        try:
+            out[package] = version(package)
+        except Exception:
+            out[package] = "not installed"
+    return out
+
+
+def machine() -> str:
+    """CPU model and core count."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def tested(run: dict[str, Any]) -> str:
+    """What a run tested: every mutant, or (a retest) how many again."""
+    n = run.get("tested", "all")
+    return f"{n}, {run['jobs']} at a time" if isinstance(n, str) else f"{n} again, {run['jobs']} at a time"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """results/mutation.md."""
+    out = [
+        "# Mutation testing: do the tests catch the bugs they guard against?",
+        "",
+        f"Machine: {report['machine']} (shared with other engineers' test runs). Versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+        + f". Date: {report['date']}.",
+        "",
+        "Generated by `python benchmarks/mutation.py`; see docs/mutation.md. Score = killed / (mutants - "
+        "equivalent - import time); a timeout (the tests ran far longer than clean) counts as killed. Load: the "
+        "machine's busy cores, averaged over the target's run (all processes, mutmut's included); a target tested "
+        "again after tests were added (--retest: only what the previous run left alive) lists each run.",
+        "",
+        "mutmut 3 does not mutate decorated functions (`@property`, `@functools.lru_cache`): of the functions "
+        "listed, `TimingStats`' properties (`noisy`, `precision_met`, ...), `median_ci_ranks`, `Verdict.passed` / "
+        "`inconclusive` and `Gated.change` have no mutants; docs/mutation.md says how they were checked instead.",
+        "",
+        "| target | functions mutated | tests | mutants | killed (timeouts) | equivalent | import time | open | "
+        "score | wall (s) | load (busy cores) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, t in report["targets"].items():
+        s = score(t["mutants"])
+        functions = ", ".join(f"`{f}`" for f in t["functions"]) or "all"
+        pct = f"{s['score']:.1%}" if s["score"] is not None else "-"
+        wall = " + ".join(f"{r['wall_s']} ({tested(r)})" for r in t["runs"])
+        load = " / ".join(f"{r['busy_cores'] if r['busy_cores'] is not None else 'not recorded'}" for r in t["runs"])
+        out.append(
+            f"| {name} | {functions} | {', '.join(t['tests'])}{' -k ' + t['keyword'] if t['keyword'] else ''} | "
+            f"{s['mutants']} | {s['killed']} ({s['timeouts']}) | {s['equivalent']} | {s['import_time']} | "
+            f"{s['open']} | {pct} | {wall} | {load} |"
+        )
+    missing = [t.name for t in TARGETS if t.name not in report["targets"]]
+    if missing:
+        out += ["", "Not run this time: " + ", ".join(missing) + "."]
+    out += ["", "## Mutants not killed, and why", ""]
+    for name, t in report["targets"].items():
+        rows = [m for m in t["mutants"] if m["status"] not in KILLED]
+        out += [f"### {name}: {len(rows)}", ""]
+        for m in rows:
+            kind, why = treatment(m)
+            out += [f"- `{m['name']}` ({m['status']}; {kind}): {why}", "", "  ```diff"]
+            out += [f"  {line}" for line in m.get("diff", "").splitlines()] + ["  ```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def collect() -> dict[str, Any]:
+    """Every target a run has left results for (in its scratch copy): its mutants and its runs."""
+    out = {}
+    for target in TARGETS:
+        work = workdir(target)
+        if (work / "mutants" / (target.source + ".meta")).exists() and (work / RUNS).exists():
+            runs = json.loads((work / RUNS).read_text())
+            out[target.name] = {**dataclasses.asdict(target), "runs": runs, "mutants": read_results(target, work)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("targets", nargs="*", help="targets to run: " + ", ".join(t.name for t in TARGETS))
+    parser.add_argument("--all", action="store_true", help="run every target")
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at a time (default 2)")
+    parser.add_argument("--show", action="store_true", help="print the survivors; write no results file")
+    parser.add_argument(
+        "--retest", action="store_true", help="test again only what the last run left alive (after adding tests)"
+    )
+    parser.add_argument("--report", action="store_true", help="run nothing: rewrite the results from the last runs")
+    args = parser.parse_args()
+    by_name = {t.name: t for t in TARGETS}
+    unknown = [n for n in args.targets if n not in by_name]
+    if unknown or not (args.targets or args.all or args.report):
+        parser.error(f"name targets from: {', '.join(by_name)} (or --all); unknown: {unknown}")
+    chosen = list(by_name.values()) if args.all else [by_name[n] for n in args.targets]
+    for target in chosen:
+        print(f"{target.name}: mutmut run ...", file=sys.stderr, flush=True)
+        run = run_target(target, args.jobs, args.retest)
+        print(f"{target.name}: {score(read_results(target, workdir(target)))}, {run}", file=sys.stderr)
+    targets = collect()
+    if args.show:
+        for name in (t.name for t in chosen):
+            for m in targets[name]["mutants"]:
+                if m["status"] not in KILLED:
+                    print(f"{m['name']} ({m['status']}; {treatment(m)[0]})\n{m.get('diff', '')}\n")
+        return
+    report = {"machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"), "targets": targets}
+    (ROOT / "results" / "mutation.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    (ROOT / "results" / "mutation.md").write_text(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
