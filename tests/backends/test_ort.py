@@ -268,7 +268,8 @@ def test_an_error_of_1e_3_on_outputs_of_size_1_fails_parity(monkeypatch: pytest.
     # The bound itself, pinned: 1e-4 absolute from |output| 1 up, relative below (issue 25: x1000 passed).
     assert (parity_limit(1.0), parity_limit(5.0), parity_limit(0.5)) == (1e-4, 1e-4, pytest.approx(5e-5))
     real = ort_backend.OrtPrepared._run_numpy
-    monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", lambda self, x: real(self, x) + 1e-3)
+    # _run_numpy gives every output of the graph (a list): the fault goes into each.
+    monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", lambda self, x: [o + 1e-3 for o in real(self, x)])
     m = measure(UnitScale(), (1, 4, 4, 4), backend="ort", metrics=())
     # The difference is the fault's to 1e-6: ORT itself agrees with PyTorch far inside the bound.
     assert m.status == "parity_failed" and m.parity_max_abs == pytest.approx(1e-3, rel=1e-3)
@@ -282,7 +283,9 @@ def test_parity_fails_for_a_wrong_graph_even_when_outputs_are_tiny(monkeypatch: 
     import numpy as np
 
     real = ort_backend.OrtPrepared._run_numpy
-    monkeypatch.setattr(ort_backend.OrtPrepared, "_run_numpy", lambda self, x: np.zeros_like(real(self, x)))
+    monkeypatch.setattr(
+        ort_backend.OrtPrepared, "_run_numpy", lambda self, x: [np.zeros_like(o) for o in real(self, x)]
+    )
     m = measure(attnbench.build("mhsa", 16, 4), (1, 16, 4, 4), backend="ort", metrics=())
     assert m.status == "parity_failed" and "max |output|" in m.reason
     assert ort_backend.parity_limit(5.0) == ort_backend.PARITY_ATOL and ort_backend.parity_limit(2e-5) < 1e-8
