@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -216,8 +217,6 @@ def _raised(prepared: ort_backend.OrtPrepared, refs: tuple[object, object], dims
 
 @pytest.mark.parametrize("first", [0.5, 0.25])
 def test_parity_checks_both_batches_of_a_symbolic_graph_and_keeps_the_worst_and_the_tightest(first: float) -> None:
-    import numpy as np
-
     # Float64 values, so the differences are exact: 1e-5 at the first batch, 2e-6 at the second; |output| 0.5
     # at one and 0.25 at the other, in either order.
     ref1, ref2 = np.array([[first], [0.0]]), np.array([[0.75 - first], [0.0], [0.0], [0.0]])
@@ -231,8 +230,6 @@ def test_parity_checks_both_batches_of_a_symbolic_graph_and_keeps_the_worst_and_
 
 
 def test_parity_of_a_fixed_batch_graph_checks_that_batch_only_and_says_so() -> None:
-    import numpy as np
-
     ref = np.array([[0.5, -0.25]])
     prepared = _checker([ref.copy(), "never run"])
     prepared._check_parity(X1, ref, X2, np.zeros(3), [1, 2, 1, 1])
@@ -246,8 +243,6 @@ def test_parity_of_a_fixed_batch_graph_checks_that_batch_only_and_says_so() -> N
 
 
 def test_parity_passes_a_difference_exactly_at_the_bound_and_fails_one_above() -> None:
-    import numpy as np
-
     ref = np.array([0.0, 1.0])  # |output| 1: the absolute bound, 1e-4
     _checker([np.array([1e-4, 1.0])])._check_parity(X1, ref, X2, ref, [1])
     failed = _raised(_checker([np.array([2e-4, 1.0])]), (ref, ref), [1])
@@ -258,8 +253,6 @@ def test_parity_passes_a_difference_exactly_at_the_bound_and_fails_one_above() -
 
 
 def test_parity_failing_at_the_second_batch_reports_the_worst_over_both() -> None:
-    import numpy as np
-
     ref1, ref2 = np.array([2.0]), np.array([3.0, 0.0])
     prepared = _checker([np.array([2.0 - 5e-5]), np.array([3.0, 0.5])])
     failed = _raised(prepared, (ref1, ref2), ["batch", 2])
@@ -270,8 +263,6 @@ def test_parity_failing_at_the_second_batch_reports_the_worst_over_both() -> Non
 
 
 def test_parity_under_tf32_allows_a_share_of_the_output() -> None:
-    import numpy as np
-
     ref = np.array([4.0])  # TF32: 1e-2 x 4 = 0.04, far above the 1e-4 of full precision
     prepared = _checker([np.array([4.03])], tf32=True)
     prepared._check_parity(X1, ref, X2, ref, [1])
@@ -280,16 +271,12 @@ def test_parity_under_tf32_allows_a_share_of_the_output() -> None:
 
 
 def test_parity_fails_a_nan_output_as_an_infinite_difference() -> None:
-    import numpy as np
-
     ref = np.array([1.0, 2.0])
     failed = _raised(_checker([np.array([1.0, np.nan])]), (ref, ref), [1])
     assert failed.details["parity_max_abs"] == float("inf") and "= inf > 0.0001" in failed.reason
 
 
 def test_parity_of_an_empty_output_is_exact_and_judged_absolutely() -> None:
-    import numpy as np
-
     prepared = _checker([np.zeros((1, 0)), np.zeros((2, 0))])
     prepared._check_parity(X1, np.zeros((1, 0)), X2, np.zeros((2, 0)), ["batch"])
     assert prepared.parity_max_abs == 0.0 and prepared.parity_checked_shapes == ((1, 2, 1, 1), (2, 2, 1, 1))
@@ -297,8 +284,6 @@ def test_parity_of_an_empty_output_is_exact_and_judged_absolutely() -> None:
 
 
 def test_parity_fails_an_output_of_another_shape() -> None:
-    import numpy as np
-
     ref = np.zeros((1, 2, 3))
     failed = _raised(_checker([np.zeros((1, 3, 2))]), (ref, ref), ["batch", 2])
     assert failed.reason == "ORT output shape (1, 3, 2) != PyTorch (1, 2, 3) at input (1, 2, 1, 1)"
@@ -306,8 +291,6 @@ def test_parity_fails_an_output_of_another_shape() -> None:
 
 
 def test_parity_run_that_fails_at_the_second_batch_is_a_parity_failure_with_the_first_checked() -> None:
-    import numpy as np
-
     ref = np.array([1.0])
     prepared = _checker([ref.copy(), ValueError("Got invalid dimensions for input")])
     failed = _raised(prepared, (ref, ref), ["batch", 2])
@@ -320,8 +303,6 @@ def test_parity_run_that_fails_at_the_second_batch_is_a_parity_failure_with_the_
 
 
 def test_parity_run_out_of_memory_is_raised_as_it_is() -> None:
-    import numpy as np
-
     oom = RuntimeError("Failed to allocate memory for requested buffer")
     with pytest.raises(RuntimeError) as info:
         _checker([oom])._check_parity(X1, np.zeros(1), X2, np.zeros(1), [1])
