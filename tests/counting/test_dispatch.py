@@ -792,3 +792,13 @@ def test_only_a_live_product_storage_is_recalled() -> None:
     assert record is not None and (record.name, record.elements, record.promoted) == ("aten.mul", 6, False)
     assert counter._recall(x) is None and counter._recall(2.0) is None
     assert counter._recall(torch.zeros(2).to_sparse()) is None  # no storage to look up
+
+
+def test_a_decomposed_operator_keeps_its_keyword_arguments() -> None:
+    # einsum has no rule: the engine runs its decomposition, with its keyword-only contraction path. (2, 100) @
+    # (100, 2) first costs 400 + 400 MACs; (100, 2) @ (2, 100) first, 20000 + 20000.
+    a, b, c = torch.empty(2, 100, device="meta"), torch.empty(100, 2, device="meta"), torch.empty(2, 100, device="meta")
+    for path, macs in [(None, 800), ([1, 2, 0, 1], 40000)]:
+        with torch.inference_mode(), DispatchCounter() as counter:
+            torch.ops.aten.einsum.default("ij,jk,kl->il", [a, b, c], **({"path": path} if path else {}))
+        assert dict(counter.by_op) == {"aten.einsum": macs} and dict(counter.calls) == {"aten.einsum": 2}, path
