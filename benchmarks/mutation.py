@@ -353,6 +353,34 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "a dead storage's product entry is never used again: _recall checks that the storage is alive, and a new "
         "product at the same address replaces it; leaving it only keeps a dead entry"
     ),
+    **dict.fromkeys(
+        [
+            ("attnbench.counting.dispatch.xǁDispatchCounterǁ_product", "macs = PRODUCT_RULES[packet](args, None, out)"),
+            (
+                "attnbench.counting.dispatch.xǁDispatchCounterǁ__torch_dispatch__",
+                "self._product(func, name, stack, backward, args, None, out)",
+            ),
+            (
+                "attnbench.counting.dispatch.xǁDispatchCounterǁ__torch_dispatch__",
+                "self._follow(func, packet, args, None, out)",
+            ),
+            (
+                "attnbench.counting.dispatch.xǁDispatchCounterǁ_follow",
+                "for t in summed_inputs(packet, args, None, out):",
+            ),
+        ],
+        "the dispatcher passes an operator's keyword-only arguments alone as kwargs (dtype, device, out...): every "
+        "operand these read (a product's factors, native_dropout's p and train, a sum's input, "
+        "convolution_backward's output_mask) has no default and comes by position, and the only tensor a kwarg can "
+        "hold is an out= one, which is written, never a source",
+    ),
+    (
+        "attnbench.counting.dispatch.xǁDispatchCounterǁ__torch_dispatch__",
+        "if rule is None and packet not in PRODUCT_RULES and packet not in OPAQUE and _decomposes(func, args, None):",
+    ): (
+        "_decomposes reads the device of the first tensor, which comes from args whenever the call has a tensor "
+        "operand; it differs only for a composite factory given nothing but an out= tensor, which no module here calls"
+    ),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),
