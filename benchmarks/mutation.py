@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import functools
 import json
 import os
 import platform
@@ -381,6 +382,9 @@ EQUIVALENT: dict[tuple[str, str], str] = {
         "_decomposes reads the device of the first tensor, which comes from args whenever the call has a tensor "
         "operand; it differs only for a composite factory given nothing but an out= tensor, which no module here calls"
     ),
+    ("attnbench.counting.dispatch.x__report", '-status="ok",'): (
+        "the keyword dropped is status='ok', and MacReport's status defaults to 'ok'"
+    ),
     ("attnbench.gate.x__latency", "strict: bool = True,"): (
         "the default is never used: _latency's one caller (_row_changes) passes settings.strict"
     ),
@@ -451,7 +455,11 @@ def run_target(target: Target, jobs: int, retest: bool, stop_after: float | None
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
     env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # A background shell starts its jobs with SIGINT ignored, and mutmut would keep it so: restore the default.
+    restore = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    proc = subprocess.Popen(
+        cmd, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=restore
+    )
     try:
         output, stopped = proc.communicate(timeout=stop_after)[0], False
     except subprocess.TimeoutExpired:
@@ -505,7 +513,9 @@ def show(work: Path, name: str) -> str:
 def changed_line(diff: str) -> str:
     """The mutated line of a diff ('+' side), stripped: the key of EQUIVALENT."""
     added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
-    return added[0] if added else ""
+    removed = [line[1:].strip() for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    # A mutant that only drops a line (a keyword argument) is known by that line, marked "-".
+    return added[0] if added else "-" + removed[0] if removed else ""
 
 
 def treatment(row: dict[str, Any]) -> tuple[str, str]:

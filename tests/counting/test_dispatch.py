@@ -358,6 +358,8 @@ def test_backward_of_a_module_that_reads_its_input_twice_is_all_its_own() -> Non
     mm = 2 * 4 * 3
     assert dict(report.by_module) == {"0": 3 * 2 * mm}
     assert (report.macs, report.backward_macs) == (6 * mm, 4 * mm)
+    # Six products booked in one module: its FLOPs add up (2 per MAC), at the top level and nested.
+    assert dict(report.flops_by_module) == dict(report.flops_by_module_nested) == {"0": 2 * 6 * mm}
 
 
 class Squares(nn.Module):
