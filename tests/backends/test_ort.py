@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -180,6 +181,143 @@ def test_parity_limit_is_relative_below_one() -> None:
     assert parity_limit(0.5) == pytest.approx(0.5 * ort_backend.PARITY_RTOL)
     assert parity_limit(2e-5) < 1e-8
     assert parity_limit(0.0) == ort_backend.PARITY_ATOL  # an all-zero output: the absolute bound
+
+
+def _checker(outputs: list[object], tf32: bool = False) -> ort_backend.OrtPrepared:
+    """An OrtPrepared with no graph: its 'session' returns `outputs` one call after another (or raises one).
+
+    The inputs it was run on are kept in `prepared.inputs`.
+    """
+    prepared = ort_backend.OrtPrepared.__new__(ort_backend.OrtPrepared)
+    ort_backend.Prepared.__init__(prepared)
+    prepared.exporter, prepared.tf32 = "dynamo", tf32
+    queue = list(outputs)
+    prepared.inputs = []  # type: ignore[attr-defined]
+
+    def run(x: torch.Tensor) -> object:
+        prepared.inputs.append(x)  # type: ignore[attr-defined]
+        out = queue.pop(0)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    prepared._run_numpy = run  # type: ignore[method-assign]
+    return prepared
+
+
+X1, X2 = torch.zeros(1, 2, 1, 1), torch.zeros(2, 2, 1, 1)
+
+
+def _raised(prepared: ort_backend.OrtPrepared, refs: tuple[object, object], dims: list[int | str]) -> CaseFailed:
+    with pytest.raises(CaseFailed) as info:
+        prepared._check_parity(X1, refs[0], X2, refs[1], dims)
+    assert info.value.status == "parity_failed"
+    return info.value
+
+
+@pytest.mark.parametrize("first", [0.5, 0.25])
+def test_parity_checks_both_batches_of_a_symbolic_graph_and_keeps_the_worst_and_the_tightest(first: float) -> None:
+    # Float64 values, so the differences are exact: 1e-5 at the first batch, 2e-6 at the second; |output| 0.5
+    # at one and 0.25 at the other, in either order.
+    ref1, ref2 = np.array([[first], [0.0]]), np.array([[0.75 - first], [0.0], [0.0], [0.0]])
+    out1, out2 = ref1 + np.array([[0.0], [1e-5]]), ref2 + np.array([[0.0], [0.0], [-2e-6], [0.0]])
+    prepared = _checker([out1, out2])
+    prepared._check_parity(X1, ref1, X2, ref2, ["batch", 2, "h", "w"])
+    assert len(prepared.inputs) == 2 and prepared.inputs[0] is X1 and prepared.inputs[1] is X2
+    assert prepared.parity_max_abs == 1e-5 and prepared.parity_checked_shapes == ((1, 2, 1, 1), (2, 2, 1, 1))
+    # The largest |output| met, and the tightest bound applied (relative below 1: 1e-4 x 0.25).
+    assert prepared.extra == {"parity_ref_max_abs": 0.5, "parity_limit": 0.25 * 1e-4}
+
+
+def test_parity_of_a_fixed_batch_graph_checks_that_batch_only_and_says_so() -> None:
+    ref = np.array([[0.5, -0.25]])
+    prepared = _checker([ref.copy(), "never run"])
+    prepared._check_parity(X1, ref, X2, np.zeros(3), [1, 2, 1, 1])
+    assert len(prepared.inputs) == 1 and prepared.inputs[0] is X1
+    assert prepared.parity_max_abs == 0.0 and prepared.parity_checked_shapes == ((1, 2, 1, 1),)
+    assert prepared.extra == {
+        "dynamic_batch_note": "exporter fixed the batch to 1; checked that batch only",
+        "parity_ref_max_abs": 0.5,
+        "parity_limit": 0.5 * 1e-4,
+    }
+
+
+def test_parity_passes_a_difference_exactly_at_the_bound_and_fails_one_above() -> None:
+    ref = np.array([0.0, 1.0])  # |output| 1: the absolute bound, 1e-4
+    _checker([np.array([1e-4, 1.0])])._check_parity(X1, ref, X2, ref, [1])
+    failed = _raised(_checker([np.array([2e-4, 1.0])]), (ref, ref), [1])
+    assert failed.reason == "max |ORT - PyTorch| = 0.0002 > 0.0001 (max |output| 1) at input (1, 2, 1, 1)"
+    assert failed.details["parity_max_abs"] == 2e-4 and failed.details["exporter"] == "dynamo"
+    assert failed.details["parity_checked_shapes"] == ((1, 2, 1, 1),)
+    assert failed.details["extra"]["parity_limit"] == 1e-4
+
+
+def test_parity_failing_at_the_second_batch_reports_the_worst_over_both() -> None:
+    ref1, ref2 = np.array([2.0]), np.array([3.0, 0.0])
+    prepared = _checker([np.array([2.0 - 5e-5]), np.array([3.0, 0.5])])
+    failed = _raised(prepared, (ref1, ref2), ["batch", 2])
+    assert failed.reason == "max |ORT - PyTorch| = 0.5 > 0.0001 (max |output| 3) at input (2, 2, 1, 1)"
+    assert failed.details["parity_max_abs"] == 0.5 == prepared.parity_max_abs
+    assert failed.details["parity_checked_shapes"] == ((1, 2, 1, 1), (2, 2, 1, 1)) == prepared.parity_checked_shapes
+    assert failed.details["extra"] is prepared.extra and prepared.extra["parity_ref_max_abs"] == 3.0
+
+
+def test_parity_under_tf32_allows_a_share_of_the_output() -> None:
+    ref = np.array([4.0])  # TF32: 1e-2 x 4 = 0.04, far above the 1e-4 of full precision
+    prepared = _checker([np.array([4.03])], tf32=True)
+    prepared._check_parity(X1, ref, X2, ref, [1])
+    assert prepared.extra["parity_limit"] == pytest.approx(0.04) and prepared.parity_max_abs == pytest.approx(0.03)
+    assert "> 0.04 (max |output| 4)" in _raised(_checker([np.array([4.05])], tf32=True), (ref, ref), [1]).reason
+
+
+def test_parity_fails_a_nan_output_as_an_infinite_difference() -> None:
+    ref = np.array([1.0, 2.0])
+    failed = _raised(_checker([np.array([1.0, np.nan])]), (ref, ref), [1])
+    assert failed.details["parity_max_abs"] == float("inf") and "= inf > 0.0001" in failed.reason
+
+
+def test_parity_of_an_empty_output_is_exact_and_judged_absolutely() -> None:
+    prepared = _checker([np.zeros((1, 0)), np.zeros((2, 0))])
+    prepared._check_parity(X1, np.zeros((1, 0)), X2, np.zeros((2, 0)), ["batch"])
+    assert prepared.parity_max_abs == 0.0 and prepared.parity_checked_shapes == ((1, 2, 1, 1), (2, 2, 1, 1))
+    assert prepared.extra == {"parity_ref_max_abs": 0.0, "parity_limit": ort_backend.PARITY_ATOL}
+
+
+def test_parity_fails_an_output_of_another_shape() -> None:
+    ref = np.zeros((1, 2, 3))
+    failed = _raised(_checker([np.zeros((1, 3, 2))]), (ref, ref), ["batch", 2])
+    assert failed.reason == "ORT output shape (1, 3, 2) != PyTorch (1, 2, 3) at input (1, 2, 1, 1)"
+    assert failed.details == {"exporter": "dynamo", "parity_checked_shapes": (), "extra": {}}
+
+
+def test_parity_run_that_fails_at_the_second_batch_is_a_parity_failure_with_the_first_checked() -> None:
+    ref = np.array([1.0])
+    prepared = _checker([ref.copy(), ValueError("Got invalid dimensions for input")])
+    failed = _raised(prepared, (ref, ref), ["batch", 2])
+    assert failed.reason == (
+        "ORT run at input (2, 2, 1, 1) failed (graph input dims ['batch', 2]): "
+        "ValueError: Got invalid dimensions for input"
+    )
+    assert failed.details["exporter"] == "dynamo" and failed.details["parity_checked_shapes"] == ((1, 2, 1, 1),)
+    assert failed.details["extra"] == {"parity_ref_max_abs": 1.0, "parity_limit": 1e-4}
+
+
+def test_parity_run_out_of_memory_is_raised_as_it_is() -> None:
+    oom = RuntimeError("Failed to allocate memory for requested buffer")
+    with pytest.raises(RuntimeError) as info:
+        _checker([oom])._check_parity(X1, np.zeros(1), X2, np.zeros(1), [1])
+    assert info.value is oom
+
+
+def test_reset_parity_forgets_the_checks_figures_and_keeps_the_rest() -> None:
+    prepared = _checker([])
+    prepared.parity_max_abs, prepared.parity_checked_shapes = 0.5, ((1, 2, 1, 1),)
+    prepared.extra.update(parity_ref_max_abs=1.0, parity_limit=1e-4, dynamic_batch_note="fixed", onnx_opset=18)
+    prepared._reset_parity()
+    assert prepared.parity_max_abs is None and prepared.parity_checked_shapes == ()
+    assert prepared.extra == {"onnx_opset": 18}
+    prepared._reset_parity()  # nothing left to forget (a check that failed before any figure): no error
+    assert prepared.extra == {"onnx_opset": 18}
 
 
 # ---------------------------------------------------------------- export, session, parity

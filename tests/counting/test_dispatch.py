@@ -137,6 +137,25 @@ def test_fvcore_non_forward_call_goes_to_its_owner() -> None:
     assert dict(report.by_module) == {"fc": 100, "submod": 10}
 
 
+class Deep(nn.Module):
+    """The root calls a module three levels down directly, past its parents' forward (they have none)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Module()
+        self.a.b = nn.Module()
+        self.a.b.c = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a.b.c(x)
+
+
+def test_a_deep_module_called_past_its_parents_counts_for_each_of_them() -> None:
+    report = counted(Deep(), (3, 4))  # 3 x 4 x 2 MACs
+    assert dict(report.by_module) == {"a": 24}
+    assert dict(report.by_module_nested) == {"a": 24, "a.b": 24, "a.b.c": 24}
+
+
 class Holder(nn.Module):
     """fvcore's SharedInnerModule: wraps a module it may share."""
 
@@ -276,6 +295,9 @@ def test_gate_gradient_summed_by_a_bias_gradient_is_a_multiply_add() -> None:
     report = train(Gate(bias=True), (rows, 6))
     assert report.flops_by_op[f"aten.mul{BWD}"] == 2 * 2 * p
     assert report.flops_by_op["aten.mul"] == p  # the forward gate stays lone
+    # The promotion is backward work too: two operand gradients per linear (2 x 2 x lin MACs), the gates'.
+    lin = rows * 6 * 6
+    assert (report.backward_macs, report.backward_flops) == (4 * lin + 2 * p, 8 * lin + 4 * p)
 
 
 def test_conv_bias_gradient_sums_a_gate_gradient_too() -> None:
@@ -316,6 +338,28 @@ def test_backward_attributed_to_the_module_that_ran_forward() -> None:
     assert dict(report.by_module) == {"0": 3 * first, "2": 3 * second}
     assert dict(report.by_module_nested) == {"0": 3 * first, "2": 3 * second}
     assert report.uncounted[f"aten.threshold_backward{BWD}"].category == "activation"
+
+
+class TwoReads(nn.Module):
+    """Reads its input twice in its own forward: x @ w1 + x @ w2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Parameter(torch.ones(4, 3)), nn.Parameter(torch.ones(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w1 + x @ self.w2
+
+
+def test_backward_of_a_module_that_reads_its_input_twice_is_all_its_own() -> None:
+    # Walking back from its output, the module meets its input (its caller's) between its two products: both
+    # products' gradients are still its own. Each product 2 x 4 x 3 MACs forward, two operand gradients backward.
+    report = train(nn.Sequential(TwoReads()), (2, 4))
+    mm = 2 * 4 * 3
+    assert dict(report.by_module) == {"0": 3 * 2 * mm}
+    assert (report.macs, report.backward_macs) == (6 * mm, 4 * mm)
+    # Six products booked in one module: its FLOPs add up (2 per MAC), at the top level and nested.
+    assert dict(report.flops_by_module) == dict(report.flops_by_module_nested) == {"0": 2 * 6 * mm}
 
 
 class Squares(nn.Module):
@@ -599,6 +643,44 @@ def test_train_peak_live_bytes_of_a_linear() -> None:
     assert report.peak_live_bytes_estimate == 4 * (4 * 5 + 1 + 4 * 8 + 5 * 8 + 5)
 
 
+class ProductHead(nn.Module):
+    """A linear, a gate one level down, their product summed, and a scaling by a Python float."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+        self.gate = nn.Sequential(nn.Linear(3, 3, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        return (y * self.gate(y)).sum(-1) * 0.5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_whole_report_of_one_forward_by_hand(device: str) -> None:
+    # 4 tokens: proj 4 x 4 x 3 = 48 MACs, gate.0 4 x 3 x 3 = 36, the product 12 elements (a MAC each; 1 FLOP,
+    # promoted to 2 by the sum); the sum and the scaling by 0.5 are listed. Float32: y, the gate's output and the
+    # product (48 B each) are alive together at the product.
+    report = count_dispatch(ProductHead(), (1, 2, 2, 4), device=device)
+    assert (report.counter, report.status, report.reason, report.device, report.mode) == (
+        "attnbench", "ok", "", device, "infer",
+    )  # fmt: skip
+    assert (report.input_shape, report.convention) == ((1, 2, 2, 4), CONVENTION)
+    assert (report.macs, report.flops, report.backward_macs, report.backward_flops) == (96, 192, 0, 0)
+    assert dict(report.by_op) == {"aten.linear": 84, "aten.mul": 12}
+    assert dict(report.flops_by_op) == {"aten.linear": 168, "aten.mul": 24}
+    assert dict(report.counted_calls) == {"aten.linear": 2, "aten.mul": 1}
+    assert dict(report.by_module) == {"proj": 48, "gate": 36, "(self)": 12}
+    assert dict(report.flops_by_module) == {"proj": 96, "gate": 72, "(self)": 24}
+    assert dict(report.by_module_nested) == {"proj": 48, "gate": 36, "gate.0": 36}
+    assert dict(report.flops_by_module_nested) == {"proj": 96, "gate": 72, "gate.0": 72}
+    assert {k: (u.calls, u.elements, u.category) for k, u in report.uncounted.items()} == {
+        "aten.sum": (1, 4, "reduction"),
+        "aten.mul (scalar)": (1, 4, "scalar scaling"),
+    }
+    assert report.peak_live_bytes_estimate == 3 * 48
+
+
 # --- the zoo: FLOPs = 2 x MACs - one per element of each lone product ----------------------------------------
 def _lone_lka(s: Setting) -> int:
     return s.batch * s.dim * s.tokens  # u * attn: the LKA gate
@@ -666,3 +748,59 @@ def test_acmix_windowed_products_are_multiply_adds() -> None:
     products = 2 * 16 * 49 * 64
     assert report.by_op["aten.mul"] == products
     assert report.flops_by_op["aten.mul"] == 2 * products
+
+
+def test_a_scaling_in_the_backward_is_listed_under_its_backward_name() -> None:
+    report = train(Fn(lambda x: x * 0.5), (2, 3))
+    scalings = {k: (u.calls, u.elements, u.category) for k, u in report.uncounted.items() if "(scalar)" in k}
+    assert scalings == {
+        "aten.mul (scalar)": (1, 6, "scalar scaling"),
+        f"aten.mul (scalar){BWD}": (1, 6, "scalar scaling"),
+    }
+    assert report.macs == report.flops == 0
+
+
+def test_a_dropout_kernel_that_drops_nothing_is_listed_not_counted() -> None:
+    # CUDA's fused kernel outside training (train=False): no mask product; its output and mask are listed.
+    x = torch.ones(3, 4)
+    with DispatchCounter() as counter:
+        torch.ops.aten.native_dropout(x, 0.1, False)
+    assert counter.total == counter.total_flops == 0 and not counter.calls
+    assert counter.uncounted == {"aten.native_dropout": [1, 24, "dropout (identity in eval)"]}
+
+
+def test_live_bytes_count_each_new_storage_once_and_drop_the_dead() -> None:
+    counter = DispatchCounter()
+    weight = torch.zeros(4)
+    counter.exclude(weight)
+    a = torch.zeros(8)  # 32 B
+    # A storage-less (sparse) output and an excluded one do not hide the new output after them.
+    counter._track((torch.zeros(2).to_sparse(), weight, a))
+    assert counter._live_bytes == counter.peak_live_bytes == 32
+    b = torch.zeros(16)  # 64 B; a again (an in-place op's output) is not counted twice
+    counter._track([a, b])
+    assert counter._live_bytes == counter.peak_live_bytes == 96
+    del a
+    counter._track(torch.zeros(2))  # 8 B more, then a's 32 B are gone: the peak is read after the dead go
+    assert (counter._live_bytes, counter.peak_live_bytes) == (72, 96)
+
+
+def test_only_a_live_product_storage_is_recalled() -> None:
+    counter = DispatchCounter()
+    with counter:
+        x = torch.ones(2, 3)
+        product = x * x
+    record = counter._recall(product.view(3, 2))  # a view shares the product's storage
+    assert record is not None and (record.name, record.elements, record.promoted) == ("aten.mul", 6, False)
+    assert counter._recall(x) is None and counter._recall(2.0) is None
+    assert counter._recall(torch.zeros(2).to_sparse()) is None  # no storage to look up
+
+
+def test_a_decomposed_operator_keeps_its_keyword_arguments() -> None:
+    # einsum has no rule: the engine runs its decomposition, with its keyword-only contraction path. (2, 100) @
+    # (100, 2) first costs 400 + 400 MACs; (100, 2) @ (2, 100) first, 20000 + 20000.
+    a, b, c = torch.empty(2, 100, device="meta"), torch.empty(100, 2, device="meta"), torch.empty(2, 100, device="meta")
+    for path, macs in [(None, 800), ([1, 2, 0, 1], 40000)]:
+        with torch.inference_mode(), DispatchCounter() as counter:
+            torch.ops.aten.einsum.default("ij,jk,kl->il", [a, b, c], **({"path": path} if path else {}))
+        assert dict(counter.by_op) == {"aten.einsum": macs} and dict(counter.calls) == {"aten.einsum": 2}, path
