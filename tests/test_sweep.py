@@ -227,8 +227,11 @@ def test_threads_beyond_the_usable_cores_are_warned_about(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import attnbench.env
+    import attnbench.sweep
 
+    # Whatever cores this process may use (taskset -c 0 gives one): two, where the sweep reads them.
     monkeypatch.setattr(attnbench.env, "usable_cores", lambda: 2)
+    monkeypatch.setattr(attnbench.sweep, "usable_cores", lambda: 2)
     assert Sweep(("lka",), scenarios={"threads": (1, 2)}).warnings() == []
     (warning,) = Sweep(("lka",), scenarios={"threads": (1, 64)}).warnings()
     assert warning.startswith("--threads 64 exceeds the 2 usable core(s)")
