@@ -136,7 +136,7 @@ def run(cases: Iterable[Case], options: RunOptions | None = None, sink: Sink | N
         # A job has the case's time limit inside; the pool's own limit catches a worker that hangs past it.
         limit = 2 * options.time_limit_s + 30 if options.time_limit_s else None
         state.pool = stack.enter_context(Pool(size, limit)) if size else None
-        state.allocators = stack.enter_context(AllocatorServers())
+        state.allocators = stack.enter_context(AllocatorServers(options.allocator_processes))
         state.batch = stack.enter_context(InstructionBatch()) if counting else None
         try:
             run_plan(plan, state)

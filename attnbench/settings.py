@@ -39,6 +39,18 @@ def _workers_from_env() -> int | None:
     return int(value) if value.isdigit() else None
 
 
+#: Fresh processes the default (glibc) allocator state of every CPU row is measured in (issue 23: three or more;
+#: acmix 28x28 landed in a 2.7x slower mode in some fresh processes and not in others).
+DEFAULT_ALLOCATOR_PROCESSES = 3
+#: Overrides that number (0: the pinned state only, about 1.4 s less per CPU row; the rows say so).
+ALLOCATOR_PROCESSES_ENV = "ATTNBENCH_ALLOCATOR_PROCESSES"
+
+
+def _allocator_processes_from_env() -> int:
+    value = os.environ.get(ALLOCATOR_PROCESSES_ENV, "").strip()
+    return int(value) if value.isdigit() else DEFAULT_ALLOCATOR_PROCESSES
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """How to measure: which metrics and counters, the timing budget, the guards, the seed, the machine label."""
@@ -56,6 +68,9 @@ class RunOptions:
     #: Worker processes for the work that is not a timing (counting, exports); 0: all in this process; None:
     #: $ATTNBENCH_WORKERS if set, else the cores this process may use.
     workers: int | None = field(default_factory=lambda: _workers_from_env())
+    #: Fresh processes the system allocator state of a CPU row is measured in (0: not measured); the default:
+    #: $ATTNBENCH_ALLOCATOR_PROCESSES if set, else DEFAULT_ALLOCATOR_PROCESSES.
+    allocator_processes: int = field(default_factory=_allocator_processes_from_env)
     #: Time the cases of one backend in round-robin blocks (False: one after the other).
     interleave: bool = True
     #: The module latency ratios are taken to at each setting (None: the fastest there; attnbench.ratios).
@@ -91,3 +106,7 @@ class RunOptions:
             raise UsageError("--label must not be empty")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers {self.workers!r}: must be >= 0 (0: everything in this process)")
+        if self.allocator_processes < 0:
+            raise UsageError(
+                f"--allocator-processes {self.allocator_processes!r}: must be >= 0 (0: the pinned state only)"
+            )

@@ -10,8 +10,9 @@ own PYTHONHASHSEED, which fork one child per request, so each child's history is
 
 For a row whose headline is the pinned state (the default), every system server probes the row's minor page
 faults per call (a few calls); where any process's extra faults could cost 10% of the pinned call (at most
-FAULT_COST_BOUND_S each), every process is timed too (SECONDARY_MAX_RUN_TIME at most, one after another, nothing
-else of ours running), so the row carries the spread over the processes. `†` (system_allocator_slower) marks a
+FAULT_COST_BOUND_S each), the processes are timed too (SECONDARY_MAX_RUN_TIME at most, one after another, nothing
+else of ours running), most faults first, until one is not slower than pinned: the rest took fewer faults, the
+only way a process is slower. The row carries the spread over the processes. `†` (system_allocator_slower) marks a
 row where any process is more than 10% slower in its median and its fastest call, with the faults to explain it.
 With `--allocator system` the processes are timed with the run's budget and the headline is the middle one's;
 with jemalloc or tcmalloc the headline is timed in a server started with LD_PRELOAD of the library.
@@ -41,12 +42,13 @@ from typing import IO, Any
 from attnbench.allocserver import PROBE_WARMUP_CALLS, request_for
 from attnbench.memory import ALLOCATOR_ENV, PRELOADS, preload_library
 from attnbench.results import FAILED, OK, Case
+from attnbench.settings import DEFAULT_ALLOCATOR_PROCESSES
 from attnbench.timing import TimingBudget
 from attnbench.zoo.registry import rebuildable
 
-#: Fresh processes (system servers) the default-allocator state of every CPU row is measured in (issue 23: three
-#: or more; acmix 28x28 landed in a 2.7x slower mode in some fresh processes and not in others).
-SYSTEM_PROCESSES = 3
+#: Fresh processes (system servers) the default-allocator state of every CPU row is measured in, unless a run asks
+#: for another number (RunOptions.allocator_processes).
+SYSTEM_PROCESSES = DEFAULT_ALLOCATOR_PROCESSES
 #: PYTHONHASHSEED of system server i is HASH_SEED_BASE + i: distinct, so no two share a history by accident, and
 #: fixed, so a run repeats the last one's draws.
 HASH_SEED_BASE = 1
@@ -87,6 +89,9 @@ NOT_REBUILDABLE = (
     "measured in fresh processes that build the module by name; a module given to the Python API as an object "
     "lives in this process only"
 )
+
+#: What a pinned-headline row says when it was asked to measure the system state in no process.
+NOT_MEASURED = "system allocator state: not measured (--allocator-processes 0)"
 
 
 class ServerError(RuntimeError):
@@ -365,7 +370,7 @@ class AllocatorServers:
     def submit(self, case: Case, seed: int) -> None:
         """Queue the row's probes in every system server (pinned headline), or start the servers that will time
         it (other headlines); returns at once."""
-        if not rebuildable(case.module) or (case, seed) in self._probes:
+        if not rebuildable(case.module) or (case, seed) in self._probes or not self._keys(case):
             return
         keys = self._keys(case)
         if case.scenario.allocator != "pinned":
@@ -385,6 +390,8 @@ class AllocatorServers:
         allocator = case.scenario.allocator
         if not rebuildable(case.module):
             return self._not_rebuildable(case, pinned_values, pinned_extra)
+        if not self._keys(case):  # --allocator-processes 0: the pinned state only, and the row says so
+            return pinned_values, {**pinned_extra, "system_allocator_note": NOT_MEASURED}
         self.submit(case, seed)
         # What waiting for a server's start cost this row is recorded apart (once per sweep, not per row).
         self._ready(self._keys(case))
@@ -427,8 +434,10 @@ class AllocatorServers:
 
     def _keys(self, case: Case) -> list[tuple[str, int]]:
         """The servers a case's allocator is measured in: every system server, or the one preload server."""
-        if case.scenario.allocator in ("pinned", "system"):
+        if case.scenario.allocator == "pinned":
             return [("system", HASH_SEED_BASE + i) for i in range(self.processes)]
+        if case.scenario.allocator == "system":  # the headline needs a process, even when asked for none
+            return [("system", HASH_SEED_BASE + i) for i in range(max(1, self.processes))]
         return [(case.scenario.allocator, HASH_SEED_BASE)]
 
     def _figure(
@@ -457,13 +466,15 @@ class AllocatorServers:
                 f.probe_calls = answer["values"]["probe_calls"]
             figures.append(f)
         if needs_timing(pinned, figures):
-            keys = [key for (key, _), f in zip(probes, figures, strict=True) if not f.note]
-            timed = {f.server: f for f in self._timed(case, system_budget(budget), seed, keys)}
-            for f in figures:
-                extra = timed.get(f.server)
-                if extra is not None:
-                    f.timing, f.seconds = extra.timing, f.seconds + extra.seconds
-                    f.status, f.note = extra.status, extra.note
+            # Most faults first, until a process is not slower: the faults are the only way a process is slower,
+            # so one with fewer faults than a process that is not slower is not either (not timed: ~0.4 s each).
+            probed = [(key, f) for (key, _), f in zip(probes, figures, strict=True) if not f.note]
+            for key, f in sorted(probed, key=lambda kf: -(kf[1].faults_per_call or 0.0)):
+                (timed,) = self._timed(case, system_budget(budget), seed, [key])
+                f.timing, f.seconds = timed.timing, f.seconds + timed.seconds
+                f.status, f.note = timed.status, timed.note
+                if f.timing is not None and not is_slower(pinned, f.timing):
+                    break
         return figures
 
     def _timed(

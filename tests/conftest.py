@@ -13,7 +13,7 @@ import torch
 
 import attnbench
 from attnbench.cache import CACHE_ENV
-from attnbench.settings import WORKERS_ENV
+from attnbench.settings import ALLOCATOR_PROCESSES_ENV, WORKERS_ENV
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, ModuleSpec
 
@@ -24,6 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     # Runs count and export in this process unless a test asks for workers: a worker process costs seconds of
     # imports, which dominate a test's tiny cases (tests/test_phases.py runs the workers themselves).
     os.environ.setdefault(WORKERS_ENV, "0")
+    # Measures a CPU row's default-allocator state only where a test asks (tests/test_sysalloc.py): three fresh
+    # server processes cost seconds of imports and timings per run.
+    os.environ.setdefault(ALLOCATOR_PROCESSES_ENV, "0")
     # The cache across runs (and the zoo's catalog in it) lives in a scratch directory, never the user's own:
     # also for what tests build at import time (RunOptions constants read the directory when built).
     global _CACHE_ROOT

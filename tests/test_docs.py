@@ -3,12 +3,15 @@ one-module calls of docs/own-modules.md, and the cache's example in docs/cache.m
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from attnbench.settings import ALLOCATOR_PROCESSES_ENV, WORKERS_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "own-modules.md"
@@ -26,7 +29,10 @@ def test_the_own_module_examples_run(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "attn.py").write_text(module)
     script = "\n\n".join(examples)
+    # As written, in a clean environment, save two knobs the suite sets everywhere (tests/conftest.py): no worker
+    # processes and no allocator servers, whose imports would take most of this test's time.
     env = {"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"}
+    env |= {name: os.environ[name] for name in (WORKERS_ENV, ALLOCATOR_PROCESSES_ENV)}
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )

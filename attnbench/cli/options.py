@@ -26,7 +26,7 @@ from attnbench.errors import UsageError
 from attnbench.gate import GateSettings
 from attnbench.instructions import check_available
 from attnbench.results import SCENARIO_DEFAULTS, axes
-from attnbench.settings import COUNTERS, DEFAULT_METRICS, METRICS, RunOptions
+from attnbench.settings import COUNTERS, DEFAULT_ALLOCATOR_PROCESSES, DEFAULT_METRICS, METRICS, RunOptions
 from attnbench.shard import parse_shard
 from attnbench.store import OutputLock
 from attnbench.sweep import Sweep
@@ -360,6 +360,15 @@ WorkersOpt = Annotated[
         "[default: $ATTNBENCH_WORKERS, else the usable cores]",
     ),
 ]
+AllocatorProcessesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--allocator-processes",
+        help="Fresh processes a cpu row's latency under glibc's default allocator is measured in, beside the "
+        "pinned state (0: not measured). [default: $ATTNBENCH_ALLOCATOR_PROCESSES, else "
+        f"{DEFAULT_ALLOCATOR_PROCESSES}]",
+    ),
+]
 NoInterleaveOpt = Annotated[
     bool,
     typer.Option(
@@ -475,6 +484,11 @@ def _options(given: Mapping[str, Any], gate: Any) -> RunOptions:
         interleave=not given.get("no_interleave", False),
         reference=given.get("reference"),
         **({"workers": given["workers"]} if given.get("workers") is not None else {}),
+        **(
+            {"allocator_processes": given["allocator_processes"]}
+            if given.get("allocator_processes") is not None
+            else {}
+        ),
     )
     options.check()
     return options

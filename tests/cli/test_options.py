@@ -14,6 +14,7 @@ from attnbench.cli.app import app, flags_given_alone
 from attnbench.errors import OutputLockedError, UsageError
 from attnbench.gate import GateSettings
 from attnbench.results import SCENARIO_DEFAULTS, SCENARIO_FIELDS, axes
+from attnbench.settings import ALLOCATOR_PROCESSES_ENV, DEFAULT_ALLOCATOR_PROCESSES
 from attnbench.store import OutputLock
 from attnbench.timing import TimingBudget
 from tests.conftest import parse_cli
@@ -237,6 +238,16 @@ def test_warmup_is_checked_like_the_rest_of_the_budget() -> None:
     assert request_of("profile", "lka", "--warmup", "0").options.budget.warmup_s == 0
     with pytest.raises(UsageError, match=r"--warmup -1\.0: must be >= 0 seconds"):
         request_of("profile", "lka", "--warmup", "-1")
+
+
+def test_allocator_processes_from_the_option_else_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert request_of("compare", "lka", "--allocator-processes", "5").options.allocator_processes == 5
+    monkeypatch.setenv(ALLOCATOR_PROCESSES_ENV, "2")
+    assert request_of("profile", "lka").options.allocator_processes == 2
+    monkeypatch.delenv(ALLOCATOR_PROCESSES_ENV)
+    assert request_of("profile", "lka").options.allocator_processes == DEFAULT_ALLOCATOR_PROCESSES == 3
+    with pytest.raises(UsageError, match=r"--allocator-processes -1: must be >= 0 \(0: the pinned state only\)"):
+        request_of("profile", "lka", "--allocator-processes", "-1")
 
 
 def test_outputs_of_the_request() -> None:
