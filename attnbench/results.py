@@ -439,9 +439,8 @@ class Result:
     #: host's launches, not the GPU, set the time (cuda, ort-cuda only).
     latency_launch_bound: bool | None = None
     #: The system (glibc default) state over fresh processes, cpu only (attnbench.sysalloc): how many processes
-    #: measured it (their faults), the fastest and slowest medians of those timed (most faults first, until one
-    #: is not slower; None where none was: too few extra faults to cost 10%), and the fewest and most minor page
-    #: faults per call they took.
+    #: measured it, the fastest and slowest of their medians (None where none was timed: too few extra faults to
+    #: cost 10%), and the fewest and most minor page faults per call they took.
     system_processes: int | None = None
     system_latency_lo_s: float | None = None
     system_latency_hi_s: float | None = None

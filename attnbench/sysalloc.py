@@ -10,9 +10,8 @@ own PYTHONHASHSEED, which fork one child per request, so each child's history is
 
 For a row whose headline is the pinned state (the default), every system server probes the row's minor page
 faults per call (a few calls); where any process's extra faults could cost 10% of the pinned call (at most
-FAULT_COST_BOUND_S each), the processes are timed too (SECONDARY_MAX_RUN_TIME at most, one after another, nothing
-else of ours running), most faults first, until one is not slower than pinned: the rest took fewer faults, the
-only way a process is slower. The row carries the spread over the processes. `†` (system_allocator_slower) marks a
+FAULT_COST_BOUND_S each), every process is timed too (SECONDARY_MAX_RUN_TIME at most, one after another, nothing
+else of ours running), so the row carries the spread over the processes. `†` (system_allocator_slower) marks a
 row where any process is more than 10% slower in its median and its fastest call, with the faults to explain it.
 With `--allocator system` the processes are timed with the run's budget and the headline is the middle one's;
 with jemalloc or tcmalloc the headline is timed in a server started with LD_PRELOAD of the library.
@@ -466,15 +465,16 @@ class AllocatorServers:
                 f.probe_calls = answer["values"]["probe_calls"]
             figures.append(f)
         if needs_timing(pinned, figures):
-            # Most faults first, until a process is not slower: the faults are the only way a process is slower,
-            # so one with fewer faults than a process that is not slower is not either (not timed: ~0.4 s each).
-            probed = [(key, f) for (key, _), f in zip(probes, figures, strict=True) if not f.note]
-            for key, f in sorted(probed, key=lambda kf: -(kf[1].faults_per_call or 0.0)):
-                (timed,) = self._timed(case, system_budget(budget), seed, [key])
-                f.timing, f.seconds = timed.timing, f.seconds + timed.seconds
-                f.status, f.note = timed.status, timed.note
-                if f.timing is not None and not is_slower(pinned, f.timing):
-                    break
+            # Every process, not only the one with the most faults: the probe's few calls do not rank the modes
+            # well enough (acmix 28x28 went from 11,954 faults per call probed to 6,699 timed), and the spread is
+            # the three processes' (tried: 12-15 s less per compare --all, but rows near the mark lost it).
+            keys = [key for (key, _), f in zip(probes, figures, strict=True) if not f.note]
+            timed = {f.server: f for f in self._timed(case, system_budget(budget), seed, keys)}
+            for f in figures:
+                extra = timed.get(f.server)
+                if extra is not None:
+                    f.timing, f.seconds = extra.timing, f.seconds + extra.seconds
+                    f.status, f.note = extra.status, extra.note
         return figures
 
     def _timed(

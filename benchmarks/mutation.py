@@ -76,9 +76,7 @@ TARGETS = (
         "attnbench/counting/dispatch.py",
         ("tests/counting/test_dispatch.py", "tests/counting/test_rules.py"),
         # The functions that book the numbers (about half the file's 818 mutants: the whole does not fit in a
-        # run on the shared VM). Left out: the runs and their fallback to the CPU (_run, _run_train, _count,
-        # count_dispatch, _scalar_loss), the kernel choice (_cpu_takes_flash, _stand_in, _decomposes) and the
-        # hooks' set-up (attach, detach, __init__).
+        # run on the shared VM); the rest is counting.dispatch.runs.
         functions=(
             "x__op_name",
             "x__owners",
@@ -95,6 +93,34 @@ TARGETS = (
             "xǁDispatchCounterǁ_follow",
             "xǁDispatchCounterǁ_list",
             "xǁDispatchCounterǁ_track",
+        ),
+    ),
+    Target(
+        "counting.dispatch.runs",
+        "attnbench/counting/dispatch.py",
+        ("tests/counting/test_dispatch.py", "tests/counting/test_fallback.py", "tests/counting/test_rules.py"),
+        # The rest of the engine: the runs and their fallback to the CPU, the kernel choice, the hooks' set-up
+        # and the tensors' identities (`total`, `total_flops` and cpu_attention_choice are decorated: not mutated).
+        functions=(
+            "x__storage_key",
+            "x__cdata",
+            "x__tensors",
+            "x__decomposes",
+            "x__in_backward",
+            "x__run",
+            "x__stand_in",
+            "x__cpu_takes_flash",
+            "x__run_train",
+            "x_count_dispatch",
+            "x__count",
+            "xǁDispatchCounterǁ__init__",
+            "xǁDispatchCounterǁnote_output",
+            "xǁDispatchCounterǁattach",
+            "xǁDispatchCounterǁdetach",
+            "xǁDispatchCounterǁ_push",
+            "xǁDispatchCounterǁ_pop",
+            "xǁDispatchCounterǁexclude",
+            "xǁDispatchCounterǁuncounted_ops",
         ),
     ),
     Target("counting.params", "attnbench/counting/params.py", ("tests/counting/test_params.py",)),

@@ -80,19 +80,9 @@ def test_big_attention_maps_fault_on_every_call_in_every_fresh_process(rows: dic
     assert row.minor_faults_per_call < MAP_PAGES < row.system_faults_lo_per_call <= row.system_faults_hi_per_call
     processes = extra["allocator_processes"]
     assert sorted(p["hash_seed"] for p in processes) == [1, 2, 3]
-    assert all(p["probe_faults_per_call"] > MAP_PAGES for p in processes)
-    # Timed most faults first, until one is not slower: those timed are the first of that order, all slower
-    # but the last one timed, which is slower only when every process was timed.
-    order = sorted(processes, key=lambda p: -p["probe_faults_per_call"])
-    timed = [p for p in order if p["latency_median_s"] is not None]
-    assert timed == order[: len(timed)] and timed
-    pinned = {"latency_median_s": row.latency_median_s, "latency_min_s": row.latency_min_s}
-    pinned["minor_faults_per_call"] = row.minor_faults_per_call
-    slower = [is_slower(pinned, {**p, "minor_faults_per_call": p["faults_per_call"]}) for p in timed]
-    assert all(slower[:-1]) and (len(timed) == 3 or not slower[-1])
-    assert row.system_allocator_slower is slower[0]
-    # The other state is the slowest process timed; the spread spans those timed.
-    medians = [p["latency_median_s"] for p in timed]
+    assert all(p["probe_faults_per_call"] > MAP_PAGES and p["latency_median_s"] > 0 for p in processes)
+    # The other state is the slowest process; the spread spans all three.
+    medians = [p["latency_median_s"] for p in processes]
     assert (row.system_latency_lo_s, row.system_latency_hi_s) == (min(medians), max(medians))
     assert row.other_allocator_latency_s == max(medians)
     assert row.system_allocator_slowdown == pytest.approx(max(medians) / row.latency_median_s)
@@ -426,40 +416,6 @@ def test_a_process_that_failed_is_a_note_and_a_needed_timing_that_failed_leaves_
     # No process answered at all: the pinned row as it was, with the note.
     values, extra = combine_pinned(dict(PIN), {}, [_process(1, None, note="boom")])
     assert values == PIN and extra["system_allocator_note"].endswith("boom")
-
-
-@pytest.mark.parametrize(
-    ("medians", "timed"),
-    [
-        ((15.2e-3, 30e-3, 30e-3), [2, 1]),  # the most faults first: slower, then the next is not: stop
-        ((30e-3, 30e-3, 30e-3), [2, 1, 3]),  # every one slower: every one timed
-        ((30e-3, 15.1e-3, 30e-3), [2]),  # the most faults, not slower: the others took fewer, not timed
-    ],
-)
-def test_the_processes_are_timed_most_faults_first_until_one_is_not_slower(
-    monkeypatch: pytest.MonkeyPatch, medians: tuple[float, float, float], timed: list[int]
-) -> None:
-    servers, case, calls = AllocatorServers(processes=3), Case("mhsa", 16, 32, 32), []
-    # Medians by hash seed (1, 2, 3); the pinned call is 15 ms.
-    faults = {1: 20_000.0, 2: 30_000.0, 3: 10_000.0}  # the probes' faults per call, by hash seed
-    servers._probes[(case, 0)] = [(("system", seed), seed) for seed in faults]
-    for seed, count in faults.items():
-        servers._answers[seed] = {"status": R.OK, "values": {"minor_faults_per_call": count, "probe_calls": 3}}
-
-    def fake_timed(case: Case, budget: TimingBudget, seed: int, keys: list[tuple[str, int]]) -> list[Any]:
-        ((_, hash_seed),) = keys
-        calls.append(hash_seed)
-        median = medians[hash_seed - 1]
-        timing = _latency(median, median * 0.95, faults[hash_seed])
-        return [_process(hash_seed, faults[hash_seed], timing)]
-
-    monkeypatch.setattr(servers, "_timed", fake_timed)
-    figures = servers._pinned_figures(case, dict(PIN), QUICK, 0)
-    assert calls == timed
-    assert [f.hash_seed for f in figures if f.timing is not None] == sorted(timed)
-    assert [f.faults_per_call for f in figures] == list(faults.values())  # every probe's faults stay counted
-    values, _ = combine_pinned(dict(PIN), {}, figures)
-    assert values["system_processes"] == 3 and values["system_allocator_slower"] is (medians[1] > 20e-3)
 
 
 def test_no_allocator_processes_leaves_the_pinned_row_with_a_note() -> None:
