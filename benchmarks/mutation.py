@@ -98,7 +98,13 @@ TARGETS = (
     Target(
         "counting.dispatch.runs",
         "attnbench/counting/dispatch.py",
-        ("tests/counting/test_dispatch.py", "tests/counting/test_fallback.py", "tests/counting/test_rules.py"),
+        (
+            "tests/counting/test_dispatch.py",
+            "tests/counting/test_fallback.py",
+            "tests/counting/test_base.py",
+            "tests/counting/test_init.py",
+            "tests/counting/test_rules.py",
+        ),
         # The rest of the engine: the runs and their fallback to the CPU, the kernel choice, the hooks' set-up
         # and the tensors' identities (`total`, `total_flops` and cpu_attention_choice are decorated: not mutated).
         functions=(
@@ -391,13 +397,14 @@ EQUIVALENT: dict[tuple[str, str], str] = {
                 "attnbench.counting.dispatch.xǁDispatchCounterǁ__torch_dispatch__",
                 "self._follow(func, packet, args, None, out)",
             ),
+            ("attnbench.counting.dispatch.xǁDispatchCounterǁ__torch_dispatch__", "macs = rule(args, None, out)"),
             (
                 "attnbench.counting.dispatch.xǁDispatchCounterǁ_follow",
                 "for t in summed_inputs(packet, args, None, out):",
             ),
         ],
         "the dispatcher passes an operator's keyword-only arguments alone as kwargs (dtype, device, out...): every "
-        "operand these read (a product's factors, native_dropout's p and train, a sum's input, "
+        "operand these read (a product's factors, a MAC rule's operands, native_dropout's p and train, a sum's input, "
         "convolution_backward's output_mask) has no default and comes by position, and the only tensor a kwarg can "
         "hold is an out= one, which is written, never a source",
     ),
@@ -407,6 +414,72 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     ): (
         "_decomposes reads the device of the first tensor, which comes from args whenever the call has a tensor "
         "operand; it differs only for a composite factory given nothing but an out= tensor, which no module here calls"
+    ),
+    **dict.fromkeys(
+        [
+            ("attnbench.counting.dispatch.x__cpu_takes_flash", line)
+            for line in (
+                'q, k, v, mask = call["query"], call["key"], call["value"], call.get(None)',
+                'q, k, v, mask = call["query"], call["key"], call["value"], call.get("XXattn_maskXX")',
+                'q, k, v, mask = call["query"], call["key"], call["value"], call.get("ATTN_MASK")',
+                "_stand_in(q), _stand_in(k), _stand_in(v), None,",
+                "_stand_in(q), _stand_in(k), _stand_in(v), None if (mask is None) or True else _stand_in(mask),",
+                'call.get("dropout_p", 0.0), call.get("is_causal", False), scale=None,',
+                'call.get("dropout_p", 0.0), scale=call.get("scale"),',
+                'call.get("dropout_p", 0.0), call.get("is_causal", False), )  # fmt: skip',
+                'call.get("dropout_p", 0.0), call.get(None, False), scale=call.get("scale"),',
+                'call.get("dropout_p", 0.0), call.get("XXis_causalXX", False), scale=call.get("scale"),',
+                'call.get("dropout_p", 0.0), call.get("IS_CAUSAL", False), scale=call.get("scale"),',
+                'call.get("dropout_p", 0.0), call.get("is_causal", True), scale=call.get("scale"),',
+                'call.get("dropout_p", 0.0), call.get("is_causal", False), scale=call.get(None),',
+                'call.get("dropout_p", 0.0), call.get("is_causal", False), scale=call.get("XXscaleXX"),',
+                'call.get("dropout_p", 0.0), call.get("is_causal", False), scale=call.get("SCALE"),',
+            )
+        ],
+        "torch 2.13's CPU choice (torch._fused_sdp_choice) does not read the mask, is_causal or the scale: flash "
+        "with no mask, a bool, float, int or half mask, a transposed one, is_causal with and without a mask, a "
+        "scale of 0.5 (it reads the dropout, the dimensions and the head sizes). They are passed on for a build "
+        "whose choice reads them",
+    ),
+    **dict.fromkeys(
+        [
+            ("attnbench.counting.dispatch.x__stand_in", line)
+            for line in (
+                "row = torch.empty((1,) * (t.dim() - 1) + (t.shape[-1],), dtype=None)",
+                "row = torch.empty((1,) * (t.dim() - 1) + (t.shape[-1],), )",
+            )
+        ],
+        "the CPU choice takes flash for float32, float64, float16 and bfloat16 alike (torch 2.13): a float32 "
+        "stand-in chooses as the attention's own dtype does",
+    ),
+    (
+        "attnbench.counting.dispatch.x__stand_in",
+        "row = torch.empty((1,) * (t.dim() - 2) + (t.shape[-1],), dtype=t.dtype)",
+    ): "expand() adds the missing leading dimension: the stand-in has the same shape and strides",
+    ("attnbench.counting.dispatch.x__decomposes", "return True"): (
+        "an operator without a CompositeImplicitAutograd kernel answers decompose() with NotImplemented, and the "
+        "engine then runs it as it would have"
+    ),
+    **dict.fromkeys(
+        [
+            ("attnbench.counting.dispatch.x__decomposes", "tensor = next(iter(_tensors((args, kwargs))), )"),
+            (
+                "attnbench.counting.dispatch.x__decomposes",
+                "key = _BACKEND_KEYS.get(tensor.device.type) if (tensor is not None) or True else None",
+            ),
+        ],
+        "they differ only for a composite operator called without a tensor: none of aten's overloads with a "
+        "CompositeImplicitAutograd kernel lacks a tensor argument (all checked, torch 2.13)",
+    ),
+    ("attnbench.counting.dispatch.x__run_train", "counter.exclude(x)"): (
+        "the leaf's storage is never an operator's output inside the count: x is its clone, and its gradient gets "
+        "a storage of its own"
+    ),
+    ("attnbench.counting.dispatch.x__run_train", "counter.claim(None, ())  # what the root's own forward built"): (
+        "an unclaimed autograd node is credited to () (the root) as a node claimed with () is"
+    ),
+    ("attnbench.counting.dispatch.x__run_train", "counter.claim(out, None)  # what the root's own forward built"): (
+        "a stack of None is credited as () is: no submodule, the root's '(self)' (_credited tests only its truth)"
     ),
     ("attnbench.counting.dispatch.x__report", '-status="ok",'): (
         "the keyword dropped is status='ok', and MacReport's status defaults to 'ok'"
@@ -477,6 +550,8 @@ def run_target(target: Target, jobs: int, retest: bool, stop_after: float | None
     """
     work = prepare(target)
     names = not_killed(target, work) if retest else target.patterns()
+    if not names:  # mutmut given no names runs every mutant of the file
+        raise SystemExit(f"{target.name}: nothing to test again (no earlier run in {work}, or none left alive)")
     busy0, total0 = busy_ticks()
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs), *names]
@@ -704,8 +779,12 @@ def main() -> None:
                 if m["status"] not in (*KILLED, "not checked"):
                     print(f"{m['name']} ({m['status']}; {treatment(m)[0]})\n{m.get('diff', '')}\n")
         return
+    # A target whose scratch copy is gone (scratch/ is disposable) keeps its results from the last report.
+    record = ROOT / "results" / "mutation.json"
+    kept = json.loads(record.read_text())["targets"] if record.exists() else {}
+    targets = {t.name: targets.get(t.name) or kept.get(t.name) for t in TARGETS if t.name in {*targets, *kept}}
     report = {"machine": machine(), "versions": versions(), "date": time.strftime("%Y-%m-%d"), "targets": targets}
-    (ROOT / "results" / "mutation.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    record.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     (ROOT / "results" / "mutation.md").write_text(markdown(report))
 
 

@@ -13,7 +13,10 @@ drive DispatchCounter directly as a mode around their own .backward(), as FlopCo
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 import torch
@@ -22,6 +25,7 @@ from torch import nn
 
 import attnbench
 from attnbench.counting import CONVENTION, count_macs
+from attnbench.counting.base import short_reason
 from attnbench.counting.dispatch import DispatchCounter, count_dispatch, cpu_attention_choice
 from attnbench.zoo.registry import get_spec
 from attnbench.zoo.spec import Example, Setting
@@ -618,6 +622,217 @@ def test_fvcore_data_dependent_branch_counted_on_cpu() -> None:
     assert report.macs == 10 + (100 if branch else 0)
 
 
+class MetaRefused(nn.Module):
+    """A float64 linear layer whose forward refuses the meta device before any operator runs (nothing live yet)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3).double()
+        self.message = message
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_meta:
+            raise NotImplementedError(self.message)
+        return self.fc(x)
+
+
+#: What MetaRefused holds on the CPU at batch 2: float64 weights and bias, and the input (nothing ran on meta).
+REFUSED_NEED = (4 * 3 + 3) * 8 + 2 * 4 * 8
+
+
+@pytest.mark.parametrize(("mode", "macs"), [("infer", 2 * 4 * 3), ("train", 3 * 2 * 4 * 3)])
+def test_the_cpu_fallback_says_why_meta_failed_and_keeps_the_mode(mode: str, macs: int) -> None:
+    long = "no meta kernel for this step " * 8  # 232 characters: cut at 120 in the device
+    report = count_dispatch(MetaRefused(long), (2, 4), mode=mode)
+    why = short_reason(NotImplementedError(long), 120)
+    assert len(why) == 120 and why.startswith("NotImplementedError: no meta kernel")
+    # The input is made in the module's dtype (float64): a float32 one would fail on the CPU too.
+    assert report.ok and (report.device, report.mode, report.macs) == (f"cpu (meta failed: {why})", mode, macs)
+
+
+def test_the_cpu_fallback_fits_its_limit_to_the_byte() -> None:
+    fits = count_dispatch(MetaRefused("no meta"), (2, 4), cpu_limit_bytes=REFUSED_NEED)
+    assert fits.ok and fits.device == "cpu (meta failed: NotImplementedError: no meta)"
+    refused = count_dispatch(MetaRefused("no meta"), (2, 4), cpu_limit_bytes=REFUSED_NEED - 1, mode="train")
+    assert (refused.counter, refused.status, refused.device, refused.input_shape) == (
+        "attnbench",
+        "unavailable",
+        "meta",
+        (2, 4),
+    )
+    assert (refused.mode, refused.macs) == ("train", None)
+
+
+def test_a_refused_fallback_gives_both_sizes_in_gib() -> None:
+    rows = 3 * 2**30 // (4 * 8)  # a float64 input of 3 GiB, on meta only: no memory is taken
+    report = count_dispatch(MetaRefused("no meta"), (rows, 4), cpu_limit_bytes=2**30)
+    assert report.reason == (
+        "meta failed (NotImplementedError: no meta); a CPU run needs more than 3.0 GiB (limit 1.0 GiB)"
+    )
+
+
+class Recorder(nn.Module):
+    """A linear layer that records which module object ran its forward (a class list: copies share it)."""
+
+    seen: ClassVar[list[nn.Module]] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        Recorder.seen.append(self)
+        return self.fc(x)
+
+
+def test_a_module_on_meta_is_counted_in_place_for_inference_and_keeps_its_modes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(Recorder, "seen", [])
+    module = Recorder().to("meta").train()
+    module.fc.eval()  # a submodule in another mode than its parent: both are put back
+    started = time.perf_counter()
+    report = count_dispatch(module, (2, 4), device="meta")
+    elapsed = time.perf_counter() - started
+    assert report.ok and report.macs == 32 and Recorder.seen == [module]
+    assert module.training and not module.fc.training
+    assert 0 < report.seconds <= elapsed  # type: ignore[operator]
+    # A training step runs on a copy (no gradient lands on the user's parameters), and so does a CPU module.
+    assert count_dispatch(module, (2, 4), device="meta", mode="train").ok and Recorder.seen[-1] is not module
+    on_cpu = Recorder()
+    assert count_dispatch(on_cpu, (2, 4), device="meta").ok and Recorder.seen[-1] is not on_cpu
+
+
+def test_a_count_that_fails_on_the_cpu_is_a_failed_report_with_its_mode() -> None:
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("broken on purpose")
+
+    report = count_dispatch(Fn(broken), (2, 4), device="cpu", mode="train")
+    assert (report.counter, report.status, report.device, report.mode, report.input_shape, report.macs) == (
+        "attnbench",
+        "failed",
+        "cpu",
+        "train",
+        (2, 4),
+        None,
+    )
+    assert report.reason == "RuntimeError: broken on purpose"
+
+
+@pytest.mark.parametrize("mode", ["infer", "train"])
+def test_the_report_gives_the_output_shapes(mode: str) -> None:
+    def two(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"y": x * 2, "rows": x[:1].sum(1, keepdim=True)}
+
+    report = count_dispatch(Fn(two), (2, 4), mode=mode)
+    assert (report.output_shapes, report.first_output_shape) == ("y: (2, 4); rows: (1, 1)", (2, 4))
+    counter = DispatchCounter()  # nothing noted yet, then an output without tensors
+    assert (counter.output_shapes, counter.first_output_shape) == ("", None)
+    counter.note_output({"n": 3})
+    assert (counter.output_shapes, counter.first_output_shape) == ("", None)
+
+
+class Around(nn.Module):
+    """A linear layer between two matmuls of the root's own (before and after it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x @ self.w) @ self.w
+
+
+def test_a_training_step_credits_each_backward_to_the_forward_that_built_it() -> None:
+    # Forward: 32 MACs per matmul. Backward: 64 per matmul (the gradients of both operands). The root's nodes
+    # feed fc's input and consume its output: fc must not claim the first, nor the root lose the last.
+    report = count_dispatch(Around(), (2, 4), mode="train")
+    assert dict(report.by_module) == {"(self)": 2 * 32 + 2 * 64, "fc": 32 + 64}
+
+
+def test_a_nested_module_credits_its_own_work_before_an_inner_one_to_itself() -> None:
+    class Outer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.inner = nn.Parameter(torch.randn(4, 4)), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x @ self.w)  # outer's matmul feeds inner: inner must not claim it
+
+    class Root(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.outer = Outer()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.outer(x)
+
+    report = count_dispatch(Root(), (2, 4), mode="train")
+    assert dict(report.by_module_nested) == {"outer": 2 * (32 + 64), "outer.inner": 32 + 64}
+
+
+def test_a_counter_built_on_a_module_credits_its_backward_to_the_root() -> None:
+    # DispatchCounter(module) hooks the submodules for the forward only: a backward inside the mode runs outside
+    # every module's forward, so it is the root's (autograd attribution is asked with attach(autograd=True)).
+    module, x = nn.Sequential(nn.Linear(4, 4)), torch.randn(2, 4, requires_grad=True)
+    counter = DispatchCounter(module)
+    with counter:
+        module(x).sum().backward()
+    counter.detach()
+    assert (dict(counter.by_module), counter.backward_macs) == ({"0": 32, "(self)": 64}, 64)
+
+
+def test_a_submodule_that_raises_leaves_the_stack_of_running_modules() -> None:
+    class Flaky(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("caught by its parent")
+
+    class Parent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.flaky, self.w = Flaky(), nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with contextlib.suppress(ValueError):
+                self.flaky(x)
+            return x @ self.w  # the parent's, not flaky's
+
+    assert dict(count_dispatch(Parent(), (2, 4)).by_module) == {"(self)": 32}
+
+
+def test_a_buffer_written_in_place_is_not_an_activation() -> None:
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.calls.add_(1)  # its storage is the buffer's, like a running statistic's
+            return x + self.calls
+
+    assert count_dispatch(Counting(), (2, 4)).peak_live_bytes_estimate == 2 * 4 * 4  # the sum only
+
+
+def test_an_input_written_in_place_in_a_training_step_is_not_an_activation() -> None:
+    class Scaled(nn.Module):
+        def __init__(self, in_place: bool) -> None:
+            super().__init__()
+            self.w, self.in_place = nn.Parameter(torch.randn(4, 4)), in_place
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.in_place:
+                x.mul_(2)
+            return x @ self.w
+
+    plain, scaled = (count_dispatch(Scaled(p), (2, 4), mode="train") for p in (False, True))
+    # The loss's seed gradient (a float32 scalar), the output (2x4), x's gradient (2x4) and w's (4x4). x itself is
+    # the input, though the backward reads it through views (x.t()) and the in-place step writes it.
+    assert plain.peak_live_bytes_estimate == 4 + 2 * 4 * 4 + 2 * 4 * 4 + 4 * 4 * 4
+    # The in-place step holds one 2x4 tensor more: mul_'s gradient.
+    assert scaled.peak_live_bytes_estimate == plain.peak_live_bytes_estimate + 2 * 4 * 4
+
+
 # --- peak live bytes, and no memory on meta -------------------------------------------------------------------
 def test_peak_live_bytes_estimate() -> None:
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -800,7 +1015,18 @@ def test_a_decomposed_operator_keeps_its_keyword_arguments() -> None:
     # einsum has no rule: the engine runs its decomposition, with its keyword-only contraction path. (2, 100) @
     # (100, 2) first costs 400 + 400 MACs; (100, 2) @ (2, 100) first, 20000 + 20000.
     a, b, c = torch.empty(2, 100, device="meta"), torch.empty(100, 2, device="meta"), torch.empty(2, 100, device="meta")
-    for path, macs in [(None, 800), ([1, 2, 0, 1], 40000)]:
+    for path, macs, viewed in [(None, 800, 3616), ([1, 2, 0, 1], 40000, 43600)]:
         with torch.inference_mode(), DispatchCounter() as counter:
             torch.ops.aten.einsum.default("ij,jk,kl->il", [a, b, c], **({"path": path} if path else {}))
         assert dict(counter.by_op) == {"aten.einsum": macs} and dict(counter.calls) == {"aten.einsum": 2}, path
+        # Listed: the decomposition's 22 reshapes and permutes. Its result is the call's: einsum itself does not
+        # run again (that would list a 23rd call, of 200 elements).
+        assert counter.uncounted == {"aten.einsum": [22, viewed, "view (no data moved)"]}
+
+
+def test_an_output_without_storage_after_a_pending_product_is_listed() -> None:
+    x = torch.randn(2, 3)
+    with torch.inference_mode(), DispatchCounter() as counter:
+        y = x * x  # a lone product, waiting for a sum
+        y.to_sparse()  # followed: its output has no storage to match against the product's
+    assert (counter.total_flops, counter.uncounted) == (6, {"aten.to_sparse": [1, 6, "other"]})
